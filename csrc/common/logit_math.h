@@ -1,0 +1,143 @@
+// Math shared by the CPU and CUDA kernels. Torch-free on purpose: nvcc compiles it without ATen,
+// and the CPU tests exercise exactly the formulas the GPU runs.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define LOGITOPS_HD __host__ __device__ __forceinline__
+#else
+#define LOGITOPS_HD inline
+#endif
+
+namespace logitops {
+
+// Reduction codes shared by the C++ ops and the Python layer (logitops/ops/_common.py).
+enum Reduction : int64_t { kReductionNone = 0, kReductionMean = 1, kReductionSum = 2 };
+
+// Running state of a log-sum-exp: sum_i exp(x_i) = sum * exp(max).
+// An empty state (or a row of -inf) has max = -inf and sum = 0.
+template <typename acc_t>
+struct LseState {
+  acc_t max;
+  acc_t sum;
+};
+
+template <typename acc_t>
+LOGITOPS_HD LseState<acc_t> lse_empty() {
+  return {-std::numeric_limits<acc_t>::infinity(), acc_t(0)};
+}
+
+// exp(a - b) where a <= b, defined as 0 when both are -inf (instead of exp(NaN)).
+template <typename acc_t>
+LOGITOPS_HD acc_t exp_shift(acc_t a, acc_t b) {
+  return (b == -std::numeric_limits<acc_t>::infinity()) ? acc_t(0) : std::exp(a - b);
+}
+
+// Merge two partial states (Milakov & Gimelshein 2018). Used to combine lanes, blocks of a row,
+// warps, thread blocks or ranks: the order of merges changes only rounding.
+template <typename acc_t>
+LOGITOPS_HD LseState<acc_t> lse_merge(LseState<acc_t> a, LseState<acc_t> b) {
+  // NaN in either max must survive: comparisons with NaN are false, so test explicitly.
+  if (a.max != a.max || b.max != b.max) {
+    const acc_t nan = std::numeric_limits<acc_t>::quiet_NaN();
+    return {nan, nan};
+  }
+  const acc_t m = a.max > b.max ? a.max : b.max;
+  return {m, a.sum * exp_shift(a.max, m) + b.sum * exp_shift(b.max, m)};
+}
+
+template <typename acc_t>
+LOGITOPS_HD LseState<acc_t> lse_push(LseState<acc_t> s, acc_t x) {
+  return lse_merge(s, LseState<acc_t>{x, acc_t(1)});
+}
+
+// log(sum_i exp(x_i)); -inf for an empty or all -inf row; +inf if any x is +inf.
+template <typename acc_t>
+LOGITOPS_HD acc_t lse_finalize(LseState<acc_t> s) {
+  if (s.max == -std::numeric_limits<acc_t>::infinity()) return s.max;
+  if (s.max == std::numeric_limits<acc_t>::infinity()) return s.max;
+  return s.max + std::log(s.sum);
+}
+
+// Logit soft-capping (Gemma 2): cap * tanh(z / cap). cap <= 0 disables it.
+template <typename acc_t>
+LOGITOPS_HD acc_t softcap_value(acc_t z, acc_t cap) {
+  return cap > acc_t(0) ? cap * std::tanh(z / cap) : z;
+}
+
+// d softcap_value / dz = 1 - tanh^2(z / cap).
+template <typename acc_t>
+LOGITOPS_HD acc_t softcap_derivative(acc_t z, acc_t cap) {
+  if (!(cap > acc_t(0))) return acc_t(1);
+  const acc_t t = std::tanh(z / cap);
+  return acc_t(1) - t * t;
+}
+
+// Per-row coefficients of the cross-entropy with class-index targets.
+//
+// With p = softmax(z), weight w (all ones when absent), smoothing eps over C classes and target y:
+//   loss = (1 - eps) * w_y * (lse - z_y) + eps / C * (W * lse - sum_c w_c z_c) + z_loss * lse^2
+//   dloss/dz_j = p_j * A - b_j,   A = (1 - eps) * w_y + eps / C * W + 2 * z_loss * lse,
+//                                 b_j = (1 - eps) * w_y * [j == y] + eps / C * w_j
+// where W = sum_c w_c. This is PyTorch's label-smoothed, weighted loss (LossNLL.cpp) per row,
+// plus the z-loss of PaLM. Both kernels evaluate exactly these expressions.
+template <typename acc_t>
+struct CrossEntropyRow {
+  acc_t target_coef;  // (1 - eps) * w_y
+  acc_t smooth_coef;  // eps / C
+  acc_t grad_scale;   // A above
+};
+
+// An ignored row contributes no loss and no gradient, smoothing and z-loss included.
+template <typename acc_t>
+LOGITOPS_HD CrossEntropyRow<acc_t> cross_entropy_ignored_row() {
+  return {acc_t(0), acc_t(0), acc_t(0)};
+}
+
+template <typename acc_t>
+LOGITOPS_HD CrossEntropyRow<acc_t> cross_entropy_row(acc_t lse, acc_t target_weight,
+                                                     acc_t weight_total, acc_t label_smoothing,
+                                                     int64_t num_classes, acc_t z_loss) {
+  CrossEntropyRow<acc_t> row;
+  row.target_coef = (acc_t(1) - label_smoothing) * target_weight;
+  row.smooth_coef = label_smoothing / acc_t(num_classes);
+  row.grad_scale = row.target_coef + row.smooth_coef * weight_total + acc_t(2) * z_loss * lse;
+  return row;
+}
+
+// Loss of one row. target_logit and weighted_logit_sum (sum_c w_c z_c) are of the capped logits.
+// The smoothing term is skipped when eps == 0 so that a -inf logit elsewhere cannot turn the
+// loss into 0 * inf = NaN.
+template <typename acc_t>
+LOGITOPS_HD acc_t cross_entropy_row_loss(const CrossEntropyRow<acc_t>& row, acc_t lse,
+                                         acc_t target_logit, acc_t weight_total,
+                                         acc_t weighted_logit_sum, acc_t z_loss) {
+  acc_t loss = row.target_coef * (lse - target_logit);
+  if (row.smooth_coef != acc_t(0)) {
+    loss += row.smooth_coef * (weight_total * lse - weighted_logit_sum);
+  }
+  if (z_loss != acc_t(0)) loss += z_loss * lse * lse;
+  return loss;
+}
+
+// Gradient of one element of the capped logits: p_j * (g * A + g_lse) - g * b_j, with
+// p_j = exp(z_j - lse), g the upstream gradient of the row's loss and g_lse that of its lse.
+// The caller multiplies by softcap_derivative when soft-capping is on.
+template <typename acc_t>
+LOGITOPS_HD acc_t cross_entropy_grad(const CrossEntropyRow<acc_t>& row, acc_t upstream,
+                                     acc_t upstream_lse, acc_t prob, bool is_target,
+                                     acc_t class_weight) {
+  acc_t b = row.smooth_coef * class_weight;
+  if (is_target) b += row.target_coef;
+  return prob * (upstream * row.grad_scale + upstream_lse) - upstream * b;
+}
+
+// A class-index target is valid when it is ignore_index or in [0, num_classes).
+LOGITOPS_HD bool target_is_valid(int64_t target, int64_t num_classes, int64_t ignore_index) {
+  return target == ignore_index || (target >= 0 && target < num_classes);
+}
+
+}  // namespace logitops

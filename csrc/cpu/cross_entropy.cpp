@@ -1,0 +1,374 @@
+// Cross-entropy on the CPU: one sweep per row from memory, vectorized and parallel over rows.
+//
+// A row is processed in blocks small enough to stay in L1: per block, its max, then the sum of
+// exp(z - block_max), merged into the row's running (max, sum) state with lse_merge. When the
+// gradient is wanted, a second sweep over the same row (now in L2) writes p * A - b.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <c10/util/irange.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "../common/logit_math.h"
+#include "../ops_common.h"
+
+namespace logitops {
+namespace {
+
+using at::vec::Vectorized;
+
+constexpr int64_t kBlock = 2048;
+
+// Copy n elements into an accumulation-type buffer (bf16 / fp16 widen to fp32).
+template <typename scalar_t, typename acc_t>
+void load_as_acc(const scalar_t* src, acc_t* dst, int64_t n) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    std::memcpy(dst, src, n * sizeof(acc_t));
+  } else {
+    using bVec = Vectorized<scalar_t>;
+    using fVec = Vectorized<float>;
+    int64_t i = 0;
+    for (; i + bVec::size() <= n; i += bVec::size()) {
+      auto [lo, hi] = at::vec::convert_to_float<scalar_t>(bVec::loadu(src + i));
+      lo.store(dst + i);
+      hi.store(dst + i + fVec::size());
+    }
+    for (; i < n; ++i) dst[i] = static_cast<acc_t>(src[i]);
+  }
+}
+
+// Store n accumulation-type values, rounding to nearest even for bf16 / fp16.
+template <typename scalar_t, typename acc_t>
+void store_from_acc(const acc_t* src, scalar_t* dst, int64_t n) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    std::memcpy(dst, src, n * sizeof(acc_t));
+  } else {
+    using bVec = Vectorized<scalar_t>;
+    using fVec = Vectorized<float>;
+    int64_t i = 0;
+    for (; i + bVec::size() <= n; i += bVec::size()) {
+      auto out = at::vec::convert_from_float<scalar_t>(fVec::loadu(src + i),
+                                                       fVec::loadu(src + i + fVec::size()));
+      out.store(dst + i);
+    }
+    for (; i < n; ++i) dst[i] = static_cast<scalar_t>(src[i]);
+  }
+}
+
+// z <- cap * tanh(z / cap), in place.
+template <typename acc_t>
+void apply_softcap(acc_t* z, int64_t n, acc_t cap) {
+  using Vec = Vectorized<acc_t>;
+  const Vec vcap(cap), vinv(acc_t(1) / cap);
+  int64_t i = 0;
+  for (; i + Vec::size() <= n; i += Vec::size()) {
+    (vcap * (Vec::loadu(z + i) * vinv).tanh()).store(z + i);
+  }
+  for (; i < n; ++i) z[i] = softcap_value(z[i], cap);
+}
+
+// Running log-sum-exp of a block, merged into `state`.
+template <typename acc_t>
+LseState<acc_t> lse_block(const acc_t* z, int64_t n, LseState<acc_t> state) {
+  using Vec = Vectorized<acc_t>;
+  constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
+  Vec vmax(kNegInf);
+  int64_t i = 0;
+  for (; i + Vec::size() <= n; i += Vec::size()) vmax = at::vec::maximum(vmax, Vec::loadu(z + i));
+  acc_t block_max = at::vec::vec_reduce_all<acc_t>(
+      [](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, vmax);
+  for (int64_t j = i; j < n; ++j) {
+    // NaN-propagating scalar max, like at::vec::maximum.
+    if (z[j] != z[j] || z[j] > block_max) block_max = z[j];
+  }
+  if (block_max == kNegInf || block_max != block_max) {
+    return lse_merge(state, LseState<acc_t>{block_max, acc_t(0)});
+  }
+  const Vec vm(block_max);
+  Vec vsum(acc_t(0));
+  for (i = 0; i + Vec::size() <= n; i += Vec::size()) vsum += (Vec::loadu(z + i) - vm).exp();
+  acc_t block_sum = at::vec::vec_reduce_all<acc_t>([](Vec& a, Vec& b) { return a + b; }, vsum);
+  for (; i < n; ++i) block_sum += std::exp(z[i] - block_max);
+  return lse_merge(state, LseState<acc_t>{block_max, block_sum});
+}
+
+// sum_c w_c * z_c over a block (w == nullptr means all ones).
+template <typename acc_t>
+acc_t weighted_sum_block(const acc_t* z, const acc_t* w, int64_t n) {
+  using Vec = Vectorized<acc_t>;
+  Vec vsum(acc_t(0));
+  int64_t i = 0;
+  if (w != nullptr) {
+    for (; i + Vec::size() <= n; i += Vec::size()) vsum += Vec::loadu(z + i) * Vec::loadu(w + i);
+  } else {
+    for (; i + Vec::size() <= n; i += Vec::size()) vsum += Vec::loadu(z + i);
+  }
+  acc_t sum = at::vec::vec_reduce_all<acc_t>([](Vec& a, Vec& b) { return a + b; }, vsum);
+  for (; i < n; ++i) sum += w != nullptr ? z[i] * w[i] : z[i];
+  return sum;
+}
+
+struct CrossEntropyArgs {
+  int64_t ignore_index;
+  double label_smoothing;
+  double z_loss;
+  double softcap;
+};
+
+// Everything a row sweep needs that does not change from row to row.
+template <typename scalar_t, typename acc_t>
+struct RowContext {
+  int64_t num_classes;
+  int64_t row_stride;
+  const scalar_t* logits;
+  const int64_t* target;
+  const acc_t* weight;  // contiguous, acc_t; nullptr when absent
+  acc_t weight_total;   // sum of weight, or num_classes
+  acc_t label_smoothing;
+  acc_t z_loss;
+  acc_t softcap;  // 0 when off
+  int64_t ignore_index;
+
+  CrossEntropyRow<acc_t> row_coefficients(int64_t i, acc_t lse) const {
+    const int64_t t = target[i];
+    if (t == ignore_index) return cross_entropy_ignored_row<acc_t>();
+    const acc_t wt = weight != nullptr ? weight[t] : acc_t(1);
+    return cross_entropy_row(lse, wt, weight_total, label_smoothing, num_classes, z_loss);
+  }
+
+  // Loads a block of row i into buf (capped when soft-capping is on) and returns the values to
+  // read: buf, or the row itself when no conversion is needed.
+  const acc_t* load_block(int64_t i, int64_t start, int64_t n, acc_t* buf) const {
+    const scalar_t* src = logits + i * row_stride + start;
+    if constexpr (std::is_same_v<scalar_t, acc_t>) {
+      if (softcap == acc_t(0)) return src;
+    }
+    load_as_acc(src, buf, n);
+    if (softcap != acc_t(0)) apply_softcap(buf, n, softcap);
+    return buf;
+  }
+
+  // log-sum-exp of row i and, when smoothing, sum_c w_c z_c (both of the capped logits).
+  std::pair<acc_t, acc_t> row_lse(int64_t i, acc_t* buf) const {
+    LseState<acc_t> state = lse_empty<acc_t>();
+    acc_t weighted_logit_sum = 0;
+    for (int64_t start = 0; start < num_classes; start += kBlock) {
+      const int64_t n = std::min(kBlock, num_classes - start);
+      const acc_t* z = load_block(i, start, n, buf);
+      state = lse_block(z, n, state);
+      if (label_smoothing != acc_t(0)) {
+        weighted_logit_sum +=
+            weighted_sum_block(z, weight != nullptr ? weight + start : nullptr, n);
+      }
+    }
+    return {lse_finalize(state), weighted_logit_sum};
+  }
+
+  acc_t target_logit(int64_t i) const {
+    return softcap_value(static_cast<acc_t>(logits[i * row_stride + target[i]]), softcap);
+  }
+
+  // Writes the gradient of row i: upstream * dloss/dz + upstream_lse * dlse/dz.
+  void row_grad(int64_t i, acc_t lse, const CrossEntropyRow<acc_t>& row, acc_t upstream,
+                acc_t upstream_lse, scalar_t* grad_row, acc_t* buf) const {
+    using Vec = Vectorized<acc_t>;
+    const int64_t t = target[i];
+    const acc_t prob_scale = upstream * row.grad_scale + upstream_lse;
+    const acc_t smooth = upstream * row.smooth_coef;
+    if (prob_scale == acc_t(0) && smooth == acc_t(0) && row.target_coef == acc_t(0)) {
+      std::fill(grad_row, grad_row + num_classes, scalar_t(0));
+      return;
+    }
+    const Vec vlse(lse), vscale(prob_scale), vsmooth(smooth), vinv_cap(acc_t(1) / softcap);
+    for (int64_t start = 0; start < num_classes; start += kBlock) {
+      const int64_t n = std::min(kBlock, num_classes - start);
+      const acc_t* z = load_block(i, start, n, buf);
+      const acc_t* w = weight != nullptr ? weight + start : nullptr;
+      int64_t j = 0;
+      for (; j + Vec::size() <= n; j += Vec::size()) {
+        const Vec zj = Vec::loadu(z + j);
+        Vec g = (zj - vlse).exp() * vscale;
+        if (smooth != acc_t(0)) g = g - (w != nullptr ? vsmooth * Vec::loadu(w + j) : vsmooth);
+        if (softcap != acc_t(0)) {
+          const Vec tj = zj * vinv_cap;  // tanh(raw / cap) recovered from the capped value
+          g = g * (Vec(acc_t(1)) - tj * tj);
+        }
+        g.store(buf + j);
+      }
+      for (; j < n; ++j) {
+        const acc_t prob = exp_shift(z[j], lse);
+        acc_t g = cross_entropy_grad(row, upstream, upstream_lse, prob, false,
+                                     w != nullptr ? w[j] : acc_t(1));
+        if (softcap != acc_t(0)) g *= acc_t(1) - (z[j] / softcap) * (z[j] / softcap);
+        buf[j] = g;
+      }
+      if (t >= start && t < start + n) {
+        acc_t cap_factor = 1;
+        if (softcap != acc_t(0)) cap_factor = acc_t(1) - (z[t - start] / softcap) * (z[t - start] / softcap);
+        buf[t - start] -= upstream * row.target_coef * cap_factor;
+      }
+      store_from_acc(buf, grad_row + start, n);
+    }
+  }
+};
+
+template <typename scalar_t, typename acc_t>
+RowContext<scalar_t, acc_t> make_context(const at::Tensor& logits, const at::Tensor& target,
+                                         const at::Tensor& weight_acc, const CrossEntropyArgs& a) {
+  RowContext<scalar_t, acc_t> ctx;
+  ctx.num_classes = logits.size(1);
+  ctx.row_stride = logits.stride(0);
+  ctx.logits = logits.const_data_ptr<scalar_t>();
+  ctx.target = target.const_data_ptr<int64_t>();
+  ctx.weight = weight_acc.defined() ? weight_acc.const_data_ptr<acc_t>() : nullptr;
+  ctx.weight_total = acc_t(ctx.num_classes);
+  if (ctx.weight != nullptr) {
+    double total = 0;
+    for (const auto c : c10::irange(ctx.num_classes)) total += ctx.weight[c];
+    ctx.weight_total = static_cast<acc_t>(total);
+  }
+  ctx.label_smoothing = static_cast<acc_t>(a.label_smoothing);
+  ctx.z_loss = static_cast<acc_t>(a.z_loss);
+  ctx.softcap = static_cast<acc_t>(a.softcap);
+  ctx.ignore_index = a.ignore_index;
+  return ctx;
+}
+
+int64_t grain_rows(int64_t num_classes) {
+  return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, num_classes));
+}
+
+// Validates every target (one O(N) sweep) and returns sum of w[target] over non-ignored rows:
+// the normalizer of reduction="mean". Summed in double, in row order, so it is reproducible.
+template <typename acc_t>
+double validate_and_total_weight(const at::Tensor& target, const acc_t* weight,
+                                 int64_t num_classes, int64_t ignore_index) {
+  const int64_t* t = target.const_data_ptr<int64_t>();
+  double total = 0;
+  for (const auto i : c10::irange(target.size(0))) {
+    TORCH_CHECK_INDEX(target_is_valid(t[i], num_classes, ignore_index),
+                      "cross_entropy: target[", i, "] = ", t[i],
+                      " is out of range; expected a class index in [0, ", num_classes,
+                      ") or ignore_index (", ignore_index, ")");
+    if (t[i] != ignore_index) total += weight != nullptr ? double(weight[t[i]]) : 1.0;
+  }
+  return total;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cross_entropy_forward_cpu(
+    const at::Tensor& logits_in, const at::Tensor& target_in, const std::optional<at::Tensor>& weight,
+    int64_t ignore_index, double label_smoothing, double z_loss, double softcap, int64_t reduction,
+    bool compute_grad) {
+  check_cross_entropy_inputs(logits_in, target_in, weight, reduction);
+  const at::Tensor logits = rows_with_unit_stride(logits_in);
+  const at::Tensor target = target_in.contiguous();
+  const int64_t num_rows = logits.size(0);
+  const int64_t num_classes = logits.size(1);
+  const auto acc_dtype = accumulation_dtype(logits.scalar_type());
+  const at::Tensor weight_acc =
+      weight.has_value() ? weight->to(acc_dtype).contiguous() : at::Tensor();
+
+  at::Tensor lse = at::empty({num_rows}, logits.options().dtype(acc_dtype));
+  at::Tensor total_weight = at::empty({}, logits.options().dtype(acc_dtype));
+  at::Tensor grad = compute_grad ? at::empty({num_rows, num_classes}, logits.options())
+                                 : at::empty({0}, logits.options());
+  at::Tensor row_loss = at::empty({num_rows}, logits.options().dtype(acc_dtype));
+  const CrossEntropyArgs args{ignore_index, label_smoothing, z_loss, softcap};
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kBFloat16, at::kHalf, logits.scalar_type(), "cross_entropy_forward_cpu", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        const auto ctx = make_context<scalar_t, acc_t>(logits, target, weight_acc, args);
+        const double total = validate_and_total_weight<acc_t>(target, ctx.weight, num_classes,
+                                                              ignore_index);
+        total_weight.fill_(total);
+        // The fused gradient is that of the reduced loss for an upstream gradient of 1.
+        const acc_t upstream = reduction == kReductionMean ? acc_t(1.0 / total) : acc_t(1);
+        acc_t* lse_out = lse.mutable_data_ptr<acc_t>();
+        acc_t* loss_out = row_loss.mutable_data_ptr<acc_t>();
+        scalar_t* grad_out = compute_grad ? grad.mutable_data_ptr<scalar_t>() : nullptr;
+        at::parallel_for(0, num_rows, grain_rows(num_classes), [&](int64_t begin, int64_t end) {
+          std::vector<acc_t> buf(std::min(kBlock, num_classes));
+          for (int64_t i = begin; i < end; ++i) {
+            const auto [row_lse, weighted_logit_sum] = ctx.row_lse(i, buf.data());
+            lse_out[i] = row_lse;
+            const auto row = ctx.row_coefficients(i, row_lse);
+            loss_out[i] = ctx.target[i] == ignore_index
+                              ? acc_t(0)
+                              : cross_entropy_row_loss(row, row_lse, ctx.target_logit(i),
+                                                       ctx.weight_total, weighted_logit_sum,
+                                                       ctx.z_loss);
+            if (grad_out != nullptr) {
+              ctx.row_grad(i, row_lse, row, upstream, acc_t(0), grad_out + i * num_classes,
+                           buf.data());
+            }
+          }
+        });
+      });
+
+  at::Tensor loss = reduce_row_loss(row_loss, total_weight, reduction, logits.scalar_type());
+  return {loss, lse, total_weight, grad};
+}
+
+at::Tensor cross_entropy_backward_cpu(const at::Tensor& grad_loss_in,
+                                      const std::optional<at::Tensor>& grad_lse_in,
+                                      const at::Tensor& logits_in, const at::Tensor& target_in,
+                                      const std::optional<at::Tensor>& weight,
+                                      const at::Tensor& lse_in, const at::Tensor& total_weight,
+                                      int64_t ignore_index, double label_smoothing, double z_loss,
+                                      double softcap, int64_t reduction) {
+  check_cross_entropy_inputs(logits_in, target_in, weight, reduction);
+  const at::Tensor logits = rows_with_unit_stride(logits_in);
+  const at::Tensor target = target_in.contiguous();
+  const int64_t num_rows = logits.size(0);
+  const int64_t num_classes = logits.size(1);
+  const auto acc_dtype = accumulation_dtype(logits.scalar_type());
+  const at::Tensor weight_acc =
+      weight.has_value() ? weight->to(acc_dtype).contiguous() : at::Tensor();
+  const at::Tensor grad_loss = upstream_per_row(grad_loss_in, total_weight, reduction, num_rows,
+                                                acc_dtype);
+  const at::Tensor grad_lse = grad_lse_in.has_value() && grad_lse_in->defined()
+                                  ? grad_lse_in->to(acc_dtype).contiguous()
+                                  : at::Tensor();
+  const at::Tensor lse = lse_in.to(acc_dtype).contiguous();
+  at::Tensor grad = at::empty({num_rows, num_classes}, logits.options());
+  const CrossEntropyArgs args{ignore_index, label_smoothing, z_loss, softcap};
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kBFloat16, at::kHalf, logits.scalar_type(), "cross_entropy_backward_cpu", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        const auto ctx = make_context<scalar_t, acc_t>(logits, target, weight_acc, args);
+        validate_and_total_weight<acc_t>(target, ctx.weight, num_classes, ignore_index);
+        const acc_t* up = grad_loss.const_data_ptr<acc_t>();
+        const acc_t* up_lse = grad_lse.defined() ? grad_lse.const_data_ptr<acc_t>() : nullptr;
+        const acc_t* lse_ptr = lse.const_data_ptr<acc_t>();
+        scalar_t* grad_out = grad.mutable_data_ptr<scalar_t>();
+        at::parallel_for(0, num_rows, grain_rows(num_classes), [&](int64_t begin, int64_t end) {
+          std::vector<acc_t> buf(std::min(kBlock, num_classes));
+          for (int64_t i = begin; i < end; ++i) {
+            const auto row = ctx.row_coefficients(i, lse_ptr[i]);
+            ctx.row_grad(i, lse_ptr[i], row, up[i], up_lse != nullptr ? up_lse[i] : acc_t(0),
+                         grad_out + i * num_classes, buf.data());
+          }
+        });
+      });
+  return grad;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(logitops, CPU, m) {
+  m.impl("cross_entropy_forward", &cross_entropy_forward_cpu);
+  m.impl("cross_entropy_backward", &cross_entropy_backward_cpu);
+}
+
+}  // namespace logitops

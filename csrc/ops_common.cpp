@@ -1,0 +1,82 @@
+#include "ops_common.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/ops/div.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/sum.h>
+#include <c10/util/irange.h>
+
+#include "common/logit_math.h"
+
+namespace logitops {
+
+at::ScalarType accumulation_dtype(at::ScalarType logits_dtype) {
+  return logits_dtype == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+at::Tensor rows_with_unit_stride(const at::Tensor& logits) {
+  return (logits.size(1) <= 1 || logits.stride(1) == 1) ? logits : logits.contiguous();
+}
+
+void check_cross_entropy_inputs(const at::Tensor& logits, const at::Tensor& target,
+                                const std::optional<at::Tensor>& weight, int64_t reduction) {
+  TORCH_CHECK_VALUE(logits.dim() == 2, "logitops.cross_entropy: logits must be 2-D [rows, classes], got ",
+                    logits.sizes());
+  TORCH_CHECK_TYPE(at::isFloatingType(logits.scalar_type()),
+                   "logitops.cross_entropy: logits must be floating point, got ", logits.scalar_type());
+  TORCH_CHECK_VALUE(logits.size(1) >= 1, "logitops.cross_entropy: logits must have at least one class");
+  TORCH_CHECK_TYPE(target.scalar_type() == at::kLong,
+                   "logitops.cross_entropy: target must be int64 class indices, got ",
+                   target.scalar_type());
+  TORCH_CHECK_VALUE(target.dim() == 1 && target.size(0) == logits.size(0),
+                    "logitops.cross_entropy: target must have shape [", logits.size(0), "], got ",
+                    target.sizes());
+  TORCH_CHECK_VALUE(target.device() == logits.device(),
+                    "logitops.cross_entropy: target is on ", target.device(), " but logits on ",
+                    logits.device());
+  if (weight.has_value()) {
+    TORCH_CHECK_VALUE(weight->dim() == 1 && weight->size(0) == logits.size(1),
+                      "logitops.cross_entropy: weight must have shape [", logits.size(1), "], got ",
+                      weight->sizes());
+    TORCH_CHECK_VALUE(weight->device() == logits.device(), "logitops.cross_entropy: weight is on ",
+                      weight->device(), " but logits on ", logits.device());
+  }
+  TORCH_CHECK_VALUE(reduction >= kReductionNone && reduction <= kReductionSum,
+                    "logitops.cross_entropy: unknown reduction code ", reduction);
+}
+
+at::Tensor upstream_per_row(const at::Tensor& grad_loss, const at::Tensor& total_weight,
+                            int64_t reduction, int64_t num_rows, at::ScalarType acc_dtype) {
+  at::Tensor g = grad_loss.to(acc_dtype);
+  if (reduction == kReductionNone) {
+    TORCH_CHECK_VALUE(g.dim() == 1 && g.size(0) == num_rows,
+                      "logitops.cross_entropy_backward: grad_loss must have shape [", num_rows,
+                      "], got ", g.sizes());
+    return g.contiguous();
+  }
+  TORCH_CHECK_VALUE(g.numel() == 1, "logitops.cross_entropy_backward: grad_loss must be a scalar");
+  if (reduction == kReductionMean) g = at::div(g, total_weight.to(acc_dtype));
+  return g.reshape({1}).expand({num_rows}).contiguous();
+}
+
+at::Tensor reduce_row_loss(const at::Tensor& row_loss, const at::Tensor& total_weight,
+                           int64_t reduction, at::ScalarType out_dtype) {
+  if (reduction == kReductionNone) return row_loss.to(out_dtype);
+  at::Tensor total;
+  if (row_loss.is_cpu()) {
+    // In row order, in double: the same bits for any thread count.
+    total = at::empty({}, row_loss.options());
+    AT_DISPATCH_FLOATING_TYPES(row_loss.scalar_type(), "reduce_row_loss", [&] {
+      const scalar_t* x = row_loss.const_data_ptr<scalar_t>();
+      double sum = 0;
+      for (const auto i : c10::irange(row_loss.numel())) sum += x[i];
+      total.fill_(sum);
+    });
+  } else {
+    total = row_loss.sum();
+  }
+  if (reduction == kReductionMean) total = at::div(total, total_weight);
+  return total.to(out_dtype);
+}
+
+}  // namespace logitops

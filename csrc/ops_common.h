@@ -1,0 +1,29 @@
+// Host-side helpers shared by the CPU and CUDA launchers: argument checks, layout, reductions.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+
+namespace logitops {
+
+// fp32 for bf16 / fp16 / fp32 logits, fp64 for fp64 logits.
+at::ScalarType accumulation_dtype(at::ScalarType logits_dtype);
+
+// The kernels read rows with any stride but need unit stride along the vocabulary.
+at::Tensor rows_with_unit_stride(const at::Tensor& logits);
+
+// Checks that direct callers of torch.ops.logitops.cross_entropy_* get instead of a crash.
+void check_cross_entropy_inputs(const at::Tensor& logits, const at::Tensor& target,
+                                const std::optional<at::Tensor>& weight, int64_t reduction);
+
+// Upstream gradient of each row's loss, in the accumulation dtype: grad_loss itself for
+// reduction "none", broadcast for "sum", divided by the total weight for "mean".
+at::Tensor upstream_per_row(const at::Tensor& grad_loss, const at::Tensor& total_weight,
+                            int64_t reduction, int64_t num_rows, at::ScalarType acc_dtype);
+
+// Turns per-row losses (accumulation dtype) into the op's output in the logits' dtype.
+at::Tensor reduce_row_loss(const at::Tensor& row_loss, const at::Tensor& total_weight,
+                           int64_t reduction, at::ScalarType out_dtype);
+
+}  // namespace logitops

@@ -1,0 +1,55 @@
+"""logitops: fused C++/CUDA kernels for everything that happens to logits."""
+
+from __future__ import annotations
+
+import torch
+
+from ._loader import load_extension
+
+_build_info = load_extension()
+
+from . import functional, nn, ops  # noqa: E402
+from .functional import cross_entropy  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "build_info",
+    "cross_entropy",
+    "cuda_kernels_available",
+    "functional",
+    "nn",
+    "ops",
+]
+
+
+def cuda_kernels_available() -> bool:
+    """Whether this build of logitops contains CUDA kernels (not whether a GPU is visible)."""
+    return bool(_build_info.WITH_CUDA)
+
+
+def build_info() -> dict[str, object]:
+    """What this build contains: CPU instruction set, CUDA kernels, and the torch it runs on."""
+    ops_with_cuda = sorted(
+        name
+        for name in _registered_ops()
+        if torch._C._dispatch_has_kernel_for_dispatch_key(f"logitops::{name}", "CUDA")
+    )
+    return {
+        "version": __version__,
+        "cpu_isa": _build_info.CPU_ISA,
+        "cuda_kernels": bool(_build_info.WITH_CUDA),
+        "ops": _registered_ops(),
+        "ops_with_cuda_kernel": ops_with_cuda,
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+    }
+
+
+def _registered_ops() -> list[str]:
+    return sorted(
+        name.split("::", 1)[1]
+        for name in torch._C._dispatch_get_all_op_names()
+        if name.startswith("logitops::")
+    )

@@ -1,0 +1,33 @@
+"""Loads the compiled extension, refusing early (instead of SIGILL) on a CPU it was not built for."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+
+def _cpu_supports_avx2() -> bool:
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True  # cannot tell (not Linux): trust the build
+    return " avx2" in flags and " fma" in flags
+
+
+def load_extension():
+    try:
+        from . import _build_info
+    except ImportError as exc:  # pragma: no cover - only in an unbuilt source tree
+        raise ImportError(
+            "logitops is not built: run `pip install --no-build-isolation -e .` in the source tree"
+        ) from exc
+    if _build_info.CPU_ISA == "avx2" and not _cpu_supports_avx2():
+        raise ImportError(
+            "this build of logitops uses AVX2/FMA, which this CPU lacks; rebuild with "
+            "LOGITOPS_CPU_ISA=generic pip install --no-build-isolation ."
+        )
+    from . import _C  # noqa: F401  (registers the torch.ops.logitops kernels)
+
+    return _build_info

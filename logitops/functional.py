@@ -1,0 +1,187 @@
+"""PyTorch-style functions. Signatures match `torch.nn.functional`; extras are keyword-only."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+from torch.nn import _reduction as _Reduction
+
+from .ops import cross_entropy as _ce_ops
+from .ops._common import (
+    accumulation_dtype,
+    check_floating,
+    check_same_device,
+    reduction_code,
+    validate_cuda_targets_enabled,
+)
+
+__all__ = ["cross_entropy"]
+
+
+def cross_entropy(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    size_average: bool | None = None,
+    ignore_index: int = -100,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    *,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    return_lse: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    r"""Cross-entropy between logits and targets, fused; a drop-in for
+    :func:`torch.nn.functional.cross_entropy`.
+
+    Everything PyTorch accepts behaves as in PyTorch: input (C), (N, C) or (N, C, d1, ..., dK);
+    class-index targets (int) or class-probability targets (float, the input's shape);
+    ``weight``, ``ignore_index``, ``label_smoothing`` and ``reduction``; NaN for a ``mean`` over
+    no (non-ignored) elements.
+
+    Parameters
+    ----------
+    z_loss : float
+        Adds ``z_loss * lse**2`` to the loss of every non-ignored element (PaLM's z-loss,
+        flash-attention's ``lse_square_scale``), unweighted by ``weight``; ``mean`` divides it by
+        the same normaliser as the rest of the loss.
+    softcap : float, optional
+        Replaces the logits by ``softcap * tanh(logits / softcap)`` before the softmax; the
+        gradient flows through the cap.
+    return_lse : bool
+        Also return the log-sum-exp of each element's (capped) logits, float32 (float64 for
+        float64 input), shaped like the class-index target.
+
+    Returns
+    -------
+    Tensor, or (Tensor, Tensor) with ``return_lse``.
+
+    Examples
+    --------
+    >>> logits = torch.randn(8, 32000, requires_grad=True)
+    >>> target = torch.randint(0, 32000, (8,))
+    >>> loss = logitops.functional.cross_entropy(logits, target, label_smoothing=0.1)
+    >>> loss.backward()
+    """
+    if size_average is not None or reduce is not None:
+        reduction = _Reduction.legacy_get_string(size_average, reduce)
+    code = reduction_code(reduction)
+    check_floating("input", input)
+    if input.dim() == 0:
+        raise ValueError("input must have at least 1 dimension (C), (N, C) or (N, C, d1, ...)")
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
+    check_same_device("target", target, input)
+    if weight is not None:
+        check_floating("weight", weight)
+        check_same_device("weight", weight, input)
+    _check_options(label_smoothing, z_loss, softcap)
+
+    class_dim = 0 if input.dim() == 1 else 1
+    num_classes = input.shape[class_dim]
+    if num_classes == 0:
+        raise ValueError(f"input must have at least one class, got shape {tuple(input.shape)}")
+    if weight is not None and (weight.dim() != 1 or weight.shape[0] != num_classes):
+        raise ValueError(
+            f"weight must be a 1-D tensor of {num_classes} class weights, got shape "
+            f"{tuple(weight.shape)}"
+        )
+    logits_2d = input.unsqueeze(0) if input.dim() == 1 else input.movedim(1, -1)
+    logits_2d = logits_2d.reshape(-1, num_classes)
+    cap = 0.0 if softcap is None else float(softcap)
+
+    if target.is_floating_point():
+        if target.shape != input.shape:
+            raise ValueError(
+                f"target of dtype {target.dtype} is read as class probabilities and must have "
+                f"the input's shape {tuple(input.shape)}, got {tuple(target.shape)}; "
+                "class indices must be an integer tensor"
+            )
+        probs_2d = target.unsqueeze(0) if input.dim() == 1 else target.movedim(1, -1)
+        loss, lse = _cross_entropy_probabilities(
+            logits_2d, probs_2d.reshape(-1, num_classes), weight, label_smoothing, z_loss, cap,
+            reduction,
+        )
+    else:
+        if target.dtype == torch.bool or target.is_complex():
+            raise TypeError(f"target must be int64 class indices or float probabilities, got "
+                            f"{target.dtype}")
+        index_shape = input.shape[:class_dim] + input.shape[class_dim + 1 :]
+        if target.shape != index_shape:
+            raise ValueError(
+                f"target of class indices must have shape {tuple(index_shape)} for input of "
+                f"shape {tuple(input.shape)}, got {tuple(target.shape)}"
+            )
+        target_1d = target.reshape(-1).to(torch.int64)
+        if input.device.type != "cpu" and validate_cuda_targets_enabled():
+            _check_target_range(target_1d, num_classes, ignore_index)
+        compute_grad = (
+            input.requires_grad and torch.is_grad_enabled() and input.device.type == "cpu"
+        )
+        loss, lse, _, _ = _ce_ops.cross_entropy_forward(
+            logits_2d, target_1d, weight, int(ignore_index), float(label_smoothing),
+            float(z_loss), cap, code, compute_grad,
+        )
+
+    out_shape = input.shape[:class_dim] + input.shape[class_dim + 1 :]
+    if code == 0:
+        loss = loss.reshape(out_shape)
+    if return_lse:
+        return loss, lse.reshape(out_shape)
+    return loss
+
+
+def _check_options(label_smoothing: float, z_loss: float, softcap: float | None) -> None:
+    if not (0.0 <= float(label_smoothing) <= 1.0):
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+    if not (math.isfinite(float(z_loss)) and float(z_loss) >= 0.0):
+        raise ValueError(f"z_loss must be a finite number >= 0, got {z_loss}")
+    if softcap is not None and not (math.isfinite(float(softcap)) and float(softcap) > 0.0):
+        raise ValueError(f"softcap must be None or a finite number > 0, got {softcap}")
+
+
+def _check_target_range(target: Tensor, num_classes: int, ignore_index: int) -> None:
+    bad = ((target < 0) | (target >= num_classes)) & (target != ignore_index)
+    if bool(bad.any()):  # one host sync; LOGITOPS_VALIDATE_TARGETS=0 skips it
+        position = int(bad.nonzero()[0, 0])
+        raise IndexError(
+            f"cross_entropy: target[{position}] = {int(target[position])} is out of range; "
+            f"expected a class index in [0, {num_classes}) or ignore_index ({ignore_index})"
+        )
+
+
+def _cross_entropy_probabilities(
+    logits: Tensor,
+    probs: Tensor,
+    weight: Tensor | None,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: float,
+    reduction: str,
+) -> tuple[Tensor, Tensor]:
+    """Class-probability targets (PyTorch's cross_entropy_loss_prob_target), composed from torch
+    ops in the accumulation dtype. `mean` divides by the number of rows, as PyTorch does."""
+    acc = accumulation_dtype(logits.dtype)
+    z = logits.to(acc)
+    if softcap > 0:
+        z = softcap * torch.tanh(z / softcap)
+    lse = torch.logsumexp(z, dim=-1)
+    q = probs.to(acc)
+    if label_smoothing > 0:
+        q = q * (1 - label_smoothing) + label_smoothing / logits.shape[-1]
+    if weight is not None:
+        q = q * weight.to(acc)
+    # sum_c q_c (lse - z_c), written so that q_c = 0 never multiplies a -inf logit.
+    row = q.sum(-1) * lse - torch.where(q != 0, q * z, torch.zeros_like(z)).sum(-1)
+    if z_loss > 0:
+        row = row + z_loss * lse * lse
+    if reduction == "none":
+        loss = row
+    elif reduction == "sum":
+        loss = row.sum()
+    else:
+        loss = row.sum() / row.shape[0] if row.shape[0] > 0 else row.sum() * float("nan")
+    return loss.to(logits.dtype), lse

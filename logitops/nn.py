@@ -1,0 +1,60 @@
+"""Modules over logitops.functional; drop-ins for their torch.nn namesakes."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import functional as F
+
+__all__ = ["CrossEntropyLoss"]
+
+
+class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
+    """Fused :class:`torch.nn.CrossEntropyLoss`: same arguments, ``state_dict`` keys and call,
+    plus keyword-only ``z_loss`` and ``softcap`` (see :func:`logitops.functional.cross_entropy`).
+
+    Examples
+    --------
+    >>> criterion = logitops.nn.CrossEntropyLoss(label_smoothing=0.1, z_loss=1e-4)
+    >>> loss = criterion(torch.randn(4, 10), torch.tensor([1, 0, 9, 3]))
+    """
+
+    def __init__(
+        self,
+        weight: Tensor | None = None,
+        size_average=None,
+        ignore_index: int = -100,
+        reduce=None,
+        reduction: str = "mean",
+        label_smoothing: float = 0.0,
+        *,
+        z_loss: float = 0.0,
+        softcap: float | None = None,
+    ) -> None:
+        super().__init__(weight, size_average, ignore_index, reduce, reduction, label_smoothing)
+        F._check_options(label_smoothing, z_loss, softcap)
+        self.z_loss = z_loss
+        self.softcap = softcap
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return F.cross_entropy(
+            input,
+            target,
+            weight=self.weight,
+            ignore_index=self.ignore_index,
+            reduction=self.reduction,
+            label_smoothing=self.label_smoothing,
+            z_loss=self.z_loss,
+            softcap=self.softcap,
+        )
+
+    def extra_repr(self) -> str:
+        parts = [f"reduction={self.reduction!r}", f"ignore_index={self.ignore_index}"]
+        if self.label_smoothing:
+            parts.append(f"label_smoothing={self.label_smoothing}")
+        if self.z_loss:
+            parts.append(f"z_loss={self.z_loss}")
+        if self.softcap is not None:
+            parts.append(f"softcap={self.softcap}")
+        return ", ".join(parts)
