@@ -75,8 +75,10 @@ def _cuda_wanted() -> tuple[bool, str | None]:
     ok = torch.version.cuda is not None and cuda_home is not None
     if not ok and mode in ("1", "true", "on", "yes"):
         why = "torch is a CPU build" if torch.version.cuda is None else "no CUDA toolkit found"
-        sys.exit(f"LOGITOPS_CUDA=1 but CUDA kernels cannot be built: {why} "
-                 "(set CUDA_HOME to the toolkit, e.g. /usr/local/cuda)")
+        sys.exit(
+            f"LOGITOPS_CUDA=1 but CUDA kernels cannot be built: {why} "
+            "(set CUDA_HOME to the toolkit, e.g. /usr/local/cuda)"
+        )
     return ok, cuda_home
 
 
@@ -85,7 +87,8 @@ def _extension():
 
     build_cuda, cuda_home = _cuda_wanted()
     isa = _env_flag("LOGITOPS_CPU_ISA") or ("avx2" if _cpu_has_avx2() else "generic")
-    cxx_flags = ["-O3", "-g0", "-fvisibility=hidden"]
+    # -fopenmp: at::parallel_for runs on OpenMP only if the extension is compiled with it.
+    cxx_flags = ["-O3", "-g0", "-fvisibility=hidden", "-fopenmp"]
     if isa == "avx2":
         cxx_flags += ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
     _write_build_info(isa=isa, cuda=build_cuda)
@@ -97,6 +100,7 @@ def _extension():
             "logitops._C",
             sources,
             extra_compile_args={"cxx": cxx_flags},
+            extra_link_args=["-fopenmp"],
             define_macros=define_macros,
             py_limited_api=True,
         )
@@ -125,6 +129,7 @@ def _extension():
         sources,
         include_dirs=include_dirs,
         extra_compile_args={"cxx": cxx_flags + ["-DLOGITOPS_WITH_CUDA"], "nvcc": nvcc_flags},
+        extra_link_args=["-fopenmp"],
         define_macros=define_macros,
         py_limited_api=True,
     )

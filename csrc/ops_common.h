@@ -17,6 +17,11 @@ at::Tensor rows_with_unit_stride(const at::Tensor& logits);
 void check_cross_entropy_inputs(const at::Tensor& logits, const at::Tensor& target,
                                 const std::optional<at::Tensor>& weight, int64_t reduction);
 
+// at::empty for CPU outputs, except that large ones are backed by transparent huge pages: a fresh
+// [N, C] gradient otherwise costs one page fault per 4 KiB, which on the machines we measured
+// takes longer than computing it.
+at::Tensor empty_cpu_output(at::IntArrayRef sizes, const at::TensorOptions& options);
+
 // Upstream gradient of each row's loss, in the accumulation dtype: grad_loss itself for
 // reduction "none", broadcast for "sum", divided by the total weight for "mean".
 at::Tensor upstream_per_row(const at::Tensor& grad_loss, const at::Tensor& total_weight,

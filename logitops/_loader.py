@@ -1,4 +1,4 @@
-"""Loads the compiled extension, refusing early (instead of SIGILL) on a CPU it was not built for."""
+"""Loads the compiled extension; refuses early (not SIGILL) on a CPU it was not built for."""
 
 from __future__ import annotations
 

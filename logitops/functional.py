@@ -102,13 +102,19 @@ def cross_entropy(
             )
         probs_2d = target.unsqueeze(0) if input.dim() == 1 else target.movedim(1, -1)
         loss, lse = _cross_entropy_probabilities(
-            logits_2d, probs_2d.reshape(-1, num_classes), weight, label_smoothing, z_loss, cap,
+            logits_2d,
+            probs_2d.reshape(-1, num_classes),
+            weight,
+            label_smoothing,
+            z_loss,
+            cap,
             reduction,
         )
     else:
         if target.dtype == torch.bool or target.is_complex():
-            raise TypeError(f"target must be int64 class indices or float probabilities, got "
-                            f"{target.dtype}")
+            raise TypeError(
+                f"target must be int64 class indices or float probabilities, got {target.dtype}"
+            )
         index_shape = input.shape[:class_dim] + input.shape[class_dim + 1 :]
         if target.shape != index_shape:
             raise ValueError(
@@ -122,8 +128,15 @@ def cross_entropy(
             input.requires_grad and torch.is_grad_enabled() and input.device.type == "cpu"
         )
         loss, lse, _, _ = _ce_ops.cross_entropy_forward(
-            logits_2d, target_1d, weight, int(ignore_index), float(label_smoothing),
-            float(z_loss), cap, code, compute_grad,
+            logits_2d,
+            target_1d,
+            weight,
+            int(ignore_index),
+            float(label_smoothing),
+            float(z_loss),
+            cap,
+            code,
+            compute_grad,
         )
 
     out_shape = input.shape[:class_dim] + input.shape[class_dim + 1 :]

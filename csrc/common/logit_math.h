@@ -46,6 +46,7 @@ LOGITOPS_HD LseState<acc_t> lse_merge(LseState<acc_t> a, LseState<acc_t> b) {
     return {nan, nan};
   }
   const acc_t m = a.max > b.max ? a.max : b.max;
+  if (m == std::numeric_limits<acc_t>::infinity()) return {m, acc_t(1)};
   return {m, a.sum * exp_shift(a.max, m) + b.sum * exp_shift(b.max, m)};
 }
 
@@ -132,7 +133,9 @@ LOGITOPS_HD acc_t cross_entropy_grad(const CrossEntropyRow<acc_t>& row, acc_t up
                                      acc_t class_weight) {
   acc_t b = row.smooth_coef * class_weight;
   if (is_target) b += row.target_coef;
-  return prob * (upstream * row.grad_scale + upstream_lse) - upstream * b;
+  // A zero coefficient stays zero for an infinite upstream (a mean over no rows divides by 0).
+  const acc_t prob_scale = (row.grad_scale == acc_t(0) ? acc_t(0) : upstream * row.grad_scale);
+  return prob * (prob_scale + upstream_lse) - (b == acc_t(0) ? acc_t(0) : upstream * b);
 }
 
 // A class-index target is valid when it is ignore_index or in [0, num_classes).

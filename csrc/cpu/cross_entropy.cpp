@@ -64,6 +64,17 @@ void store_from_acc(const acc_t* src, scalar_t* dst, int64_t n) {
   }
 }
 
+// exp for the hot loops: ATen's polynomial exp_u20 for fp32 (a few ULP, several times cheaper than
+// Sleef's; callers keep NaN out of it, which it does not propagate), the exact one for fp64.
+template <typename acc_t>
+inline Vectorized<acc_t> fast_exp(const Vectorized<acc_t>& x) {
+  if constexpr (std::is_same_v<acc_t, float>) {
+    return x.exp_u20();
+  } else {
+    return x.exp();
+  }
+}
+
 // z <- cap * tanh(z / cap), in place.
 template <typename acc_t>
 void apply_softcap(acc_t* z, int64_t n, acc_t cap) {
@@ -90,12 +101,12 @@ LseState<acc_t> lse_block(const acc_t* z, int64_t n, LseState<acc_t> state) {
     // NaN-propagating scalar max, like at::vec::maximum.
     if (z[j] != z[j] || z[j] > block_max) block_max = z[j];
   }
-  if (block_max == kNegInf || block_max != block_max) {
+  if (block_max == kNegInf || block_max != block_max || block_max == -kNegInf) {
     return lse_merge(state, LseState<acc_t>{block_max, acc_t(0)});
   }
   const Vec vm(block_max);
   Vec vsum(acc_t(0));
-  for (i = 0; i + Vec::size() <= n; i += Vec::size()) vsum += (Vec::loadu(z + i) - vm).exp();
+  for (i = 0; i + Vec::size() <= n; i += Vec::size()) vsum += fast_exp(Vec::loadu(z + i) - vm);
   acc_t block_sum = at::vec::vec_reduce_all<acc_t>([](Vec& a, Vec& b) { return a + b; }, vsum);
   for (; i < n; ++i) block_sum += std::exp(z[i] - block_max);
   return lse_merge(state, LseState<acc_t>{block_max, block_sum});
@@ -182,10 +193,17 @@ struct RowContext {
                 acc_t upstream_lse, scalar_t* grad_row, acc_t* buf) const {
     using Vec = Vectorized<acc_t>;
     const int64_t t = target[i];
-    const acc_t prob_scale = upstream * row.grad_scale + upstream_lse;
-    const acc_t smooth = upstream * row.smooth_coef;
+    // Zero coefficients stay zero for an infinite upstream, as in cross_entropy_grad.
+    const acc_t prob_scale =
+        (row.grad_scale == acc_t(0) ? acc_t(0) : upstream * row.grad_scale) + upstream_lse;
+    const acc_t smooth = row.smooth_coef == acc_t(0) ? acc_t(0) : upstream * row.smooth_coef;
     if (prob_scale == acc_t(0) && smooth == acc_t(0) && row.target_coef == acc_t(0)) {
       std::fill(grad_row, grad_row + num_classes, scalar_t(0));
+      return;
+    }
+    if (lse != lse || lse == std::numeric_limits<acc_t>::infinity()) {
+      // A NaN or +inf logit makes the whole row's softmax undefined.
+      std::fill(grad_row, grad_row + num_classes, scalar_t(NAN));
       return;
     }
     const Vec vlse(lse), vscale(prob_scale), vsmooth(smooth), vinv_cap(acc_t(1) / softcap);
@@ -193,30 +211,35 @@ struct RowContext {
       const int64_t n = std::min(kBlock, num_classes - start);
       const acc_t* z = load_block(i, start, n, buf);
       const acc_t* w = weight != nullptr ? weight + start : nullptr;
+      // fp32 / fp64 gradients are written in place; bf16 / fp16 go through buf and are rounded.
+      acc_t* out = buf;
+      if constexpr (std::is_same_v<scalar_t, acc_t>) out = grad_row + start;
       int64_t j = 0;
       for (; j + Vec::size() <= n; j += Vec::size()) {
         const Vec zj = Vec::loadu(z + j);
-        Vec g = (zj - vlse).exp() * vscale;
+        Vec g = fast_exp(zj - vlse) * vscale;
         if (smooth != acc_t(0)) g = g - (w != nullptr ? vsmooth * Vec::loadu(w + j) : vsmooth);
         if (softcap != acc_t(0)) {
           const Vec tj = zj * vinv_cap;  // tanh(raw / cap) recovered from the capped value
           g = g * (Vec(acc_t(1)) - tj * tj);
         }
-        g.store(buf + j);
+        g.store(out + j);
       }
       for (; j < n; ++j) {
         const acc_t prob = exp_shift(z[j], lse);
         acc_t g = cross_entropy_grad(row, upstream, upstream_lse, prob, false,
                                      w != nullptr ? w[j] : acc_t(1));
         if (softcap != acc_t(0)) g *= acc_t(1) - (z[j] / softcap) * (z[j] / softcap);
-        buf[j] = g;
+        out[j] = g;
       }
       if (t >= start && t < start + n) {
-        acc_t cap_factor = 1;
-        if (softcap != acc_t(0)) cap_factor = acc_t(1) - (z[t - start] / softcap) * (z[t - start] / softcap);
-        buf[t - start] -= upstream * row.target_coef * cap_factor;
+        // z may alias out: take the cap's derivative from the raw logit.
+        const acc_t raw = static_cast<acc_t>(logits[i * row_stride + t]);
+        if (row.target_coef != acc_t(0)) {
+          out[t - start] -= upstream * row.target_coef * softcap_derivative(raw, softcap);
+        }
       }
-      store_from_acc(buf, grad_row + start, n);
+      if constexpr (!std::is_same_v<scalar_t, acc_t>) store_from_acc(buf, grad_row + start, n);
     }
   }
 };
@@ -279,7 +302,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cross_entropy_forward
 
   at::Tensor lse = at::empty({num_rows}, logits.options().dtype(acc_dtype));
   at::Tensor total_weight = at::empty({}, logits.options().dtype(acc_dtype));
-  at::Tensor grad = compute_grad ? at::empty({num_rows, num_classes}, logits.options())
+  at::Tensor grad = compute_grad ? empty_cpu_output({num_rows, num_classes}, logits.options())
                                  : at::empty({0}, logits.options());
   at::Tensor row_loss = at::empty({num_rows}, logits.options().dtype(acc_dtype));
   const CrossEntropyArgs args{ignore_index, label_smoothing, z_loss, softcap};
@@ -340,7 +363,7 @@ at::Tensor cross_entropy_backward_cpu(const at::Tensor& grad_loss_in,
                                   ? grad_lse_in->to(acc_dtype).contiguous()
                                   : at::Tensor();
   const at::Tensor lse = lse_in.to(acc_dtype).contiguous();
-  at::Tensor grad = at::empty({num_rows, num_classes}, logits.options());
+  at::Tensor grad = empty_cpu_output({num_rows, num_classes}, logits.options());
   const CrossEntropyArgs args{ignore_index, label_smoothing, z_loss, softcap};
 
   AT_DISPATCH_FLOATING_TYPES_AND2(

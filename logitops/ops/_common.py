@@ -18,9 +18,7 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def reduction_code(reduction: str) -> int:
     if reduction not in REDUCTION_CODES:
-        raise ValueError(
-            f"reduction must be one of 'none', 'mean', 'sum', got {reduction!r}"
-        )
+        raise ValueError(f"reduction must be one of 'none', 'mean', 'sum', got {reduction!r}")
     return REDUCTION_CODES[reduction]
 
 
@@ -28,9 +26,7 @@ def check_floating(name: str, tensor: torch.Tensor) -> None:
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
     if tensor.dtype not in FLOATING_DTYPES:
-        raise TypeError(
-            f"{name} must be float32, float64, bfloat16 or float16, got {tensor.dtype}"
-        )
+        raise TypeError(f"{name} must be float32, float64, bfloat16 or float16, got {tensor.dtype}")
 
 
 def check_same_device(name: str, tensor: torch.Tensor, reference: torch.Tensor) -> None:

@@ -26,7 +26,14 @@ def cross_entropy_forward(
     logits [N, C] with unit stride along C, target int64 [N]. softcap 0 means off.
     """
     return torch.ops.logitops.cross_entropy_forward.default(
-        logits, target, weight, ignore_index, label_smoothing, z_loss, softcap, reduction,
+        logits,
+        target,
+        weight,
+        ignore_index,
+        label_smoothing,
+        z_loss,
+        softcap,
+        reduction,
         compute_grad,
     )
 
@@ -47,14 +54,31 @@ def cross_entropy_backward(
 ) -> Tensor:
     """Gradient of cross_entropy_forward's outputs with respect to logits, recomputed from lse."""
     return torch.ops.logitops.cross_entropy_backward.default(
-        grad_loss, grad_lse, logits, target, weight, lse, total_weight, ignore_index,
-        label_smoothing, z_loss, softcap, reduction,
+        grad_loss,
+        grad_lse,
+        logits,
+        target,
+        weight,
+        lse,
+        total_weight,
+        ignore_index,
+        label_smoothing,
+        z_loss,
+        softcap,
+        reduction,
     )
 
 
 @torch.library.register_fake("logitops::cross_entropy_forward")
 def _cross_entropy_forward_fake(
-    logits, target, weight, ignore_index, label_smoothing, z_loss, softcap, reduction,
+    logits,
+    target,
+    weight,
+    ignore_index,
+    label_smoothing,
+    z_loss,
+    softcap,
+    reduction,
     compute_grad,
 ):
     torch._check(logits.dim() == 2, lambda: "logits must be 2-D")
@@ -70,8 +94,18 @@ def _cross_entropy_forward_fake(
 
 @torch.library.register_fake("logitops::cross_entropy_backward")
 def _cross_entropy_backward_fake(
-    grad_loss, grad_lse, logits, target, weight, lse, total_weight, ignore_index,
-    label_smoothing, z_loss, softcap, reduction,
+    grad_loss,
+    grad_lse,
+    logits,
+    target,
+    weight,
+    lse,
+    total_weight,
+    ignore_index,
+    label_smoothing,
+    z_loss,
+    softcap,
+    reduction,
 ):
     torch._check(logits.dim() == 2, lambda: "logits must be 2-D")
     return logits.new_empty(logits.shape)
@@ -100,20 +134,30 @@ def _backward(ctx, grad_loss, grad_lse, _grad_total_weight, _grad_grad):
         # autograd copies it before accumulating if it is still saved for a retained graph.
         if reduction == 0:
             grad_logits = fused_grad * grad_loss.unsqueeze(-1).to(fused_grad.dtype)
-        elif is_plain_eager_tensor(grad_loss) and grad_loss.device.type == "cpu" and bool(
-            grad_loss == 1
+        elif (
+            is_plain_eager_tensor(grad_loss)
+            and grad_loss.device.type == "cpu"
+            and bool(grad_loss == 1)
         ):
             grad_logits = fused_grad
         else:
             grad_logits = fused_grad * grad_loss.to(fused_grad.dtype)
     else:
         if grad_loss is None:
-            grad_loss = (
-                logits.new_zeros(target.shape) if reduction == 0 else logits.new_zeros(())
-            )
+            grad_loss = logits.new_zeros(target.shape) if reduction == 0 else logits.new_zeros(())
         grad_logits = cross_entropy_backward(
-            grad_loss, grad_lse, logits, target, weight, lse, total_weight, ignore_index,
-            label_smoothing, z_loss, softcap, reduction,
+            grad_loss,
+            grad_lse,
+            logits,
+            target,
+            weight,
+            lse,
+            total_weight,
+            ignore_index,
+            label_smoothing,
+            z_loss,
+            softcap,
+            reduction,
         )
     return (grad_logits,) + (None,) * 8
 
