@@ -1,0 +1,200 @@
+"""Cross-entropy: logitops vs PyTorch eager, torch.compile and installed peers, same run.
+
+Bytes counted (minimal traffic): forward reads N*V*s; forward+backward reads N*V*s and writes
+the N*V*s gradient; backward alone reads and writes N*V*s. Targets and per-row values are O(N)
+and not counted.
+
+    python benchmarks/bench_cross_entropy.py --quick          # a few minutes on a 2-core CPU
+    python benchmarks/bench_cross_entropy.py --device cuda    # LLM shapes on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib
+import os
+import sys
+import time
+from pathlib import Path
+
+# Idle OpenMP workers otherwise sleep and take milliseconds to wake on small shapes (seen on
+# the 2-core VMs: every provider's small-shape times jumped to 8 ms). Same for all providers.
+os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+import harness  # noqa: E402
+
+import logitops  # noqa: E402
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def shapes_for(device: str, quick: bool) -> list[tuple[int, int]]:
+    if device == "cuda":
+        if quick:
+            return [(4096, 32000), (8192, 128256)]
+        return [(n, v) for n in (4096, 8192, 16384) for v in (32000, 128256, 262144)] + [
+            (256, 1000)
+        ]
+    if quick:
+        return [(4096, 32000), (256, 1000)]
+    return [(4096, 32000), (1024, 128256), (256, 1000), (8192, 32000)]
+
+
+def providers(device: str) -> dict[str, object]:
+    """name -> loss function (logits, target) -> scalar, or a string saying why it is skipped."""
+    found: dict[str, object] = {
+        "logitops": logitops.cross_entropy,
+        "torch": F.cross_entropy,
+        "torch.compile": torch.compile(F.cross_entropy, dynamic=False),
+    }
+    try:
+        liger = importlib.import_module("liger_kernel.transformers.functional")
+        if device != "cuda":
+            found["liger"] = "needs CUDA (Triton)"
+        else:
+            # Liger writes the gradient into the logits buffer: give it a private copy.
+            found["liger"] = lambda x, t: liger.liger_cross_entropy(x, t)
+    except ImportError:
+        found["liger"] = "not installed"
+    try:
+        quack = importlib.import_module("quack.cross_entropy")
+        found["quack"] = (
+            (lambda x, t: quack.cross_entropy(x, t).mean()) if device == "cuda" else "needs CUDA"
+        )
+    except ImportError:
+        found["quack"] = "not installed"
+    return found
+
+
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench_one(name, fn, rows, vocab, dtype, device, modes, reps):
+    elem = torch.tensor([], dtype=dtype).element_size()
+    nbytes = rows * vocab * elem
+    target = torch.randint(0, vocab, (rows,), device=device)
+
+    def make():
+        return torch.randn(rows, vocab, device=device, dtype=dtype)
+
+    inputs = harness.rotating_inputs(make, nbytes, device)
+    nxt = harness.cycle(inputs)
+    out = []
+    shape = f"{rows}x{vocab}"
+    dname = [k for k, v in DTYPES.items() if v == dtype][0]
+    for mode in modes:
+        if mode == "fwd":
+
+            def run():
+                with torch.no_grad():
+                    fn(nxt(), target)
+
+            moved = nbytes
+        else:
+            leaves = [x.detach().requires_grad_() for x in inputs]
+            nxt_leaf = harness.cycle(leaves)
+
+            def run(nxt_leaf=nxt_leaf):
+                x = nxt_leaf()
+                x.grad = None
+                fn(x if name != "liger" else x.clone(), target).backward()
+
+            moved = 2 * nbytes
+        try:
+            median, p20, p80 = harness.time_fn(run, device, reps=reps)
+            m = harness.Measurement(
+                "cross_entropy", name, mode, shape, dname, median, p20, p80, bytes_moved=moved
+            )
+            if device == "cuda" and mode == "fwd+bwd":
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+                run()
+                synchronize(device)
+                m.extra["peak_extra_mb"] = (torch.cuda.max_memory_allocated() - base) / 2**20
+        except torch.OutOfMemoryError:
+            m = harness.Measurement(
+                "cross_entropy", name, mode, shape, dname, None, skipped="out of memory"
+            )
+        except Exception as exc:  # a peer failing must not stop the run
+            m = harness.Measurement(
+                "cross_entropy",
+                name,
+                mode,
+                shape,
+                dname,
+                None,
+                skipped=f"{type(exc).__name__}: {str(exc)[:80]}",
+            )
+        out.append(m)
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    return out
+
+
+def main(argv=None) -> list[harness.Measurement]:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quick", action="store_true", help="a subset for a quick look")
+    parser.add_argument("--dtypes", default="fp32,bf16")
+    parser.add_argument("--modes", default="fwd,fwd+bwd")
+    parser.add_argument("--providers", default=None, help="comma-separated subset")
+    parser.add_argument("--shapes", default=None, help="e.g. 4096x32000,256x1000")
+    parser.add_argument("--reps", type=int, default=None)
+    parser.add_argument("--out", default=None, help="directory for the JSON results")
+    args = parser.parse_args(argv)
+
+    device = args.device
+    reps = args.reps or (50 if device == "cuda" else 5)
+    shapes = (
+        [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+        if args.shapes
+        else shapes_for(device, args.quick)
+    )
+    dtypes = [DTYPES[d] for d in args.dtypes.split(",")]
+    modes = args.modes.split(",")
+    found = providers(device)
+    if args.providers:
+        keep = set(args.providers.split(","))
+        found = {k: v for k, v in found.items() if k in keep}
+
+    copy_gbps = harness.copy_bandwidth_gbps(device)
+    print(f"# {harness.device_name(device)}, torch {torch.__version__}, copy {copy_gbps:.1f} GB/s")
+    results: list[harness.Measurement] = []
+    started = time.perf_counter()
+    for rows, vocab in shapes:
+        for dtype in dtypes:
+            for name, fn in found.items():
+                if isinstance(fn, str):
+                    dname = [k for k, v in DTYPES.items() if v == dtype][0]
+                    for mode in modes:
+                        results.append(
+                            harness.Measurement(
+                                "cross_entropy",
+                                name,
+                                mode,
+                                f"{rows}x{vocab}",
+                                dname,
+                                None,
+                                skipped=fn,
+                            )
+                        )
+                    continue
+                print(f"  {name} {rows}x{vocab} {dtype} ...", file=sys.stderr, flush=True)
+                results.extend(bench_one(name, fn, rows, vocab, dtype, device, modes, reps))
+    harness.finish(results, copy_gbps)
+    harness.print_table(results)
+    path = harness.write_json("cross_entropy", device, results, copy_gbps, args.out)
+    print(f"# {len(results)} results in {time.perf_counter() - started:.0f} s -> {path}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

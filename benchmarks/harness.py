@@ -1,0 +1,192 @@
+"""Shared benchmark harness: timing, providers, bandwidth, metadata, output.
+
+Times are medians (with p20 / p80) of repeated runs after warm-up: `time.perf_counter` on the
+CPU, CUDA events on a GPU with inputs rotated through more memory than L2 holds. A provider that
+is not installed is reported as skipped, never faked.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+RESULTS_DIR = Path(__file__).parent / "results"
+
+
+@dataclass
+class Measurement:
+    op: str
+    provider: str
+    mode: str
+    shape: str
+    dtype: str
+    median_ms: float | None
+    p20_ms: float | None = None
+    p80_ms: float | None = None
+    bytes_moved: int | None = None
+    gbps: float | None = None
+    fraction_of_copy: float | None = None
+    ratio_vs_torch: float | None = None
+    skipped: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+def metadata(device: str) -> dict:
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        sha = "unknown"
+    return {
+        "device": device,
+        "device_name": device_name(device),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "git_sha": sha,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+    }
+
+
+def time_fn(
+    fn: Callable[[], object],
+    device: str,
+    *,
+    warmup: int = 2,
+    reps: int = 10,
+    max_seconds: float = 20.0,
+) -> tuple[float, float, float]:
+    """(median, p20, p80) in milliseconds."""
+    for _ in range(warmup):
+        fn()
+    samples: list[float] = []
+    start_all = time.perf_counter()
+    if device == "cuda":
+        for _ in range(reps):
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            fn()
+            end.record()
+            end.synchronize()
+            samples.append(begin.elapsed_time(end))
+            if time.perf_counter() - start_all > max_seconds and len(samples) >= 3:
+                break
+    else:
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            samples.append((time.perf_counter() - t0) * 1e3)
+            if time.perf_counter() - start_all > max_seconds and len(samples) >= 3:
+                break
+    samples.sort()
+    q = statistics.quantiles(samples, n=5) if len(samples) >= 2 else [samples[0]] * 4
+    return statistics.median(samples), q[0], q[3]
+
+
+def copy_bandwidth_gbps(device: str, nbytes: int = 512 << 20) -> float:
+    """Read + write GB/s of a same-device copy of `nbytes`, measured now."""
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    median, _, _ = time_fn(lambda: dst.copy_(src), device, warmup=2, reps=10)
+    return 2 * nbytes / (median * 1e-3) / 1e9
+
+
+def rotating_inputs(make: Callable[[], object], one_input_bytes: int, device: str) -> list:
+    """Enough copies of an input that cycling through them defeats the GPU's L2 cache."""
+    if device != "cuda":
+        return [make()]
+    l2 = getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 50 << 20)
+    count = max(1, min(8, -(-4 * l2 // max(1, one_input_bytes))))
+    return [make() for _ in range(count)]
+
+
+def cycle(items: list) -> Callable[[], object]:
+    state = {"i": 0}
+
+    def nxt():
+        item = items[state["i"] % len(items)]
+        state["i"] += 1
+        return item
+
+    return nxt
+
+
+def finish(results: list[Measurement], copy_gbps: float) -> None:
+    """Fills bandwidth, fraction of copy and ratio vs torch eager for each measurement."""
+    baseline = {
+        (m.op, m.mode, m.shape, m.dtype): m.median_ms
+        for m in results
+        if m.provider == "torch" and m.median_ms
+    }
+    for m in results:
+        if m.median_ms and m.bytes_moved:
+            m.gbps = m.bytes_moved / (m.median_ms * 1e-3) / 1e9
+            m.fraction_of_copy = m.gbps / copy_gbps
+        base = baseline.get((m.op, m.mode, m.shape, m.dtype))
+        if m.median_ms and base:
+            m.ratio_vs_torch = base / m.median_ms
+
+
+def print_table(results: list[Measurement]) -> None:
+    header = (
+        f"{'op':<16}{'mode':<10}{'shape':<16}{'dtype':<10}{'provider':<16}"
+        f"{'median ms':>11}{'p20-p80':>17}{'GB/s':>9}{'%copy':>7}{'x torch':>9}"
+    )
+    print(header)
+    print("-" * len(header))
+    for m in results:
+        if m.skipped:
+            print(
+                f"{m.op:<16}{m.mode:<10}{m.shape:<16}{m.dtype:<10}{m.provider:<16}"
+                f"  skipped: {m.skipped}"
+            )
+            continue
+        spread = f"{m.p20_ms:.2f}-{m.p80_ms:.2f}"
+        gbps = f"{m.gbps:.1f}" if m.gbps else "-"
+        frac = f"{100 * m.fraction_of_copy:.0f}" if m.fraction_of_copy else "-"
+        ratio = f"{m.ratio_vs_torch:.2f}" if m.ratio_vs_torch else "-"
+        print(
+            f"{m.op:<16}{m.mode:<10}{m.shape:<16}{m.dtype:<10}{m.provider:<16}"
+            f"{m.median_ms:>11.3f}{spread:>17}{gbps:>9}{frac:>7}{ratio:>9}"
+        )
+
+
+def write_json(
+    name: str,
+    device: str,
+    results: list[Measurement],
+    copy_gbps: float,
+    out_dir: Path | None = None,
+) -> Path:
+    out_dir = Path(out_dir or RESULTS_DIR)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    meta = metadata(device)
+    stamp = meta["date"][:10]
+    slug = meta["device_name"].replace(" ", "_").replace("(", "").replace(")", "").replace("/", "_")
+    path = out_dir / f"{stamp}-{name}-{device}-{slug}.json"
+    payload = {"meta": meta, "copy_gbps": copy_gbps, "results": [asdict(m) for m in results]}
+    path.write_text(json.dumps(payload, indent=1))
+    return path
