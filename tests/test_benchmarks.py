@@ -1,0 +1,40 @@
+"""The benchmark scripts run end to end (tiny shapes) and write well-formed results."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+
+import bench_cross_entropy  # noqa: E402
+
+
+def test_cross_entropy_benchmark_writes_results(tmp_path, capsys):
+    results = bench_cross_entropy.main(
+        [
+            "--device",
+            "cpu",
+            "--shapes",
+            "16x100",
+            "--reps",
+            "2",
+            "--providers",
+            "logitops,torch,liger",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    table = capsys.readouterr().out
+    assert "logitops" in table and "median ms" in table
+    files = list(tmp_path.glob("*.json"))
+    assert len(files) == 1
+    payload = json.loads(files[0].read_text())
+    assert {"device_name", "torch", "git_sha", "date"} <= set(payload["meta"])
+    assert payload["copy_gbps"] > 0
+    timed = [r for r in payload["results"] if r["median_ms"]]
+    assert {r["provider"] for r in timed} == {"logitops", "torch"}
+    assert all(r["bytes_moved"] > 0 and r["gbps"] > 0 for r in timed)
+    assert any(r["skipped"] for r in payload["results"] if r["provider"] == "liger")
+    assert len(results) == len(payload["results"])
