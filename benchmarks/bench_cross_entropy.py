@@ -20,7 +20,8 @@ from pathlib import Path
 
 # Idle OpenMP workers otherwise sleep and take milliseconds to wake on small shapes (seen on
 # the 2-core VMs: every provider's small-shape times jumped to 8 ms). Same for all providers.
-os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402

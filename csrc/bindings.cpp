@@ -25,4 +25,16 @@ TORCH_LIBRARY(logitops, m) {
       "cross_entropy_backward(Tensor grad_loss, Tensor? grad_lse, Tensor logits, Tensor target, "
       "Tensor? weight, Tensor lse, Tensor total_weight, int ignore_index, float label_smoothing, "
       "float z_loss, float softcap, int reduction) -> Tensor");
+
+  // Binary cross-entropy with logits of input [R, C] and same-shaped target. weight and
+  // pos_weight are in the accumulation dtype, expanded to [R, C] (stride-0 broadcast, never
+  // materialized). Returns the loss (reduced by `reduction`) and, when compute_grad, the gradient
+  // for an upstream gradient of 1 ([0] otherwise).
+  m.def(
+      "bce_with_logits_forward(Tensor input, Tensor target, Tensor? weight, Tensor? pos_weight, "
+      "int reduction, bool compute_grad) -> (Tensor loss, Tensor grad)");
+  // Gradient of bce_with_logits_forward's loss with respect to input.
+  m.def(
+      "bce_with_logits_backward(Tensor grad_loss, Tensor input, Tensor target, Tensor? weight, "
+      "Tensor? pos_weight, int reduction) -> Tensor");
 }

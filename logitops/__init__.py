@@ -9,12 +9,13 @@ from ._loader import load_extension
 _build_info = load_extension()
 
 from . import functional, nn, ops  # noqa: E402
-from .functional import cross_entropy  # noqa: E402
+from .functional import binary_cross_entropy_with_logits, cross_entropy  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
+    "binary_cross_entropy_with_logits",
     "build_info",
     "cross_entropy",
     "cuda_kernels_available",

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from . import functional as F
 
-__all__ = ["CrossEntropyLoss"]
+__all__ = ["BCEWithLogitsLoss", "CrossEntropyLoss"]
 
 
 class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
@@ -58,3 +58,19 @@ class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
         if self.softcap is not None:
             parts.append(f"softcap={self.softcap}")
         return ", ".join(parts)
+
+
+class BCEWithLogitsLoss(torch.nn.BCEWithLogitsLoss):
+    """Fused :class:`torch.nn.BCEWithLogitsLoss`: same arguments, buffers (``weight``,
+    ``pos_weight``), ``state_dict`` keys and call.
+
+    Examples
+    --------
+    >>> criterion = logitops.nn.BCEWithLogitsLoss(pos_weight=torch.full((8,), 2.0))
+    >>> loss = criterion(torch.randn(4, 8), torch.rand(4, 8))
+    """
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return F.binary_cross_entropy_with_logits(
+            input, target, self.weight, reduction=self.reduction, pos_weight=self.pos_weight
+        )

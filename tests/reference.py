@@ -6,6 +6,7 @@ They compute in float64 with plain tensor ops and no logitops code, so a shared 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -70,3 +71,24 @@ def cross_entropy_reference(
     if reduction == "sum":
         return loss.sum(), lse
     return loss.sum() / denom, lse
+
+
+def bce_with_logits_reference(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    pos_weight: Tensor | None = None,
+    reduction: str = "mean",
+) -> Tensor:
+    """-w * [pos_weight * y * log(sigmoid(z)) + (1 - y) * log(1 - sigmoid(z))] in float64, with
+    log(sigmoid(z)) = logsigmoid(z) and log(1 - sigmoid(z)) = logsigmoid(-z)."""
+    z, y = input.double(), target.double()
+    pw = 1.0 if pos_weight is None else pos_weight.double()
+    loss = -(pw * y * F.logsigmoid(z) + (1 - y) * F.logsigmoid(-z))
+    if weight is not None:
+        loss = loss * weight.double()
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    return loss.mean()

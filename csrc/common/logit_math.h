@@ -143,4 +143,56 @@ LOGITOPS_HD bool target_is_valid(int64_t target, int64_t num_classes, int64_t ig
   return target == ignore_index || (target >= 0 && target < num_classes);
 }
 
+// Binary cross-entropy with logits of one element, in the stable form of PyTorch's
+// BCEWithLogitsLoss: with l_w = 1 + (pos_weight - 1) * y and softplus(-z) = log1p(e) + max(-z, 0),
+// e = exp(-|z|),
+//   loss  = (1 - y) * z + l_w * softplus(-z)
+//   dloss/dz = (1 - y) - l_w * sigmoid(-z)
+// Finite for any finite z (no exp of a positive number, no log of 0). pos_weight = 1 is "none".
+template <typename acc_t>
+struct BceTerms {
+  acc_t loss;
+  acc_t grad;
+};
+
+template <typename acc_t>
+LOGITOPS_HD BceTerms<acc_t> bce_with_logits(acc_t z, acc_t y, acc_t pos_weight) {
+  const acc_t e = std::exp(-std::fabs(z));
+  const acc_t softplus_neg = std::log1p(e) + (z < acc_t(0) ? -z : acc_t(0));
+  const acc_t log_weight = acc_t(1) + (pos_weight - acc_t(1)) * y;
+  const acc_t r = acc_t(1) / (acc_t(1) + e);
+  const acc_t sigmoid_neg = z >= acc_t(0) ? e * r : r;
+  BceTerms<acc_t> out;
+  out.loss = (acc_t(1) - y) * z + log_weight * softplus_neg;
+  out.grad = (z != z) ? z : (acc_t(1) - y) - log_weight * sigmoid_neg;
+  return out;
+}
+
+// d loss / d y, for targets that require grad: -z + (pos_weight - 1) * softplus(-z).
+template <typename acc_t>
+LOGITOPS_HD acc_t bce_with_logits_target_grad(acc_t z, acc_t pos_weight) {
+  const acc_t softplus_neg = std::log1p(std::exp(-std::fabs(z))) + (z < acc_t(0) ? -z : acc_t(0));
+  return -z + (pos_weight - acc_t(1)) * softplus_neg;
+}
+
+// Fixed tiling of a [rows, cols] elementwise op into work items of about kTileElems elements.
+// Reductions sum one partial per tile, then the tiles in order: the same bits for any thread
+// count. Also used by the CUDA launcher so both devices split work the same way.
+struct Tiling {
+  int64_t rows, cols, row_tile, col_tile, row_tiles, col_tiles;
+  LOGITOPS_HD int64_t num_tiles() const { return row_tiles * col_tiles; }
+};
+
+LOGITOPS_HD Tiling make_tiling(int64_t rows, int64_t cols, int64_t tile_elems) {
+  Tiling t;
+  t.rows = rows;
+  t.cols = cols;
+  t.col_tile = cols < tile_elems ? (cols > 0 ? cols : 1) : tile_elems;
+  t.row_tile = tile_elems / t.col_tile;
+  if (t.row_tile < 1) t.row_tile = 1;
+  t.row_tiles = (rows + t.row_tile - 1) / t.row_tile;
+  t.col_tiles = (cols + t.col_tile - 1) / t.col_tile;
+  return t;
+}
+
 }  // namespace logitops

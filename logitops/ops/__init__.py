@@ -1,5 +1,5 @@
 """Typed wrappers over torch.ops.logitops, with their fake kernels and autograd registrations."""
 
-from . import cross_entropy
+from . import bce_with_logits, cross_entropy
 
-__all__ = ["cross_entropy"]
+__all__ = ["bce_with_logits", "cross_entropy"]

@@ -1,0 +1,210 @@
+// Cross-entropy on CUDA: launchers for the kernels of cross_entropy_kernels.cuh, with the same
+// semantics as csrc/cpu/cross_entropy.cpp. Nothing here waits for the device: the mean's
+// denominator stays a device scalar, summed deterministically (no atomics) by ATen.
+//
+// Where the CPU kernels raise for an out-of-range target, these write NaN (loss, gradient row and
+// total weight) instead: checking would need a copy to the host.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/ones.h>
+#include <ATen/ops/sum.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <limits>
+
+#include "../common/logit_math.h"
+#include "../ops_common.h"
+#include "cross_entropy_kernels.cuh"
+
+namespace logitops {
+namespace {
+
+// ATen's element types and the CUDA ones the kernels use (same size and bits).
+template <typename T>
+struct CudaType {
+  using type = T;
+};
+template <>
+struct CudaType<c10::BFloat16> {
+  using type = __nv_bfloat16;
+};
+template <>
+struct CudaType<c10::Half> {
+  using type = __half;
+};
+
+// One block per row; past 2^31 - 1 rows the kernels loop over rows.
+dim3 row_grid(int64_t num_rows) {
+  return dim3(
+      static_cast<unsigned>(std::min<int64_t>(num_rows, std::numeric_limits<int32_t>::max())));
+}
+
+// sum of the class weights (the W of logit_math.h) as a device scalar; undefined without weights.
+at::Tensor class_weight_total(const at::Tensor& weight_acc, at::ScalarType acc_dtype) {
+  if (!weight_acc.defined()) return at::Tensor();
+  return at::sum(weight_acc, at::kDouble).to(acc_dtype);  // in double, like the CPU kernel
+}
+
+template <typename scalar_t, typename acc_t>
+cuda::CrossEntropyArgs<typename CudaType<scalar_t>::type, acc_t> make_args(
+    const at::Tensor& logits, const at::Tensor& target, const at::Tensor& weight_acc,
+    const at::Tensor& weight_total, int64_t ignore_index, double label_smoothing, double z_loss,
+    double softcap) {
+  using cuda_t = typename CudaType<scalar_t>::type;
+  cuda::CrossEntropyArgs<cuda_t, acc_t> args;
+  args.logits = reinterpret_cast<const cuda_t*>(logits.const_data_ptr<scalar_t>());
+  args.row_stride = logits.stride(0);
+  args.num_rows = logits.size(0);
+  args.num_classes = logits.size(1);
+  args.target = target.const_data_ptr<int64_t>();
+  args.weight = weight_acc.defined() ? weight_acc.const_data_ptr<acc_t>() : nullptr;
+  args.weight_total = weight_total.defined() ? weight_total.const_data_ptr<acc_t>() : nullptr;
+  args.ignore_index = ignore_index;
+  args.label_smoothing = static_cast<acc_t>(label_smoothing);
+  args.z_loss = static_cast<acc_t>(z_loss);
+  args.softcap = softcap > 0 ? static_cast<acc_t>(softcap) : acc_t(0);
+  return args;
+}
+
+// Writes grad (contiguous [rows, classes]) on the current stream; upstream_lse may be undefined.
+template <typename scalar_t, typename acc_t>
+void launch_backward(const cuda::CrossEntropyArgs<typename CudaType<scalar_t>::type, acc_t>& args,
+                     const at::Tensor& lse, const at::Tensor& upstream,
+                     const at::Tensor& upstream_lse, at::Tensor& grad) {
+  using cuda_t = typename CudaType<scalar_t>::type;
+  if (args.num_rows == 0) return;
+  const int threads = cuda::block_threads_for<cuda_t>(args.num_classes);
+  cuda::cross_entropy_backward_kernel<cuda_t, acc_t>
+      <<<row_grid(args.num_rows), threads, 0, at::cuda::getCurrentCUDAStream()>>>(
+          args, lse.const_data_ptr<acc_t>(), upstream.const_data_ptr<acc_t>(),
+          upstream_lse.defined() ? upstream_lse.const_data_ptr<acc_t>() : nullptr,
+          reinterpret_cast<cuda_t*>(grad.mutable_data_ptr<scalar_t>()));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void check_on_device(const at::Tensor& t, const at::Tensor& logits, const char* name) {
+  TORCH_CHECK_VALUE(t.device() == logits.device(), "logitops.cross_entropy_backward: ", name,
+                    " is on ", t.device(), " but logits on ", logits.device());
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cross_entropy_forward_cuda(
+    const at::Tensor& logits_in, const at::Tensor& target_in,
+    const std::optional<at::Tensor>& weight, int64_t ignore_index, double label_smoothing,
+    double z_loss, double softcap, int64_t reduction, bool compute_grad) {
+  check_cross_entropy_inputs(logits_in, target_in, weight, reduction);
+  const c10::cuda::CUDAGuard device_guard(logits_in.device());
+  const at::Tensor logits = rows_with_unit_stride(logits_in);
+  const at::Tensor target = target_in.contiguous();
+  const int64_t num_rows = logits.size(0);
+  const int64_t num_classes = logits.size(1);
+  const auto acc_dtype = accumulation_dtype(logits.scalar_type());
+  const auto acc_options = logits.options().dtype(acc_dtype);
+  const at::Tensor weight_acc =
+      weight.has_value() ? weight->to(acc_dtype).contiguous() : at::Tensor();
+  const at::Tensor weight_total = class_weight_total(weight_acc, acc_dtype);
+
+  at::Tensor lse = at::empty({num_rows}, acc_options);
+  at::Tensor row_loss = at::empty({num_rows}, acc_options);
+  at::Tensor row_weight = at::empty({num_rows}, acc_options);  // each row's share of total_weight
+  at::Tensor grad = compute_grad ? at::empty({num_rows, num_classes}, logits.options())
+                                 : at::empty({0}, logits.options());
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kBFloat16, at::kHalf, logits.scalar_type(), "cross_entropy_forward_cuda", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        using cuda_t = typename CudaType<scalar_t>::type;
+        if (num_rows == 0) return;
+        const auto args =
+            make_args<scalar_t, acc_t>(logits, target, weight_acc, weight_total, ignore_index,
+                                       label_smoothing, z_loss, softcap);
+        const int threads = cuda::block_threads_for<cuda_t>(num_classes);
+        cuda::cross_entropy_forward_kernel<cuda_t, acc_t>
+            <<<row_grid(num_rows), threads, 0, at::cuda::getCurrentCUDAStream()>>>(
+                args, lse.mutable_data_ptr<acc_t>(), row_loss.mutable_data_ptr<acc_t>(),
+                row_weight.mutable_data_ptr<acc_t>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+
+  // In double, like the CPU kernel; ATen's CUDA sum is deterministic.
+  const at::Tensor total_weight = at::sum(row_weight, at::kDouble).to(acc_dtype);
+
+  if (compute_grad && num_rows > 0) {
+    // The fused gradient is that of the reduced loss for an upstream gradient of 1.
+    const at::Tensor one =
+        reduction == kReductionNone ? at::ones({num_rows}, acc_options) : at::ones({}, acc_options);
+    const at::Tensor upstream = upstream_per_row(one, total_weight, reduction, num_rows, acc_dtype);
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kBFloat16, at::kHalf, logits.scalar_type(), "cross_entropy_forward_cuda_grad", [&] {
+          using acc_t = at::opmath_type<scalar_t>;
+          const auto args =
+              make_args<scalar_t, acc_t>(logits, target, weight_acc, weight_total, ignore_index,
+                                         label_smoothing, z_loss, softcap);
+          launch_backward<scalar_t, acc_t>(args, lse, upstream, at::Tensor(), grad);
+        });
+  }
+
+  at::Tensor loss = reduce_row_loss(row_loss, total_weight, reduction, logits.scalar_type());
+  return {loss, lse, total_weight, grad};
+}
+
+at::Tensor cross_entropy_backward_cuda(const at::Tensor& grad_loss_in,
+                                       const std::optional<at::Tensor>& grad_lse_in,
+                                       const at::Tensor& logits_in, const at::Tensor& target_in,
+                                       const std::optional<at::Tensor>& weight,
+                                       const at::Tensor& lse_in, const at::Tensor& total_weight,
+                                       int64_t ignore_index, double label_smoothing, double z_loss,
+                                       double softcap, int64_t reduction) {
+  check_cross_entropy_inputs(logits_in, target_in, weight, reduction);
+  const c10::cuda::CUDAGuard device_guard(logits_in.device());
+  const at::Tensor logits = rows_with_unit_stride(logits_in);
+  const at::Tensor target = target_in.contiguous();
+  const int64_t num_rows = logits.size(0);
+  const int64_t num_classes = logits.size(1);
+  const auto acc_dtype = accumulation_dtype(logits.scalar_type());
+  const at::Tensor weight_acc =
+      weight.has_value() ? weight->to(acc_dtype).contiguous() : at::Tensor();
+  const at::Tensor weight_total = class_weight_total(weight_acc, acc_dtype);
+  check_on_device(grad_loss_in, logits, "grad_loss");
+  check_on_device(lse_in, logits, "lse");
+  const at::Tensor upstream =
+      upstream_per_row(grad_loss_in, total_weight, reduction, num_rows, acc_dtype);
+  const at::Tensor grad_lse = grad_lse_in.has_value() && grad_lse_in->defined()
+                                  ? grad_lse_in->to(acc_dtype).contiguous()
+                                  : at::Tensor();
+  const at::Tensor lse = lse_in.to(acc_dtype).contiguous();
+  // The kernel reads one value per row of each; check rather than read out of bounds.
+  TORCH_CHECK_VALUE(lse.numel() == num_rows, "logitops.cross_entropy_backward: lse must have ",
+                    num_rows, " elements, got ", lse.numel());
+  if (grad_lse.defined()) {
+    check_on_device(grad_lse, logits, "grad_lse");
+    TORCH_CHECK_VALUE(grad_lse.numel() == num_rows,
+                      "logitops.cross_entropy_backward: grad_lse must have ", num_rows,
+                      " elements, got ", grad_lse.numel());
+  }
+  at::Tensor grad = at::empty({num_rows, num_classes}, logits.options());
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kBFloat16, at::kHalf, logits.scalar_type(), "cross_entropy_backward_cuda", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        const auto args =
+            make_args<scalar_t, acc_t>(logits, target, weight_acc, weight_total, ignore_index,
+                                       label_smoothing, z_loss, softcap);
+        launch_backward<scalar_t, acc_t>(args, lse, upstream, grad_lse, grad);
+      });
+  return grad;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(logitops, CUDA, m) {
+  m.impl("cross_entropy_forward", &cross_entropy_forward_cuda);
+  m.impl("cross_entropy_backward", &cross_entropy_backward_cuda);
+}
+
+}  // namespace logitops

@@ -1,0 +1,392 @@
+// Cross-entropy kernels for CUDA. Torch-free: only the shared math of logit_math.h and CUDA
+// headers, so that the device code compiles without ATen and reads like the CPU kernels' formulas.
+//
+// Both kernels give one thread block to one row and stream the row through 16-byte vectors. A row
+// pointer is rarely 16-byte aligned for every row (vocab sizes such as 50257), so each row peels
+// the few elements before its first 16-byte boundary and after its last one, and loads the rest as
+// whole vectors.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+
+#include "../common/logit_math.h"
+
+namespace logitops {
+namespace cuda {
+
+constexpr int kVectorBytes = 16;
+constexpr int kWarpSize = 32;
+// 512 threads at most, and __launch_bounds__ asking for two blocks per SM (64 registers): while one
+// block reduces its row at a barrier, the other keeps loading.
+constexpr int kMaxBlockThreads = 512;
+constexpr int kMinBlocksPerSm = 2;
+
+// Elements of scalar_t in one 16-byte load or store.
+template <typename scalar_t>
+constexpr int vector_size() {
+  return kVectorBytes / static_cast<int>(sizeof(scalar_t));
+}
+
+template <typename T, int N>
+struct alignas(sizeof(T) * N) AlignedVector {
+  T val[N];
+};
+
+// 16-byte vectors each thread loads before using them. fp64 has the heaviest math per vector and
+// loads one at a time, which keeps it within 64 registers.
+template <typename acc_t>
+constexpr int unroll_for() {
+  return sizeof(acc_t) == 8 ? 1 : 2;
+}
+
+// Threads per row: enough for about four vectors each, a power of two in [32, 512]. Block
+// reductions rely on a whole number of warps.
+template <typename scalar_t>
+inline int block_threads_for(int64_t num_classes) {
+  const int64_t vectors = (num_classes + vector_size<scalar_t>() - 1) / vector_size<scalar_t>();
+  int threads = kWarpSize;
+  while (threads < kMaxBlockThreads && int64_t(threads) * 4 < vectors) threads *= 2;
+  return threads;
+}
+
+// Everything both kernels read that does not change from row to row.
+template <typename scalar_t, typename acc_t>
+struct CrossEntropyArgs {
+  const scalar_t* logits;  // [num_rows, num_classes], unit stride along classes
+  int64_t row_stride;      // in elements
+  int64_t num_rows;
+  int64_t num_classes;
+  const int64_t* target;      // [num_rows], contiguous
+  const acc_t* weight;        // [num_classes], contiguous; nullptr when absent
+  const acc_t* weight_total;  // device scalar, sum of weight; nullptr means num_classes
+  int64_t ignore_index;
+  acc_t label_smoothing;
+  acc_t z_loss;
+  acc_t softcap;  // <= 0 when off
+};
+
+// ATen compiles CUDA code with the implicit __half / __nv_bfloat16 conversions disabled, so
+// conversions are spelled out. Narrowing rounds to nearest even, like c10::BFloat16 / c10::Half.
+template <typename acc_t, typename scalar_t>
+__device__ __forceinline__ acc_t to_acc(scalar_t x) {
+  if constexpr (std::is_same_v<scalar_t, __nv_bfloat16>) {
+    return __bfloat162float(x);
+  } else if constexpr (std::is_same_v<scalar_t, __half>) {
+    return __half2float(x);
+  } else {
+    return static_cast<acc_t>(x);
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ scalar_t from_acc(acc_t x) {
+  if constexpr (std::is_same_v<scalar_t, __nv_bfloat16>) {
+    return __float2bfloat16_rn(x);
+  } else if constexpr (std::is_same_v<scalar_t, __half>) {
+    return __float2half_rn(x);
+  } else {
+    return static_cast<scalar_t>(x);
+  }
+}
+
+// exp of arguments <= 0 (up to rounding). __expf is a few ulp there, like the CPU kernels'
+// exp_u20, and several times cheaper than expf; fp64 keeps the exact exp.
+__device__ __forceinline__ float fast_exp(float x) { return __expf(x); }
+__device__ __forceinline__ double fast_exp(double x) { return exp(x); }
+
+// max that returns NaN when either argument is NaN (fmax would drop it).
+template <typename acc_t>
+__device__ __forceinline__ acc_t nan_max(acc_t a, acc_t b) {
+  return (a > b || a != a) ? a : b;
+}
+
+// Number of leading elements of p[0, n) to handle one by one before p reaches a 16-byte
+// boundary; all n when p is not even aligned to its element size (then it never will be).
+template <typename scalar_t>
+__device__ __forceinline__ int64_t unaligned_head(const scalar_t* p, int64_t n) {
+  const auto address = reinterpret_cast<uintptr_t>(p);
+  if (address % sizeof(scalar_t) != 0) return n;
+  const int64_t head =
+      int64_t((kVectorBytes - address % kVectorBytes) % kVectorBytes) / int64_t(sizeof(scalar_t));
+  return head < n ? head : n;
+}
+
+// Online log-sum-exp of a few values: one exp per value, plus a rescale (lse_merge) only when the
+// running max grows. Equal to lse_push of each value up to rounding, NaN / +inf rules included.
+template <typename acc_t, int N>
+__device__ __forceinline__ void lse_push_values(LseState<acc_t>& state, const acc_t (&x)[N]) {
+  constexpr acc_t kInf = std::numeric_limits<acc_t>::infinity();
+  acc_t values_max = x[0];
+#pragma unroll
+  for (int k = 1; k < N; ++k) values_max = nan_max(values_max, x[k]);
+  if (!(values_max <= state.max)) {
+    if (values_max < kInf && state.max == state.max) {
+      // A larger finite max: rescale the sum (exp(-inf) = 0 when the state was empty).
+      state.sum *= fast_exp(state.max - values_max);
+      state.max = values_max;
+    } else {
+      // NaN or +inf: lse_merge makes the state NaN, or +inf, for good.
+      state = lse_merge(state, LseState<acc_t>{values_max, acc_t(0)});
+    }
+  }
+  // max = -inf: every value so far is -inf (sum stays 0). max = +inf or NaN: the lse is decided.
+  if (state.max > -kInf && state.max < kInf) {
+#pragma unroll
+    for (int k = 0; k < N; ++k) state.sum += fast_exp(x[k] - state.max);
+  }
+}
+
+// A thread's share of one row in the forward pass.
+template <typename acc_t>
+struct RowPartial {
+  LseState<acc_t> lse;
+  acc_t weighted_sum;  // sum_c w_c z_c over the thread's classes, when smoothing
+};
+
+template <typename acc_t>
+__device__ __forceinline__ RowPartial<acc_t> merge_partials(const RowPartial<acc_t>& a,
+                                                            const RowPartial<acc_t>& b) {
+  return {lse_merge(a.lse, b.lse), a.weighted_sum + b.weighted_sum};
+}
+
+// __shfl_xor_sync of any trivially copyable value, 32 bits at a time.
+template <typename T>
+__device__ __forceinline__ T shfl_xor(T value, int lane_mask) {
+  static_assert(sizeof(T) % sizeof(unsigned) == 0, "shuffled types are whole 32-bit words");
+  unsigned words[sizeof(T) / sizeof(unsigned)];
+  memcpy(words, &value, sizeof(T));
+#pragma unroll
+  for (auto& word : words) word = __shfl_xor_sync(0xffffffffu, word, lane_mask);
+  memcpy(&value, words, sizeof(T));
+  return value;
+}
+
+// Combines `value` over the block in a fixed order (deterministic); the result is valid in
+// thread 0. blockDim.x must be a multiple of 32. Every thread of the block must call it.
+template <typename T, typename Combine>
+__device__ T block_reduce(T value, T identity, Combine combine) {
+  __shared__ T warp_values[kMaxBlockThreads / kWarpSize];
+  const int warp = threadIdx.x / kWarpSize;
+  const int lane = threadIdx.x % kWarpSize;
+#pragma unroll
+  for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
+    value = combine(value, shfl_xor(value, offset));
+  }
+  __syncthreads();  // warp 0 may still be reading warp_values of the previous call
+  if (lane == 0) warp_values[warp] = value;
+  __syncthreads();
+  if (warp == 0) {
+    value = lane < int(blockDim.x / kWarpSize) ? warp_values[lane] : identity;
+#pragma unroll
+    for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
+      value = combine(value, shfl_xor(value, offset));
+    }
+  }
+  return value;
+}
+
+// Loads N logits as acc_t, soft-capped when the cap is on.
+template <typename scalar_t, typename acc_t, int N>
+__device__ __forceinline__ void capped_values(const scalar_t (&raw)[N], acc_t cap, acc_t (&z)[N]) {
+#pragma unroll
+  for (int k = 0; k < N; ++k) z[k] = softcap_value(to_acc<acc_t>(raw[k]), cap);
+}
+
+// Forward: per row, the lse of the (capped) logits, the row's loss and the weight its target
+// adds to the mean's denominator (w[target], 0 when ignored, NaN for an invalid target so that
+// the total shows it). One block per row; blockDim.x from block_threads_for.
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm)
+    cross_entropy_forward_kernel(const CrossEntropyArgs<scalar_t, acc_t> args,
+                                 acc_t* __restrict__ lse_out, acc_t* __restrict__ loss_out,
+                                 acc_t* __restrict__ row_weight_out) {
+  constexpr int kVec = vector_size<scalar_t>();
+  constexpr int kUnroll = unroll_for<acc_t>();
+  using Vector = AlignedVector<scalar_t, kVec>;
+  constexpr acc_t kNaN = std::numeric_limits<acc_t>::quiet_NaN();
+  const int64_t num_classes = args.num_classes;
+  const bool smoothing = args.label_smoothing != acc_t(0);
+  const int64_t threads = blockDim.x;
+
+  for (int64_t row = blockIdx.x; row < args.num_rows; row += gridDim.x) {
+    const scalar_t* __restrict__ logits = args.logits + row * args.row_stride;
+    RowPartial<acc_t> part{lse_empty<acc_t>(), acc_t(0)};
+
+    // Adds N consecutive logits starting at class j.
+    auto accumulate = [&](const auto& raw, int64_t j) {
+      constexpr int N = sizeof(raw) / sizeof(raw[0]);
+      acc_t z[N];
+      capped_values(raw, args.softcap, z);
+      lse_push_values(part.lse, z);
+      if (smoothing) {
+#pragma unroll
+        for (int k = 0; k < N; ++k) {
+          part.weighted_sum += args.weight != nullptr ? args.weight[j + k] * z[k] : z[k];
+        }
+      }
+    };
+
+    const int64_t head = unaligned_head(logits, num_classes);
+    const int64_t num_vectors = (num_classes - head) / kVec;
+    const int64_t tail = head + num_vectors * kVec;
+    auto accumulate_one = [&](int64_t j) {
+      const scalar_t raw[1] = {logits[j]};
+      accumulate(raw, j);
+    };
+    for (int64_t j = threadIdx.x; j < head; j += threads) accumulate_one(j);
+    for (int64_t j = tail + threadIdx.x; j < num_classes; j += threads) accumulate_one(j);
+    const Vector* vectors = reinterpret_cast<const Vector*>(logits + head);
+    // kUnroll loads in flight per thread before any math: the loop is bound by memory latency.
+    int64_t v = threadIdx.x;
+    for (; v + (kUnroll - 1) * threads < num_vectors; v += kUnroll * threads) {
+      Vector batch[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) batch[u] = vectors[v + u * threads];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) accumulate(batch[u].val, head + (v + u * threads) * kVec);
+    }
+    for (; v < num_vectors; v += threads) {
+      const Vector last = vectors[v];
+      accumulate(last.val, head + v * kVec);
+    }
+
+    part = block_reduce(part, RowPartial<acc_t>{lse_empty<acc_t>(), acc_t(0)},
+                        [](const RowPartial<acc_t>& a, const RowPartial<acc_t>& b) {
+                          return merge_partials(a, b);
+                        });
+    if (threadIdx.x == 0) {
+      const acc_t lse = lse_finalize(part.lse);
+      lse_out[row] = lse;
+      const int64_t t = args.target[row];
+      acc_t loss = acc_t(0);
+      acc_t row_weight = acc_t(0);
+      if (!target_is_valid(t, num_classes, args.ignore_index)) {
+        loss = kNaN;
+        row_weight = kNaN;
+      } else if (t != args.ignore_index) {
+        const acc_t weight_total =
+            args.weight_total != nullptr ? *args.weight_total : acc_t(num_classes);
+        row_weight = args.weight != nullptr ? args.weight[t] : acc_t(1);
+        const auto coef = cross_entropy_row(lse, row_weight, weight_total, args.label_smoothing,
+                                            num_classes, args.z_loss);
+        const acc_t target_logit = softcap_value(to_acc<acc_t>(logits[t]), args.softcap);
+        loss = cross_entropy_row_loss(coef, lse, target_logit, weight_total, part.weighted_sum,
+                                      args.z_loss);
+      }
+      loss_out[row] = loss;
+      row_weight_out[row] = row_weight;
+    }
+  }
+}
+
+// Backward: grad[row, j] = upstream[row] * dloss/dz_j + upstream_lse[row] * dlse/dz_j, recomputing
+// p_j = exp(z_j - lse[row]). grad is contiguous [num_rows, num_classes]. upstream_lse may be
+// nullptr (no lse gradient). Rows with an invalid target, or whose lse is NaN / +inf, are NaN;
+// rows with nothing to propagate (ignored, no lse gradient) are 0 whatever their logits.
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm)
+    cross_entropy_backward_kernel(const CrossEntropyArgs<scalar_t, acc_t> args,
+                                  const acc_t* __restrict__ lse_in,
+                                  const acc_t* __restrict__ upstream,
+                                  const acc_t* __restrict__ upstream_lse,
+                                  scalar_t* __restrict__ grad) {
+  constexpr int kVec = vector_size<scalar_t>();
+  constexpr int kUnroll = unroll_for<acc_t>();
+  using Vector = AlignedVector<scalar_t, kVec>;
+  constexpr acc_t kInf = std::numeric_limits<acc_t>::infinity();
+  const int64_t num_classes = args.num_classes;
+  const int64_t threads = blockDim.x;
+  const acc_t cap = args.softcap;
+  const acc_t inv_cap = cap > acc_t(0) ? acc_t(1) / cap : acc_t(0);
+  const acc_t weight_total = args.weight_total != nullptr ? *args.weight_total : acc_t(num_classes);
+
+  for (int64_t row = blockIdx.x; row < args.num_rows; row += gridDim.x) {
+    const scalar_t* __restrict__ logits = args.logits + row * args.row_stride;
+    scalar_t* __restrict__ out = grad + row * num_classes;
+    const int64_t t = args.target[row];
+    const acc_t lse = lse_in[row];
+    const acc_t up = upstream[row];
+    const acc_t up_lse = upstream_lse != nullptr ? upstream_lse[row] : acc_t(0);
+
+    // Rows whose every element is one value (uniform across the block) skip the loads.
+    bool constant_row = true;
+    acc_t constant = std::numeric_limits<acc_t>::quiet_NaN();
+    CrossEntropyRow<acc_t> coef = cross_entropy_ignored_row<acc_t>();
+    if (target_is_valid(t, num_classes, args.ignore_index)) {
+      if (t != args.ignore_index) {
+        const acc_t target_weight = args.weight != nullptr ? args.weight[t] : acc_t(1);
+        coef = cross_entropy_row(lse, target_weight, weight_total, args.label_smoothing,
+                                 num_classes, args.z_loss);
+      }
+      // The same tests, in the same order, as the CPU kernel.
+      if (up * coef.grad_scale + up_lse == acc_t(0) && up * coef.smooth_coef == acc_t(0) &&
+          coef.target_coef == acc_t(0)) {
+        constant = acc_t(0);
+      } else if (lse < kInf) {  // false for NaN / +inf: the softmax is undefined
+        constant_row = false;
+      }
+    }
+    // Per-class weights matter only through the smoothing term.
+    const acc_t* __restrict__ class_weight = coef.smooth_coef != acc_t(0) ? args.weight : nullptr;
+
+    // Gradient of one element from its raw logit. The cap's derivative 1 - tanh^2(raw / cap) is
+    // taken from the capped value, as the CPU kernel does, which saves a second tanh.
+    auto element_grad = [&](acc_t raw, int64_t j) -> acc_t {
+      if (constant_row) return constant;
+      const acc_t z = softcap_value(raw, cap);
+      const acc_t prob = lse == -kInf ? acc_t(0) : fast_exp(z - lse);
+      acc_t g = cross_entropy_grad(coef, up, up_lse, prob, j == t,
+                                   class_weight != nullptr ? class_weight[j] : acc_t(1));
+      if (cap > acc_t(0)) g *= acc_t(1) - (z * inv_cap) * (z * inv_cap);
+      return g;
+    };
+
+    // Vectors are aligned on the output; the input is read by vectors too when it has the same
+    // offset from a 16-byte boundary (as contiguous logits starting on a boundary do).
+    const int64_t head = unaligned_head(out, num_classes);
+    const int64_t num_vectors = (num_classes - head) / kVec;
+    const int64_t tail = head + num_vectors * kVec;
+    const bool vector_loads = (reinterpret_cast<uintptr_t>(logits) % kVectorBytes) ==
+                              (reinterpret_cast<uintptr_t>(out) % kVectorBytes);
+    auto write_one = [&](int64_t j) {
+      out[j] = from_acc<scalar_t>(element_grad(to_acc<acc_t>(logits[j]), j));
+    };
+    auto load = [&](int64_t j) -> Vector {
+      Vector raw{};
+      if (constant_row) return raw;  // nothing to read
+      if (vector_loads) return *reinterpret_cast<const Vector*>(logits + j);
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) raw.val[k] = logits[j + k];
+      return raw;
+    };
+    auto store = [&](int64_t j, const Vector& raw) {
+      Vector result;
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) {
+        result.val[k] = from_acc<scalar_t>(element_grad(to_acc<acc_t>(raw.val[k]), j + k));
+      }
+      *reinterpret_cast<Vector*>(out + j) = result;
+    };
+    for (int64_t j = threadIdx.x; j < head; j += threads) write_one(j);
+    for (int64_t j = tail + threadIdx.x; j < num_classes; j += threads) write_one(j);
+    int64_t v = threadIdx.x;
+    for (; v + (kUnroll - 1) * threads < num_vectors; v += kUnroll * threads) {
+      Vector batch[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) batch[u] = load(head + (v + u * threads) * kVec);
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) store(head + (v + u * threads) * kVec, batch[u]);
+    }
+    for (; v < num_vectors; v += threads) store(head + v * kVec, load(head + v * kVec));
+  }
+}
+
+}  // namespace cuda
+}  // namespace logitops

@@ -1,0 +1,108 @@
+"""Typed wrappers, fake kernels and autograd of the BCE-with-logits ops."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._common import is_plain_eager_tensor
+
+__all__ = ["bce_with_logits_forward", "bce_with_logits_backward"]
+
+
+def bce_with_logits_forward(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    pos_weight: Tensor | None,
+    reduction: int,
+    compute_grad: bool,
+) -> tuple[Tensor, Tensor]:
+    """Loss and (when compute_grad) its gradient for an upstream of 1. input / target [R, C];
+    weight / pos_weight in the accumulation dtype, expanded to [R, C]."""
+    return torch.ops.logitops.bce_with_logits_forward.default(
+        input, target, weight, pos_weight, reduction, compute_grad
+    )
+
+
+def bce_with_logits_backward(
+    grad_loss: Tensor,
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    pos_weight: Tensor | None,
+    reduction: int,
+) -> Tensor:
+    """Gradient of bce_with_logits_forward's loss with respect to input."""
+    return torch.ops.logitops.bce_with_logits_backward.default(
+        grad_loss, input, target, weight, pos_weight, reduction
+    )
+
+
+@torch.library.register_fake("logitops::bce_with_logits_forward")
+def _bce_forward_fake(input, target, weight, pos_weight, reduction, compute_grad):
+    torch._check(input.dim() == 2, lambda: "input must be 2-D")
+    torch._check(target.shape == input.shape, lambda: "target must have the input's shape")
+    loss = input.new_empty(input.shape if reduction == 0 else ())
+    grad = input.new_empty(input.shape if compute_grad else (0,))
+    return loss, grad
+
+
+@torch.library.register_fake("logitops::bce_with_logits_backward")
+def _bce_backward_fake(grad_loss, input, target, weight, pos_weight, reduction):
+    torch._check(input.dim() == 2, lambda: "input must be 2-D")
+    return input.new_empty(input.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    input, target, weight, pos_weight, reduction, fused = inputs
+    ctx.save_for_backward(input, target, weight, pos_weight, output[1])
+    ctx.reduction = reduction
+    ctx.fused = fused
+    ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)
+
+
+def _backward(ctx, grad_loss, _grad_grad):
+    input, target, weight, pos_weight, fused_grad = ctx.saved_tensors
+    if grad_loss is None:
+        return (None,) * 6
+    grad_input = grad_target = None
+    if ctx.needs_input_grad[0]:
+        if ctx.fused and ctx.reduction != 0:
+            # As in cross-entropy: hand the fused gradient over when the upstream is 1.
+            if (
+                is_plain_eager_tensor(grad_loss)
+                and grad_loss.device.type == "cpu"
+                and bool(grad_loss == 1)
+            ):
+                grad_input = fused_grad
+            else:
+                grad_input = fused_grad * grad_loss.to(fused_grad.dtype)
+        else:
+            grad_input = bce_with_logits_backward(
+                grad_loss, input, target, weight, pos_weight, ctx.reduction
+            )
+    if ctx.needs_input_grad[1]:
+        grad_target = _target_gradient(grad_loss, input, weight, pos_weight, ctx.reduction)
+    return grad_input, grad_target, None, None, None, None
+
+
+def _target_gradient(grad_loss, input, weight, pos_weight, reduction):
+    """d loss / d target = -z + (pos_weight - 1) * softplus(-z), times weight and upstream.
+    Rarely needed (soft targets that are themselves trained), so composed from torch ops."""
+    z = input.to(torch.float64 if input.dtype == torch.float64 else torch.float32)
+    g = -z
+    if pos_weight is not None:
+        g = g + (pos_weight - 1) * torch.nn.functional.softplus(-z)
+    if weight is not None:
+        g = g * weight
+    g = g * grad_loss
+    if reduction == 1:
+        g = g / max(1, input.numel())
+    return g.to(input.dtype)
+
+
+torch.library.register_autograd(
+    "logitops::bce_with_logits_forward", _backward, setup_context=_setup_context
+)
