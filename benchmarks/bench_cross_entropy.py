@@ -11,6 +11,7 @@ and not counted.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import importlib
 import os
@@ -32,6 +33,7 @@ import harness  # noqa: E402
 import logitops  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 
 
 def shapes_for(device: str, quick: bool) -> list[tuple[int, int]]:
@@ -58,7 +60,7 @@ def providers(device: str) -> dict[str, object]:
         if device != "cuda":
             found["liger"] = "needs CUDA (Triton)"
         else:
-            # Liger writes the gradient into the logits buffer: give it a private copy.
+            # Liger writes the gradient into the logits buffer: the harness gives it a copy.
             found["liger"] = lambda x, t: liger.liger_cross_entropy(x, t)
     except ImportError:
         found["liger"] = "not installed"
@@ -70,74 +72,6 @@ def providers(device: str) -> dict[str, object]:
     except ImportError:
         found["quack"] = "not installed"
     return found
-
-
-def synchronize(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def bench_one(name, fn, rows, vocab, dtype, device, modes, reps):
-    elem = torch.tensor([], dtype=dtype).element_size()
-    nbytes = rows * vocab * elem
-    target = torch.randint(0, vocab, (rows,), device=device)
-
-    def make():
-        return torch.randn(rows, vocab, device=device, dtype=dtype)
-
-    inputs = harness.rotating_inputs(make, nbytes, device)
-    nxt = harness.cycle(inputs)
-    out = []
-    shape = f"{rows}x{vocab}"
-    dname = [k for k, v in DTYPES.items() if v == dtype][0]
-    for mode in modes:
-        if mode == "fwd":
-
-            def run():
-                with torch.no_grad():
-                    fn(nxt(), target)
-
-            moved = nbytes
-        else:
-            leaves = [x.detach().requires_grad_() for x in inputs]
-            nxt_leaf = harness.cycle(leaves)
-
-            def run(nxt_leaf=nxt_leaf):
-                x = nxt_leaf()
-                x.grad = None
-                fn(x if name != "liger" else x.clone(), target).backward()
-
-            moved = 2 * nbytes
-        try:
-            median, p20, p80 = harness.time_fn(run, device, reps=reps)
-            m = harness.Measurement(
-                "cross_entropy", name, mode, shape, dname, median, p20, p80, bytes_moved=moved
-            )
-            if device == "cuda" and mode == "fwd+bwd":
-                torch.cuda.reset_peak_memory_stats()
-                base = torch.cuda.memory_allocated()
-                run()
-                synchronize(device)
-                m.extra["peak_extra_mb"] = (torch.cuda.max_memory_allocated() - base) / 2**20
-        except torch.OutOfMemoryError:
-            m = harness.Measurement(
-                "cross_entropy", name, mode, shape, dname, None, skipped="out of memory"
-            )
-        except Exception as exc:  # a peer failing must not stop the run
-            m = harness.Measurement(
-                "cross_entropy",
-                name,
-                mode,
-                shape,
-                dname,
-                None,
-                skipped=f"{type(exc).__name__}: {str(exc)[:80]}",
-            )
-        out.append(m)
-        gc.collect()
-        if device == "cuda":
-            torch.cuda.empty_cache()
-    return out
 
 
 def main(argv=None) -> list[harness.Measurement]:
@@ -172,24 +106,32 @@ def main(argv=None) -> list[harness.Measurement]:
     started = time.perf_counter()
     for rows, vocab in shapes:
         for dtype in dtypes:
+            dname = DTYPE_NAMES[dtype]
+            shape = f"{rows}x{vocab}"
+            nbytes = rows * vocab * dtype.itemsize
+            target = torch.randint(0, vocab, (rows,), device=device)
             for name, fn in found.items():
                 if isinstance(fn, str):
-                    dname = [k for k, v in DTYPES.items() if v == dtype][0]
-                    for mode in modes:
-                        results.append(
-                            harness.Measurement(
-                                "cross_entropy",
-                                name,
-                                mode,
-                                f"{rows}x{vocab}",
-                                dname,
-                                None,
-                                skipped=fn,
-                            )
-                        )
+                    results += harness.skipped(
+                        "cross_entropy", name, fn, shape=shape, dtype=dname, modes=modes
+                    )
                     continue
-                print(f"  {name} {rows}x{vocab} {dtype} ...", file=sys.stderr, flush=True)
-                results.extend(bench_one(name, fn, rows, vocab, dtype, device, modes, reps))
+                print(f"  {name} {shape} {dname} ...", file=sys.stderr, flush=True)
+                results += harness.bench_loss(
+                    "cross_entropy",
+                    name,
+                    fn,
+                    functools.partial(torch.randn, rows, vocab, device=device, dtype=dtype),
+                    (target,),
+                    shape=shape,
+                    dtype=dname,
+                    device=device,
+                    modes=modes,
+                    reps=reps,
+                    bytes_by_mode={"fwd": nbytes, "fwd+bwd": 2 * nbytes},
+                    clone_input=name == "liger",
+                )
+                gc.collect()
     harness.finish(results, copy_gbps)
     harness.print_table(results)
     path = harness.write_json("cross_entropy", device, results, copy_gbps, args.out)

@@ -134,6 +134,90 @@ def cycle(items: list) -> Callable[[], object]:
     return nxt
 
 
+def bench_loss(
+    op: str,
+    provider: str,
+    fn: Callable[..., torch.Tensor],
+    make_input: Callable[[], torch.Tensor],
+    other_args: tuple,
+    *,
+    shape: str,
+    dtype: str,
+    device: str,
+    modes: list[str],
+    reps: int,
+    bytes_by_mode: dict[str, int],
+    clone_input: bool = False,
+) -> list[Measurement]:
+    """Times `fn(input, *other_args)` (a scalar loss) forward and forward+backward.
+
+    Inputs rotate through several copies on a GPU so that they are not served from L2. With
+    clone_input, each call gets a private copy (for peers that overwrite their input).
+    """
+    one = make_input()
+    inputs = rotating_inputs(make_input, one.numel() * one.element_size(), device)
+    del one
+    out = []
+    for mode in modes:
+        if mode == "fwd":
+            nxt = cycle(inputs)
+
+            def run(nxt=nxt):
+                with torch.no_grad():
+                    fn(nxt(), *other_args)
+
+        else:
+            nxt = cycle([x.detach().requires_grad_() for x in inputs])
+
+            def run(nxt=nxt):
+                x = nxt()
+                x.grad = None
+                fn(x.clone() if clone_input else x, *other_args).backward()
+
+        try:
+            median, p20, p80 = time_fn(run, device, reps=reps)
+            m = Measurement(
+                op,
+                provider,
+                mode,
+                shape,
+                dtype,
+                median,
+                p20,
+                p80,
+                bytes_moved=bytes_by_mode.get(mode),
+            )
+            if device == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+                run()
+                torch.cuda.synchronize()
+                m.extra["peak_extra_mb"] = (torch.cuda.max_memory_allocated() - base) / 2**20
+        except torch.OutOfMemoryError:
+            m = Measurement(op, provider, mode, shape, dtype, None, skipped="out of memory")
+        except Exception as exc:  # a peer failing must not stop the run
+            m = Measurement(
+                op,
+                provider,
+                mode,
+                shape,
+                dtype,
+                None,
+                skipped=f"{type(exc).__name__}: {str(exc)[:80]}",
+            )
+        out.append(m)
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    return out
+
+
+def skipped(
+    op: str, provider: str, why: str, *, shape: str, dtype: str, modes: list[str]
+) -> list[Measurement]:
+    return [Measurement(op, provider, mode, shape, dtype, None, skipped=why) for mode in modes]
+
+
 def finish(results: list[Measurement], copy_gbps: float) -> None:
     """Fills bandwidth, fraction of copy and ratio vs torch eager for each measurement."""
     baseline = {

@@ -14,6 +14,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")
 sys.path.insert(0, str(Path(__file__).parent))
 
+import bench_bce_with_logits  # noqa: E402
 import bench_cross_entropy  # noqa: E402
 import torch  # noqa: E402
 
@@ -28,6 +29,7 @@ def main() -> None:
     if args.out:
         common += ["--out", args.out]
     bench_cross_entropy.main(common)
+    bench_bce_with_logits.main(common)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 
+import bench_bce_with_logits  # noqa: E402
 import bench_cross_entropy  # noqa: E402
 
 
@@ -38,3 +39,23 @@ def test_cross_entropy_benchmark_writes_results(tmp_path, capsys):
     assert all(r["bytes_moved"] > 0 and r["gbps"] > 0 for r in timed)
     assert any(r["skipped"] for r in payload["results"] if r["provider"] == "liger")
     assert len(results) == len(payload["results"])
+
+
+def test_bce_benchmark_writes_results(tmp_path):
+    bench_bce_with_logits.main(
+        [
+            "--device",
+            "cpu",
+            "--shapes",
+            "8x16",
+            "--reps",
+            "2",
+            "--providers",
+            "logitops,torch",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    payload = json.loads(next(tmp_path.glob("*.json")).read_text())
+    timed = [r for r in payload["results"] if r["median_ms"]]
+    assert len(timed) == 8 and all(r["ratio_vs_torch"] for r in timed)
