@@ -37,4 +37,19 @@ TORCH_LIBRARY(logitops, m) {
   m.def(
       "bce_with_logits_backward(Tensor grad_loss, Tensor input, Tensor target, Tensor? weight, "
       "Tensor? pos_weight, int reduction) -> Tensor");
+
+  // Filters logits [B, V]: adds logit_bias ([1 or B, V]), divides by temperature, then keeps the
+  // tokens that top-k / top-p / min-p keep (per-row [B] parameters; order 0 hf, 1 vllm, 2 joint)
+  // and writes filter_value elsewhere. Rows containing NaN come back as NaN.
+  m.def(
+      "filter_logits(Tensor logits, Tensor? logit_bias, Tensor temperature, Tensor top_k, "
+      "Tensor top_p, Tensor min_p, int order, float filter_value, int min_tokens_to_keep) "
+      "-> Tensor");
+  // Samples one token per row from the filtered softmax (temperature <= 0: greedy argmax) with
+  // noise keyed by seed[b] (and the row index unless per_row_seeds). Returns int64 token ids [B]
+  // (-1 for a NaN row or one with nothing to sample) and their float32 log-probabilities.
+  m.def(
+      "sample(Tensor logits, Tensor? logit_bias, Tensor temperature, Tensor top_k, Tensor top_p, "
+      "Tensor min_p, int order, Tensor seed, bool per_row_seeds) -> (Tensor tokens, "
+      "Tensor logprobs)");
 }

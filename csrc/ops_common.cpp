@@ -54,6 +54,38 @@ void check_cross_entropy_inputs(const at::Tensor& logits, const at::Tensor& targ
                     "logitops.cross_entropy: unknown reduction code ", reduction);
 }
 
+void check_bce_inputs(const at::Tensor& input, const at::Tensor& target,
+                      const std::optional<at::Tensor>& weight,
+                      const std::optional<at::Tensor>& pos_weight, int64_t reduction) {
+  TORCH_CHECK_VALUE(input.dim() == 2, "logitops.bce_with_logits: input must be 2-D, got ",
+                    input.sizes());
+  TORCH_CHECK_TYPE(at::isFloatingType(input.scalar_type()),
+                   "logitops.bce_with_logits: input must be floating point, got ",
+                   input.scalar_type());
+  TORCH_CHECK_VALUE(target.sizes() == input.sizes(),
+                    "logitops.bce_with_logits: target must have the input's shape ", input.sizes(),
+                    ", got ", target.sizes());
+  TORCH_CHECK_TYPE(target.scalar_type() == input.scalar_type(),
+                   "logitops.bce_with_logits: target must have the input's dtype ",
+                   input.scalar_type(), ", got ", target.scalar_type());
+  const auto acc = accumulation_dtype(input.scalar_type());
+  for (const auto* opt : {&weight, &pos_weight}) {
+    if (!opt->has_value()) continue;
+    const char* name = opt == &weight ? "weight" : "pos_weight";
+    TORCH_CHECK_VALUE((*opt)->sizes() == input.sizes(), "logitops.bce_with_logits: ", name,
+                      " must be expanded to the input's shape ", input.sizes(), ", got ",
+                      (*opt)->sizes());
+    TORCH_CHECK_TYPE((*opt)->scalar_type() == acc, "logitops.bce_with_logits: ", name, " must be ",
+                     acc, ", got ", (*opt)->scalar_type());
+    TORCH_CHECK_VALUE((*opt)->device() == input.device(), "logitops.bce_with_logits: ", name,
+                      " is on ", (*opt)->device(), " but input on ", input.device());
+  }
+  TORCH_CHECK_VALUE(target.device() == input.device(), "logitops.bce_with_logits: target is on ",
+                    target.device(), " but input on ", input.device());
+  TORCH_CHECK_VALUE(reduction >= kReductionNone && reduction <= kReductionSum,
+                    "logitops.bce_with_logits: unknown reduction code ", reduction);
+}
+
 namespace {
 
 // One freed huge-page buffer kept for the next allocation of the same size. A training loop

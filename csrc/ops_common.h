@@ -17,6 +17,11 @@ at::Tensor rows_with_unit_stride(const at::Tensor& logits);
 void check_cross_entropy_inputs(const at::Tensor& logits, const at::Tensor& target,
                                 const std::optional<at::Tensor>& weight, int64_t reduction);
 
+// Checks that direct callers of torch.ops.logitops.bce_with_logits_* get instead of a crash.
+void check_bce_inputs(const at::Tensor& input, const at::Tensor& target,
+                      const std::optional<at::Tensor>& weight,
+                      const std::optional<at::Tensor>& pos_weight, int64_t reduction);
+
 // at::empty for CPU outputs, except that large ones are backed by transparent huge pages: a fresh
 // [N, C] gradient otherwise costs one page fault per 4 KiB, which on the machines we measured
 // takes longer than computing it.

@@ -8,8 +8,16 @@ from ._loader import load_extension
 
 _build_info = load_extension()
 
-from . import functional, nn, ops  # noqa: E402
-from .functional import binary_cross_entropy_with_logits, cross_entropy  # noqa: E402
+from . import functional, nn, ops, processors  # noqa: E402
+from .functional import (  # noqa: E402
+    binary_cross_entropy_with_logits,
+    cross_entropy,
+    filter_logits,
+    min_p_filter,
+    sample,
+    top_k_filter,
+    top_p_filter,
+)
 
 __version__ = "0.1.0"
 
@@ -19,9 +27,15 @@ __all__ = [
     "build_info",
     "cross_entropy",
     "cuda_kernels_available",
+    "filter_logits",
     "functional",
+    "min_p_filter",
     "nn",
     "ops",
+    "processors",
+    "sample",
+    "top_k_filter",
+    "top_p_filter",
 ]
 
 

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 from torch.nn import _reduction as _Reduction
 
+from . import _sampling
 from .ops import bce_with_logits as _bce_ops
 from .ops import cross_entropy as _ce_ops
 from .ops._common import (
@@ -18,7 +19,15 @@ from .ops._common import (
     validate_cuda_targets_enabled,
 )
 
-__all__ = ["binary_cross_entropy_with_logits", "cross_entropy"]
+__all__ = [
+    "binary_cross_entropy_with_logits",
+    "cross_entropy",
+    "filter_logits",
+    "min_p_filter",
+    "sample",
+    "top_k_filter",
+    "top_p_filter",
+]
 
 
 def cross_entropy(
@@ -287,3 +296,140 @@ def binary_cross_entropy_with_logits(
         compute_grad,
     )
     return loss.reshape(input.shape) if code == 0 else loss
+
+
+def filter_logits(
+    logits: Tensor,
+    *,
+    temperature: float | Tensor | None = None,
+    top_k: int | Tensor | None = None,
+    top_p: float | Tensor | None = None,
+    min_p: float | Tensor | None = None,
+    logit_bias: Tensor | None = None,
+    order: str = "hf",
+    filter_value: float = -math.inf,
+    min_tokens_to_keep: int = 1,
+) -> Tensor:
+    r"""Temperature, logit bias, top-k, top-p and min-p in one pass over [batch, vocab] logits.
+
+    ``logit_bias`` ([V] or [B, V]) is added first, then the logits are divided by
+    ``temperature`` (> 0), then filtered; removed entries become ``filter_value``. Parameters are
+    Python numbers or per-row tensors of shape [B]. ``order``:
+
+    - ``"hf"`` (default): temperature -> top-k -> top-p -> min-p, each on the previous result,
+      as transformers' warpers (top-p renormalizes over top-k's survivors);
+    - ``"vllm"``: temperature -> min-p -> top-k -> top-p (top-p over min-p's and top-k's
+      survivors);
+    - ``"joint"``: top-k, top-p and min-p all measured on the temperature-scaled distribution
+      (SGLang / FlashInfer's joint top-k top-p).
+
+    Top-k keeps every token tied with the k-th largest; top-p keeps tokens while the probability
+    mass above them is below p (the crossing token is kept, at exact equality it is not; ties at
+    the cut are kept together); min-p keeps ``p >= min_p * p_max``; at least
+    ``min_tokens_to_keep`` tokens survive each filter. No sort of the vocabulary. Rows that
+    contain NaN come back as NaN.
+
+    Examples
+    --------
+    >>> logits = torch.randn(4, 32000)
+    >>> out = logitops.filter_logits(logits, temperature=0.8, top_k=50, top_p=0.9)
+    """
+    return _sampling.filter_logits(
+        logits,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        min_p=min_p,
+        logit_bias=logit_bias,
+        order=order,
+        filter_value=filter_value,
+        min_tokens_to_keep=min_tokens_to_keep,
+    )
+
+
+def top_k_filter(
+    logits: Tensor,
+    k: int | Tensor,
+    *,
+    filter_value: float = -math.inf,
+    min_tokens_to_keep: int = 1,
+) -> Tensor:
+    """Keeps the k largest logits of each row and every logit tied with the k-th (HF's
+    ``TopKLogitsWarper``); ``k >= vocab`` keeps all. See :func:`filter_logits`."""
+    return filter_logits(
+        logits, top_k=k, filter_value=filter_value, min_tokens_to_keep=min_tokens_to_keep
+    )
+
+
+def top_p_filter(
+    logits: Tensor,
+    p: float | Tensor,
+    *,
+    filter_value: float = -math.inf,
+    min_tokens_to_keep: int = 1,
+) -> Tensor:
+    """Nucleus filtering (HF's ``TopPLogitsWarper``): removes the tokens whose ascending
+    cumulative probability is <= 1 - p. See :func:`filter_logits`."""
+    return filter_logits(
+        logits, top_p=p, filter_value=filter_value, min_tokens_to_keep=min_tokens_to_keep
+    )
+
+
+def min_p_filter(
+    logits: Tensor,
+    min_p: float | Tensor,
+    *,
+    filter_value: float = -math.inf,
+    min_tokens_to_keep: int = 1,
+) -> Tensor:
+    """Keeps tokens with probability >= min_p times the row's largest (HF's
+    ``MinPLogitsWarper``). See :func:`filter_logits`."""
+    return filter_logits(
+        logits, min_p=min_p, filter_value=filter_value, min_tokens_to_keep=min_tokens_to_keep
+    )
+
+
+def sample(
+    logits: Tensor,
+    *,
+    temperature: float | Tensor = 1.0,
+    top_k: int | Tensor | None = None,
+    top_p: float | Tensor | None = None,
+    min_p: float | Tensor | None = None,
+    logit_bias: Tensor | None = None,
+    order: str = "hf",
+    seed: int | Tensor | None = None,
+    generator: torch.Generator | None = None,
+    return_logprobs: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    r"""Samples one token id per row from the filtered softmax, without a sort and without a
+    host sync: the kept token maximizing ``z - log(E)``, ``E ~ Exp(1)`` (exactly a draw from the
+    softmax of the kept logits).
+
+    Rows with temperature 0 are greedy (argmax of the biased logits, first index on ties).
+    ``seed``: an int (noise keyed on the seed and the row index) or an int64 tensor [B] of per-row
+    seeds (noise keyed on the row's seed only, so a row's token depends on its logits, parameters
+    and seed, not on its batch position or the other rows); the same call gives the same tokens.
+    Without a seed, one key is drawn from ``generator`` (or torch's default generator). The noise
+    is computed in float64 from 53 random bits, so tokens of probability far below 2^-24 stay
+    reachable. With ``return_logprobs`` also returns each token's log-probability under the
+    filtered, temperature-scaled distribution (0 for greedy rows). A row containing NaN, or with
+    every logit -inf, gives token -1 (and log-probability NaN).
+
+    Examples
+    --------
+    >>> logits = torch.randn(3, 128256)
+    >>> tokens = logitops.sample(logits, temperature=0.7, top_p=0.95, seed=torch.tensor([1, 2, 3]))
+    """
+    return _sampling.sample(
+        logits,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        min_p=min_p,
+        logit_bias=logit_bias,
+        order=order,
+        seed=seed,
+        generator=generator,
+        return_logprobs=return_logprobs,
+    )

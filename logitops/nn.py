@@ -7,7 +7,7 @@ from torch import Tensor
 
 from . import functional as F
 
-__all__ = ["BCEWithLogitsLoss", "CrossEntropyLoss"]
+__all__ = ["BCEWithLogitsLoss", "CrossEntropyLoss", "Sampler"]
 
 
 class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
@@ -73,4 +73,50 @@ class BCEWithLogitsLoss(torch.nn.BCEWithLogitsLoss):
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.binary_cross_entropy_with_logits(
             input, target, self.weight, reduction=self.reduction, pos_weight=self.pos_weight
+        )
+
+
+class Sampler(torch.nn.Module):
+    """Samples token ids from [batch, vocab] logits with fixed filtering settings (see
+    :func:`logitops.sample`). No parameters or buffers.
+
+    Examples
+    --------
+    >>> sampler = logitops.nn.Sampler(temperature=0.7, top_p=0.95)
+    >>> tokens = sampler(torch.randn(2, 1000), seed=torch.tensor([5, 6]))
+    """
+
+    def __init__(
+        self, temperature=1.0, top_k=None, top_p=None, min_p=None, *, order: str = "hf"
+    ) -> None:
+        super().__init__()
+        self.temperature, self.top_k, self.top_p, self.min_p = temperature, top_k, top_p, min_p
+        self.order = order
+
+    def forward(
+        self,
+        logits: Tensor,
+        *,
+        logit_bias: Tensor | None = None,
+        seed=None,
+        generator: torch.Generator | None = None,
+        return_logprobs: bool = False,
+    ):
+        return F.sample(
+            logits,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            min_p=self.min_p,
+            logit_bias=logit_bias,
+            order=self.order,
+            seed=seed,
+            generator=generator,
+            return_logprobs=return_logprobs,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"temperature={self.temperature}, top_k={self.top_k}, top_p={self.top_p}, "
+            f"min_p={self.min_p}, order={self.order!r}"
         )

@@ -86,38 +86,6 @@ acc_t bce_chunk(const acc_t* z, const acc_t* y, const acc_t* w, const acc_t* pw,
   return sum;
 }
 
-void check_bce_inputs(const at::Tensor& input, const at::Tensor& target,
-                      const std::optional<at::Tensor>& weight,
-                      const std::optional<at::Tensor>& pos_weight, int64_t reduction) {
-  TORCH_CHECK_VALUE(input.dim() == 2, "logitops.bce_with_logits: input must be 2-D, got ",
-                    input.sizes());
-  TORCH_CHECK_TYPE(at::isFloatingType(input.scalar_type()),
-                   "logitops.bce_with_logits: input must be floating point, got ",
-                   input.scalar_type());
-  TORCH_CHECK_VALUE(target.sizes() == input.sizes(),
-                    "logitops.bce_with_logits: target must have the input's shape ",
-                    input.sizes(), ", got ", target.sizes());
-  TORCH_CHECK_TYPE(target.scalar_type() == input.scalar_type(),
-                   "logitops.bce_with_logits: target must have the input's dtype ",
-                   input.scalar_type(), ", got ", target.scalar_type());
-  const auto acc = accumulation_dtype(input.scalar_type());
-  for (const auto* opt : {&weight, &pos_weight}) {
-    if (!opt->has_value()) continue;
-    const char* name = opt == &weight ? "weight" : "pos_weight";
-    TORCH_CHECK_VALUE((*opt)->sizes() == input.sizes(), "logitops.bce_with_logits: ", name,
-                      " must be expanded to the input's shape ", input.sizes(), ", got ",
-                      (*opt)->sizes());
-    TORCH_CHECK_TYPE((*opt)->scalar_type() == acc, "logitops.bce_with_logits: ", name,
-                     " must be ", acc, ", got ", (*opt)->scalar_type());
-    TORCH_CHECK_VALUE((*opt)->device() == input.device(), "logitops.bce_with_logits: ", name,
-                      " is on ", (*opt)->device(), " but input on ", input.device());
-  }
-  TORCH_CHECK_VALUE(target.device() == input.device(), "logitops.bce_with_logits: target is on ",
-                    target.device(), " but input on ", input.device());
-  TORCH_CHECK_VALUE(reduction >= kReductionNone && reduction <= kReductionSum,
-                    "logitops.bce_with_logits: unknown reduction code ", reduction);
-}
-
 // Runs `body(row, col_begin, n, scratch...)` over every tile in parallel and returns the
 // per-tile results in tile order.
 template <typename acc_t, typename Body>

@@ -25,19 +25,7 @@
 namespace logitops {
 namespace {
 
-// ATen's element types and the CUDA ones the kernels use (same size and bits).
-template <typename T>
-struct CudaType {
-  using type = T;
-};
-template <>
-struct CudaType<c10::BFloat16> {
-  using type = __nv_bfloat16;
-};
-template <>
-struct CudaType<c10::Half> {
-  using type = __half;
-};
+using cuda::CudaType;
 
 // One block per row; past 2^31 - 1 rows the kernels loop over rows.
 dim3 row_grid(int64_t num_rows) {

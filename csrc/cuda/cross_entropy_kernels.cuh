@@ -7,37 +7,18 @@
 // whole vectors.
 #pragma once
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-
 #include <cstdint>
-#include <cstring>
 #include <limits>
-#include <type_traits>
 
 #include "../common/logit_math.h"
+#include "cuda_utils.cuh"
 
 namespace logitops {
 namespace cuda {
 
-constexpr int kVectorBytes = 16;
-constexpr int kWarpSize = 32;
-// 512 threads at most, and __launch_bounds__ asking for two blocks per SM (64 registers): while one
-// block reduces its row at a barrier, the other keeps loading.
-constexpr int kMaxBlockThreads = 512;
+// kMaxBlockThreads (512) threads at most, and __launch_bounds__ asking for two blocks per SM (64
+// registers): while one block reduces its row at a barrier, the other keeps loading.
 constexpr int kMinBlocksPerSm = 2;
-
-// Elements of scalar_t in one 16-byte load or store.
-template <typename scalar_t>
-constexpr int vector_size() {
-  return kVectorBytes / static_cast<int>(sizeof(scalar_t));
-}
-
-template <typename T, int N>
-struct alignas(sizeof(T) * N) AlignedVector {
-  T val[N];
-};
 
 // 16-byte vectors each thread loads before using them. fp64 has the heaviest math per vector and
 // loads one at a time, which keeps it within 64 registers.
@@ -72,30 +53,6 @@ struct CrossEntropyArgs {
   acc_t softcap;  // <= 0 when off
 };
 
-// ATen compiles CUDA code with the implicit __half / __nv_bfloat16 conversions disabled, so
-// conversions are spelled out. Narrowing rounds to nearest even, like c10::BFloat16 / c10::Half.
-template <typename acc_t, typename scalar_t>
-__device__ __forceinline__ acc_t to_acc(scalar_t x) {
-  if constexpr (std::is_same_v<scalar_t, __nv_bfloat16>) {
-    return __bfloat162float(x);
-  } else if constexpr (std::is_same_v<scalar_t, __half>) {
-    return __half2float(x);
-  } else {
-    return static_cast<acc_t>(x);
-  }
-}
-
-template <typename scalar_t, typename acc_t>
-__device__ __forceinline__ scalar_t from_acc(acc_t x) {
-  if constexpr (std::is_same_v<scalar_t, __nv_bfloat16>) {
-    return __float2bfloat16_rn(x);
-  } else if constexpr (std::is_same_v<scalar_t, __half>) {
-    return __float2half_rn(x);
-  } else {
-    return static_cast<scalar_t>(x);
-  }
-}
-
 // exp of arguments <= 0 (up to rounding). __expf is a few ulp there, like the CPU kernels'
 // exp_u20, and several times cheaper than expf; fp64 keeps the exact exp.
 __device__ __forceinline__ float fast_exp(float x) { return __expf(x); }
@@ -105,17 +62,6 @@ __device__ __forceinline__ double fast_exp(double x) { return exp(x); }
 template <typename acc_t>
 __device__ __forceinline__ acc_t nan_max(acc_t a, acc_t b) {
   return (a > b || a != a) ? a : b;
-}
-
-// Number of leading elements of p[0, n) to handle one by one before p reaches a 16-byte
-// boundary; all n when p is not even aligned to its element size (then it never will be).
-template <typename scalar_t>
-__device__ __forceinline__ int64_t unaligned_head(const scalar_t* p, int64_t n) {
-  const auto address = reinterpret_cast<uintptr_t>(p);
-  if (address % sizeof(scalar_t) != 0) return n;
-  const int64_t head =
-      int64_t((kVectorBytes - address % kVectorBytes) % kVectorBytes) / int64_t(sizeof(scalar_t));
-  return head < n ? head : n;
 }
 
 // Online log-sum-exp of a few values: one exp per value, plus a rescale (lse_merge) only when the
@@ -154,42 +100,6 @@ template <typename acc_t>
 __device__ __forceinline__ RowPartial<acc_t> merge_partials(const RowPartial<acc_t>& a,
                                                             const RowPartial<acc_t>& b) {
   return {lse_merge(a.lse, b.lse), a.weighted_sum + b.weighted_sum};
-}
-
-// __shfl_xor_sync of any trivially copyable value, 32 bits at a time.
-template <typename T>
-__device__ __forceinline__ T shfl_xor(T value, int lane_mask) {
-  static_assert(sizeof(T) % sizeof(unsigned) == 0, "shuffled types are whole 32-bit words");
-  unsigned words[sizeof(T) / sizeof(unsigned)];
-  memcpy(words, &value, sizeof(T));
-#pragma unroll
-  for (auto& word : words) word = __shfl_xor_sync(0xffffffffu, word, lane_mask);
-  memcpy(&value, words, sizeof(T));
-  return value;
-}
-
-// Combines `value` over the block in a fixed order (deterministic); the result is valid in
-// thread 0. blockDim.x must be a multiple of 32. Every thread of the block must call it.
-template <typename T, typename Combine>
-__device__ T block_reduce(T value, T identity, Combine combine) {
-  __shared__ T warp_values[kMaxBlockThreads / kWarpSize];
-  const int warp = threadIdx.x / kWarpSize;
-  const int lane = threadIdx.x % kWarpSize;
-#pragma unroll
-  for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
-    value = combine(value, shfl_xor(value, offset));
-  }
-  __syncthreads();  // warp 0 may still be reading warp_values of the previous call
-  if (lane == 0) warp_values[warp] = value;
-  __syncthreads();
-  if (warp == 0) {
-    value = lane < int(blockDim.x / kWarpSize) ? warp_values[lane] : identity;
-#pragma unroll
-    for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
-      value = combine(value, shfl_xor(value, offset));
-    }
-  }
-  return value;
 }
 
 // Loads N logits as acc_t, soft-capped when the cap is on.

@@ -1,0 +1,326 @@
+// Logit filtering (temperature, bias, top-k, top-p, min-p) and seeded sampling on the CPU.
+//
+// Every filter is a threshold on the row's scaled logits z: a token is kept when z >= tau. Top-k's
+// tau is the k-th largest value (ties kept, as HF); min-p's is the smallest z with
+// exp(z - max) >= min_p; top-p's comes from the few tokens that can hold the top p of the mass,
+// found with a histogram of z and sorted: no sort of the vocabulary. Sampling races the kept
+// tokens with Exp(1) noise from a counter-based generator keyed per row.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <queue>
+#include <vector>
+
+#include "../common/sampling_math.h"
+#include "../ops_common.h"
+
+namespace logitops {
+namespace {
+
+// Relative slack of the top-p and min-p comparisons: a token whose cumulative mass lands within
+// 2^-20 of the cut is treated as on it, as HF's float32 softmax and cumsum do (their canonical
+// case [.5, .3, .1, .1] with p = .8 keeps 2 tokens even though float rounding of the logits
+// puts the exact cumulative mass a hair below .8).
+constexpr double kBoundarySlack = 0x1.0p-20;
+constexpr int kHistogramBuckets = 128;
+constexpr double kBucketWidth = 0.25;  // nats: 128 buckets span probability ratios down to e^-32
+
+struct RowFilter {
+  double temperature;  // > 0; <= 0 means greedy (sample only)
+  int64_t top_k;       // >= num_classes: off
+  double top_p;        // >= 1: off
+  double min_p;        // <= 0: off
+};
+
+template <typename acc_t>
+acc_t kth_largest(const acc_t* z, int64_t n, int64_t k, std::vector<acc_t>& scratch) {
+  if (k <= 256) {
+    // Most values fail the first comparison against the heap's minimum: one pass, little work.
+    std::priority_queue<acc_t, std::vector<acc_t>, std::greater<acc_t>> heap;
+    for (int64_t j = 0; j < n; ++j) {
+      if (int64_t(heap.size()) < k) {
+        heap.push(z[j]);
+      } else if (z[j] > heap.top()) {
+        heap.pop();
+        heap.push(z[j]);
+      }
+    }
+    return heap.top();
+  }
+  scratch.assign(z, z + n);
+  std::nth_element(scratch.begin(), scratch.begin() + (k - 1), scratch.end(),
+                   std::greater<acc_t>());
+  return scratch[k - 1];
+}
+
+// Smallest z with exp(z - row_max) >= min_p, among z >= lower.
+template <typename acc_t>
+acc_t min_p_threshold(const acc_t* z, int64_t n, double row_max, double min_p, acc_t lower) {
+  const double cut = min_p * (1.0 - kBoundarySlack);
+  acc_t tau = std::numeric_limits<acc_t>::infinity();
+  for (int64_t j = 0; j < n; ++j) {
+    if (z[j] >= lower && z[j] < tau && std::exp(double(z[j]) - row_max) >= cut) tau = z[j];
+  }
+  return tau;
+}
+
+// Top-p over the tokens with z >= lower, renormalized over them: keeps each group of equal
+// values while the mass of the strictly larger tokens is below p (HF: remove where the
+// ascending cumulative probability is <= 1 - p). Returns the smallest kept value.
+template <typename acc_t>
+acc_t top_p_threshold(const acc_t* z, int64_t n, double row_max, double p, acc_t lower,
+                      std::vector<acc_t>& scratch) {
+  double bucket_mass[kHistogramBuckets + 1] = {0};
+  double total = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    if (!(z[j] >= lower)) continue;
+    const double gap = row_max - double(z[j]);
+    const double mass = std::exp(-gap);
+    total += mass;
+    const int bucket = gap < kHistogramBuckets * kBucketWidth ? int(gap / kBucketWidth)
+                                                              : kHistogramBuckets;
+    bucket_mass[bucket] += mass;
+  }
+  const double target = p * total;
+  // Every kept token lies at or above the first bucket where the cumulative mass reaches p;
+  // one bucket of slack absorbs the rounding of the histogram's sums.
+  acc_t cutoff = lower;
+  double cumulative = 0;
+  for (int b = 0; b < kHistogramBuckets; ++b) {
+    cumulative += bucket_mass[b];
+    if (cumulative >= target * (1.0 + 1e-9)) {
+      cutoff = std::max<acc_t>(lower, acc_t(row_max - (b + 2) * kBucketWidth));
+      break;
+    }
+  }
+  scratch.clear();
+  for (int64_t j = 0; j < n; ++j) {
+    if (z[j] >= cutoff && z[j] >= lower) scratch.push_back(z[j]);
+  }
+  std::sort(scratch.begin(), scratch.end(), std::greater<acc_t>());
+  const double keep_below = target * (1.0 - kBoundarySlack);
+  double above = 0;
+  acc_t tau = scratch.empty() ? lower : scratch.front();
+  for (size_t i = 0; i < scratch.size();) {
+    if (!(above < keep_below)) break;
+    const acc_t value = scratch[i];
+    tau = value;
+    for (; i < scratch.size() && scratch[i] == value; ++i) above += std::exp(double(value) - row_max);
+  }
+  return tau;
+}
+
+// The row's keep threshold for the given order; -inf keeps everything. z must be NaN-free.
+template <typename acc_t>
+acc_t row_threshold(const acc_t* z, int64_t n, const RowFilter& f, int64_t order,
+                    int64_t min_tokens_to_keep, std::vector<acc_t>& scratch) {
+  constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
+  double row_max = -std::numeric_limits<double>::infinity();
+  for (int64_t j = 0; j < n; ++j) row_max = std::max(row_max, double(z[j]));
+  if (row_max == -std::numeric_limits<double>::infinity()) return kNegInf;  // nothing to rank
+
+  const int64_t keep_at_least = std::min<int64_t>(std::max<int64_t>(min_tokens_to_keep, 1), n);
+  // The min_tokens_to_keep-th largest value: no filter cuts above it.
+  const acc_t floor_keep =
+      keep_at_least > 1 ? kth_largest(z, n, keep_at_least, scratch) : acc_t(row_max);
+
+  acc_t tau_k = kNegInf;
+  const int64_t k = std::max(f.top_k, keep_at_least);
+  if (k < n) tau_k = kth_largest(z, n, k, scratch);
+
+  acc_t tau_min_p = kNegInf;
+  if (f.min_p > 0) {
+    tau_min_p = std::min(min_p_threshold(z, n, row_max, f.min_p, kNegInf), floor_keep);
+  }
+
+  acc_t tau_p = kNegInf;
+  if (f.top_p < 1) {
+    // What top-p renormalizes over: top-k's survivors (hf), top-k's and min-p's (vllm), or the
+    // whole distribution (joint).
+    acc_t lower = kNegInf;
+    if (order == kOrderHf) lower = tau_k;
+    if (order == kOrderVllm) lower = std::max(tau_k, tau_min_p);
+    tau_p = std::min(top_p_threshold(z, n, row_max, f.top_p, lower, scratch), floor_keep);
+  }
+  return std::max({tau_k, tau_min_p, tau_p});
+}
+
+// z_j = (x_j + bias_j) / temperature, rounded to the logits' dtype after each step, as the same
+// ops in PyTorch would round them. Returns false when the row holds a NaN.
+template <typename scalar_t, typename acc_t>
+bool scaled_row(const scalar_t* x, const scalar_t* bias, double temperature, int64_t n,
+                acc_t* z) {
+  bool has_nan = false;
+  const acc_t t = static_cast<acc_t>(temperature);
+  for (int64_t j = 0; j < n; ++j) {
+    acc_t v = static_cast<acc_t>(x[j]);
+    if (bias != nullptr) v = static_cast<acc_t>(static_cast<scalar_t>(v + acc_t(bias[j])));
+    if (t != acc_t(1)) v = static_cast<acc_t>(static_cast<scalar_t>(v / t));
+    has_nan |= v != v;
+    z[j] = v;
+  }
+  return !has_nan;
+}
+
+struct SamplingInputs {
+  const at::Tensor logits;
+  const at::Tensor bias;  // [V] or [B, V] or undefined
+  const at::Tensor temperature, top_k, top_p, min_p;  // [B] each
+};
+
+void check_sampling_inputs(const at::Tensor& logits, const std::optional<at::Tensor>& bias,
+                           const at::Tensor& temperature, const at::Tensor& top_k,
+                           const at::Tensor& top_p, const at::Tensor& min_p, int64_t order) {
+  TORCH_CHECK_VALUE(logits.dim() == 2, "logitops: logits must be 2-D [batch, vocab], got ",
+                    logits.sizes());
+  TORCH_CHECK_TYPE(at::isFloatingType(logits.scalar_type()),
+                   "logitops: logits must be floating point, got ", logits.scalar_type());
+  const int64_t rows = logits.size(0);
+  if (bias.has_value()) {
+    TORCH_CHECK_VALUE(bias->scalar_type() == logits.scalar_type(),
+                      "logitops: logit_bias must have the logits' dtype");
+    TORCH_CHECK_VALUE(bias->dim() == 2 && bias->size(1) == logits.size(1) &&
+                          (bias->size(0) == rows || bias->size(0) == 1),
+                      "logitops: logit_bias must be [1 or batch, vocab], got ", bias->sizes());
+  }
+  for (const auto* t : {&temperature, &top_p, &min_p}) {
+    TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == rows && t->scalar_type() == at::kFloat,
+                      "logitops: per-row temperature / top_p / min_p must be float32 [", rows,
+                      "]");
+  }
+  TORCH_CHECK_VALUE(top_k.dim() == 1 && top_k.size(0) == rows && top_k.scalar_type() == at::kLong,
+                    "logitops: per-row top_k must be int64 [", rows, "]");
+  TORCH_CHECK_VALUE(order >= kOrderHf && order <= kOrderJoint, "logitops: unknown order code ",
+                    order);
+}
+
+RowFilter row_filter(const SamplingInputs& in, int64_t i) {
+  return {double(in.temperature.const_data_ptr<float>()[i]), in.top_k.const_data_ptr<int64_t>()[i],
+          double(in.top_p.const_data_ptr<float>()[i]), double(in.min_p.const_data_ptr<float>()[i])};
+}
+
+at::Tensor filter_logits_cpu(const at::Tensor& logits_in, const std::optional<at::Tensor>& bias_in,
+                             const at::Tensor& temperature, const at::Tensor& top_k,
+                             const at::Tensor& top_p, const at::Tensor& min_p, int64_t order,
+                             double filter_value, int64_t min_tokens_to_keep) {
+  check_sampling_inputs(logits_in, bias_in, temperature, top_k, top_p, min_p, order);
+  const at::Tensor logits = logits_in.contiguous();
+  const at::Tensor bias = bias_in.has_value() ? bias_in->contiguous() : at::Tensor();
+  const SamplingInputs in{logits, bias, temperature.contiguous(), top_k.contiguous(),
+                          top_p.contiguous(), min_p.contiguous()};
+  const int64_t rows = logits.size(0), n = logits.size(1);
+  at::Tensor out = at::empty_like(logits);
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kBFloat16, at::kHalf, logits.scalar_type(), "filter_logits_cpu", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        const scalar_t* x = logits.const_data_ptr<scalar_t>();
+        const scalar_t* b = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
+        const int64_t bias_stride = bias.defined() && bias.size(0) > 1 ? n : 0;
+        scalar_t* y = out.mutable_data_ptr<scalar_t>();
+        const auto fill = static_cast<scalar_t>(filter_value);
+        at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+          std::vector<acc_t> z(n), scratch;
+          for (int64_t i = begin; i < end; ++i) {
+            const RowFilter f = row_filter(in, i);
+            scalar_t* yi = y + i * n;
+            if (!scaled_row(x + i * n, b != nullptr ? b + i * bias_stride : nullptr,
+                            f.temperature, n, z.data())) {
+              std::fill(yi, yi + n, static_cast<scalar_t>(NAN));  // documented: NaN in, NaN out
+              continue;
+            }
+            const acc_t tau = row_threshold(z.data(), n, f, order, min_tokens_to_keep, scratch);
+            for (int64_t j = 0; j < n; ++j) yi[j] = z[j] >= tau ? static_cast<scalar_t>(z[j]) : fill;
+          }
+        });
+      });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> sample_cpu(
+    const at::Tensor& logits_in, const std::optional<at::Tensor>& bias_in,
+    const at::Tensor& temperature, const at::Tensor& top_k, const at::Tensor& top_p,
+    const at::Tensor& min_p, int64_t order, const at::Tensor& seeds, bool per_row_seeds) {
+  check_sampling_inputs(logits_in, bias_in, temperature, top_k, top_p, min_p, order);
+  const int64_t rows = logits_in.size(0), n = logits_in.size(1);
+  TORCH_CHECK_VALUE(seeds.dim() == 1 && seeds.size(0) == rows && seeds.scalar_type() == at::kLong,
+                    "logitops.sample: seed must be int64 [", rows, "]");
+  const at::Tensor logits = logits_in.contiguous();
+  const at::Tensor bias = bias_in.has_value() ? bias_in->contiguous() : at::Tensor();
+  const SamplingInputs in{logits, bias, temperature.contiguous(), top_k.contiguous(),
+                          top_p.contiguous(), min_p.contiguous()};
+  const at::Tensor seed = seeds.contiguous();
+  at::Tensor tokens = at::empty({rows}, logits.options().dtype(at::kLong));
+  at::Tensor logprobs = at::empty({rows}, logits.options().dtype(at::kFloat));
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kBFloat16, at::kHalf, logits.scalar_type(), "sample_cpu", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        const scalar_t* x = logits.const_data_ptr<scalar_t>();
+        const scalar_t* b = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
+        const int64_t bias_stride = bias.defined() && bias.size(0) > 1 ? n : 0;
+        const int64_t* s = seed.const_data_ptr<int64_t>();
+        int64_t* tok = tokens.mutable_data_ptr<int64_t>();
+        float* lp = logprobs.mutable_data_ptr<float>();
+        at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+          std::vector<acc_t> z(n), scratch;
+          for (int64_t i = begin; i < end; ++i) {
+            const RowFilter f = row_filter(in, i);
+            const bool greedy = !(f.temperature > 0);
+            tok[i] = -1;  // documented: a NaN row, or one with nothing to sample, gives -1
+            lp[i] = NAN;
+            if (!scaled_row(x + i * n, b != nullptr ? b + i * bias_stride : nullptr,
+                            greedy ? 1.0 : f.temperature, n, z.data())) {
+              continue;
+            }
+            if (greedy) {
+              // argmax of the biased logits, first index on ties (torch.argmax); log-prob 0 of
+              // the point mass it samples from.
+              int64_t best = -1;
+              for (int64_t j = 0; j < n; ++j) {
+                if (best < 0 || z[j] > z[best]) best = j;
+              }
+              tok[i] = best;
+              lp[i] = 0.f;
+              continue;
+            }
+            const acc_t tau = row_threshold(z.data(), n, f, order, 1, scratch);
+            const uint64_t key = static_cast<uint64_t>(s[i]);
+            const uint64_t stream = per_row_seeds ? 0 : static_cast<uint64_t>(i);
+            double best_score = -std::numeric_limits<double>::infinity();
+            int64_t best = -1;
+            LseState<double> kept = lse_empty<double>();
+            for (int64_t j = 0; j < n; ++j) {
+              if (!(z[j] >= tau) || z[j] == -std::numeric_limits<acc_t>::infinity()) continue;
+              kept = lse_push(kept, double(z[j]));
+              const double score = race_score(double(z[j]), exponential_noise(key, stream, j));
+              if (score > best_score) {
+                best_score = score;
+                best = j;
+              }
+            }
+            if (best >= 0) {
+              tok[i] = best;
+              lp[i] = static_cast<float>(double(z[best]) - lse_finalize(kept));
+            }
+          }
+        });
+      });
+  return {tokens, logprobs};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(logitops, CPU, m) {
+  m.impl("filter_logits", &filter_logits_cpu);
+  m.impl("sample", &sample_cpu);
+}
+
+}  // namespace logitops

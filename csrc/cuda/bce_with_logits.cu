@@ -1,0 +1,175 @@
+// BCE-with-logits on CUDA: launchers for the kernels of bce_with_logits_kernels.cuh, with the same
+// semantics as csrc/cpu/bce_with_logits.cpp. Nothing here waits for the device: a scalar upstream
+// gradient stays a device scalar, and a mean or sum is reduced on the device in two deterministic
+// stages (per-tile partials in double, then one block summing them in order).
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/ops/div.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <limits>
+#include <optional>
+
+#include "../common/logit_math.h"
+#include "../ops_common.h"
+#include "bce_with_logits_kernels.cuh"
+
+namespace logitops {
+namespace {
+
+using cuda::CudaType;
+
+template <typename acc_t>
+cuda::StridedOperand<acc_t> strided(const at::Tensor& t) {
+  if (!t.defined()) return {nullptr, 0, 0};
+  return {t.const_data_ptr<acc_t>(), t.stride(0), t.stride(1)};
+}
+
+template <typename acc_t>
+cuda::StridedOperand<acc_t> strided(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? strided<acc_t>(*t) : strided<acc_t>(at::Tensor());
+}
+
+// Runs the elementwise kernel over [rows, cols] (rows * cols > 0) on the current stream. loss,
+// grad and partials may be undefined; upstream is undefined in the forward.
+template <typename scalar_t>
+void launch_bce(const at::Tensor& input, const at::Tensor& target,
+                const std::optional<at::Tensor>& weight,
+                const std::optional<at::Tensor>& pos_weight, const at::Tensor& upstream,
+                double grad_scale, const Tiling& tiling, at::Tensor& loss, at::Tensor& grad,
+                at::Tensor& partials) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using cuda_t = typename CudaType<scalar_t>::type;
+  cuda::BceArgs<cuda_t, acc_t> args;
+  args.input = reinterpret_cast<const cuda_t*>(input.const_data_ptr<scalar_t>());
+  args.target = reinterpret_cast<const cuda_t*>(target.const_data_ptr<scalar_t>());
+  args.input_stride = input.stride(0);
+  args.target_stride = target.stride(0);
+  args.weight = strided<acc_t>(weight);
+  args.pos_weight = strided<acc_t>(pos_weight);
+  args.upstream = strided<acc_t>(upstream);
+  args.grad_scale = static_cast<acc_t>(grad_scale);
+  args.tiling = tiling;
+  args.group_shift = cuda::bce_group_shift<cuda_t>(tiling.col_tile);
+
+  // One wave of resident blocks, each looping over tiles: a grid of several waves would leave SMs
+  // idle during a partial last one. A host-side query of the kernel's attributes; no device sync.
+  int blocks_per_sm = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+      &blocks_per_sm, cuda::bce_with_logits_kernel<cuda_t, acc_t>, cuda::kBceThreads, 0));
+  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int64_t blocks = std::min<int64_t>(
+      {tiling.num_tiles(), sms * std::max(blocks_per_sm, 1), std::numeric_limits<int>::max()});
+  cuda::bce_with_logits_kernel<cuda_t, acc_t>
+      <<<static_cast<unsigned>(blocks), cuda::kBceThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+          args,
+          loss.defined() ? reinterpret_cast<cuda_t*>(loss.mutable_data_ptr<scalar_t>()) : nullptr,
+          grad.defined() ? reinterpret_cast<cuda_t*>(grad.mutable_data_ptr<scalar_t>()) : nullptr,
+          partials.defined() ? partials.mutable_data_ptr<double>() : nullptr);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+std::tuple<at::Tensor, at::Tensor> bce_with_logits_forward_cuda(
+    const at::Tensor& input_in, const at::Tensor& target_in,
+    const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& pos_weight,
+    int64_t reduction, bool compute_grad) {
+  check_bce_inputs(input_in, target_in, weight, pos_weight, reduction);
+  const c10::cuda::CUDAGuard device_guard(input_in.device());
+  const at::Tensor input = rows_with_unit_stride(input_in);
+  const at::Tensor target = rows_with_unit_stride(target_in);
+  const int64_t rows = input.size(0), cols = input.size(1);
+  const double numel = double(rows) * double(cols);
+  at::Tensor grad =
+      compute_grad ? at::empty({rows, cols}, input.options()) : at::empty({0}, input.options());
+  at::Tensor loss = reduction == kReductionNone ? at::empty({rows, cols}, input.options())
+                                                : at::empty({}, input.options());
+  if (rows * cols == 0) {
+    // Nothing to launch; the CPU kernel's empty sum is 0 and its mean 0 / 0 = NaN.
+    if (reduction != kReductionNone) {
+      loss.fill_(reduction == kReductionMean ? std::numeric_limits<double>::quiet_NaN() : 0.0);
+    }
+    return {loss, grad};
+  }
+
+  const Tiling tiling = make_tiling(rows, cols, cuda::kBceTileElems);
+  at::Tensor partials = reduction == kReductionNone
+                            ? at::Tensor()
+                            : at::empty({tiling.num_tiles()}, input.options().dtype(at::kDouble));
+  at::Tensor elementwise_loss = reduction == kReductionNone ? loss : at::Tensor();
+  at::Tensor grad_out = compute_grad ? grad : at::Tensor();
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kBFloat16, at::kHalf, input.scalar_type(), "bce_with_logits_forward_cuda", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        using cuda_t = typename CudaType<scalar_t>::type;
+        // The fused gradient is that of the reduced loss for an upstream gradient of 1.
+        const double grad_scale = reduction == kReductionMean ? 1.0 / numel : 1.0;
+        launch_bce<scalar_t>(input, target, weight, pos_weight, at::Tensor(), grad_scale, tiling,
+                             elementwise_loss, grad_out, partials);
+        if (reduction != kReductionNone) {
+          cuda::bce_with_logits_finish_kernel<cuda_t, acc_t>
+              <<<1, cuda::kBceFinishThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+                  partials.const_data_ptr<double>(), partials.numel(),
+                  reduction == kReductionMean ? numel : 1.0,
+                  reinterpret_cast<cuda_t*>(loss.mutable_data_ptr<scalar_t>()));
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        }
+      });
+  return {loss, grad};
+}
+
+at::Tensor bce_with_logits_backward_cuda(const at::Tensor& grad_loss_in, const at::Tensor& input_in,
+                                         const at::Tensor& target_in,
+                                         const std::optional<at::Tensor>& weight,
+                                         const std::optional<at::Tensor>& pos_weight,
+                                         int64_t reduction) {
+  check_bce_inputs(input_in, target_in, weight, pos_weight, reduction);
+  const c10::cuda::CUDAGuard device_guard(input_in.device());
+  // The kernel dereferences it: a CPU tensor here would be a host pointer on the device.
+  TORCH_CHECK_VALUE(grad_loss_in.device() == input_in.device(),
+                    "logitops.bce_with_logits_backward: grad_loss is on ", grad_loss_in.device(),
+                    " but input on ", input_in.device());
+  const at::Tensor input = rows_with_unit_stride(input_in);
+  const at::Tensor target = rows_with_unit_stride(target_in);
+  const int64_t rows = input.size(0), cols = input.size(1);
+  const auto acc_dtype = accumulation_dtype(input.scalar_type());
+  // The upstream gradient as one more strided operand: [rows, cols] for "none", else the device
+  // scalar (divided by numel for "mean", as the CPU kernel does) read with strides 0.
+  at::Tensor upstream = grad_loss_in.to(acc_dtype);
+  if (reduction == kReductionNone) {
+    TORCH_CHECK_VALUE(upstream.sizes() == input.sizes(),
+                      "logitops.bce_with_logits_backward: grad_loss must have shape ",
+                      input.sizes(), ", got ", upstream.sizes());
+  } else {
+    TORCH_CHECK_VALUE(upstream.numel() == 1,
+                      "logitops.bce_with_logits_backward: grad_loss must be a scalar");
+    if (reduction == kReductionMean) upstream = at::div(upstream, double(rows) * double(cols));
+    upstream = upstream.reshape({1, 1}).expand({rows, cols});
+  }
+  at::Tensor grad = at::empty({rows, cols}, input.options());
+  if (rows * cols == 0) return grad;
+
+  const Tiling tiling = make_tiling(rows, cols, cuda::kBceTileElems);
+  at::Tensor no_loss, no_partials;
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kBFloat16, at::kHalf, input.scalar_type(), "bce_with_logits_backward_cuda", [&] {
+        launch_bce<scalar_t>(input, target, weight, pos_weight, upstream, 1.0, tiling, no_loss,
+                             grad, no_partials);
+      });
+  return grad;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(logitops, CUDA, m) {
+  m.impl("bce_with_logits_forward", &bce_with_logits_forward_cuda);
+  m.impl("bce_with_logits_backward", &bce_with_logits_backward_cuda);
+}
+
+}  // namespace logitops

@@ -1,0 +1,214 @@
+"""Logit filtering and sampling: argument handling for logitops.functional.
+
+Semantics (see the README): every filter keeps the tokens whose (biased, temperature-scaled)
+logit is at least a per-row threshold, so ties at a cut are kept together.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Integral, Real
+
+import torch
+from torch import Tensor
+
+from .ops import sampling as _ops
+from .ops._common import check_floating, check_same_device
+
+ORDERS = tuple(_ops.ORDER_CODES)
+
+
+def _as_2d(logits: Tensor) -> tuple[Tensor, bool]:
+    check_floating("logits", logits)
+    if logits.dim() == 1:
+        return logits.unsqueeze(0), True
+    if logits.dim() != 2:
+        raise ValueError(f"logits must be [vocab] or [batch, vocab], got {tuple(logits.shape)}")
+    if logits.shape[1] == 0:
+        raise ValueError("logits must have a non-empty vocabulary dimension")
+    return logits, False
+
+
+def _per_row(
+    name: str,
+    value,
+    rows: int,
+    like: Tensor,
+    *,
+    integer: bool,
+    default,
+    low: float,
+    high: float,
+    low_open: bool = False,
+) -> Tensor:
+    """A per-row parameter as a [rows] tensor on the logits' device (int64 or float32).
+
+    Python numbers are range-checked here; tensors are checked for shape, dtype and device, and
+    for range where that needs no host sync (CPU tensors)."""
+    dtype = torch.int64 if integer else torch.float32
+    if value is None:
+        value = default
+    if isinstance(value, Tensor):
+        if value.dim() != 1 or value.shape[0] != rows:
+            raise ValueError(
+                f"{name} must be a number or a tensor of shape [{rows}], got shape "
+                f"{tuple(value.shape)}"
+            )
+        if integer and (value.is_floating_point() or value.dtype == torch.bool):
+            raise TypeError(f"{name} must hold integers, got {value.dtype}")
+        if not integer and not (value.is_floating_point() or value.dtype == torch.bool):
+            raise TypeError(f"{name} must hold floating-point numbers, got {value.dtype}")
+        check_same_device(name, value, like)
+        if value.device.type == "cpu":
+            v = value.double()
+            bad = ~((v > low) if low_open else (v >= low)) | ~(v <= high)
+            if bool(bad.any()):
+                raise ValueError(
+                    f"{name} values must be in {'(' if low_open else '['}{low}, "
+                    f"{high}], got {value[bad][0].item()}"
+                )
+        return value.to(dtype)
+    if integer:
+        if isinstance(value, bool) or not isinstance(value, Integral):
+            raise TypeError(
+                f"{name} must be an int or an int64 tensor of shape [{rows}], got {value!r}"
+            )
+    elif isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(
+            f"{name} must be a number or a float tensor of shape [{rows}], got {value!r}"
+        )
+    ok = (value > low if low_open else value >= low) and value <= high
+    if not ok or (not integer and math.isnan(value)):
+        raise ValueError(f"{name} must be in {'(' if low_open else '['}{low}, {high}], got {value}")
+    return torch.full((rows,), value, dtype=dtype, device=like.device)
+
+
+def _bias(logit_bias: Tensor | None, logits: Tensor) -> Tensor | None:
+    if logit_bias is None:
+        return None
+    check_floating("logit_bias", logit_bias)
+    check_same_device("logit_bias", logit_bias, logits)
+    rows, vocab = logits.shape
+    if logit_bias.dim() == 1:
+        logit_bias = logit_bias.unsqueeze(0)
+    if (
+        logit_bias.dim() != 2
+        or logit_bias.shape[1] != vocab
+        or logit_bias.shape[0] not in (1, rows)
+    ):
+        raise ValueError(
+            f"logit_bias must be [{vocab}] or [{rows}, {vocab}], got {tuple(logit_bias.shape)}"
+        )
+    return logit_bias.to(logits.dtype)
+
+
+def _order(order: str) -> int:
+    if order not in _ops.ORDER_CODES:
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+    return _ops.ORDER_CODES[order]
+
+
+def _min_tokens(min_tokens_to_keep) -> int:
+    if (
+        isinstance(min_tokens_to_keep, bool)
+        or not isinstance(min_tokens_to_keep, Integral)
+        or (min_tokens_to_keep < 1)
+    ):
+        raise ValueError(f"min_tokens_to_keep must be a positive int, got {min_tokens_to_keep!r}")
+    return int(min_tokens_to_keep)
+
+
+def _parameters(logits, temperature, top_k, top_p, min_p, *, greedy_ok):
+    rows, vocab = logits.shape
+    temp = _per_row(
+        "temperature",
+        temperature,
+        rows,
+        logits,
+        integer=False,
+        default=1.0,
+        low=0.0,
+        high=math.inf,
+        low_open=not greedy_ok,
+    )
+    k = _per_row("top_k", top_k, rows, logits, integer=True, default=vocab, low=1, high=math.inf)
+    p = _per_row("top_p", top_p, rows, logits, integer=False, default=1.0, low=0.0, high=1.0)
+    mp = _per_row("min_p", min_p, rows, logits, integer=False, default=0.0, low=0.0, high=1.0)
+    return temp, k, p, mp
+
+
+def filter_logits(
+    logits: Tensor,
+    *,
+    temperature: float | Tensor | None = None,
+    top_k: int | Tensor | None = None,
+    top_p: float | Tensor | None = None,
+    min_p: float | Tensor | None = None,
+    logit_bias: Tensor | None = None,
+    order: str = "hf",
+    filter_value: float = -math.inf,
+    min_tokens_to_keep: int = 1,
+) -> Tensor:
+    logits2d, squeeze = _as_2d(logits)
+    temp, k, p, mp = _parameters(logits2d, temperature, top_k, top_p, min_p, greedy_ok=False)
+    out = _ops.filter_logits(
+        logits2d,
+        _bias(logit_bias, logits2d),
+        temp,
+        k,
+        p,
+        mp,
+        _order(order),
+        float(filter_value),
+        _min_tokens(min_tokens_to_keep),
+    )
+    return out.squeeze(0) if squeeze else out
+
+
+def sample(
+    logits: Tensor,
+    *,
+    temperature: float | Tensor = 1.0,
+    top_k: int | Tensor | None = None,
+    top_p: float | Tensor | None = None,
+    min_p: float | Tensor | None = None,
+    logit_bias: Tensor | None = None,
+    order: str = "hf",
+    seed: int | Tensor | None = None,
+    generator: torch.Generator | None = None,
+    return_logprobs: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    logits2d, squeeze = _as_2d(logits)
+    rows = logits2d.shape[0]
+    temp, k, p, mp = _parameters(logits2d, temperature, top_k, top_p, min_p, greedy_ok=True)
+    if seed is not None and generator is not None:
+        raise ValueError("pass seed or generator, not both")
+    per_row = isinstance(seed, Tensor)
+    if per_row:
+        if seed.dim() != 1 or seed.shape[0] != rows or seed.is_floating_point():
+            raise ValueError(
+                f"seed must be an int or an int64 tensor of shape [{rows}], got "
+                f"{seed.dtype} of shape {tuple(seed.shape)}"
+            )
+        check_same_device("seed", seed, logits2d)
+        seeds = seed.to(torch.int64)
+    elif seed is not None:
+        if isinstance(seed, bool) or not isinstance(seed, Integral):
+            raise TypeError(f"seed must be an int or an int64 tensor, got {seed!r}")
+        seeds = torch.full(
+            (rows,), int(seed) & 0x7FFFFFFFFFFFFFFF, dtype=torch.int64, device=logits2d.device
+        )
+    else:
+        # One fresh key per call from the generator (or torch's default one), on the logits'
+        # device: no host sync.
+        device = generator.device if generator is not None else logits2d.device
+        key = torch.randint(
+            -(2**63), 2**63 - 1, (1,), generator=generator, device=device, dtype=torch.int64
+        )
+        seeds = key.to(logits2d.device).expand(rows).contiguous()
+    tokens, logprobs = _ops.sample(
+        logits2d, _bias(logit_bias, logits2d), temp, k, p, mp, _order(order), seeds, per_row
+    )
+    if squeeze:
+        tokens, logprobs = tokens.squeeze(0), logprobs.squeeze(0)
+    return (tokens, logprobs) if return_logprobs else tokens

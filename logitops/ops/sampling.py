@@ -1,0 +1,72 @@
+"""Typed wrappers and fake kernels of the filtering and sampling ops (not differentiable)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["ORDER_CODES", "filter_logits", "sample"]
+
+# Must match logitops::FilterOrder in csrc/common/sampling_math.h.
+ORDER_CODES = {"hf": 0, "vllm": 1, "joint": 2}
+
+
+def filter_logits(
+    logits: Tensor,
+    logit_bias: Tensor | None,
+    temperature: Tensor,
+    top_k: Tensor,
+    top_p: Tensor,
+    min_p: Tensor,
+    order: int,
+    filter_value: float,
+    min_tokens_to_keep: int,
+) -> Tensor:
+    """logits [B, V]; logit_bias [1 or B, V]; per-row temperature / top_p / min_p float32 [B],
+    top_k int64 [B] (>= V: off)."""
+    return torch.ops.logitops.filter_logits.default(
+        logits,
+        logit_bias,
+        temperature,
+        top_k,
+        top_p,
+        min_p,
+        order,
+        filter_value,
+        min_tokens_to_keep,
+    )
+
+
+def sample(
+    logits: Tensor,
+    logit_bias: Tensor | None,
+    temperature: Tensor,
+    top_k: Tensor,
+    top_p: Tensor,
+    min_p: Tensor,
+    order: int,
+    seed: Tensor,
+    per_row_seeds: bool,
+) -> tuple[Tensor, Tensor]:
+    """Token ids int64 [B] (-1 for NaN rows) and their float32 log-probabilities."""
+    return torch.ops.logitops.sample.default(
+        logits, logit_bias, temperature, top_k, top_p, min_p, order, seed, per_row_seeds
+    )
+
+
+@torch.library.register_fake("logitops::filter_logits")
+def _filter_logits_fake(
+    logits, logit_bias, temperature, top_k, top_p, min_p, order, filter_value, min_tokens_to_keep
+):
+    torch._check(logits.dim() == 2, lambda: "logits must be 2-D")
+    return torch.empty_like(logits, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("logitops::sample")
+def _sample_fake(logits, logit_bias, temperature, top_k, top_p, min_p, order, seed, per_row_seeds):
+    torch._check(logits.dim() == 2, lambda: "logits must be 2-D")
+    rows = logits.shape[0]
+    return (
+        logits.new_empty((rows,), dtype=torch.int64),
+        logits.new_empty((rows,), dtype=torch.float32),
+    )

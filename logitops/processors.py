@@ -1,0 +1,116 @@
+"""Logits processors with the constructors and ``__call__(input_ids, scores)`` of transformers'
+warpers, backed by logitops' fused filter; usable in a transformers ``LogitsProcessorList``."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from . import functional as F
+
+__all__ = [
+    "LogitsFilter",
+    "MinPLogitsWarper",
+    "TemperatureLogitsWarper",
+    "TopKLogitsWarper",
+    "TopPLogitsWarper",
+]
+
+
+class LogitsFilter:
+    """Temperature, top-k, top-p and min-p in one fused pass (see
+    :func:`logitops.filter_logits`).
+
+    Examples
+    --------
+    >>> from transformers import LogitsProcessorList
+    >>> processors = LogitsProcessorList([LogitsFilter(temperature=0.7, top_k=50, top_p=0.9)])
+    """
+
+    def __init__(
+        self,
+        temperature=None,
+        top_k=None,
+        top_p=None,
+        min_p=None,
+        *,
+        order="hf",
+        filter_value: float = -math.inf,
+        min_tokens_to_keep: int = 1,
+        logit_bias: Tensor | None = None,
+    ) -> None:
+        self.kwargs = dict(
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            min_p=min_p,
+            order=order,
+            filter_value=filter_value,
+            min_tokens_to_keep=min_tokens_to_keep,
+            logit_bias=logit_bias,
+        )
+        # Validate now, as transformers' warpers do in their constructors.
+        F.filter_logits(torch.zeros(1, 1), **{**self.kwargs, "logit_bias": None})
+
+    def __call__(self, input_ids: Tensor | None, scores: Tensor) -> Tensor:
+        return F.filter_logits(scores, **self.kwargs)
+
+
+class TemperatureLogitsWarper(LogitsFilter):
+    """``scores / temperature`` (temperature > 0), as transformers' warper."""
+
+    def __init__(self, temperature: float) -> None:
+        if not isinstance(temperature, (int, float)) or not temperature > 0:
+            raise ValueError(f"temperature has to be a strictly positive float, got {temperature}")
+        super().__init__(temperature=float(temperature))
+        self.temperature = temperature
+
+
+class TopKLogitsWarper(LogitsFilter):
+    """Keeps the top_k largest scores and their ties, as transformers' warper."""
+
+    def __init__(
+        self, top_k: int, filter_value: float = -math.inf, min_tokens_to_keep: int = 1
+    ) -> None:
+        if not isinstance(top_k, int) or top_k <= 0:
+            raise ValueError(f"top_k has to be a strictly positive integer, got {top_k}")
+        super().__init__(
+            top_k=top_k, filter_value=filter_value, min_tokens_to_keep=min_tokens_to_keep
+        )
+        self.top_k = max(top_k, min_tokens_to_keep)
+        self.filter_value = filter_value
+
+
+class TopPLogitsWarper(LogitsFilter):
+    """Nucleus filtering, as transformers' warper."""
+
+    def __init__(
+        self, top_p: float, filter_value: float = -math.inf, min_tokens_to_keep: int = 1
+    ) -> None:
+        top_p = float(top_p)
+        if top_p < 0 or top_p > 1.0:
+            raise ValueError(f"top_p has to be a float > 0 and < 1, got {top_p}")
+        super().__init__(
+            top_p=top_p, filter_value=filter_value, min_tokens_to_keep=min_tokens_to_keep
+        )
+        self.top_p = top_p
+        self.filter_value = filter_value
+        self.min_tokens_to_keep = min_tokens_to_keep
+
+
+class MinPLogitsWarper(LogitsFilter):
+    """Keeps tokens with probability >= min_p * max probability, as transformers' warper."""
+
+    def __init__(
+        self, min_p: float, filter_value: float = -math.inf, min_tokens_to_keep: int = 1
+    ) -> None:
+        if not (0 <= min_p <= 1.0):
+            raise ValueError(f"min_p has to be a float in [0, 1], got {min_p}")
+        super().__init__(
+            min_p=float(min_p), filter_value=filter_value, min_tokens_to_keep=min_tokens_to_keep
+        )
+        self.min_p = min_p
+        self.filter_value = filter_value
+        self.min_tokens_to_keep = min_tokens_to_keep
