@@ -92,3 +92,93 @@ def bce_with_logits_reference(
     if reduction == "sum":
         return loss.sum()
     return loss.mean()
+
+
+# --- transformers' warpers, restated (sort-based), applied one row at a time -----------------
+
+
+def hf_top_k(scores: Tensor, top_k: int, filter_value=-float("inf"), min_tokens_to_keep=1):
+    """TopKLogitsWarper: remove scores below the k-th largest (ties with it are kept)."""
+    top_k = min(max(top_k, min_tokens_to_keep), scores.shape[-1])
+    kth = torch.topk(scores, top_k)[0][..., -1, None]
+    return scores.masked_fill(scores < kth, filter_value)
+
+
+def hf_top_p(scores: Tensor, top_p: float, filter_value=-float("inf"), min_tokens_to_keep=1):
+    """TopPLogitsWarper: sort ascending, remove where the cumulative probability <= 1 - p."""
+    sorted_logits, sorted_indices = torch.sort(scores, descending=False)
+    cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+    remove = cumulative <= (1 - top_p)
+    remove[..., -min_tokens_to_keep:] = False
+    remove = remove.scatter(-1, sorted_indices, remove)
+    return scores.masked_fill(remove, filter_value)
+
+
+def hf_min_p(scores: Tensor, min_p: float, filter_value=-float("inf"), min_tokens_to_keep=1):
+    """MinPLogitsWarper: remove probabilities below min_p times the largest one."""
+    probs = torch.softmax(scores, dim=-1)
+    remove = probs < min_p * probs.max(dim=-1, keepdim=True)[0]
+    sorted_indices = torch.argsort(scores, descending=True, dim=-1)
+    sorted_remove = torch.gather(remove, -1, sorted_indices)
+    sorted_remove[..., :min_tokens_to_keep] = False
+    remove = sorted_remove.scatter(-1, sorted_indices, sorted_remove)
+    return scores.masked_fill(remove, filter_value)
+
+
+def filter_reference(
+    scores: Tensor,
+    *,
+    temperature=None,
+    top_k=None,
+    top_p=None,
+    min_p=None,
+    order="hf",
+    min_tokens_to_keep=1,
+) -> tuple[Tensor, Tensor]:
+    """The warper chain of one row (1-D scores) in the given order.
+
+    hf: temperature -> top-k -> top-p -> min-p; vllm: temperature -> min-p -> top-k -> top-p;
+    joint: each filter on the temperature-scaled scores, masks intersected. Returns the keep
+    mask and the mask of tokens on a top-p / min-p cut within float rounding (see
+    top_p_ambiguous), which tests leave out of exact comparisons."""
+    if temperature is not None:
+        scores = scores / temperature
+    steps = {"top_k": (hf_top_k, top_k), "top_p": (hf_top_p, top_p), "min_p": (hf_min_p, min_p)}
+    names = {
+        "hf": ["top_k", "top_p", "min_p"],
+        "vllm": ["min_p", "top_k", "top_p"],
+        "joint": ["top_k", "top_p", "min_p"],
+    }[order]
+    keep = scores > -float("inf")
+    ambiguous = torch.zeros_like(keep)
+    current = scores
+    for name in names:
+        fn, value = steps[name]
+        if value is None:
+            continue
+        source = scores if order == "joint" else current
+        if name == "top_p":
+            ambiguous |= top_p_ambiguous(source, value)
+        if name == "min_p":
+            ratio = torch.softmax(source.double(), -1) / torch.softmax(source.double(), -1).max()
+            ambiguous |= (ratio - value).abs() <= 2.0**-18 * value
+        filtered = fn(source, value, min_tokens_to_keep=min_tokens_to_keep)
+        # logitops keeps a group of equal values together where a cut falls inside it; HF's
+        # sort-based warpers split it in whatever order the sort left the group.
+        survivors = filtered > -float("inf")
+        if survivors.any():
+            survivors |= (source == source[survivors].min()) & (source > -float("inf"))
+            filtered = source.masked_fill(~survivors, -float("inf"))
+        keep &= survivors
+        if order != "joint":
+            current = filtered
+    return keep, ambiguous
+
+
+def top_p_ambiguous(scores: Tensor, top_p: float, slack: float = 2.0**-20) -> Tensor:
+    """Tokens whose ascending cumulative probability lies within `slack` (relative) of the cut:
+    there, float rounding decides, and an implementation may go either way."""
+    sorted_logits, sorted_indices = torch.sort(scores.double(), descending=False)
+    cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+    near = (cumulative - (1 - top_p)).abs() <= slack * 4
+    return near.scatter(-1, sorted_indices, near)
