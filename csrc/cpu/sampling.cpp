@@ -22,6 +22,7 @@
 
 #include "../common/sampling_math.h"
 #include "../ops_common.h"
+#include "vec_utils.h"
 
 namespace logitops {
 namespace {
@@ -31,8 +32,10 @@ namespace {
 // case [.5, .3, .1, .1] with p = .8 keeps 2 tokens even though float rounding of the logits
 // puts the exact cumulative mass a hair below .8).
 constexpr double kBoundarySlack = 0x1.0p-20;
-constexpr int kHistogramBuckets = 128;
-constexpr double kBucketWidth = 0.25;  // nats: 128 buckets span probability ratios down to e^-32
+// Top-p's histogram: 1024 buckets of 1/32 nat span probability ratios down to e^-32 (the rest
+// share one more bucket).
+constexpr int kHistogramBuckets = 1024;
+constexpr double kBucketWidth = 1.0 / 32;
 
 struct RowFilter {
   double temperature;  // > 0; <= 0 means greedy (sample only)
@@ -76,40 +79,43 @@ acc_t min_p_threshold(const acc_t* z, int64_t n, double row_max, double min_p, a
 // Top-p over the tokens with z >= lower, renormalized over them: keeps each group of equal
 // values while the mass of the strictly larger tokens is below p (HF: remove where the
 // ascending cumulative probability is <= 1 - p). Returns the smallest kept value.
+//
+// A histogram of the mass by distance from the row's max finds the one bucket the cut falls in:
+// tokens in buckets above it are kept, below it removed, and only that bucket's tokens are
+// sorted, walking on from the mass of the buckets above.
 template <typename acc_t>
 acc_t top_p_threshold(const acc_t* z, int64_t n, double row_max, double p, acc_t lower,
                       std::vector<acc_t>& scratch) {
-  double bucket_mass[kHistogramBuckets + 1] = {0};
+  std::vector<double> bucket_mass(kHistogramBuckets + 1, 0.0);
+  auto bucket_of = [&](double gap) {
+    return gap < kHistogramBuckets * kBucketWidth ? int(gap * (1.0 / kBucketWidth))
+                                                  : kHistogramBuckets;
+  };
   double total = 0;
   for (int64_t j = 0; j < n; ++j) {
     if (!(z[j] >= lower)) continue;
     const double gap = row_max - double(z[j]);
     const double mass = std::exp(-gap);
     total += mass;
-    const int bucket = gap < kHistogramBuckets * kBucketWidth ? int(gap / kBucketWidth)
-                                                              : kHistogramBuckets;
-    bucket_mass[bucket] += mass;
+    bucket_mass[bucket_of(gap)] += mass;
   }
-  const double target = p * total;
-  // Every kept token lies at or above the first bucket where the cumulative mass reaches p;
-  // one bucket of slack absorbs the rounding of the histogram's sums.
-  acc_t cutoff = lower;
-  double cumulative = 0;
-  for (int b = 0; b < kHistogramBuckets; ++b) {
-    cumulative += bucket_mass[b];
-    if (cumulative >= target * (1.0 + 1e-9)) {
-      cutoff = std::max<acc_t>(lower, acc_t(row_max - (b + 2) * kBucketWidth));
+  const double keep_below = p * total * (1.0 - kBoundarySlack);
+  // The first bucket whose mass, added to the mass above it, reaches the cut.
+  double above = 0;
+  int cut_bucket = kHistogramBuckets;
+  for (int b = 0; b <= kHistogramBuckets; ++b) {
+    if (above + bucket_mass[b] >= keep_below) {
+      cut_bucket = b;
       break;
     }
+    above += bucket_mass[b];
   }
   scratch.clear();
   for (int64_t j = 0; j < n; ++j) {
-    if (z[j] >= cutoff && z[j] >= lower) scratch.push_back(z[j]);
+    if (z[j] >= lower && bucket_of(row_max - double(z[j])) == cut_bucket) scratch.push_back(z[j]);
   }
   std::sort(scratch.begin(), scratch.end(), std::greater<acc_t>());
-  const double keep_below = target * (1.0 - kBoundarySlack);
-  double above = 0;
-  acc_t tau = scratch.empty() ? lower : scratch.front();
+  acc_t tau = acc_t(row_max);
   for (size_t i = 0; i < scratch.size();) {
     if (!(above < keep_below)) break;
     const acc_t value = scratch[i];
@@ -121,11 +127,9 @@ acc_t top_p_threshold(const acc_t* z, int64_t n, double row_max, double p, acc_t
 
 // The row's keep threshold for the given order; -inf keeps everything. z must be NaN-free.
 template <typename acc_t>
-acc_t row_threshold(const acc_t* z, int64_t n, const RowFilter& f, int64_t order,
-                    int64_t min_tokens_to_keep, std::vector<acc_t>& scratch) {
+acc_t row_threshold(const acc_t* z, int64_t n, double row_max, const RowFilter& f,
+                    int64_t order, int64_t min_tokens_to_keep, std::vector<acc_t>& scratch) {
   constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
-  double row_max = -std::numeric_limits<double>::infinity();
-  for (int64_t j = 0; j < n; ++j) row_max = std::max(row_max, double(z[j]));
   if (row_max == -std::numeric_limits<double>::infinity()) return kNegInf;  // nothing to rank
 
   const int64_t keep_at_least = std::min<int64_t>(std::max<int64_t>(min_tokens_to_keep, 1), n);
@@ -155,20 +159,53 @@ acc_t row_threshold(const acc_t* z, int64_t n, const RowFilter& f, int64_t order
 }
 
 // z_j = (x_j + bias_j) / temperature, rounded to the logits' dtype after each step, as the same
-// ops in PyTorch would round them. Returns false when the row holds a NaN.
+// ops in PyTorch would round them; also the row's max. Returns false when the row holds a NaN.
 template <typename scalar_t, typename acc_t>
-bool scaled_row(const scalar_t* x, const scalar_t* bias, double temperature, int64_t n,
-                acc_t* z) {
-  bool has_nan = false;
+bool scaled_row(const scalar_t* x, const scalar_t* bias, double temperature, int64_t n, acc_t* z,
+                double& row_max) {
   const acc_t t = static_cast<acc_t>(temperature);
-  for (int64_t j = 0; j < n; ++j) {
+  int64_t j = 0;
+  using Vec = at::vec::Vectorized<acc_t>;
+  Vec vmax(-std::numeric_limits<acc_t>::infinity());
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    // IEEE add and divide round the same in vector and scalar form.
+    const Vec vt(t);
+    for (; j + Vec::size() <= n; j += Vec::size()) {
+      Vec v = Vec::loadu(x + j);
+      if (bias != nullptr) v = v + Vec::loadu(bias + j);
+      if (t != acc_t(1)) v = v / vt;
+      v.store(z + j);
+      vmax = at::vec::maximum(vmax, v);  // propagates NaN
+    }
+  }
+  double m = at::vec::vec_reduce_all<acc_t>(
+      [](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, vmax);
+  bool has_nan = m != m;
+  for (; j < n; ++j) {
     acc_t v = static_cast<acc_t>(x[j]);
     if (bias != nullptr) v = static_cast<acc_t>(static_cast<scalar_t>(v + acc_t(bias[j])));
     if (t != acc_t(1)) v = static_cast<acc_t>(static_cast<scalar_t>(v / t));
     has_nan |= v != v;
+    m = std::max(m, double(v));
     z[j] = v;
   }
+  row_max = m;
   return !has_nan;
+}
+
+// y_j = z_j where z_j >= tau, else fill.
+template <typename scalar_t, typename acc_t>
+void write_filtered(const acc_t* z, int64_t n, acc_t tau, scalar_t fill, scalar_t* y) {
+  int64_t j = 0;
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    using Vec = at::vec::Vectorized<acc_t>;
+    const Vec vtau(tau), vfill(fill);
+    for (; j + Vec::size() <= n; j += Vec::size()) {
+      const Vec v = Vec::loadu(z + j);
+      Vec::blendv(vfill, v, v >= vtau).store(y + j);
+    }
+  }
+  for (; j < n; ++j) y[j] = z[j] >= tau ? static_cast<scalar_t>(z[j]) : fill;
 }
 
 struct SamplingInputs {
@@ -232,13 +269,15 @@ at::Tensor filter_logits_cpu(const at::Tensor& logits_in, const std::optional<at
           for (int64_t i = begin; i < end; ++i) {
             const RowFilter f = row_filter(in, i);
             scalar_t* yi = y + i * n;
+            double row_max;
             if (!scaled_row(x + i * n, b != nullptr ? b + i * bias_stride : nullptr,
-                            f.temperature, n, z.data())) {
+                            f.temperature, n, z.data(), row_max)) {
               std::fill(yi, yi + n, static_cast<scalar_t>(NAN));  // documented: NaN in, NaN out
               continue;
             }
-            const acc_t tau = row_threshold(z.data(), n, f, order, min_tokens_to_keep, scratch);
-            for (int64_t j = 0; j < n; ++j) yi[j] = z[j] >= tau ? static_cast<scalar_t>(z[j]) : fill;
+            const acc_t tau =
+                row_threshold(z.data(), n, row_max, f, order, min_tokens_to_keep, scratch);
+            write_filtered(z.data(), n, tau, fill, yi);
           }
         });
       });
@@ -276,8 +315,9 @@ std::tuple<at::Tensor, at::Tensor> sample_cpu(
             const bool greedy = !(f.temperature > 0);
             tok[i] = -1;  // documented: a NaN row, or one with nothing to sample, gives -1
             lp[i] = NAN;
+            double row_max;
             if (!scaled_row(x + i * n, b != nullptr ? b + i * bias_stride : nullptr,
-                            greedy ? 1.0 : f.temperature, n, z.data())) {
+                            greedy ? 1.0 : f.temperature, n, z.data(), row_max)) {
               continue;
             }
             if (greedy) {
@@ -291,7 +331,7 @@ std::tuple<at::Tensor, at::Tensor> sample_cpu(
               lp[i] = 0.f;
               continue;
             }
-            const acc_t tau = row_threshold(z.data(), n, f, order, 1, scratch);
+            const acc_t tau = row_threshold(z.data(), n, row_max, f, order, 1, scratch);
             const uint64_t key = static_cast<uint64_t>(s[i]);
             const uint64_t stream = per_row_seeds ? 0 : static_cast<uint64_t>(i);
             double best_score = -std::numeric_limits<double>::infinity();
