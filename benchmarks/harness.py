@@ -218,25 +218,28 @@ def skipped(
     return [Measurement(op, provider, mode, shape, dtype, None, skipped=why) for mode in modes]
 
 
-def finish(results: list[Measurement], copy_gbps: float) -> None:
-    """Fills bandwidth, fraction of copy and ratio vs torch eager for each measurement."""
+def finish(
+    results: list[Measurement], copy_gbps: float, baseline_provider: str | None = "torch"
+) -> None:
+    """Fills bandwidth, fraction of copy and (unless baseline_provider is None) the speed-up over
+    that provider measured in the same run."""
     baseline = {
         (m.op, m.mode, m.shape, m.dtype): m.median_ms
         for m in results
-        if m.provider == "torch" and m.median_ms
+        if m.provider == baseline_provider and m.median_ms
     }
     for m in results:
         if m.median_ms and m.bytes_moved:
             m.gbps = m.bytes_moved / (m.median_ms * 1e-3) / 1e9
             m.fraction_of_copy = m.gbps / copy_gbps
         base = baseline.get((m.op, m.mode, m.shape, m.dtype))
-        if m.median_ms and base:
+        if baseline_provider is not None and m.median_ms and base:
             m.ratio_vs_torch = base / m.median_ms
 
 
 def print_table(results: list[Measurement]) -> None:
     header = (
-        f"{'op':<16}{'mode':<10}{'shape':<16}{'dtype':<10}{'provider':<16}"
+        f"{'op':<16}{'mode':<10}{'shape':<16}{'dtype':<10}{'provider':<24}"
         f"{'median ms':>11}{'p20-p80':>17}{'GB/s':>9}{'%copy':>7}{'x torch':>9}"
     )
     print(header)
@@ -244,7 +247,7 @@ def print_table(results: list[Measurement]) -> None:
     for m in results:
         if m.skipped:
             print(
-                f"{m.op:<16}{m.mode:<10}{m.shape:<16}{m.dtype:<10}{m.provider:<16}"
+                f"{m.op:<16}{m.mode:<10}{m.shape:<16}{m.dtype:<10}{m.provider:<24}"
                 f"  skipped: {m.skipped}"
             )
             continue
@@ -253,7 +256,7 @@ def print_table(results: list[Measurement]) -> None:
         frac = f"{100 * m.fraction_of_copy:.0f}" if m.fraction_of_copy else "-"
         ratio = f"{m.ratio_vs_torch:.2f}" if m.ratio_vs_torch else "-"
         print(
-            f"{m.op:<16}{m.mode:<10}{m.shape:<16}{m.dtype:<10}{m.provider:<16}"
+            f"{m.op:<16}{m.mode:<10}{m.shape:<16}{m.dtype:<10}{m.provider:<24}"
             f"{m.median_ms:>11.3f}{spread:>17}{gbps:>9}{frac:>7}{ratio:>9}"
         )
 

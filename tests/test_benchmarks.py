@@ -10,6 +10,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 
 import bench_bce_with_logits  # noqa: E402
 import bench_cross_entropy  # noqa: E402
+import bench_sampling  # noqa: E402
 
 
 def test_cross_entropy_benchmark_writes_results(tmp_path, capsys):
@@ -59,3 +60,24 @@ def test_bce_benchmark_writes_results(tmp_path):
     payload = json.loads(next(tmp_path.glob("*.json")).read_text())
     timed = [r for r in payload["results"] if r["median_ms"]]
     assert len(timed) == 8 and all(r["ratio_vs_torch"] for r in timed)
+
+
+def test_sampling_benchmark_writes_results(tmp_path):
+    results = bench_sampling.main(
+        [
+            "--device",
+            "cpu",
+            "--vocab",
+            "500",
+            "--batches",
+            "2",
+            "--reps",
+            "2",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    timed = [r for r in results if r.median_ms]
+    assert {r.op for r in timed} == {"filter", "sample"}
+    assert all(r.ratio_vs_torch for r in timed)
+    assert any(r.provider == "flashinfer" and r.skipped for r in results)
