@@ -16,6 +16,7 @@
 #endif
 
 #include "common/logit_math.h"
+#include "common/sampling_math.h"
 
 namespace logitops {
 
@@ -84,6 +85,32 @@ void check_bce_inputs(const at::Tensor& input, const at::Tensor& target,
                     target.device(), " but input on ", input.device());
   TORCH_CHECK_VALUE(reduction >= kReductionNone && reduction <= kReductionSum,
                     "logitops.bce_with_logits: unknown reduction code ", reduction);
+}
+
+void check_sampling_inputs(const at::Tensor& logits, const std::optional<at::Tensor>& bias,
+                           const at::Tensor& temperature, const at::Tensor& top_k,
+                           const at::Tensor& top_p, const at::Tensor& min_p, int64_t order) {
+  TORCH_CHECK_VALUE(logits.dim() == 2, "logitops: logits must be 2-D [batch, vocab], got ",
+                    logits.sizes());
+  TORCH_CHECK_TYPE(at::isFloatingType(logits.scalar_type()),
+                   "logitops: logits must be floating point, got ", logits.scalar_type());
+  const int64_t rows = logits.size(0);
+  if (bias.has_value()) {
+    TORCH_CHECK_VALUE(bias->scalar_type() == logits.scalar_type(),
+                      "logitops: logit_bias must have the logits' dtype");
+    TORCH_CHECK_VALUE(bias->dim() == 2 && bias->size(1) == logits.size(1) &&
+                          (bias->size(0) == rows || bias->size(0) == 1),
+                      "logitops: logit_bias must be [1 or batch, vocab], got ", bias->sizes());
+  }
+  for (const auto* t : {&temperature, &top_p, &min_p}) {
+    TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == rows && t->scalar_type() == at::kFloat,
+                      "logitops: per-row temperature / top_p / min_p must be float32 [", rows,
+                      "]");
+  }
+  TORCH_CHECK_VALUE(top_k.dim() == 1 && top_k.size(0) == rows && top_k.scalar_type() == at::kLong,
+                    "logitops: per-row top_k must be int64 [", rows, "]");
+  TORCH_CHECK_VALUE(order >= kOrderHf && order <= kOrderJoint, "logitops: unknown order code ",
+                    order);
 }
 
 namespace {

@@ -22,6 +22,12 @@ void check_bce_inputs(const at::Tensor& input, const at::Tensor& target,
                       const std::optional<at::Tensor>& weight,
                       const std::optional<at::Tensor>& pos_weight, int64_t reduction);
 
+// Checks of the arguments filter_logits and sample share (logits [B, V], logit_bias [1 or B, V]
+// of the logits' dtype, per-row float32 temperature / top_p / min_p and int64 top_k, order code).
+void check_sampling_inputs(const at::Tensor& logits, const std::optional<at::Tensor>& bias,
+                           const at::Tensor& temperature, const at::Tensor& top_k,
+                           const at::Tensor& top_p, const at::Tensor& min_p, int64_t order);
+
 // at::empty for CPU outputs, except that large ones are backed by transparent huge pages: a fresh
 // [N, C] gradient otherwise costs one page fault per 4 KiB, which on the machines we measured
 // takes longer than computing it.

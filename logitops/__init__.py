@@ -8,7 +8,7 @@ from ._loader import load_extension
 
 _build_info = load_extension()
 
-from . import functional, nn, ops, processors  # noqa: E402
+from . import calibration, functional, nn, ops, processors  # noqa: E402
 from .functional import (  # noqa: E402
     binary_cross_entropy_with_logits,
     cross_entropy,
@@ -25,6 +25,7 @@ __all__ = [
     "__version__",
     "binary_cross_entropy_with_logits",
     "build_info",
+    "calibration",
     "cross_entropy",
     "cuda_kernels_available",
     "filter_logits",

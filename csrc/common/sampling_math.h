@@ -12,6 +12,12 @@ namespace logitops {
 // Filter orders (logitops/ops/sampling.py keeps the same codes).
 enum FilterOrder : int64_t { kOrderHf = 0, kOrderVllm = 1, kOrderJoint = 2 };
 
+// Relative slack of the top-p and min-p comparisons: a token whose cumulative mass lands within
+// 2^-20 of the cut is treated as on it, as HF's float32 softmax and cumsum do (their canonical
+// case [.5, .3, .1, .1] with p = .8 keeps 2 tokens even though float rounding of the logits puts
+// the exact cumulative mass a hair below .8).
+constexpr double kSamplingBoundarySlack = 0x1.0p-20;
+
 // Philox4x32-10 (Salmon et al., SC'11): four 32-bit outputs from a 128-bit counter and a 64-bit
 // key. Stateless, so a token's noise depends only on (key, counter), never on which thread or
 // which batch position computed it.

@@ -27,11 +27,6 @@
 namespace logitops {
 namespace {
 
-// Relative slack of the top-p and min-p comparisons: a token whose cumulative mass lands within
-// 2^-20 of the cut is treated as on it, as HF's float32 softmax and cumsum do (their canonical
-// case [.5, .3, .1, .1] with p = .8 keeps 2 tokens even though float rounding of the logits
-// puts the exact cumulative mass a hair below .8).
-constexpr double kBoundarySlack = 0x1.0p-20;
 // Top-p's histogram: 1024 buckets of 1/32 nat span probability ratios down to e^-32 (the rest
 // share one more bucket).
 constexpr int kHistogramBuckets = 1024;
@@ -68,7 +63,7 @@ acc_t kth_largest(const acc_t* z, int64_t n, int64_t k, std::vector<acc_t>& scra
 // Smallest z with exp(z - row_max) >= min_p, among z >= lower.
 template <typename acc_t>
 acc_t min_p_threshold(const acc_t* z, int64_t n, double row_max, double min_p, acc_t lower) {
-  const double cut = min_p * (1.0 - kBoundarySlack);
+  const double cut = min_p * (1.0 - kSamplingBoundarySlack);
   acc_t tau = std::numeric_limits<acc_t>::infinity();
   for (int64_t j = 0; j < n; ++j) {
     if (z[j] >= lower && z[j] < tau && std::exp(double(z[j]) - row_max) >= cut) tau = z[j];
@@ -99,7 +94,7 @@ acc_t top_p_threshold(const acc_t* z, int64_t n, double row_max, double p, acc_t
     total += mass;
     bucket_mass[bucket_of(gap)] += mass;
   }
-  const double keep_below = p * total * (1.0 - kBoundarySlack);
+  const double keep_below = p * total * (1.0 - kSamplingBoundarySlack);
   // The first bucket whose mass, added to the mass above it, reaches the cut.
   double above = 0;
   int cut_bucket = kHistogramBuckets;
@@ -213,32 +208,6 @@ struct SamplingInputs {
   const at::Tensor bias;  // [V] or [B, V] or undefined
   const at::Tensor temperature, top_k, top_p, min_p;  // [B] each
 };
-
-void check_sampling_inputs(const at::Tensor& logits, const std::optional<at::Tensor>& bias,
-                           const at::Tensor& temperature, const at::Tensor& top_k,
-                           const at::Tensor& top_p, const at::Tensor& min_p, int64_t order) {
-  TORCH_CHECK_VALUE(logits.dim() == 2, "logitops: logits must be 2-D [batch, vocab], got ",
-                    logits.sizes());
-  TORCH_CHECK_TYPE(at::isFloatingType(logits.scalar_type()),
-                   "logitops: logits must be floating point, got ", logits.scalar_type());
-  const int64_t rows = logits.size(0);
-  if (bias.has_value()) {
-    TORCH_CHECK_VALUE(bias->scalar_type() == logits.scalar_type(),
-                      "logitops: logit_bias must have the logits' dtype");
-    TORCH_CHECK_VALUE(bias->dim() == 2 && bias->size(1) == logits.size(1) &&
-                          (bias->size(0) == rows || bias->size(0) == 1),
-                      "logitops: logit_bias must be [1 or batch, vocab], got ", bias->sizes());
-  }
-  for (const auto* t : {&temperature, &top_p, &min_p}) {
-    TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == rows && t->scalar_type() == at::kFloat,
-                      "logitops: per-row temperature / top_p / min_p must be float32 [", rows,
-                      "]");
-  }
-  TORCH_CHECK_VALUE(top_k.dim() == 1 && top_k.size(0) == rows && top_k.scalar_type() == at::kLong,
-                    "logitops: per-row top_k must be int64 [", rows, "]");
-  TORCH_CHECK_VALUE(order >= kOrderHf && order <= kOrderJoint, "logitops: unknown order code ",
-                    order);
-}
 
 RowFilter row_filter(const SamplingInputs& in, int64_t i) {
   return {double(in.temperature.const_data_ptr<float>()[i]), in.top_k.const_data_ptr<int64_t>()[i],

@@ -1,0 +1,154 @@
+// Filtering and sampling on CUDA: launchers for the kernels of sampling_kernels.cuh, with the same
+// semantics as csrc/cpu/sampling.cpp. Nothing here waits for the device or allocates anything but
+// the outputs (no workspace), so both ops can be captured in a CUDA graph.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <limits>
+#include <optional>
+
+#include "../common/sampling_math.h"
+#include "../ops_common.h"
+#include "sampling_kernels.cuh"
+
+namespace logitops {
+namespace {
+
+using cuda::CudaType;
+
+// One block per row; past 2^31 - 1 rows the kernels loop over rows.
+dim3 sampling_grid(int64_t num_rows) {
+  return dim3(
+      static_cast<unsigned>(std::min<int64_t>(num_rows, std::numeric_limits<int32_t>::max())));
+}
+
+// The kernels read every tensor from the device; the checks shared with the CPU are done.
+void check_sampling_devices(const at::Tensor& logits, const std::optional<at::Tensor>& bias,
+                            std::initializer_list<const at::Tensor*> per_row) {
+  TORCH_CHECK_VALUE(logits.is_cuda(), "logitops: logits must be on a CUDA device, got ",
+                    logits.device());
+  if (bias.has_value()) {
+    TORCH_CHECK_VALUE(bias->device() == logits.device(), "logitops: logit_bias is on ",
+                      bias->device(), " but logits on ", logits.device());
+  }
+  for (const at::Tensor* t : per_row) {
+    TORCH_CHECK_VALUE(t->device() == logits.device(),
+                      "logitops: per-row parameters must be on the logits' device ",
+                      logits.device(), ", got ", t->device());
+  }
+  // Histogram counts of one row are 32-bit.
+  TORCH_CHECK_VALUE(logits.size(1) <= int64_t(std::numeric_limits<uint32_t>::max()),
+                    "logitops: the CUDA kernels support vocabularies below 2^32, got ",
+                    logits.size(1));
+}
+
+struct SamplingTensors {
+  at::Tensor logits, bias, temperature, top_k, top_p, min_p;
+};
+
+SamplingTensors prepare(const at::Tensor& logits, const std::optional<at::Tensor>& bias,
+                        const at::Tensor& temperature, const at::Tensor& top_k,
+                        const at::Tensor& top_p, const at::Tensor& min_p) {
+  return {rows_with_unit_stride(logits),
+          bias.has_value() ? rows_with_unit_stride(*bias) : at::Tensor(),
+          temperature.contiguous(),
+          top_k.contiguous(),
+          top_p.contiguous(),
+          min_p.contiguous()};
+}
+
+template <typename scalar_t>
+cuda::SamplingArgs<typename CudaType<scalar_t>::type, at::opmath_type<scalar_t>> make_args(
+    const SamplingTensors& in, int64_t order) {
+  using cuda_t = typename CudaType<scalar_t>::type;
+  cuda::SamplingArgs<cuda_t, at::opmath_type<scalar_t>> args;
+  args.logits = reinterpret_cast<const cuda_t*>(in.logits.const_data_ptr<scalar_t>());
+  args.row_stride = in.logits.stride(0);
+  args.bias = in.bias.defined()
+                  ? reinterpret_cast<const cuda_t*>(in.bias.const_data_ptr<scalar_t>())
+                  : nullptr;
+  args.bias_row_stride = in.bias.defined() && in.bias.size(0) > 1 ? in.bias.stride(0) : 0;
+  args.num_rows = in.logits.size(0);
+  args.vocab = in.logits.size(1);
+  args.temperature = in.temperature.const_data_ptr<float>();
+  args.top_k = in.top_k.const_data_ptr<int64_t>();
+  args.top_p = in.top_p.const_data_ptr<float>();
+  args.min_p = in.min_p.const_data_ptr<float>();
+  args.order = order;
+  return args;
+}
+
+at::Tensor filter_logits_cuda(const at::Tensor& logits, const std::optional<at::Tensor>& bias,
+                              const at::Tensor& temperature, const at::Tensor& top_k,
+                              const at::Tensor& top_p, const at::Tensor& min_p, int64_t order,
+                              double filter_value, int64_t min_tokens_to_keep) {
+  check_sampling_inputs(logits, bias, temperature, top_k, top_p, min_p, order);
+  check_sampling_devices(logits, bias, {&temperature, &top_k, &top_p, &min_p});
+  const c10::cuda::CUDAGuard device_guard(logits.device());
+  const SamplingTensors in = prepare(logits, bias, temperature, top_k, top_p, min_p);
+  const int64_t rows = logits.size(0), n = logits.size(1);
+  at::Tensor out = at::empty({rows, n}, logits.options());  // contiguous, as on the CPU
+  if (rows == 0 || n == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kBFloat16, at::kHalf, logits.scalar_type(), "filter_logits_cuda", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        using cuda_t = typename CudaType<scalar_t>::type;
+        // Rounded to the logits' dtype on the host, as the CPU kernel rounds it.
+        const acc_t fill = static_cast<acc_t>(static_cast<scalar_t>(filter_value));
+        cuda::filter_logits_kernel<cuda_t, acc_t>
+            <<<sampling_grid(rows), cuda::sampling_block_threads(n), 0,
+               at::cuda::getCurrentCUDAStream()>>>(
+                make_args<scalar_t>(in, order), fill, min_tokens_to_keep,
+                reinterpret_cast<cuda_t*>(out.mutable_data_ptr<scalar_t>()));
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> sample_cuda(const at::Tensor& logits,
+                                               const std::optional<at::Tensor>& bias,
+                                               const at::Tensor& temperature,
+                                               const at::Tensor& top_k, const at::Tensor& top_p,
+                                               const at::Tensor& min_p, int64_t order,
+                                               const at::Tensor& seeds, bool per_row_seeds) {
+  check_sampling_inputs(logits, bias, temperature, top_k, top_p, min_p, order);
+  const int64_t rows = logits.size(0);
+  TORCH_CHECK_VALUE(seeds.dim() == 1 && seeds.size(0) == rows && seeds.scalar_type() == at::kLong,
+                    "logitops.sample: seed must be int64 [", rows, "]");
+  check_sampling_devices(logits, bias, {&temperature, &top_k, &top_p, &min_p, &seeds});
+  const c10::cuda::CUDAGuard device_guard(logits.device());
+  const SamplingTensors in = prepare(logits, bias, temperature, top_k, top_p, min_p);
+  const at::Tensor seed = seeds.contiguous();
+  at::Tensor tokens = at::empty({rows}, logits.options().dtype(at::kLong));
+  at::Tensor logprobs = at::empty({rows}, logits.options().dtype(at::kFloat));
+  if (rows == 0) return {tokens, logprobs};
+  // An empty vocabulary still gets a launch: its rows come back as -1 (log-prob 0 when greedy).
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kBFloat16, at::kHalf, logits.scalar_type(), "sample_cuda", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        using cuda_t = typename CudaType<scalar_t>::type;
+        cuda::sample_kernel<cuda_t, acc_t>
+            <<<sampling_grid(rows), cuda::sampling_block_threads(logits.size(1)), 0,
+               at::cuda::getCurrentCUDAStream()>>>(
+                make_args<scalar_t>(in, order), seed.const_data_ptr<int64_t>(), per_row_seeds,
+                tokens.mutable_data_ptr<int64_t>(), logprobs.mutable_data_ptr<float>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+  return {tokens, logprobs};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(logitops, CUDA, m) {
+  m.impl("filter_logits", &filter_logits_cuda);
+  m.impl("sample", &sample_cuda);
+}
+
+}  // namespace logitops

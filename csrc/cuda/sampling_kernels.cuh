@@ -1,0 +1,528 @@
+// Filtering and sampling kernels for CUDA. Torch-free, and the same decisions as
+// csrc/cpu/sampling.cpp: every filter is a per-row threshold tau on the scaled logits z, and a
+// token is kept when z >= tau.
+//
+// One thread block owns one row and recomputes z = (x + bias) / T from the logits on every pass
+// (a few flops per element; the passes after the first read the row from L2), so no workspace is
+// needed and nothing depends on the data but the work inside the block. No sort: the k-th largest
+// value and the top-p cut are both found by an MSB-first radix search over the order-preserving
+// integer image of z (8-bit digits: 4 passes for fp32 z, 8 for fp64), each pass a shared-memory
+// histogram of the candidates that share the digits chosen so far. The trip counts are fixed, so
+// NaN or adversarial rows cannot make a loop spin.
+#pragma once
+
+#include <cstdint>
+#include <limits>
+
+#include "../common/logit_math.h"
+#include "../common/sampling_math.h"
+#include "cuda_utils.cuh"
+
+namespace logitops {
+namespace cuda {
+
+// Up to kMaxBlockThreads threads; two blocks per SM (64 registers each) keep one block loading
+// while the other sits at a barrier of its radix passes.
+constexpr int kSamplingMinBlocksPerSm = 2;
+
+constexpr int kRadixBits = 8;
+constexpr int kRadixBuckets = 1 << kRadixBits;
+// Warp 0 picks a digit from a histogram, each lane owning this many consecutive buckets.
+constexpr int kBucketsPerLane = kRadixBuckets / kWarpSize;
+constexpr unsigned kFullWarp = 0xffffffffu;
+// Digit of an element outside the current search range (not a valid digit).
+constexpr unsigned kNoDigit = 0xffffffffu;
+// Index of "no token yet": larger than any real index, so it loses every tie.
+constexpr int64_t kNoIndex = std::numeric_limits<int64_t>::max();
+
+// Threads per row: a power of two in [32, kMaxBlockThreads], about one element each for small
+// rows (block_reduce needs whole warps).
+inline int sampling_block_threads(int64_t vocab) {
+  int threads = kWarpSize;
+  while (threads < kMaxBlockThreads && threads < vocab) threads *= 2;
+  return threads;
+}
+
+// Order-preserving unsigned image of a float: a < b exactly when key(a) < key(b), over all
+// non-NaN values including +-inf. -0 and +0 share a key, being one value to the comparisons
+// that use the thresholds.
+template <typename acc_t>
+struct OrderedKey;
+template <>
+struct OrderedKey<float> {
+  using type = uint32_t;
+};
+template <>
+struct OrderedKey<double> {
+  using type = uint64_t;
+};
+
+__device__ __forceinline__ uint32_t ordered_key(float x) {
+  const uint32_t bits = __float_as_uint(x == 0.f ? 0.f : x);
+  return (bits >> 31) != 0 ? ~bits : (bits | 0x80000000u);
+}
+
+__device__ __forceinline__ uint64_t ordered_key(double x) {
+  const uint64_t bits = static_cast<uint64_t>(__double_as_longlong(x == 0.0 ? 0.0 : x));
+  return (bits >> 63) != 0 ? ~bits : (bits | (uint64_t(1) << 63));
+}
+
+__device__ __forceinline__ float key_value(uint32_t key) {
+  return __uint_as_float((key >> 31) != 0 ? (key & 0x7fffffffu) : ~key);
+}
+
+__device__ __forceinline__ double key_value(uint64_t key) {
+  const uint64_t bits = (key >> 63) != 0 ? (key & ~(uint64_t(1) << 63)) : ~key;
+  return __longlong_as_double(static_cast<long long>(bits));
+}
+
+// Everything the kernels read that does not change from row to row.
+template <typename scalar_t, typename acc_t>
+struct SamplingArgs {
+  const scalar_t* logits;   // [num_rows, vocab], unit stride along the vocabulary
+  int64_t row_stride;       // in elements
+  const scalar_t* bias;     // [1 or num_rows, vocab], unit stride; nullptr when absent
+  int64_t bias_row_stride;  // 0 when one bias row is broadcast
+  int64_t num_rows;
+  int64_t vocab;             // < 2^32: histogram counts are 32-bit
+  const float* temperature;  // [num_rows] each, contiguous
+  const int64_t* top_k;
+  const float* top_p;
+  const float* min_p;
+  int64_t order;  // FilterOrder
+};
+
+// A row's filter parameters, as the CPU's RowFilter reads them.
+struct RowParams {
+  double temperature;
+  int64_t top_k;
+  double top_p;
+  double min_p;
+};
+
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ RowParams row_params(const SamplingArgs<scalar_t, acc_t>& args,
+                                                int64_t row) {
+  return {double(args.temperature[row]), args.top_k[row], double(args.top_p[row]),
+          double(args.min_p[row])};
+}
+
+// z_j of one row, rounded to the logits' dtype after the bias add and after the division, as the
+// CPU (and the same PyTorch ops) round it. Cheap enough to recompute on every pass.
+template <typename scalar_t, typename acc_t>
+struct ScaledRow {
+  const scalar_t* __restrict__ x;
+  const scalar_t* __restrict__ bias;  // nullptr when absent
+  acc_t temperature;
+  bool divide;  // temperature != 1 (the CPU skips the division then, NaN included)
+
+  __device__ __forceinline__ acc_t operator()(int64_t j) const {
+    acc_t v = to_acc<acc_t>(x[j]);
+    if (bias != nullptr) v = to_acc<acc_t>(from_acc<scalar_t>(v + to_acc<acc_t>(bias[j])));
+    if (divide) v = to_acc<acc_t>(from_acc<scalar_t>(v / temperature));
+    return v;
+  }
+};
+
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ ScaledRow<scalar_t, acc_t> scaled_row(
+    const SamplingArgs<scalar_t, acc_t>& args, int64_t row, double temperature) {
+  const acc_t t = static_cast<acc_t>(temperature);
+  return {args.logits + row * args.row_stride,
+          args.bias != nullptr ? args.bias + row * args.bias_row_stride : nullptr, t,
+          t != acc_t(1)};
+}
+
+// block_reduce, with the result broadcast to every thread. Every thread must call it.
+template <typename T, typename Combine>
+__device__ __forceinline__ T block_all_reduce(T value, T identity, Combine combine) {
+  __shared__ T result;
+  value = block_reduce(value, identity, combine);
+  if (threadIdx.x == 0) result = value;
+  __syncthreads();
+  value = result;
+  __syncthreads();  // a later call of the same type may overwrite result
+  return value;
+}
+
+// First pass over a row: max (and its first index, torch.argmax's choice) and whether it holds NaN.
+template <typename acc_t>
+struct RowScan {
+  acc_t max;
+  int64_t argmax;  // kNoIndex for an empty row
+  int has_nan;
+};
+
+// Whether (value a, index i) ranks before (value b, index j): larger value, then lower index.
+template <typename acc_t>
+__device__ __forceinline__ bool ranks_before(acc_t a, int64_t i, acc_t b, int64_t j) {
+  return a > b || (a == b && i < j);
+}
+
+template <typename acc_t, typename Row>
+__device__ RowScan<acc_t> scan_row(const Row& z, int64_t n) {
+  constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
+  RowScan<acc_t> s{kNegInf, kNoIndex, 0};
+  for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
+    const acc_t v = z(j);
+    if (v != v) {
+      s.has_nan = 1;
+    } else if (ranks_before(v, j, s.max, s.argmax)) {
+      s.max = v;
+      s.argmax = j;
+    }
+  }
+  return block_all_reduce(s, RowScan<acc_t>{kNegInf, kNoIndex, 0},
+                          [](const RowScan<acc_t>& a, const RowScan<acc_t>& b) {
+                            RowScan<acc_t> r =
+                                ranks_before(b.max, b.argmax, a.max, a.argmax) ? b : a;
+                            r.has_nan = a.has_nan | b.has_nan;
+                            return r;
+                          });
+}
+
+// Shared memory of the radix searches. The histograms are rebuilt for every pass; warp 0 writes
+// the chosen digit (and what the next pass needs) for the whole block to read.
+struct RadixScratch {
+  unsigned count[kRadixBuckets];
+  double mass[kRadixBuckets];  // top-p only: sum of exp(z - max) per bucket
+  unsigned digit;              // kNoDigit: top-p stops at the row's max
+  unsigned rank;               // k-th largest: rank left inside the chosen bucket
+  double above;                // top-p: mass of the candidates above the chosen bucket
+  double keep_below;           // top-p: p * total * (1 - slack)
+};
+
+__device__ __forceinline__ void clear_histogram(RadixScratch& s) {
+  for (int d = threadIdx.x; d < kRadixBuckets; d += blockDim.x) {
+    s.count[d] = 0;
+    s.mass[d] = 0;
+  }
+  __syncthreads();
+}
+
+// Adds one to count[digit] (nothing for kNoDigit). Lanes with the same digit add once together:
+// logits crowd into a few top digits, and one atomic per lane would serialize on them.
+__device__ __forceinline__ void count_digit(unsigned* count, unsigned digit) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
+  const unsigned peers = __match_any_sync(__activemask(), digit);
+  if (digit != kNoDigit && int(threadIdx.x % kWarpSize) == __ffs(peers) - 1) {
+    atomicAdd(&count[digit], unsigned(__popc(peers)));
+  }
+#else
+  if (digit != kNoDigit) atomicAdd(&count[digit], 1u);
+#endif
+}
+
+// Inclusive prefix sum over warp 0's lanes, lane 0 first. All 32 lanes must call it.
+template <typename T>
+__device__ __forceinline__ T warp_inclusive_scan(T x) {
+  const int lane = threadIdx.x % kWarpSize;
+#pragma unroll
+  for (int offset = 1; offset < kWarpSize; offset *= 2) {
+    const T y = __shfl_up_sync(kFullWarp, x, offset);
+    if (lane >= offset) x += y;
+  }
+  return x;
+}
+
+// Warp 0, after a histogram of the candidates: the bucket that holds the rank-th largest one
+// (1-based), and the rank left inside it. Lane l owns buckets 255 - 8l down to 248 - 8l, so lane
+// order is descending value order. 1 <= rank <= the candidates' count, so exactly one lane finds
+// it.
+__device__ __forceinline__ void select_rank_digit(RadixScratch& s, unsigned rank) {
+  const int lane = threadIdx.x % kWarpSize;
+  const int top = kRadixBuckets - 1 - kBucketsPerLane * lane;
+  unsigned local = 0;
+#pragma unroll
+  for (int i = 0; i < kBucketsPerLane; ++i) local += s.count[top - i];
+  const unsigned inclusive = warp_inclusive_scan(local);
+  unsigned run = __shfl_up_sync(kFullWarp, inclusive, 1);
+  if (lane == 0) run = 0;
+  if (run < rank && rank <= inclusive) {
+    for (int i = 0; i < kBucketsPerLane; ++i) {
+      const unsigned c = s.count[top - i];
+      if (rank <= run + c) {
+        s.digit = unsigned(top - i);
+        s.rank = rank - run;
+        break;
+      }
+      run += c;
+    }
+  }
+}
+
+// The k-th largest z of the row (1 <= k <= n), ties counted: the CPU's kth_largest. Every thread
+// must call it; the result is the same in all.
+template <typename acc_t, typename Row>
+__device__ acc_t block_kth_largest(const Row& z, int64_t n, int64_t k, RadixScratch& s) {
+  using key_t = typename OrderedKey<acc_t>::type;
+  constexpr int kKeyBits = int(sizeof(key_t)) * 8;
+  key_t prefix = 0, fixed = 0;  // the digits chosen so far, and their mask
+  unsigned rank = static_cast<unsigned>(k);
+#pragma unroll 1
+  for (int shift = kKeyBits - kRadixBits; shift >= 0; shift -= kRadixBits) {
+    clear_histogram(s);
+    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
+      const key_t key = ordered_key(z(j));
+      count_digit(s.count, (key & fixed) == prefix ? unsigned(key >> shift) & (kRadixBuckets - 1)
+                                                   : kNoDigit);
+    }
+    __syncthreads();
+    if (threadIdx.x < kWarpSize) select_rank_digit(s, rank);
+    __syncthreads();
+    prefix |= key_t(s.digit) << shift;
+    fixed |= key_t(kRadixBuckets - 1) << shift;
+    rank = s.rank;
+  }
+  return key_value(prefix);
+}
+
+// Smallest z with exp(z - max) >= min_p * (1 - slack), +inf when none: the CPU's
+// min_p_threshold (lower = -inf). Every thread must call it.
+template <typename acc_t, typename Row>
+__device__ acc_t block_min_p_threshold(const Row& z, int64_t n, double row_max, double min_p) {
+  const double cut = min_p * (1.0 - kSamplingBoundarySlack);
+  acc_t tau = std::numeric_limits<acc_t>::infinity();
+  for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
+    const acc_t v = z(j);
+    if (v < tau && exp(double(v) - row_max) >= cut) tau = v;
+  }
+  return block_all_reduce(tau, std::numeric_limits<acc_t>::infinity(),
+                          [](acc_t a, acc_t b) { return b < a ? b : a; });
+}
+
+// Warp 0, after a histogram of the top-p candidates: with A(u) the mass of the candidates whose
+// key is above u, the cut is the smallest candidate key u with A(u) < keep_below (A is monotone,
+// and the row's max always qualifies). That key lies in the lowest non-empty bucket whose mass
+// above is still < keep_below. On the first pass the histogram holds every candidate, which gives
+// the total and keep_below.
+__device__ __forceinline__ void select_mass_digit(RadixScratch& s, bool first_pass, double top_p,
+                                                  double above) {
+  const int lane = threadIdx.x % kWarpSize;
+  const int top = kRadixBuckets - 1 - kBucketsPerLane * lane;
+  double local = 0;
+#pragma unroll
+  for (int i = 0; i < kBucketsPerLane; ++i) local += s.mass[top - i];
+  const double inclusive = warp_inclusive_scan(local);
+  double excl = __shfl_up_sync(kFullWarp, inclusive, 1);
+  if (lane == 0) excl = 0;
+  double keep_below;
+  if (first_pass) {
+    const double total = __shfl_sync(kFullWarp, inclusive, kWarpSize - 1);
+    keep_below = top_p * total * (1.0 - kSamplingBoundarySlack);  // the CPU's rounding order
+  } else {
+    keep_below = s.keep_below;
+  }
+  // p <= 0, or a NaN total (+inf logits): only the top group survives, as on the CPU.
+  if (!(keep_below > 0)) {
+    if (lane == 0) {
+      s.digit = kNoDigit;
+      s.keep_below = keep_below;
+    }
+    return;
+  }
+  // Empty buckets hold exactly zero mass, so the highest non-empty bucket sees exactly `above`,
+  // which the previous pass checked is < keep_below: some lane always finds a bucket.
+  double run = above + excl;
+  int found = -1;
+  double found_above = 0;
+  for (int i = 0; i < kBucketsPerLane; ++i) {
+    if (!(run < keep_below)) break;
+    if (s.count[top - i] != 0) {
+      found = top - i;
+      found_above = run;
+    }
+    run += s.mass[top - i];
+  }
+  const unsigned lanes = __ballot_sync(kFullWarp, found >= 0);
+  const int src = lanes != 0 ? kWarpSize - 1 - __clz(lanes) : 0;  // lowest values win
+  found = __shfl_sync(kFullWarp, found, src);
+  found_above = __shfl_sync(kFullWarp, found_above, src);
+  if (lane == 0) {
+    s.digit = lanes != 0 ? unsigned(found) : kNoDigit;
+    s.above = found_above;
+    s.keep_below = keep_below;
+  }
+}
+
+// Top-p over the candidates z >= lower, renormalized over them: the smallest kept value, each
+// group of equal values kept while the mass strictly above it is < p * total * (1 - slack). The
+// CPU's top_p_threshold. row_max is the row's max (a candidate: lower <= max). Every thread must
+// call it.
+template <typename acc_t, typename Row>
+__device__ acc_t block_top_p_threshold(const Row& z, int64_t n, acc_t row_max, double top_p,
+                                       acc_t lower, RadixScratch& s) {
+  using key_t = typename OrderedKey<acc_t>::type;
+  constexpr int kKeyBits = int(sizeof(key_t)) * 8;
+  const double max_d = double(row_max);
+  key_t prefix = 0, fixed = 0;
+  double above = 0;
+#pragma unroll 1
+  for (int shift = kKeyBits - kRadixBits; shift >= 0; shift -= kRadixBits) {
+    clear_histogram(s);
+    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
+      const acc_t v = z(j);
+      unsigned digit = kNoDigit;
+      if (v >= lower) {
+        const key_t key = ordered_key(v);
+        if ((key & fixed) == prefix) digit = unsigned(key >> shift) & (kRadixBuckets - 1);
+      }
+      count_digit(s.count, digit);
+      if (digit != kNoDigit) {
+        const double mass = exp(double(v) - max_d);
+        if (mass != 0) atomicAdd(&s.mass[digit], mass);
+      }
+    }
+    __syncthreads();
+    if (threadIdx.x < kWarpSize) select_mass_digit(s, fixed == 0, top_p, above);
+    __syncthreads();
+    const unsigned digit = s.digit;
+    above = s.above;
+    if (digit == kNoDigit) return row_max;  // block-uniform
+    prefix |= key_t(digit) << shift;
+    fixed |= key_t(kRadixBuckets - 1) << shift;
+  }
+  return key_value(prefix);
+}
+
+// The row's keep threshold (-inf keeps everything); the CPU's row_threshold. z must be NaN-free
+// and row_max its max. Every thread must call it; the result is the same in all.
+template <typename acc_t, typename Row>
+__device__ acc_t row_threshold(const Row& z, int64_t n, acc_t row_max, const RowParams& f,
+                               int64_t order, int64_t min_tokens_to_keep, RadixScratch& s) {
+  constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
+  if (row_max == kNegInf) return kNegInf;  // nothing to rank (also n == 0)
+
+  int64_t keep_at_least = min_tokens_to_keep > 1 ? min_tokens_to_keep : 1;
+  if (keep_at_least > n) keep_at_least = n;
+  // The min_tokens_to_keep-th largest value: no filter cuts above it.
+  const acc_t floor_keep =
+      keep_at_least > 1 ? block_kth_largest<acc_t>(z, n, keep_at_least, s) : row_max;
+
+  acc_t tau_k = kNegInf;
+  const int64_t k = f.top_k > keep_at_least ? f.top_k : keep_at_least;
+  if (k < n) tau_k = block_kth_largest<acc_t>(z, n, k, s);
+
+  acc_t tau_min_p = kNegInf;
+  if (f.min_p > 0) {
+    const acc_t tau = block_min_p_threshold<acc_t>(z, n, double(row_max), f.min_p);
+    tau_min_p = tau < floor_keep ? tau : floor_keep;
+  }
+
+  acc_t tau_p = kNegInf;
+  if (f.top_p < 1) {
+    acc_t lower = kNegInf;
+    if (order == kOrderHf) lower = tau_k;
+    if (order == kOrderVllm) lower = tau_k > tau_min_p ? tau_k : tau_min_p;
+    const acc_t tau = block_top_p_threshold(z, n, row_max, f.top_p, lower, s);
+    tau_p = tau < floor_keep ? tau : floor_keep;
+  }
+  acc_t tau = tau_k > tau_min_p ? tau_k : tau_min_p;
+  return tau_p > tau ? tau_p : tau;
+}
+
+// filter_logits: out[row, j] = z_j if z_j >= tau else fill; whole NaN rows for rows with NaN.
+// out is contiguous [num_rows, vocab]. One block per row, blockDim.x from sampling_block_threads.
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kMaxBlockThreads, kSamplingMinBlocksPerSm)
+    filter_logits_kernel(const SamplingArgs<scalar_t, acc_t> args, acc_t fill,
+                         int64_t min_tokens_to_keep, scalar_t* __restrict__ out) {
+  __shared__ RadixScratch scratch;
+  const int64_t n = args.vocab;
+  const scalar_t fill_value = from_acc<scalar_t>(fill);
+  for (int64_t row = blockIdx.x; row < args.num_rows; row += gridDim.x) {
+    const RowParams f = row_params(args, row);
+    const auto z = scaled_row(args, row, f.temperature);
+    scalar_t* __restrict__ y = out + row * n;
+    const RowScan<acc_t> scan = scan_row<acc_t>(z, n);
+    if (scan.has_nan) {
+      const scalar_t nan = from_acc<scalar_t>(std::numeric_limits<acc_t>::quiet_NaN());
+      for (int64_t j = threadIdx.x; j < n; j += blockDim.x) y[j] = nan;
+      continue;
+    }
+    const acc_t tau = row_threshold(z, n, scan.max, f, args.order, min_tokens_to_keep, scratch);
+    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
+      const acc_t v = z(j);
+      y[j] = v >= tau ? from_acc<scalar_t>(v) : fill_value;
+    }
+  }
+}
+
+// A thread's share of the race: its best token so far and the log-sum-exp of its kept tokens.
+struct RaceState {
+  double score;
+  int64_t index;  // kNoIndex: none yet
+  LseState<double> lse;
+};
+
+// sample: token and float32 log-probability per row. Greedy rows (temperature <= 0 or NaN) take
+// the first argmax of the biased logits with log-prob 0; the others race the kept tokens with the
+// exponential noise of (seed[row], per_row_seeds ? 0 : row, token). -1 (log-prob NaN) for a NaN
+// row or one with nothing to sample.
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kMaxBlockThreads, kSamplingMinBlocksPerSm)
+    sample_kernel(const SamplingArgs<scalar_t, acc_t> args, const int64_t* __restrict__ seeds,
+                  bool per_row_seeds, int64_t* __restrict__ tokens, float* __restrict__ logprobs) {
+  constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
+  __shared__ RadixScratch scratch;
+  const int64_t n = args.vocab;
+  for (int64_t row = blockIdx.x; row < args.num_rows; row += gridDim.x) {
+    const RowParams f = row_params(args, row);
+    const bool greedy = !(f.temperature > 0);
+    const auto z = scaled_row(args, row, greedy ? 1.0 : f.temperature);
+    const RowScan<acc_t> scan = scan_row<acc_t>(z, n);
+    if (scan.has_nan) {
+      if (threadIdx.x == 0) {
+        tokens[row] = -1;
+        logprobs[row] = std::numeric_limits<float>::quiet_NaN();
+      }
+      continue;
+    }
+    if (greedy) {
+      if (threadIdx.x == 0) {
+        tokens[row] = scan.argmax == kNoIndex ? -1 : scan.argmax;  // -1: empty vocabulary
+        logprobs[row] = 0.f;
+      }
+      continue;
+    }
+    const acc_t tau = row_threshold(z, n, scan.max, f, args.order, 1, scratch);
+
+    // The row's max is always kept, so it is the max of every thread's log-sum-exp state; adding
+    // exp(z - max) then needs no rescaling. A +inf max makes the lse +inf through lse_merge.
+    const double max_d = double(scan.max);
+    const bool finite_max = max_d < std::numeric_limits<double>::infinity();
+    const uint64_t key = static_cast<uint64_t>(seeds[row]);
+    const uint64_t stream = per_row_seeds ? 0 : static_cast<uint64_t>(row);
+    RaceState mine{-std::numeric_limits<double>::infinity(), kNoIndex, {max_d, 0.0}};
+    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
+      const acc_t v = z(j);
+      if (!(v >= tau) || v == kNegInf) continue;
+      if (finite_max) mine.lse.sum += exp(double(v) - max_d);
+      const double score =
+          race_score(double(v), exponential_noise(key, stream, static_cast<uint64_t>(j)));
+      if (score > mine.score) {  // j ascends: the first index wins ties, as on the CPU
+        mine.score = score;
+        mine.index = j;
+      }
+    }
+    const RaceState best = block_reduce(
+        mine, RaceState{-std::numeric_limits<double>::infinity(), kNoIndex, lse_empty<double>()},
+        [](const RaceState& a, const RaceState& b) {
+          RaceState r = ranks_before(b.score, b.index, a.score, a.index) ? b : a;
+          r.lse = lse_merge(a.lse, b.lse);
+          return r;
+        });
+    if (threadIdx.x == 0) {
+      if (best.index == kNoIndex) {
+        tokens[row] = -1;
+        logprobs[row] = std::numeric_limits<float>::quiet_NaN();
+      } else {
+        tokens[row] = best.index;
+        logprobs[row] = static_cast<float>(double(z(best.index)) - lse_finalize(best.lse));
+      }
+    }
+  }
+}
+
+}  // namespace cuda
+}  // namespace logitops
