@@ -26,6 +26,19 @@ TORCH_LIBRARY(logitops, m) {
       "Tensor? weight, Tensor lse, Tensor total_weight, int ignore_index, float label_smoothing, "
       "float z_loss, float softcap, int reduction) -> Tensor");
 
+  // Cross-entropy of logits [N, C] with class-probability targets [N, C] (any floating dtype).
+  // `mean` divides by N. Returns the loss, the per-row lse and, when compute_grad, the gradient
+  // for an upstream gradient of 1 ([0] otherwise).
+  m.def(
+      "cross_entropy_probs_forward(Tensor logits, Tensor target, Tensor? weight, "
+      "float label_smoothing, float z_loss, float softcap, int reduction, bool compute_grad) "
+      "-> (Tensor loss, Tensor lse, Tensor grad)");
+  // Gradient of cross_entropy_probs_forward's loss (and optionally its lse) w.r.t. logits.
+  m.def(
+      "cross_entropy_probs_backward(Tensor grad_loss, Tensor? grad_lse, Tensor logits, "
+      "Tensor target, Tensor? weight, Tensor lse, float label_smoothing, float z_loss, "
+      "float softcap, int reduction) -> Tensor");
+
   // Binary cross-entropy with logits of input [R, C] and same-shaped target. weight and
   // pos_weight are in the accumulation dtype, expanded to [R, C] (stride-0 broadcast, never
   // materialized). Returns the loss (reduced by `reduction`) and, when compute_grad, the gradient

@@ -181,6 +181,32 @@ at::Tensor empty_cpu_output(at::IntArrayRef sizes, const at::TensorOptions& opti
       options.device(at::kCPU));
 }
 
+void check_cross_entropy_probs_inputs(const at::Tensor& logits, const at::Tensor& target,
+                                      const std::optional<at::Tensor>& weight, int64_t reduction) {
+  TORCH_CHECK_VALUE(logits.dim() == 2, "logitops.cross_entropy: logits must be 2-D [rows, classes], got ",
+                    logits.sizes());
+  TORCH_CHECK_TYPE(at::isFloatingType(logits.scalar_type()),
+                   "logitops.cross_entropy: logits must be floating point, got ", logits.scalar_type());
+  TORCH_CHECK_VALUE(logits.size(1) >= 1, "logitops.cross_entropy: logits must have at least one class");
+  TORCH_CHECK_VALUE(target.sizes() == logits.sizes(),
+                    "logitops.cross_entropy: probability target must have the logits' shape ",
+                    logits.sizes(), ", got ", target.sizes());
+  TORCH_CHECK_TYPE(target.scalar_type() == logits.scalar_type(),
+                   "logitops.cross_entropy: probability target must have the logits' dtype ",
+                   logits.scalar_type(), ", got ", target.scalar_type());
+  TORCH_CHECK_VALUE(target.device() == logits.device(), "logitops.cross_entropy: target is on ",
+                    target.device(), " but logits on ", logits.device());
+  if (weight.has_value()) {
+    TORCH_CHECK_VALUE(weight->dim() == 1 && weight->size(0) == logits.size(1),
+                      "logitops.cross_entropy: weight must have shape [", logits.size(1), "], got ",
+                      weight->sizes());
+    TORCH_CHECK_VALUE(weight->device() == logits.device(), "logitops.cross_entropy: weight is on ",
+                      weight->device(), " but logits on ", logits.device());
+  }
+  TORCH_CHECK_VALUE(reduction >= kReductionNone && reduction <= kReductionSum,
+                    "logitops.cross_entropy: unknown reduction code ", reduction);
+}
+
 at::Tensor upstream_per_row(const at::Tensor& grad_loss, const at::Tensor& total_weight,
                             int64_t reduction, int64_t num_rows, at::ScalarType acc_dtype) {
   at::Tensor g = grad_loss.to(acc_dtype);
@@ -193,6 +219,21 @@ at::Tensor upstream_per_row(const at::Tensor& grad_loss, const at::Tensor& total
   TORCH_CHECK_VALUE(g.numel() == 1, "logitops.cross_entropy_backward: grad_loss must be a scalar");
   if (reduction == kReductionMean) g = at::div(g, total_weight.to(acc_dtype));
   return g.reshape({1}).expand({num_rows}).contiguous();
+}
+
+at::Tensor bce_upstream(const at::Tensor& grad_loss, int64_t rows, int64_t cols, int64_t reduction,
+                        at::ScalarType acc_dtype) {
+  at::Tensor upstream = grad_loss.to(acc_dtype);
+  if (reduction == kReductionNone) {
+    TORCH_CHECK_VALUE(upstream.dim() == 2 && upstream.size(0) == rows && upstream.size(1) == cols,
+                      "logitops.bce_with_logits_backward: grad_loss must have shape [", rows, ", ",
+                      cols, "], got ", upstream.sizes());
+    return rows_with_unit_stride(upstream);
+  }
+  TORCH_CHECK_VALUE(upstream.numel() == 1,
+                    "logitops.bce_with_logits_backward: grad_loss must be a scalar");
+  if (reduction == kReductionMean) upstream = at::div(upstream, double(rows) * double(cols));
+  return upstream.reshape({1, 1}).expand({rows, cols});
 }
 
 at::Tensor reduce_row_loss(const at::Tensor& row_loss, const at::Tensor& total_weight,

@@ -33,10 +33,20 @@ void check_sampling_inputs(const at::Tensor& logits, const std::optional<at::Ten
 // takes longer than computing it.
 at::Tensor empty_cpu_output(at::IntArrayRef sizes, const at::TensorOptions& options);
 
+// The same for class-probability targets: target [N, C] floating, of the logits' dtype.
+void check_cross_entropy_probs_inputs(const at::Tensor& logits, const at::Tensor& target,
+                                      const std::optional<at::Tensor>& weight, int64_t reduction);
+
 // Upstream gradient of each row's loss, in the accumulation dtype: grad_loss itself for
 // reduction "none", broadcast for "sum", divided by the total weight for "mean".
 at::Tensor upstream_per_row(const at::Tensor& grad_loss, const at::Tensor& total_weight,
                             int64_t reduction, int64_t num_rows, at::ScalarType acc_dtype);
+
+// The upstream gradient of bce_with_logits_backward as a [rows, cols] operand in the
+// accumulation dtype: grad_loss itself (unit column stride) for reduction "none", else the scalar
+// (divided by rows * cols for "mean") expanded with stride 0. Never synchronizes.
+at::Tensor bce_upstream(const at::Tensor& grad_loss, int64_t rows, int64_t cols, int64_t reduction,
+                        at::ScalarType acc_dtype);
 
 // Turns per-row losses (accumulation dtype) into the op's output in the logits' dtype.
 at::Tensor reduce_row_loss(const at::Tensor& row_loss, const at::Tensor& total_weight,

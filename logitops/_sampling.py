@@ -1,4 +1,4 @@
-"""Logit filtering and sampling: argument handling for logitops.functional.
+"""Logit filtering and sampling (re-exported by logitops.functional and logitops).
 
 Semantics (see the README): every filter keeps the tokens whose (biased, temperature-scaled)
 logit is at least a per-row threshold, so ties at a cut are kept together.
@@ -149,6 +149,30 @@ def filter_logits(
     filter_value: float = -math.inf,
     min_tokens_to_keep: int = 1,
 ) -> Tensor:
+    r"""Temperature, logit bias, top-k, top-p and min-p in one pass over [batch, vocab] logits.
+
+    ``logit_bias`` ([V] or [B, V]) is added first, then the logits are divided by
+    ``temperature`` (> 0), then filtered; removed entries become ``filter_value``. Parameters are
+    Python numbers or per-row tensors of shape [B]. ``order``:
+
+    - ``"hf"`` (default): temperature -> top-k -> top-p -> min-p, each on the previous result,
+      as transformers' warpers (top-p renormalizes over top-k's survivors);
+    - ``"vllm"``: temperature -> min-p -> top-k -> top-p (top-p over min-p's and top-k's
+      survivors);
+    - ``"joint"``: top-k, top-p and min-p all measured on the temperature-scaled distribution
+      (SGLang / FlashInfer's joint top-k top-p).
+
+    Top-k keeps every token tied with the k-th largest; top-p keeps tokens while the probability
+    mass above them is below p (the crossing token is kept, at exact equality it is not; ties at
+    the cut are kept together); min-p keeps ``p >= min_p * p_max``; at least
+    ``min_tokens_to_keep`` tokens survive each filter. No sort of the vocabulary. Rows that
+    contain NaN come back as NaN.
+
+    Examples
+    --------
+    >>> logits = torch.randn(4, 32000)
+    >>> out = logitops.filter_logits(logits, temperature=0.8, top_k=50, top_p=0.9)
+    """
     logits2d, squeeze = _as_2d(logits)
     temp, k, p, mp = _parameters(logits2d, temperature, top_k, top_p, min_p, greedy_ok=False)
     out = _ops.filter_logits(
@@ -178,6 +202,25 @@ def sample(
     generator: torch.Generator | None = None,
     return_logprobs: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
+    r"""Samples one token id per row from the filtered softmax, without a sort and without a
+    host sync: the kept token maximizing ``z - log(E)``, ``E ~ Exp(1)`` (exactly a draw from the
+    softmax of the kept logits).
+
+    Rows with temperature 0 are greedy (argmax of the biased logits, first index on ties).
+    ``seed``: an int (noise keyed on the seed and the row index) or an int64 tensor [B] of per-row
+    seeds (noise keyed on the row's seed only, so a row's token depends on its logits, parameters
+    and seed, not on its batch position or the other rows); the same call gives the same tokens.
+    Without a seed, one key is drawn from ``generator`` (or torch's default generator). The noise
+    is computed in float64 from 53 random bits, so tokens of probability far below 2^-24 stay
+    reachable. With ``return_logprobs`` also returns each token's log-probability under the
+    filtered, temperature-scaled distribution (0 for greedy rows). A row containing NaN, or with
+    every logit -inf, gives token -1 (and log-probability NaN).
+
+    Examples
+    --------
+    >>> logits = torch.randn(3, 128256)
+    >>> tokens = logitops.sample(logits, temperature=0.7, top_p=0.95, seed=torch.tensor([1, 2, 3]))
+    """
     logits2d, squeeze = _as_2d(logits)
     rows = logits2d.shape[0]
     temp, k, p, mp = _parameters(logits2d, temperature, top_k, top_p, min_p, greedy_ok=True)

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from torch.nn import _reduction as _Reduction
 
-from . import _sampling
+from ._sampling import filter_logits, sample
 from .ops import bce_with_logits as _bce_ops
 from .ops import cross_entropy as _ce_ops
 from .ops._common import (
@@ -111,14 +111,15 @@ def cross_entropy(
                 "class indices must be an integer tensor"
             )
         probs_2d = target.unsqueeze(0) if input.dim() == 1 else target.movedim(1, -1)
-        loss, lse = _cross_entropy_probabilities(
+        loss, lse, _ = _ce_ops.cross_entropy_probs_forward(
             logits_2d,
-            probs_2d.reshape(-1, num_classes),
+            probs_2d.reshape(-1, num_classes).to(input.dtype),
             weight,
-            label_smoothing,
-            z_loss,
+            float(label_smoothing),
+            float(z_loss),
             cap,
-            reduction,
+            code,
+            _fuse_gradient(input),
         )
     else:
         if target.dtype == torch.bool or target.is_complex():
@@ -134,9 +135,6 @@ def cross_entropy(
         target_1d = target.reshape(-1).to(torch.int64)
         if input.device.type != "cpu" and validate_cuda_targets_enabled():
             _check_target_range(target_1d, num_classes, ignore_index)
-        compute_grad = (
-            input.requires_grad and torch.is_grad_enabled() and input.device.type == "cpu"
-        )
         loss, lse, _, _ = _ce_ops.cross_entropy_forward(
             logits_2d,
             target_1d,
@@ -146,7 +144,7 @@ def cross_entropy(
             float(z_loss),
             cap,
             code,
-            compute_grad,
+            _fuse_gradient(input),
         )
 
     out_shape = input.shape[:class_dim] + input.shape[class_dim + 1 :]
@@ -176,38 +174,11 @@ def _check_target_range(target: Tensor, num_classes: int, ignore_index: int) -> 
         )
 
 
-def _cross_entropy_probabilities(
-    logits: Tensor,
-    probs: Tensor,
-    weight: Tensor | None,
-    label_smoothing: float,
-    z_loss: float,
-    softcap: float,
-    reduction: str,
-) -> tuple[Tensor, Tensor]:
-    """Class-probability targets (PyTorch's cross_entropy_loss_prob_target), composed from torch
-    ops in the accumulation dtype. `mean` divides by the number of rows, as PyTorch does."""
-    acc = accumulation_dtype(logits.dtype)
-    z = logits.to(acc)
-    if softcap > 0:
-        z = softcap * torch.tanh(z / softcap)
-    lse = torch.logsumexp(z, dim=-1)
-    q = probs.to(acc)
-    if label_smoothing > 0:
-        q = q * (1 - label_smoothing) + label_smoothing / logits.shape[-1]
-    if weight is not None:
-        q = q * weight.to(acc)
-    # sum_c q_c (lse - z_c), written so that q_c = 0 never multiplies a -inf logit.
-    row = q.sum(-1) * lse - torch.where(q != 0, q * z, torch.zeros_like(z)).sum(-1)
-    if z_loss > 0:
-        row = row + z_loss * lse * lse
-    if reduction == "none":
-        loss = row
-    elif reduction == "sum":
-        loss = row.sum()
-    else:
-        loss = row.sum() / row.shape[0] if row.shape[0] > 0 else row.sum() * float("nan")
-    return loss.to(logits.dtype), lse
+def _fuse_gradient(input: Tensor) -> bool:
+    """Whether the forward should also write the gradient (read the logits once): when one will
+    be needed, on the CPU. On CUDA the backward recomputes it from the saved lse instead, because
+    skipping the multiplication by the upstream gradient there would need a host sync."""
+    return input.requires_grad and torch.is_grad_enabled() and input.device.type == "cpu"
 
 
 def binary_cross_entropy_with_logits(
@@ -284,67 +255,16 @@ def binary_cross_entropy_with_logits(
         # cannot be expressed as [rows, cols] strides (rare: e.g. a weight varying along a
         # middle dimension only).
         broadcast[name] = tensor.to(acc).expand(input.shape).reshape(rows, cols)
-    compute_grad = (
-        code != 0 and input.requires_grad and torch.is_grad_enabled() and input.device.type == "cpu"
-    )
+    # reduction "none" recomputes in the backward: its upstream gradient is a full tensor.
     loss, _ = _bce_ops.bce_with_logits_forward(
         input.reshape(rows, cols),
         target.reshape(rows, cols).to(input.dtype),
         broadcast["weight"],
         broadcast["pos_weight"],
         code,
-        compute_grad,
+        code != 0 and _fuse_gradient(input),
     )
     return loss.reshape(input.shape) if code == 0 else loss
-
-
-def filter_logits(
-    logits: Tensor,
-    *,
-    temperature: float | Tensor | None = None,
-    top_k: int | Tensor | None = None,
-    top_p: float | Tensor | None = None,
-    min_p: float | Tensor | None = None,
-    logit_bias: Tensor | None = None,
-    order: str = "hf",
-    filter_value: float = -math.inf,
-    min_tokens_to_keep: int = 1,
-) -> Tensor:
-    r"""Temperature, logit bias, top-k, top-p and min-p in one pass over [batch, vocab] logits.
-
-    ``logit_bias`` ([V] or [B, V]) is added first, then the logits are divided by
-    ``temperature`` (> 0), then filtered; removed entries become ``filter_value``. Parameters are
-    Python numbers or per-row tensors of shape [B]. ``order``:
-
-    - ``"hf"`` (default): temperature -> top-k -> top-p -> min-p, each on the previous result,
-      as transformers' warpers (top-p renormalizes over top-k's survivors);
-    - ``"vllm"``: temperature -> min-p -> top-k -> top-p (top-p over min-p's and top-k's
-      survivors);
-    - ``"joint"``: top-k, top-p and min-p all measured on the temperature-scaled distribution
-      (SGLang / FlashInfer's joint top-k top-p).
-
-    Top-k keeps every token tied with the k-th largest; top-p keeps tokens while the probability
-    mass above them is below p (the crossing token is kept, at exact equality it is not; ties at
-    the cut are kept together); min-p keeps ``p >= min_p * p_max``; at least
-    ``min_tokens_to_keep`` tokens survive each filter. No sort of the vocabulary. Rows that
-    contain NaN come back as NaN.
-
-    Examples
-    --------
-    >>> logits = torch.randn(4, 32000)
-    >>> out = logitops.filter_logits(logits, temperature=0.8, top_k=50, top_p=0.9)
-    """
-    return _sampling.filter_logits(
-        logits,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        min_p=min_p,
-        logit_bias=logit_bias,
-        order=order,
-        filter_value=filter_value,
-        min_tokens_to_keep=min_tokens_to_keep,
-    )
 
 
 def top_k_filter(
@@ -386,50 +306,4 @@ def min_p_filter(
     ``MinPLogitsWarper``). See :func:`filter_logits`."""
     return filter_logits(
         logits, min_p=min_p, filter_value=filter_value, min_tokens_to_keep=min_tokens_to_keep
-    )
-
-
-def sample(
-    logits: Tensor,
-    *,
-    temperature: float | Tensor = 1.0,
-    top_k: int | Tensor | None = None,
-    top_p: float | Tensor | None = None,
-    min_p: float | Tensor | None = None,
-    logit_bias: Tensor | None = None,
-    order: str = "hf",
-    seed: int | Tensor | None = None,
-    generator: torch.Generator | None = None,
-    return_logprobs: bool = False,
-) -> Tensor | tuple[Tensor, Tensor]:
-    r"""Samples one token id per row from the filtered softmax, without a sort and without a
-    host sync: the kept token maximizing ``z - log(E)``, ``E ~ Exp(1)`` (exactly a draw from the
-    softmax of the kept logits).
-
-    Rows with temperature 0 are greedy (argmax of the biased logits, first index on ties).
-    ``seed``: an int (noise keyed on the seed and the row index) or an int64 tensor [B] of per-row
-    seeds (noise keyed on the row's seed only, so a row's token depends on its logits, parameters
-    and seed, not on its batch position or the other rows); the same call gives the same tokens.
-    Without a seed, one key is drawn from ``generator`` (or torch's default generator). The noise
-    is computed in float64 from 53 random bits, so tokens of probability far below 2^-24 stay
-    reachable. With ``return_logprobs`` also returns each token's log-probability under the
-    filtered, temperature-scaled distribution (0 for greedy rows). A row containing NaN, or with
-    every logit -inf, gives token -1 (and log-probability NaN).
-
-    Examples
-    --------
-    >>> logits = torch.randn(3, 128256)
-    >>> tokens = logitops.sample(logits, temperature=0.7, top_p=0.95, seed=torch.tensor([1, 2, 3]))
-    """
-    return _sampling.sample(
-        logits,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        min_p=min_p,
-        logit_bias=logit_bias,
-        order=order,
-        seed=seed,
-        generator=generator,
-        return_logprobs=return_logprobs,
     )

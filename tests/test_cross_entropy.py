@@ -536,3 +536,55 @@ def test_build_info():
     assert isinstance(logitops.cuda_kernels_available(), bool)
     if logitops.cuda_kernels_available():
         assert set(info["ops"]) == set(info["ops_with_cuda_kernel"])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_opcheck_probability_target_ops(device, requires_grad):
+    logits = torch.randn(6, 21, device=device, requires_grad=requires_grad)
+    target = torch.softmax(torch.randn(6, 21, device=device), -1)
+    weight = torch.rand(21, device=device)
+    for reduction in (0, 1, 2):
+        for w, cap in ((None, 0.0), (weight, 4.0)):
+            fused = requires_grad and device == "cpu"
+            args = (logits, target, w, 0.1, 1e-3, cap, reduction, fused)
+            torch.library.opcheck(torch.ops.logitops.cross_entropy_probs_forward.default, args)
+            loss, lse, _ = torch.ops.logitops.cross_entropy_probs_forward(
+                logits.detach(), target, w, 0.1, 1e-3, cap, reduction, False
+            )
+            for grad_lse in (None, torch.randn_like(lse)):
+                torch.library.opcheck(
+                    torch.ops.logitops.cross_entropy_probs_backward.default,
+                    (
+                        torch.randn_like(loss),
+                        grad_lse,
+                        logits.detach(),
+                        target,
+                        w,
+                        lse,
+                        0.1,
+                        1e-3,
+                        cap,
+                        reduction,
+                    ),
+                )
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_probability_targets_every_dtype(device, dtype):
+    logits = (torch.randn(33, 517, dtype=torch.float64) * 3).to(dtype).to(device)
+    target = torch.softmax(torch.randn(33, 517, dtype=torch.float64) * 2, -1).to(dtype).to(device)
+    target[0] = 0
+    target[0, 3] = 1  # a one-hot row
+    for kwargs in ({}, {"label_smoothing": 0.2, "z_loss": 1e-3, "softcap": 10.0}):
+        for reduction in REDUCTIONS:
+            x = logits.detach().clone().requires_grad_()
+            xr = logits.detach().double().requires_grad_()
+            loss = logitops.cross_entropy(x, target, reduction=reduction, **kwargs)
+            ref, _ = cross_entropy_reference(xr, target.double(), reduction=reduction, **kwargs)
+            upstream = torch.randn(ref.shape, dtype=torch.float64, device=device)
+            loss.backward(upstream.to(dtype))
+            ref.backward(upstream)
+            assert_close(loss, ref, dtype, scale=10, what="loss")
+            assert_close(x.grad, xr.grad, dtype, what="grad")

@@ -138,6 +138,37 @@ LOGITOPS_HD acc_t cross_entropy_grad(const CrossEntropyRow<acc_t>& row, acc_t up
   return prob * (prob_scale + upstream_lse) - (b == acc_t(0) ? acc_t(0) : upstream * b);
 }
 
+// Class-probability targets t (PyTorch's cross_entropy_loss_prob_target), per row, with
+// a_c = w_c * ((1 - eps) * t_c + eps / C) (w all ones when absent):
+//   loss = sum_c a_c (lse - z_c) + z_loss * lse^2 = A * lse - B + z_loss * lse^2,
+//   dloss/dz_j = p_j * (A + 2 * z_loss * lse) - a_j,   A = sum_c a_c,  B = sum_c a_c z_c,
+// where a_c = 0 contributes nothing to B even for z_c = -inf (PyTorch gives NaN there).
+template <typename acc_t>
+LOGITOPS_HD acc_t soft_target_coef(acc_t prob, acc_t class_weight, acc_t label_smoothing,
+                                   int64_t num_classes) {
+  return class_weight * ((acc_t(1) - label_smoothing) * prob + label_smoothing / acc_t(num_classes));
+}
+
+template <typename acc_t>
+LOGITOPS_HD acc_t soft_target_term(acc_t coef, acc_t z) {
+  return coef == acc_t(0) ? acc_t(0) : coef * z;
+}
+
+template <typename acc_t>
+LOGITOPS_HD acc_t soft_target_loss(acc_t lse, acc_t coef_sum, acc_t weighted_logit_sum,
+                                   acc_t z_loss) {
+  acc_t loss = coef_sum * lse - weighted_logit_sum;
+  if (z_loss != acc_t(0)) loss += z_loss * lse * lse;
+  return loss;
+}
+
+// p_j * (g * (A + 2 z_loss lse) + g_lse) - g * a_j, before the soft-cap factor.
+template <typename acc_t>
+LOGITOPS_HD acc_t soft_target_grad(acc_t prob, acc_t coef, acc_t coef_sum, acc_t lse, acc_t z_loss,
+                                   acc_t upstream, acc_t upstream_lse) {
+  return prob * (upstream * (coef_sum + acc_t(2) * z_loss * lse) + upstream_lse) - upstream * coef;
+}
+
 // A class-index target is valid when it is ignore_index or in [0, num_classes).
 LOGITOPS_HD bool target_is_valid(int64_t target, int64_t num_classes, int64_t ignore_index) {
   return target == ignore_index || (target >= 0 && target < num_classes);

@@ -5,7 +5,6 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/div.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
@@ -144,17 +143,14 @@ BceContext<scalar_t, acc_t> make_bce_context(const at::Tensor& input, const at::
           target.stride(0), strided<acc_t>(weight), strided<acc_t>(pos_weight)};
 }
 
-at::Tensor unit_col_stride(const at::Tensor& t) {
-  return (t.size(1) <= 1 || t.stride(1) == 1) ? t : t.contiguous();
-}
 
 std::tuple<at::Tensor, at::Tensor> bce_with_logits_forward_cpu(
     const at::Tensor& input_in, const at::Tensor& target_in,
     const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& pos_weight,
     int64_t reduction, bool compute_grad) {
   check_bce_inputs(input_in, target_in, weight, pos_weight, reduction);
-  const at::Tensor input = unit_col_stride(input_in);
-  const at::Tensor target = unit_col_stride(target_in);
+  const at::Tensor input = rows_with_unit_stride(input_in);
+  const at::Tensor target = rows_with_unit_stride(target_in);
   const int64_t rows = input.size(0), cols = input.size(1);
   const auto acc_dtype = accumulation_dtype(input.scalar_type());
   at::Tensor loss_rows = reduction == kReductionNone
@@ -215,24 +211,11 @@ at::Tensor bce_with_logits_backward_cpu(const at::Tensor& grad_loss_in, const at
                                         const std::optional<at::Tensor>& pos_weight,
                                         int64_t reduction) {
   check_bce_inputs(input_in, target_in, weight, pos_weight, reduction);
-  const at::Tensor input = unit_col_stride(input_in);
-  const at::Tensor target = unit_col_stride(target_in);
+  const at::Tensor input = rows_with_unit_stride(input_in);
+  const at::Tensor target = rows_with_unit_stride(target_in);
   const int64_t rows = input.size(0), cols = input.size(1);
   const auto acc_dtype = accumulation_dtype(input.scalar_type());
-  // The upstream gradient as one more broadcast operand: [rows, cols] for "none", else a
-  // scalar (divided by numel for "mean") expanded with stride 0.
-  at::Tensor upstream = grad_loss_in.to(acc_dtype);
-  if (reduction == kReductionNone) {
-    TORCH_CHECK_VALUE(upstream.sizes() == input.sizes(),
-                      "logitops.bce_with_logits_backward: grad_loss must have shape ",
-                      input.sizes(), ", got ", upstream.sizes());
-    upstream = unit_col_stride(upstream);
-  } else {
-    TORCH_CHECK_VALUE(upstream.numel() == 1,
-                      "logitops.bce_with_logits_backward: grad_loss must be a scalar");
-    if (reduction == kReductionMean) upstream = at::div(upstream, double(rows) * double(cols));
-    upstream = upstream.reshape({1, 1}).expand({rows, cols});
-  }
+  const at::Tensor upstream = bce_upstream(grad_loss_in, rows, cols, reduction, acc_dtype);
   at::Tensor grad = empty_cpu_output({rows, cols}, input.options());
 
   AT_DISPATCH_FLOATING_TYPES_AND2(

@@ -205,7 +205,7 @@ RowContext<scalar_t, acc_t> make_context(const at::Tensor& logits, const at::Ten
   ctx.num_classes = logits.size(1);
   ctx.row_stride = logits.stride(0);
   ctx.logits = logits.const_data_ptr<scalar_t>();
-  ctx.target = target.const_data_ptr<int64_t>();
+  ctx.target = target.defined() ? target.const_data_ptr<int64_t>() : nullptr;
   ctx.weight = weight_acc.defined() ? weight_acc.const_data_ptr<acc_t>() : nullptr;
   ctx.weight_total = acc_t(ctx.num_classes);
   if (ctx.weight != nullptr) {
@@ -347,11 +347,208 @@ at::Tensor cross_entropy_backward_cpu(const at::Tensor& grad_loss_in,
   return grad;
 }
 
+// --- class-probability targets --------------------------------------------------------------
+
+// Rows of logits and of probability targets (same dtype), read together block by block.
+template <typename scalar_t, typename acc_t>
+struct SoftRowContext {
+  RowContext<scalar_t, acc_t> logits;  // its label_smoothing is 0: the smoothing lives in a_c
+  const scalar_t* target;
+  int64_t target_stride;
+  acc_t label_smoothing;
+
+  // a_c of columns [start, start + n) into `coef`.
+  void coefficients(int64_t i, int64_t start, int64_t n, acc_t* coef) const {
+    using Vec = Vectorized<acc_t>;
+    load_as_acc(target + i * target_stride + start, coef, n);
+    const acc_t* w = logits.weight != nullptr ? logits.weight + start : nullptr;
+    const Vec keep(acc_t(1) - label_smoothing),
+        uniform(label_smoothing / acc_t(logits.num_classes));
+    int64_t j = 0;
+    for (; j + Vec::size() <= n; j += Vec::size()) {
+      Vec a = Vec::loadu(coef + j) * keep + uniform;
+      if (w != nullptr) a = a * Vec::loadu(w + j);
+      a.store(coef + j);
+    }
+    for (; j < n; ++j) {
+      coef[j] = soft_target_coef(coef[j], w != nullptr ? w[j] : acc_t(1), label_smoothing,
+                                 logits.num_classes);
+    }
+  }
+
+  // (A, B) = (sum_c a_c, sum_c a_c z_c) of row i, and its lse when `lse` is not null.
+  std::pair<acc_t, acc_t> sums(int64_t i, acc_t* buf, acc_t* coef, acc_t* lse) const {
+    using Vec = Vectorized<acc_t>;
+    LseState<acc_t> state = lse_empty<acc_t>();
+    Vec va(acc_t(0)), vb(acc_t(0));
+    acc_t a_sum = 0, b_sum = 0;
+    const Vec zero(acc_t(0));
+    for (int64_t start = 0; start < logits.num_classes; start += kBlock) {
+      const int64_t n = std::min(kBlock, logits.num_classes - start);
+      const acc_t* z = logits.load_block(i, start, n, buf);
+      if (lse != nullptr) state = lse_block(z, n, state);
+      coefficients(i, start, n, coef);
+      int64_t j = 0;
+      for (; j + Vec::size() <= n; j += Vec::size()) {
+        const Vec a = Vec::loadu(coef + j);
+        va += a;
+        vb += Vec::blendv(a * Vec::loadu(z + j), zero, a == zero);  // 0 * -inf would be NaN
+      }
+      for (; j < n; ++j) {
+        a_sum += coef[j];
+        b_sum += soft_target_term(coef[j], z[j]);
+      }
+    }
+    auto sum = [](Vec& x, Vec& y) { return x + y; };
+    a_sum += at::vec::vec_reduce_all<acc_t>(sum, va);
+    b_sum += at::vec::vec_reduce_all<acc_t>(sum, vb);
+    if (lse != nullptr) *lse = lse_finalize(state);
+    return {a_sum, b_sum};
+  }
+
+  void row_grad(int64_t i, acc_t lse, acc_t a_sum, acc_t upstream, acc_t upstream_lse,
+                scalar_t* grad_row, acc_t* buf, acc_t* coef) const {
+    using Vec = Vectorized<acc_t>;
+    const int64_t num_classes = logits.num_classes;
+    if (lse != lse || lse == std::numeric_limits<acc_t>::infinity()) {
+      std::fill(grad_row, grad_row + num_classes, scalar_t(NAN));
+      return;
+    }
+    const acc_t z_loss = logits.z_loss, cap = logits.softcap;
+    const Vec vlse(lse), vup(upstream), vinv_cap(acc_t(1) / cap),
+        vscale(upstream * (a_sum + acc_t(2) * z_loss * lse) + upstream_lse);
+    for (int64_t start = 0; start < num_classes; start += kBlock) {
+      const int64_t n = std::min(kBlock, num_classes - start);
+      const acc_t* z = logits.load_block(i, start, n, buf);
+      coefficients(i, start, n, coef);
+      acc_t* out = buf;  // z may alias buf: each element is read before it is overwritten
+      if constexpr (std::is_same_v<scalar_t, acc_t>) out = grad_row + start;
+      int64_t j = 0;
+      for (; j + Vec::size() <= n; j += Vec::size()) {
+        const Vec zj = Vec::loadu(z + j);
+        Vec g = fast_exp(zj - vlse) * vscale - vup * Vec::loadu(coef + j);
+        if (cap != acc_t(0)) g = g * (Vec(acc_t(1)) - (zj * vinv_cap) * (zj * vinv_cap));
+        g.store(out + j);
+      }
+      for (; j < n; ++j) {
+        acc_t g = soft_target_grad(exp_shift(z[j], lse), coef[j], a_sum, lse, z_loss, upstream,
+                                   upstream_lse);
+        if (cap != acc_t(0)) g *= acc_t(1) - (z[j] / cap) * (z[j] / cap);
+        out[j] = g;
+      }
+      if constexpr (!std::is_same_v<scalar_t, acc_t>) store_from_acc(buf, grad_row + start, n);
+    }
+  }
+};
+
+template <typename scalar_t, typename acc_t>
+SoftRowContext<scalar_t, acc_t> make_soft_context(const at::Tensor& logits,
+                                                  const at::Tensor& target,
+                                                  const at::Tensor& weight_acc,
+                                                  double label_smoothing, double z_loss,
+                                                  double softcap) {
+  // The dummy index target is never read: only load_block and the weights are used.
+  const CrossEntropyArgs args{-100, 0.0, z_loss, softcap};
+  auto base = make_context<scalar_t, acc_t>(logits, at::Tensor(), weight_acc, args);
+  return {base, target.const_data_ptr<scalar_t>(), target.stride(0),
+          static_cast<acc_t>(label_smoothing)};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_probs_forward_cpu(
+    const at::Tensor& logits_in, const at::Tensor& target_in,
+    const std::optional<at::Tensor>& weight, double label_smoothing, double z_loss,
+    double softcap, int64_t reduction, bool compute_grad) {
+  check_cross_entropy_probs_inputs(logits_in, target_in, weight, reduction);
+  const at::Tensor logits = rows_with_unit_stride(logits_in);
+  const at::Tensor target = rows_with_unit_stride(target_in);
+  const int64_t num_rows = logits.size(0), num_classes = logits.size(1);
+  const auto acc_dtype = accumulation_dtype(logits.scalar_type());
+  const at::Tensor weight_acc =
+      weight.has_value() ? weight->to(acc_dtype).contiguous() : at::Tensor();
+  at::Tensor lse = at::empty({num_rows}, logits.options().dtype(acc_dtype));
+  at::Tensor row_loss = at::empty({num_rows}, logits.options().dtype(acc_dtype));
+  at::Tensor grad = compute_grad ? empty_cpu_output({num_rows, num_classes}, logits.options())
+                                 : at::empty({0}, logits.options());
+  const at::Tensor count = at::empty({}, logits.options().dtype(acc_dtype)).fill_(double(num_rows));
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kBFloat16, at::kHalf, logits.scalar_type(), "cross_entropy_probs_forward_cpu", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        const auto ctx = make_soft_context<scalar_t, acc_t>(logits, target, weight_acc,
+                                                            label_smoothing, z_loss, softcap);
+        const acc_t upstream =
+            reduction == kReductionMean ? acc_t(1.0 / double(num_rows)) : acc_t(1);
+        acc_t* lse_out = lse.mutable_data_ptr<acc_t>();
+        acc_t* loss_out = row_loss.mutable_data_ptr<acc_t>();
+        scalar_t* grad_out = compute_grad ? grad.mutable_data_ptr<scalar_t>() : nullptr;
+        at::parallel_for(0, num_rows, grain_rows(num_classes), [&](int64_t begin, int64_t end) {
+          std::vector<acc_t> buf(std::min(kBlock, num_classes)), coef(buf.size());
+          for (int64_t i = begin; i < end; ++i) {
+            acc_t row_lse;
+            const auto [a_sum, b_sum] = ctx.sums(i, buf.data(), coef.data(), &row_lse);
+            lse_out[i] = row_lse;
+            loss_out[i] = soft_target_loss(row_lse, a_sum, b_sum, ctx.logits.z_loss);
+            if (grad_out != nullptr) {
+              ctx.row_grad(i, row_lse, a_sum, upstream, acc_t(0), grad_out + i * num_classes,
+                           buf.data(), coef.data());
+            }
+          }
+        });
+      });
+  return {reduce_row_loss(row_loss, count, reduction, logits.scalar_type()), lse, grad};
+}
+
+at::Tensor cross_entropy_probs_backward_cpu(
+    const at::Tensor& grad_loss_in, const std::optional<at::Tensor>& grad_lse_in,
+    const at::Tensor& logits_in, const at::Tensor& target_in,
+    const std::optional<at::Tensor>& weight, const at::Tensor& lse_in, double label_smoothing,
+    double z_loss, double softcap, int64_t reduction) {
+  check_cross_entropy_probs_inputs(logits_in, target_in, weight, reduction);
+  const at::Tensor logits = rows_with_unit_stride(logits_in);
+  const at::Tensor target = rows_with_unit_stride(target_in);
+  const int64_t num_rows = logits.size(0), num_classes = logits.size(1);
+  const auto acc_dtype = accumulation_dtype(logits.scalar_type());
+  const at::Tensor weight_acc =
+      weight.has_value() ? weight->to(acc_dtype).contiguous() : at::Tensor();
+  const at::Tensor count = at::empty({}, logits.options().dtype(acc_dtype)).fill_(double(num_rows));
+  const at::Tensor grad_loss = upstream_per_row(grad_loss_in, count, reduction, num_rows, acc_dtype);
+  const at::Tensor grad_lse = grad_lse_in.has_value() && grad_lse_in->defined()
+                                  ? grad_lse_in->to(acc_dtype).contiguous()
+                                  : at::Tensor();
+  const at::Tensor lse = lse_in.to(acc_dtype).contiguous();
+  TORCH_CHECK_VALUE(lse.numel() == num_rows, "logitops.cross_entropy_probs_backward: lse must have ",
+                    num_rows, " elements, got ", lse.numel());
+  TORCH_CHECK_VALUE(!grad_lse.defined() || grad_lse.numel() == num_rows,
+                    "logitops.cross_entropy_probs_backward: grad_lse must have ", num_rows,
+                    " elements, got ", grad_lse.numel());
+  at::Tensor grad = empty_cpu_output({num_rows, num_classes}, logits.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kBFloat16, at::kHalf, logits.scalar_type(), "cross_entropy_probs_backward_cpu", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        const auto ctx = make_soft_context<scalar_t, acc_t>(logits, target, weight_acc,
+                                                            label_smoothing, z_loss, softcap);
+        const acc_t* up = grad_loss.const_data_ptr<acc_t>();
+        const acc_t* up_lse = grad_lse.defined() ? grad_lse.const_data_ptr<acc_t>() : nullptr;
+        const acc_t* lse_ptr = lse.const_data_ptr<acc_t>();
+        scalar_t* grad_out = grad.mutable_data_ptr<scalar_t>();
+        at::parallel_for(0, num_rows, grain_rows(num_classes), [&](int64_t begin, int64_t end) {
+          std::vector<acc_t> buf(std::min(kBlock, num_classes)), coef(buf.size());
+          for (int64_t i = begin; i < end; ++i) {
+            const acc_t a_sum = ctx.sums(i, buf.data(), coef.data(), nullptr).first;
+            ctx.row_grad(i, lse_ptr[i], a_sum, up[i], up_lse != nullptr ? up_lse[i] : acc_t(0),
+                         grad_out + i * num_classes, buf.data(), coef.data());
+          }
+        });
+      });
+  return grad;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(logitops, CPU, m) {
   m.impl("cross_entropy_forward", &cross_entropy_forward_cpu);
   m.impl("cross_entropy_backward", &cross_entropy_backward_cpu);
+  m.impl("cross_entropy_probs_forward", &cross_entropy_probs_forward_cpu);
+  m.impl("cross_entropy_probs_backward", &cross_entropy_probs_backward_cpu);
 }
 
 }  // namespace logitops

@@ -56,3 +56,17 @@ def is_plain_eager_tensor(tensor: torch.Tensor) -> bool:
         if torch._C._get_dispatch_mode(mode) is not None:
             return False
     return True
+
+
+def scale_fused_gradient(fused_grad, grad_loss, reduction: int):
+    """A forward-fused gradient (d loss / d input for an upstream gradient of 1) times the
+    upstream gradient. Returned as is when the upstream is 1 (the usual `loss.backward()` on
+    the CPU, where checking is free), which saves a pass over the input's size; autograd copies
+    it before accumulating if it is still saved for a retained graph."""
+    if reduction == REDUCTION_CODES["none"]:
+        return fused_grad * grad_loss.reshape(
+            grad_loss.shape + (1,) * (fused_grad.dim() - grad_loss.dim())
+        ).to(fused_grad.dtype)
+    if is_plain_eager_tensor(grad_loss) and grad_loss.device.type == "cpu" and bool(grad_loss == 1):
+        return fused_grad
+    return fused_grad * grad_loss.to(fused_grad.dtype)

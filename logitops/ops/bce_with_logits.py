@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._common import is_plain_eager_tensor
+from ._common import scale_fused_gradient
 
 __all__ = ["bce_with_logits_forward", "bce_with_logits_backward"]
 
@@ -70,15 +70,7 @@ def _backward(ctx, grad_loss, _grad_grad):
     grad_input = grad_target = None
     if ctx.needs_input_grad[0]:
         if ctx.fused and ctx.reduction != 0:
-            # As in cross-entropy: hand the fused gradient over when the upstream is 1.
-            if (
-                is_plain_eager_tensor(grad_loss)
-                and grad_loss.device.type == "cpu"
-                and bool(grad_loss == 1)
-            ):
-                grad_input = fused_grad
-            else:
-                grad_input = fused_grad * grad_loss.to(fused_grad.dtype)
+            grad_input = scale_fused_gradient(fused_grad, grad_loss, ctx.reduction)
         else:
             grad_input = bce_with_logits_backward(
                 grad_loss, input, target, weight, pos_weight, ctx.reduction

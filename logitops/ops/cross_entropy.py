@@ -5,9 +5,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._common import accumulation_dtype, is_plain_eager_tensor
+from ._common import accumulation_dtype, scale_fused_gradient
 
-__all__ = ["cross_entropy_forward", "cross_entropy_backward"]
+__all__ = [
+    "cross_entropy_backward",
+    "cross_entropy_forward",
+    "cross_entropy_probs_backward",
+    "cross_entropy_probs_forward",
+]
 
 
 def cross_entropy_forward(
@@ -129,19 +134,7 @@ def _backward(ctx, grad_loss, grad_lse, _grad_total_weight, _grad_grad):
     if grad_loss is None and grad_lse is None:
         return (None,) * 9
     if ctx.fused and grad_lse is None:
-        # fused_grad is d loss / d logits for an upstream gradient of 1. Return it as is when
-        # the upstream is 1 (the usual `loss.backward()`), which saves a pass over [N, C];
-        # autograd copies it before accumulating if it is still saved for a retained graph.
-        if reduction == 0:
-            grad_logits = fused_grad * grad_loss.unsqueeze(-1).to(fused_grad.dtype)
-        elif (
-            is_plain_eager_tensor(grad_loss)
-            and grad_loss.device.type == "cpu"
-            and bool(grad_loss == 1)
-        ):
-            grad_logits = fused_grad
-        else:
-            grad_logits = fused_grad * grad_loss.to(fused_grad.dtype)
+        grad_logits = scale_fused_gradient(fused_grad, grad_loss, reduction)
     else:
         if grad_loss is None:
             grad_loss = logits.new_zeros(target.shape) if reduction == 0 else logits.new_zeros(())
@@ -164,4 +157,121 @@ def _backward(ctx, grad_loss, grad_lse, _grad_total_weight, _grad_grad):
 
 torch.library.register_autograd(
     "logitops::cross_entropy_forward", _backward, setup_context=_setup_context
+)
+
+
+# --- class-probability targets --------------------------------------------------------------
+
+
+def cross_entropy_probs_forward(
+    logits: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: float,
+    reduction: int,
+    compute_grad: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Loss, per-row lse and (when compute_grad) the fused gradient, for class-probability
+    targets [N, C] of the logits' dtype. `mean` divides by N."""
+    return torch.ops.logitops.cross_entropy_probs_forward.default(
+        logits, target, weight, label_smoothing, z_loss, softcap, reduction, compute_grad
+    )
+
+
+def cross_entropy_probs_backward(
+    grad_loss: Tensor,
+    grad_lse: Tensor | None,
+    logits: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    lse: Tensor,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: float,
+    reduction: int,
+) -> Tensor:
+    """Gradient of cross_entropy_probs_forward's outputs with respect to logits."""
+    return torch.ops.logitops.cross_entropy_probs_backward.default(
+        grad_loss,
+        grad_lse,
+        logits,
+        target,
+        weight,
+        lse,
+        label_smoothing,
+        z_loss,
+        softcap,
+        reduction,
+    )
+
+
+@torch.library.register_fake("logitops::cross_entropy_probs_forward")
+def _cross_entropy_probs_forward_fake(
+    logits, target, weight, label_smoothing, z_loss, softcap, reduction, compute_grad
+):
+    torch._check(logits.dim() == 2, lambda: "logits must be 2-D")
+    torch._check(target.shape == logits.shape, lambda: "target must have the logits' shape")
+    num_rows, num_classes = logits.shape
+    loss = logits.new_empty((num_rows,) if reduction == 0 else ())
+    lse = logits.new_empty((num_rows,), dtype=accumulation_dtype(logits.dtype))
+    grad = logits.new_empty((num_rows, num_classes) if compute_grad else (0,))
+    return loss, lse, grad
+
+
+@torch.library.register_fake("logitops::cross_entropy_probs_backward")
+def _cross_entropy_probs_backward_fake(
+    grad_loss,
+    grad_lse,
+    logits,
+    target,
+    weight,
+    lse,
+    label_smoothing,
+    z_loss,
+    softcap,
+    reduction,
+):
+    torch._check(logits.dim() == 2, lambda: "logits must be 2-D")
+    return logits.new_empty(logits.shape)
+
+
+def _probs_setup_context(ctx, inputs, output):
+    logits, target, weight, label_smoothing, z_loss, softcap, reduction, fused = inputs
+    _, lse, grad = output
+    ctx.save_for_backward(logits, target, weight, lse, grad)
+    ctx.options = (label_smoothing, z_loss, softcap, reduction)
+    ctx.fused = fused
+    ctx.mark_non_differentiable(grad)
+    ctx.set_materialize_grads(False)
+
+
+def _probs_backward(ctx, grad_loss, grad_lse, _grad_grad):
+    logits, target, weight, lse, fused_grad = ctx.saved_tensors
+    label_smoothing, z_loss, softcap, reduction = ctx.options
+    if grad_loss is None and grad_lse is None:
+        return (None,) * 8
+    if ctx.fused and grad_lse is None:
+        grad_logits = scale_fused_gradient(fused_grad, grad_loss, reduction)
+    else:
+        if grad_loss is None:
+            grad_loss = logits.new_zeros((logits.shape[0],) if reduction == 0 else ())
+        grad_logits = cross_entropy_probs_backward(
+            grad_loss,
+            grad_lse,
+            logits,
+            target,
+            weight,
+            lse,
+            label_smoothing,
+            z_loss,
+            softcap,
+            reduction,
+        )
+    return (grad_logits,) + (None,) * 7
+
+
+torch.library.register_autograd(
+    "logitops::cross_entropy_probs_forward", _probs_backward, setup_context=_probs_setup_context
 )
