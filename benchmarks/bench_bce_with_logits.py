@@ -74,6 +74,10 @@ def main(argv=None) -> list[harness.Measurement]:
             pos_weight = torch.rand(cols, device=device, dtype=dtype) * 3
             nbytes = rows * cols * dtype.itemsize
             for name, fn in found.items():
+                if name == "torch.compile":
+                    # A fresh cache per shape: otherwise dynamo's recompile limit (8) is hit
+                    # across shapes and modes, and it silently falls back to eager.
+                    torch._dynamo.reset()
                 print(f"  {name} {rows}x{cols} {dname} ...", file=sys.stderr, flush=True)
                 results += harness.bench_loss(
                     "bce_pos_weight",

@@ -116,6 +116,10 @@ def main(argv=None) -> list[harness.Measurement]:
                         "cross_entropy", name, fn, shape=shape, dtype=dname, modes=modes
                     )
                     continue
+                if name == "torch.compile":
+                    # A fresh cache per shape: otherwise dynamo's recompile limit (8) is hit
+                    # across shapes and modes, and it silently falls back to eager.
+                    torch._dynamo.reset()
                 print(f"  {name} {shape} {dname} ...", file=sys.stderr, flush=True)
                 results += harness.bench_loss(
                     "cross_entropy",
