@@ -40,7 +40,7 @@ def main(argv=None) -> list[harness.Measurement]:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--dtypes", default="fp32,bf16")
-    parser.add_argument("--modes", default="fwd,fwd+bwd")
+    parser.add_argument("--modes", default="fwd,bwd,fwd+bwd")
     parser.add_argument("--providers", default=None, help="comma-separated subset")
     parser.add_argument("--shapes", default=None, help="e.g. 4096x8192")
     parser.add_argument("--reps", type=int, default=None)
@@ -67,7 +67,7 @@ def main(argv=None) -> list[harness.Measurement]:
     print(f"# {harness.device_name(device)}, torch {torch.__version__}, copy {copy_gbps:.1f} GB/s")
     results: list[harness.Measurement] = []
     started = time.perf_counter()
-    for rows, cols in shapes:
+    for rows, cols in harness.progress(shapes, "shapes"):
         for dname in args.dtypes.split(","):
             dtype = DTYPES[dname]
             target = torch.randint(0, 2, (rows, cols), device=device).to(dtype)

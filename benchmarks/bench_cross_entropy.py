@@ -1,8 +1,10 @@
 """Cross-entropy: logitops vs PyTorch eager, torch.compile and installed peers, same run.
 
 Bytes counted (minimal traffic): forward reads N*V*s; forward+backward reads N*V*s and writes
-the N*V*s gradient; backward alone reads and writes N*V*s. Targets and per-row values are O(N)
-and not counted.
+the N*V*s gradient. Targets and per-row values are O(N) and not counted. "bwd" times
+loss.backward() alone after an untimed forward; no bandwidth is given for it, since a forward
+that already wrote the gradient (logitops on the CPU) leaves it almost nothing to do. Peak memory
+is that of a step in a loop: logitops reuses the previous step's gradient buffer on the CPU.
 
     python benchmarks/bench_cross_entropy.py --quick          # a few minutes on a 2-core CPU
     python benchmarks/bench_cross_entropy.py --device cuda    # LLM shapes on a GPU
@@ -79,7 +81,7 @@ def main(argv=None) -> list[harness.Measurement]:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="a subset for a quick look")
     parser.add_argument("--dtypes", default="fp32,bf16")
-    parser.add_argument("--modes", default="fwd,fwd+bwd")
+    parser.add_argument("--modes", default="fwd,bwd,fwd+bwd")
     parser.add_argument("--providers", default=None, help="comma-separated subset")
     parser.add_argument("--shapes", default=None, help="e.g. 4096x32000,256x1000")
     parser.add_argument("--reps", type=int, default=None)
@@ -104,7 +106,7 @@ def main(argv=None) -> list[harness.Measurement]:
     print(f"# {harness.device_name(device)}, torch {torch.__version__}, copy {copy_gbps:.1f} GB/s")
     results: list[harness.Measurement] = []
     started = time.perf_counter()
-    for rows, vocab in shapes:
+    for rows, vocab in harness.progress(shapes, "shapes"):
         for dtype in dtypes:
             dname = DTYPE_NAMES[dtype]
             shape = f"{rows}x{vocab}"

@@ -109,7 +109,7 @@ def main(argv=None) -> list[harness.Measurement]:
     )
     results: list[harness.Measurement] = []
     started = time.perf_counter()
-    for batch in batches:
+    for batch in harness.progress(batches, "batches"):
         logits = torch.randn(batch, args.vocab, device=device)
         nbytes = logits.numel() * logits.element_size()
         shape = f"{batch}x{args.vocab}"

@@ -13,6 +13,7 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -113,6 +114,81 @@ def time_fn(
     return statistics.median(samples), q[0], q[3]
 
 
+def time_backward(
+    setup: Callable[[], torch.Tensor],
+    device: str,
+    *,
+    warmup: int = 2,
+    reps: int = 10,
+    max_seconds: float = 20.0,
+) -> tuple[float, float, float]:
+    """(median, p20, p80) ms of `loss.backward()` alone, the forward `setup()` run untimed."""
+    for _ in range(warmup):
+        setup().backward()
+    samples: list[float] = []
+    start_all = time.perf_counter()
+    for _ in range(reps):
+        loss = setup()
+        if device == "cuda":
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            loss.backward()
+            end.record()
+            end.synchronize()
+            samples.append(begin.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            loss.backward()
+            samples.append((time.perf_counter() - t0) * 1e3)
+        if time.perf_counter() - start_all > max_seconds and len(samples) >= 3:
+            break
+    samples.sort()
+    q = statistics.quantiles(samples, n=5) if len(samples) >= 2 else [samples[0]] * 4
+    return statistics.median(samples), q[0], q[3]
+
+
+def _status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def peak_extra_mb(run: Callable[[], object], device: str) -> float | None:
+    """Peak memory one call of `run` adds over what was allocated before it: CUDA's allocator
+    statistics on a GPU; on Linux CPUs the process's peak RSS, reset first through
+    /proc/self/clear_refs (as a fresh subprocess would start), else None."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        run()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return None
+    base = _status_kib("VmRSS")
+    run()
+    peak = _status_kib("VmHWM")
+    return None if base is None or peak is None else (peak - base) / 1024
+
+
+def progress(items, desc: str):
+    """A tqdm progress bar on stderr when tqdm is installed, else the items as they are."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return items
+    return tqdm(items, desc=desc, leave=False, file=sys.stderr)
+
+
 def copy_bandwidth_gbps(device: str, nbytes: int = 512 << 20) -> float:
     """Read + write GB/s of a same-device copy of `nbytes`, measured now."""
     src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
@@ -171,23 +247,29 @@ def bench_loss(
                 Measurement(op, provider, mode, shape, dtype, None, skipped="deadline passed")
             )
             continue
-        if mode == "fwd":
-            nxt = cycle(inputs)
+        leaves = cycle([x.detach().requires_grad_() for x in inputs])
+        nxt = cycle(inputs)
 
-            def run(nxt=nxt):
-                with torch.no_grad():
-                    fn(nxt(), *other_args)
+        def forward(nxt=nxt):
+            with torch.no_grad():
+                fn(nxt(), *other_args)
 
-        else:
-            nxt = cycle([x.detach().requires_grad_() for x in inputs])
+        def loss_of_next(leaves=leaves):
+            x = leaves()
+            x.grad = None
+            return fn(x.clone() if clone_input else x, *other_args)
 
-            def run(nxt=nxt):
-                x = nxt()
-                x.grad = None
-                fn(x.clone() if clone_input else x, *other_args).backward()
+        def training_step(loss_of_next=loss_of_next):
+            loss_of_next().backward()
 
+        limit = 3.0 if device == "cuda" else 20.0
         try:
-            median, p20, p80 = time_fn(run, device, reps=reps)
+            if mode == "fwd":
+                median, p20, p80 = time_fn(forward, device, reps=reps, max_seconds=limit)
+            elif mode == "bwd":
+                median, p20, p80 = time_backward(loss_of_next, device, reps=reps, max_seconds=limit)
+            else:
+                median, p20, p80 = time_fn(training_step, device, reps=reps, max_seconds=limit)
             m = Measurement(
                 op,
                 provider,
@@ -199,13 +281,10 @@ def bench_loss(
                 p80,
                 bytes_moved=bytes_by_mode.get(mode),
             )
-            if device == "cuda":
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-                base = torch.cuda.memory_allocated()
-                run()
-                torch.cuda.synchronize()
-                m.extra["peak_extra_mb"] = (torch.cuda.max_memory_allocated() - base) / 2**20
+            if mode == "fwd+bwd":
+                peak = peak_extra_mb(training_step, device)
+                if peak is not None:
+                    m.extra["peak_extra_mb"] = peak
         except torch.OutOfMemoryError:
             m = Measurement(op, provider, mode, shape, dtype, None, skipped="out of memory")
         except Exception as exc:  # a peer failing must not stop the run
@@ -250,27 +329,27 @@ def finish(
 
 
 def print_table(results: list[Measurement]) -> None:
+    """speedup: the baseline's median over this provider's, same op / mode / shape / dtype, same
+    run (PyTorch eager for the losses, transformers' warper chain for filtering and sampling).
+    peak MB: memory a forward+backward adds (CUDA allocator peak, or peak RSS on the CPU)."""
     header = (
-        f"{'op':<16}{'mode':<10}{'shape':<16}{'dtype':<10}{'provider':<24}"
-        f"{'median ms':>11}{'p20-p80':>17}{'GB/s':>9}{'%copy':>7}{'x torch':>9}"
+        f"{'op':<16}{'mode':<10}{'shape':<16}{'dtype':<8}{'provider':<24}"
+        f"{'median ms':>11}{'p20-p80':>17}{'GB/s':>8}{'%copy':>7}{'speedup':>9}{'peak MB':>9}"
     )
     print(header)
     print("-" * len(header))
     for m in results:
+        prefix = f"{m.op:<16}{m.mode:<10}{m.shape:<16}{m.dtype:<8}{m.provider:<24}"
         if m.skipped:
-            print(
-                f"{m.op:<16}{m.mode:<10}{m.shape:<16}{m.dtype:<10}{m.provider:<24}"
-                f"  skipped: {m.skipped}"
-            )
+            print(f"{prefix}  skipped: {m.skipped}")
             continue
         spread = f"{m.p20_ms:.2f}-{m.p80_ms:.2f}"
         gbps = f"{m.gbps:.1f}" if m.gbps else "-"
         frac = f"{100 * m.fraction_of_copy:.0f}" if m.fraction_of_copy else "-"
         ratio = f"{m.ratio_vs_torch:.2f}" if m.ratio_vs_torch else "-"
-        print(
-            f"{m.op:<16}{m.mode:<10}{m.shape:<16}{m.dtype:<10}{m.provider:<24}"
-            f"{m.median_ms:>11.3f}{spread:>17}{gbps:>9}{frac:>7}{ratio:>9}"
-        )
+        peak = m.extra.get("peak_extra_mb")
+        peak = f"{peak:.0f}" if peak is not None else "-"
+        print(f"{prefix}{m.median_ms:>11.3f}{spread:>17}{gbps:>8}{frac:>7}{ratio:>9}{peak:>9}")
 
 
 def write_json(

@@ -37,7 +37,9 @@ def test_cross_entropy_benchmark_writes_results(tmp_path, capsys):
     assert payload["copy_gbps"] > 0
     timed = [r for r in payload["results"] if r["median_ms"]]
     assert {r["provider"] for r in timed} == {"logitops", "torch"}
-    assert all(r["bytes_moved"] > 0 and r["gbps"] > 0 for r in timed)
+    assert {r["mode"] for r in timed} == {"fwd", "bwd", "fwd+bwd"}
+    assert all(r["gbps"] > 0 for r in timed if r["mode"] != "bwd")
+    assert all(r["extra"]["peak_extra_mb"] is not None for r in timed if r["mode"] == "fwd+bwd")
     assert any(r["skipped"] for r in payload["results"] if r["provider"] == "liger")
     assert len(results) == len(payload["results"])
 
@@ -59,7 +61,7 @@ def test_bce_benchmark_writes_results(tmp_path):
     )
     payload = json.loads(next(tmp_path.glob("*.json")).read_text())
     timed = [r for r in payload["results"] if r["median_ms"]]
-    assert len(timed) == 8 and all(r["ratio_vs_torch"] for r in timed)
+    assert len(timed) == 12 and all(r["ratio_vs_torch"] for r in timed)
 
 
 def test_sampling_benchmark_writes_results(tmp_path):
