@@ -6,7 +6,6 @@
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/cuda/CUDAContext.h>
-#include <ATen/ops/div.h>
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -139,19 +138,8 @@ at::Tensor bce_with_logits_backward_cuda(const at::Tensor& grad_loss_in, const a
   const at::Tensor target = rows_with_unit_stride(target_in);
   const int64_t rows = input.size(0), cols = input.size(1);
   const auto acc_dtype = accumulation_dtype(input.scalar_type());
-  // The upstream gradient as one more strided operand: [rows, cols] for "none", else the device
-  // scalar (divided by numel for "mean", as the CPU kernel does) read with strides 0.
-  at::Tensor upstream = grad_loss_in.to(acc_dtype);
-  if (reduction == kReductionNone) {
-    TORCH_CHECK_VALUE(upstream.sizes() == input.sizes(),
-                      "logitops.bce_with_logits_backward: grad_loss must have shape ",
-                      input.sizes(), ", got ", upstream.sizes());
-  } else {
-    TORCH_CHECK_VALUE(upstream.numel() == 1,
-                      "logitops.bce_with_logits_backward: grad_loss must be a scalar");
-    if (reduction == kReductionMean) upstream = at::div(upstream, double(rows) * double(cols));
-    upstream = upstream.reshape({1, 1}).expand({rows, cols});
-  }
+  // Read with strides by the kernel: a device scalar (stride 0) for "mean" / "sum".
+  const at::Tensor upstream = bce_upstream(grad_loss_in, rows, cols, reduction, acc_dtype);
   at::Tensor grad = at::empty({rows, cols}, input.options());
   if (rows * cols == 0) return grad;
 

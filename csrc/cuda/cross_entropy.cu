@@ -1,4 +1,5 @@
-// Cross-entropy on CUDA: launchers for the kernels of cross_entropy_kernels.cuh, with the same
+// Cross-entropy on CUDA: launchers for the kernels of cross_entropy_kernels.cuh (class-index
+// targets) and cross_entropy_probs_kernels.cuh (class-probability targets), with the same
 // semantics as csrc/cpu/cross_entropy.cpp. Nothing here waits for the device: the mean's
 // denominator stays a device scalar, summed deterministically (no atomics) by ATen.
 //
@@ -9,6 +10,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/full.h>
 #include <ATen/ops/ones.h>
 #include <ATen/ops/sum.h>
 #include <c10/cuda/CUDAException.h>
@@ -21,6 +23,7 @@
 #include "../common/logit_math.h"
 #include "../ops_common.h"
 #include "cross_entropy_kernels.cuh"
+#include "cross_entropy_probs_kernels.cuh"
 
 namespace logitops {
 namespace {
@@ -76,9 +79,10 @@ void launch_backward(const cuda::CrossEntropyArgs<typename CudaType<scalar_t>::t
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-void check_on_device(const at::Tensor& t, const at::Tensor& logits, const char* name) {
-  TORCH_CHECK_VALUE(t.device() == logits.device(), "logitops.cross_entropy_backward: ", name,
-                    " is on ", t.device(), " but logits on ", logits.device());
+void check_on_device(const at::Tensor& t, const at::Tensor& logits, const char* name,
+                     const char* op = "cross_entropy_backward") {
+  TORCH_CHECK_VALUE(t.device() == logits.device(), "logitops.", op, ": ", name, " is on ",
+                    t.device(), " but logits on ", logits.device());
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cross_entropy_forward_cuda(
@@ -188,11 +192,152 @@ at::Tensor cross_entropy_backward_cuda(const at::Tensor& grad_loss_in,
   return grad;
 }
 
+// --- class-probability targets --------------------------------------------------------------
+
+template <typename scalar_t, typename acc_t>
+cuda::SoftTargetArgs<typename CudaType<scalar_t>::type, acc_t> make_soft_args(
+    const at::Tensor& logits, const at::Tensor& target, const at::Tensor& weight_acc,
+    double label_smoothing, double z_loss, double softcap) {
+  using cuda_t = typename CudaType<scalar_t>::type;
+  cuda::SoftTargetArgs<cuda_t, acc_t> args;
+  args.logits = reinterpret_cast<const cuda_t*>(logits.const_data_ptr<scalar_t>());
+  args.target = reinterpret_cast<const cuda_t*>(target.const_data_ptr<scalar_t>());
+  args.logits_stride = logits.stride(0);
+  args.target_stride = target.stride(0);
+  args.num_rows = logits.size(0);
+  args.num_classes = logits.size(1);
+  args.weight = weight_acc.defined() ? weight_acc.const_data_ptr<acc_t>() : nullptr;
+  args.label_smoothing = static_cast<acc_t>(label_smoothing);
+  args.z_loss = static_cast<acc_t>(z_loss);
+  args.softcap = softcap > 0 ? static_cast<acc_t>(softcap) : acc_t(0);
+  return args;
+}
+
+// Writes grad (contiguous [rows, classes]) on the current stream. coef_sum (A per row) and
+// upstream_lse may be undefined; without coef_sum the kernel sums it from the target.
+template <typename scalar_t, typename acc_t>
+void launch_probs_backward(
+    const cuda::SoftTargetArgs<typename CudaType<scalar_t>::type, acc_t>& args,
+    const at::Tensor& lse, const at::Tensor& coef_sum, const at::Tensor& upstream,
+    const at::Tensor& upstream_lse, at::Tensor& grad) {
+  using cuda_t = typename CudaType<scalar_t>::type;
+  if (args.num_rows == 0) return;
+  const int threads = cuda::block_threads_for<cuda_t>(args.num_classes);
+  cuda::cross_entropy_probs_backward_kernel<cuda_t, acc_t>
+      <<<row_grid(args.num_rows), threads, 0, at::cuda::getCurrentCUDAStream()>>>(
+          args, lse.const_data_ptr<acc_t>(),
+          coef_sum.defined() ? coef_sum.const_data_ptr<acc_t>() : nullptr,
+          upstream.const_data_ptr<acc_t>(),
+          upstream_lse.defined() ? upstream_lse.const_data_ptr<acc_t>() : nullptr,
+          reinterpret_cast<cuda_t*>(grad.mutable_data_ptr<scalar_t>()));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_probs_forward_cuda(
+    const at::Tensor& logits_in, const at::Tensor& target_in,
+    const std::optional<at::Tensor>& weight, double label_smoothing, double z_loss, double softcap,
+    int64_t reduction, bool compute_grad) {
+  check_cross_entropy_probs_inputs(logits_in, target_in, weight, reduction);
+  const c10::cuda::CUDAGuard device_guard(logits_in.device());
+  const at::Tensor logits = rows_with_unit_stride(logits_in);
+  const at::Tensor target = rows_with_unit_stride(target_in);
+  const int64_t num_rows = logits.size(0);
+  const int64_t num_classes = logits.size(1);
+  const auto acc_dtype = accumulation_dtype(logits.scalar_type());
+  const auto acc_options = logits.options().dtype(acc_dtype);
+  const at::Tensor weight_acc =
+      weight.has_value() ? weight->to(acc_dtype).contiguous() : at::Tensor();
+  // The mean's denominator, as a device scalar so that nothing waits for the device.
+  const at::Tensor count = at::full({}, double(num_rows), acc_options);
+
+  at::Tensor lse = at::empty({num_rows}, acc_options);
+  at::Tensor row_loss = at::empty({num_rows}, acc_options);
+  // A per row, handed from the forward kernel to the gradient one.
+  const at::Tensor coef_sum = compute_grad ? at::empty({num_rows}, acc_options) : at::Tensor();
+  at::Tensor grad = compute_grad ? at::empty({num_rows, num_classes}, logits.options())
+                                 : at::empty({0}, logits.options());
+
+  if (num_rows > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kBFloat16, at::kHalf, logits.scalar_type(), "cross_entropy_probs_forward_cuda", [&] {
+          using acc_t = at::opmath_type<scalar_t>;
+          using cuda_t = typename CudaType<scalar_t>::type;
+          const auto args = make_soft_args<scalar_t, acc_t>(logits, target, weight_acc,
+                                                            label_smoothing, z_loss, softcap);
+          const int threads = cuda::block_threads_for<cuda_t>(num_classes);
+          cuda::cross_entropy_probs_forward_kernel<cuda_t, acc_t>
+              <<<row_grid(num_rows), threads, 0, at::cuda::getCurrentCUDAStream()>>>(
+                  args, lse.mutable_data_ptr<acc_t>(), row_loss.mutable_data_ptr<acc_t>(),
+                  coef_sum.defined() ? coef_sum.mutable_data_ptr<acc_t>() : nullptr);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          if (compute_grad) {
+            // The fused gradient is that of the reduced loss for an upstream gradient of 1.
+            const at::Tensor one = reduction == kReductionNone ? at::ones({num_rows}, acc_options)
+                                                               : at::ones({}, acc_options);
+            const at::Tensor upstream =
+                upstream_per_row(one, count, reduction, num_rows, acc_dtype);
+            launch_probs_backward<scalar_t, acc_t>(args, lse, coef_sum, upstream, at::Tensor(),
+                                                   grad);
+          }
+        });
+  }
+
+  return {reduce_row_loss(row_loss, count, reduction, logits.scalar_type()), lse, grad};
+}
+
+at::Tensor cross_entropy_probs_backward_cuda(const at::Tensor& grad_loss_in,
+                                             const std::optional<at::Tensor>& grad_lse_in,
+                                             const at::Tensor& logits_in,
+                                             const at::Tensor& target_in,
+                                             const std::optional<at::Tensor>& weight,
+                                             const at::Tensor& lse_in, double label_smoothing,
+                                             double z_loss, double softcap, int64_t reduction) {
+  constexpr const char* kOp = "cross_entropy_probs_backward";
+  check_cross_entropy_probs_inputs(logits_in, target_in, weight, reduction);
+  const c10::cuda::CUDAGuard device_guard(logits_in.device());
+  const at::Tensor logits = rows_with_unit_stride(logits_in);
+  const at::Tensor target = rows_with_unit_stride(target_in);
+  const int64_t num_rows = logits.size(0);
+  const int64_t num_classes = logits.size(1);
+  const auto acc_dtype = accumulation_dtype(logits.scalar_type());
+  const auto acc_options = logits.options().dtype(acc_dtype);
+  const at::Tensor weight_acc =
+      weight.has_value() ? weight->to(acc_dtype).contiguous() : at::Tensor();
+  check_on_device(grad_loss_in, logits, "grad_loss", kOp);
+  check_on_device(lse_in, logits, "lse", kOp);
+  const at::Tensor count = at::full({}, double(num_rows), acc_options);
+  const at::Tensor upstream = upstream_per_row(grad_loss_in, count, reduction, num_rows, acc_dtype);
+  const at::Tensor grad_lse = grad_lse_in.has_value() && grad_lse_in->defined()
+                                  ? grad_lse_in->to(acc_dtype).contiguous()
+                                  : at::Tensor();
+  const at::Tensor lse = lse_in.to(acc_dtype).contiguous();
+  // The kernel reads one value per row of each; check rather than read out of bounds.
+  TORCH_CHECK_VALUE(lse.numel() == num_rows, "logitops.", kOp, ": lse must have ", num_rows,
+                    " elements, got ", lse.numel());
+  if (grad_lse.defined()) {
+    check_on_device(grad_lse, logits, "grad_lse", kOp);
+    TORCH_CHECK_VALUE(grad_lse.numel() == num_rows, "logitops.", kOp, ": grad_lse must have ",
+                      num_rows, " elements, got ", grad_lse.numel());
+  }
+  at::Tensor grad = at::empty({num_rows, num_classes}, logits.options());
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kBFloat16, at::kHalf, logits.scalar_type(), "cross_entropy_probs_backward_cuda", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        const auto args = make_soft_args<scalar_t, acc_t>(logits, target, weight_acc,
+                                                          label_smoothing, z_loss, softcap);
+        launch_probs_backward<scalar_t, acc_t>(args, lse, at::Tensor(), upstream, grad_lse, grad);
+      });
+  return grad;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(logitops, CUDA, m) {
   m.impl("cross_entropy_forward", &cross_entropy_forward_cuda);
   m.impl("cross_entropy_backward", &cross_entropy_backward_cuda);
+  m.impl("cross_entropy_probs_forward", &cross_entropy_probs_forward_cuda);
+  m.impl("cross_entropy_probs_backward", &cross_entropy_probs_backward_cuda);
 }
 
 }  // namespace logitops
