@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import bench_bce_with_logits  # noqa: E402
 import bench_cross_entropy  # noqa: E402
+import bench_distillation  # noqa: E402
 import bench_sampling  # noqa: E402
 import torch  # noqa: E402
 
@@ -32,6 +33,7 @@ def main() -> None:
     bench_cross_entropy.main(common)
     bench_bce_with_logits.main(common)
     bench_sampling.main(common)
+    bench_distillation.main(common)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,23 @@ TORCH_LIBRARY(logitops, m) {
       "Tensor target, Tensor? weight, Tensor lse, float label_smoothing, float z_loss, "
       "float softcap, int reduction) -> Tensor");
 
+  // Distillation divergence per row of [N, V] logits between softmax(teacher / T) and
+  // softmax(student / T): kind 0 forward KL(P_teacher || Q_student), 1 reverse KL, 2 generalized
+  // JSD(beta) (beta 0 / 1 are the forward / reverse KL exactly). Rows whose target (optional
+  // int64 [N]) equals ignore_index contribute 0 and are not counted. reduction: 0 none,
+  // 1 batchmean (sum over the counted rows), 2 sum. Returns the loss (logits' dtype), the count
+  // of rows (accumulation dtype, 0-dim) and, when compute_grad, the gradient with respect to the
+  // student logits for an upstream gradient of 1 ([0] otherwise). The teacher gets no gradient.
+  m.def(
+      "kl_div_logits_forward(Tensor student, Tensor teacher, Tensor? target, int ignore_index, "
+      "float temperature, int kind, float beta, int reduction, bool compute_grad) "
+      "-> (Tensor loss, Tensor row_count, Tensor grad)");
+  // Gradient of kl_div_logits_forward's loss with respect to the student logits.
+  m.def(
+      "kl_div_logits_backward(Tensor grad_loss, Tensor student, Tensor teacher, Tensor? target, "
+      "int ignore_index, float temperature, int kind, float beta, int reduction, "
+      "Tensor row_count) -> Tensor");
+
   // Binary cross-entropy with logits of input [R, C] and same-shaped target. weight and
   // pos_weight are in the accumulation dtype, expanded to [R, C] (stride-0 broadcast, never
   // materialized). Returns the loss (reduced by `reduction`) and, when compute_grad, the gradient

@@ -12,7 +12,9 @@ from . import calibration, functional, nn, ops, processors  # noqa: E402
 from .functional import (  # noqa: E402
     binary_cross_entropy_with_logits,
     cross_entropy,
+    distillation_loss,
     filter_logits,
+    kl_div_with_logits,
     min_p_filter,
     sample,
     top_k_filter,
@@ -28,6 +30,8 @@ __all__ = [
     "calibration",
     "cross_entropy",
     "cuda_kernels_available",
+    "distillation_loss",
+    "kl_div_with_logits",
     "filter_logits",
     "functional",
     "min_p_filter",

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from . import functional as F
 
-__all__ = ["BCEWithLogitsLoss", "CrossEntropyLoss", "Sampler"]
+__all__ = ["BCEWithLogitsLoss", "CrossEntropyLoss", "DistillationLoss", "Sampler"]
 
 
 class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
@@ -119,4 +119,47 @@ class Sampler(torch.nn.Module):
         return (
             f"temperature={self.temperature}, top_k={self.top_k}, top_p={self.top_p}, "
             f"min_p={self.min_p}, order={self.order!r}"
+        )
+
+
+class DistillationLoss(torch.nn.Module):
+    """``alpha * CE(student, target) + (1 - alpha) * T^2 * KL_T`` (see
+    :func:`logitops.functional.distillation_loss`). No parameters or buffers.
+
+    Examples
+    --------
+    >>> criterion = logitops.nn.DistillationLoss(temperature=2.0, alpha=0.5)
+    >>> loss = criterion(torch.randn(4, 10), torch.randn(4, 10), torch.tensor([1, 2, 3, 4]))
+    """
+
+    def __init__(
+        self,
+        temperature: float = 2.0,
+        alpha: float = 0.5,
+        kind: str = "forward",
+        beta: float = 0.5,
+        ignore_index: int = -100,
+    ) -> None:
+        super().__init__()
+        self.temperature, self.alpha, self.kind = temperature, alpha, kind
+        self.beta, self.ignore_index = beta, ignore_index
+
+    def forward(
+        self, student_logits: Tensor, teacher_logits: Tensor, target: Tensor | None = None
+    ) -> Tensor:
+        return F.distillation_loss(
+            student_logits,
+            teacher_logits,
+            target,
+            temperature=self.temperature,
+            alpha=self.alpha,
+            kind=self.kind,
+            beta=self.beta,
+            ignore_index=self.ignore_index,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"temperature={self.temperature}, alpha={self.alpha}, kind={self.kind!r}, "
+            f"beta={self.beta}, ignore_index={self.ignore_index}"
         )

@@ -5,6 +5,8 @@ They compute in float64 with plain tensor ops and no logitops code, so a shared 
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -182,3 +184,41 @@ def top_p_ambiguous(scores: Tensor, top_p: float, slack: float = 2.0**-20) -> Te
     cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
     near = (cumulative - (1 - top_p)).abs() <= slack * 4
     return near.scatter(-1, sorted_indices, near)
+
+
+def kl_div_reference(
+    student,
+    teacher,
+    *,
+    temperature=1.0,
+    kind="forward",
+    beta=0.5,
+    target=None,
+    ignore_index=-100,
+    reduction="batchmean",
+):
+    """Distillation divergences from log_softmax and F.kl_div in float64 (see logitops'
+    kl_div_with_logits for the definitions); rows are the flattened leading dimensions."""
+    vocab = student.shape[-1]
+    lq = F.log_softmax(student.double().reshape(-1, vocab) / temperature, -1)
+    lp = F.log_softmax(teacher.double().reshape(-1, vocab) / temperature, -1)
+
+    def kl(log_a, log_b):  # KL(A || B) per row
+        return F.kl_div(log_b, log_a, log_target=True, reduction="none").sum(-1)
+
+    if kind == "forward" or (kind == "jsd" and beta == 0):
+        rows = kl(lp, lq)
+    elif kind == "reverse" or (kind == "jsd" and beta == 1):
+        rows = kl(lq, lp)
+    else:
+        lm = torch.logsumexp(torch.stack([lp + math.log(beta), lq + math.log(1 - beta)]), 0)
+        rows = beta * kl(lp, lm) + (1 - beta) * kl(lq, lm)
+    keep = torch.ones_like(rows, dtype=torch.bool)
+    if target is not None:
+        keep = target.reshape(-1) != ignore_index
+    rows = torch.where(keep, rows, torch.zeros_like(rows))
+    if reduction == "none":
+        return rows.reshape(student.shape[:-1])
+    if reduction == "sum":
+        return rows.sum()
+    return rows.sum() / keep.sum()

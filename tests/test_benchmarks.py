@@ -10,6 +10,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 
 import bench_bce_with_logits  # noqa: E402
 import bench_cross_entropy  # noqa: E402
+import bench_distillation  # noqa: E402
 import bench_sampling  # noqa: E402
 
 
@@ -83,3 +84,22 @@ def test_sampling_benchmark_writes_results(tmp_path):
     assert {r.op for r in timed} == {"filter", "sample"}
     assert all(r.ratio_vs_torch for r in timed)
     assert any(r.provider == "flashinfer" and r.skipped for r in results)
+
+
+def test_distillation_benchmark_writes_results(tmp_path):
+    results = bench_distillation.main(
+        [
+            "--device",
+            "cpu",
+            "--shapes",
+            "8x50",
+            "--reps",
+            "2",
+            "--providers",
+            "logitops,torch",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    timed = [r for r in results if r.median_ms]
+    assert len(timed) == 8 and all(r.ratio_vs_torch for r in timed)

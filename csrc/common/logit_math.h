@@ -169,6 +169,55 @@ LOGITOPS_HD acc_t soft_target_grad(acc_t prob, acc_t coef, acc_t coef_sum, acc_t
   return prob * (upstream * (coef_sum + acc_t(2) * z_loss * lse) + upstream_lse) - upstream * coef;
 }
 
+// Distillation divergences between P = softmax(t) (teacher) and Q = softmax(s) (student), both
+// already divided by the temperature, for one element j with lp = t_j - lse_t, lq = s_j - lse_s:
+//   forward KL(P || Q):   term = p (lp - lq)
+//   reverse KL(Q || P):   term = q (lq - lp)
+//   JSD_beta:             term = beta p (lp - lm) + (1 - beta) q (lq - lm), M = beta P + (1 - beta) Q,
+//                         lm = log M_j computed in log space (no log of an underflowed mixture).
+// The row's loss is sum_j term. Its gradient with respect to s is q_j (g_j - S), S = sum_i q_i g_i,
+// where q g is: -p (forward; then S = -1), q (lq - lp) (reverse), (1 - beta) q (lq - lm) (JSD).
+// beta = 0 and 1 are the forward and reverse KL exactly (the JSD formula tends to 0 there).
+enum DivergenceKind : int64_t { kForwardKl = 0, kReverseKl = 1, kJsd = 2 };
+
+template <typename acc_t>
+struct DivergenceTerm {
+  acc_t loss;    // the element's share of the row's divergence
+  acc_t q_g;     // q_j * g_j
+  acc_t q;       // q_j
+};
+
+template <typename acc_t>
+LOGITOPS_HD DivergenceTerm<acc_t> divergence_term(int64_t kind, acc_t beta, acc_t lp, acc_t lq) {
+  constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
+  const acc_t p = lp == kNegInf ? acc_t(0) : std::exp(lp);
+  const acc_t q = lq == kNegInf ? acc_t(0) : std::exp(lq);
+  DivergenceTerm<acc_t> out{acc_t(0), acc_t(0), q};
+  if (kind == kForwardKl) {
+    if (p > acc_t(0)) out.loss = p * (lp - lq);
+    out.q_g = -p;
+  } else if (kind == kReverseKl) {
+    if (q > acc_t(0)) out.loss = q * (lq - lp);
+    out.q_g = out.loss;
+  } else {
+    // log(beta e^lp + (1 - beta) e^lq), from the larger term so nothing underflows.
+    const acc_t a = std::log(beta) + lp, b = std::log(acc_t(1) - beta) + lq;
+    const acc_t hi = a > b ? a : b, lo = a > b ? b : a;
+    const acc_t lm = hi == kNegInf ? kNegInf : hi + std::log1p(std::exp(lo - hi));
+    const acc_t from_p = p > acc_t(0) ? beta * p * (lp - lm) : acc_t(0);
+    const acc_t from_q = q > acc_t(0) ? (acc_t(1) - beta) * q * (lq - lm) : acc_t(0);
+    out.loss = from_p + from_q;
+    out.q_g = from_q;
+  }
+  return out;
+}
+
+// The row's S = sum_i q_i g_i for the gradient: -1 for the forward KL, else the accumulated sum.
+template <typename acc_t>
+LOGITOPS_HD acc_t divergence_grad(const DivergenceTerm<acc_t>& term, acc_t row_s, acc_t scale) {
+  return scale * (term.q_g - term.q * row_s);
+}
+
 // A class-index target is valid when it is ignore_index or in [0, num_classes).
 LOGITOPS_HD bool target_is_valid(int64_t target, int64_t num_classes, int64_t ignore_index) {
   return target == ignore_index || (target >= 0 && target < num_classes);

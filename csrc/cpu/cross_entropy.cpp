@@ -41,31 +41,6 @@ void apply_softcap(acc_t* z, int64_t n, acc_t cap) {
   for (; i < n; ++i) z[i] = softcap_value(z[i], cap);
 }
 
-// Running log-sum-exp of a block, merged into `state`.
-template <typename acc_t>
-LseState<acc_t> lse_block(const acc_t* z, int64_t n, LseState<acc_t> state) {
-  using Vec = Vectorized<acc_t>;
-  constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
-  Vec vmax(kNegInf);
-  int64_t i = 0;
-  for (; i + Vec::size() <= n; i += Vec::size()) vmax = at::vec::maximum(vmax, Vec::loadu(z + i));
-  acc_t block_max = at::vec::vec_reduce_all<acc_t>(
-      [](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, vmax);
-  for (int64_t j = i; j < n; ++j) {
-    // NaN-propagating scalar max, like at::vec::maximum.
-    if (z[j] != z[j] || z[j] > block_max) block_max = z[j];
-  }
-  if (block_max == kNegInf || block_max != block_max || block_max == -kNegInf) {
-    return lse_merge(state, LseState<acc_t>{block_max, acc_t(0)});
-  }
-  const Vec vm(block_max);
-  Vec vsum(acc_t(0));
-  for (i = 0; i + Vec::size() <= n; i += Vec::size()) vsum += fast_exp(Vec::loadu(z + i) - vm);
-  acc_t block_sum = at::vec::vec_reduce_all<acc_t>([](Vec& a, Vec& b) { return a + b; }, vsum);
-  for (; i < n; ++i) block_sum += std::exp(z[i] - block_max);
-  return lse_merge(state, LseState<acc_t>{block_max, block_sum});
-}
-
 // sum_c w_c * z_c over a block (w == nullptr means all ones).
 template <typename acc_t>
 acc_t weighted_sum_block(const acc_t* z, const acc_t* w, int64_t n) {

@@ -1,0 +1,118 @@
+"""Typed wrappers, fake kernels and autograd of the distillation divergence ops."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._common import accumulation_dtype, scale_fused_gradient
+
+__all__ = ["KIND_CODES", "kl_div_logits_backward", "kl_div_logits_forward"]
+
+# Must match logitops::DivergenceKind in csrc/common/logit_math.h.
+KIND_CODES = {"forward": 0, "reverse": 1, "jsd": 2}
+# The op's reduction codes: 0 none, 1 batchmean, 2 sum.
+DISTILL_REDUCTIONS = {"none": 0, "batchmean": 1, "sum": 2}
+
+
+def kl_div_logits_forward(
+    student: Tensor,
+    teacher: Tensor,
+    target: Tensor | None,
+    ignore_index: int,
+    temperature: float,
+    kind: int,
+    beta: float,
+    reduction: int,
+    compute_grad: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Loss, counted rows and (when compute_grad) the student gradient for an upstream of 1."""
+    return torch.ops.logitops.kl_div_logits_forward.default(
+        student, teacher, target, ignore_index, temperature, kind, beta, reduction, compute_grad
+    )
+
+
+def kl_div_logits_backward(
+    grad_loss: Tensor,
+    student: Tensor,
+    teacher: Tensor,
+    target: Tensor | None,
+    ignore_index: int,
+    temperature: float,
+    kind: int,
+    beta: float,
+    reduction: int,
+    row_count: Tensor,
+) -> Tensor:
+    """Gradient of kl_div_logits_forward's loss with respect to the student logits."""
+    return torch.ops.logitops.kl_div_logits_backward.default(
+        grad_loss,
+        student,
+        teacher,
+        target,
+        ignore_index,
+        temperature,
+        kind,
+        beta,
+        reduction,
+        row_count,
+    )
+
+
+@torch.library.register_fake("logitops::kl_div_logits_forward")
+def _forward_fake(
+    student, teacher, target, ignore_index, temperature, kind, beta, reduction, compute_grad
+):
+    torch._check(student.dim() == 2, lambda: "student logits must be 2-D")
+    torch._check(teacher.shape == student.shape, lambda: "teacher must match the student")
+    rows = student.shape[0]
+    loss = student.new_empty((rows,) if reduction == 0 else ())
+    row_count = student.new_empty((), dtype=accumulation_dtype(student.dtype))
+    grad = student.new_empty(student.shape if compute_grad else (0,))
+    return loss, row_count, grad
+
+
+@torch.library.register_fake("logitops::kl_div_logits_backward")
+def _backward_fake(
+    grad_loss, student, teacher, target, ignore_index, temperature, kind, beta, reduction, row_count
+):
+    torch._check(student.dim() == 2, lambda: "student logits must be 2-D")
+    return student.new_empty(student.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    student, teacher, target, ignore_index, temperature, kind, beta, reduction, fused = inputs
+    _, row_count, grad = output
+    ctx.save_for_backward(student, teacher, target, row_count, grad)
+    ctx.options = (ignore_index, temperature, kind, beta, reduction)
+    ctx.fused = fused
+    ctx.mark_non_differentiable(row_count, grad)
+    ctx.set_materialize_grads(False)
+
+
+def _backward(ctx, grad_loss, _grad_count, _grad_grad):
+    student, teacher, target, row_count, fused_grad = ctx.saved_tensors
+    ignore_index, temperature, kind, beta, reduction = ctx.options
+    if grad_loss is None or not ctx.needs_input_grad[0]:
+        return (None,) * 9
+    if ctx.fused:
+        grad = scale_fused_gradient(fused_grad, grad_loss, reduction)
+    else:
+        grad = kl_div_logits_backward(
+            grad_loss,
+            student,
+            teacher,
+            target,
+            ignore_index,
+            temperature,
+            kind,
+            beta,
+            reduction,
+            row_count,
+        )
+    return (grad,) + (None,) * 8
+
+
+torch.library.register_autograd(
+    "logitops::kl_div_logits_forward", _backward, setup_context=_setup_context
+)
