@@ -100,10 +100,8 @@ def _check_inputs(logits: Tensor, labels: Tensor, *, what: str = "logits") -> tu
 
 
 class _LogitScaler(torch.nn.Module):
-    """Shared fitting loop: parameters in an unconstrained form, NLL minimized with LBFGS."""
-
-    def _transform(self, logits: Tensor, *params: Tensor) -> Tensor:
-        raise NotImplementedError
+    """Shared fitting loop: parameters in an unconstrained form, NLL minimized with LBFGS.
+    Subclasses define ``_transform(logits, *params)``, the scaled logits."""
 
     def _check_num_classes(self, binary: bool, num_classes: int) -> None:
         pass
