@@ -113,6 +113,35 @@ void check_sampling_inputs(const at::Tensor& logits, const std::optional<at::Ten
                     order);
 }
 
+void check_distill_inputs(const at::Tensor& student, const at::Tensor& teacher,
+                          const std::optional<at::Tensor>& target, double temperature, int64_t kind,
+                          double beta, int64_t reduction) {
+  TORCH_CHECK_VALUE(student.dim() == 2 && student.size(1) >= 1,
+                    "logitops.kl_div_with_logits: student_logits must be 2-D [rows, classes], got ",
+                    student.sizes());
+  TORCH_CHECK_TYPE(at::isFloatingType(student.scalar_type()),
+                   "logitops.kl_div_with_logits: student_logits must be floating point");
+  TORCH_CHECK_VALUE(teacher.sizes() == student.sizes() &&
+                        teacher.scalar_type() == student.scalar_type() &&
+                        teacher.device() == student.device(),
+                    "logitops.kl_div_with_logits: teacher_logits must match student_logits in "
+                    "shape, dtype and device");
+  if (target.has_value()) {
+    TORCH_CHECK_VALUE(target->dim() == 1 && target->size(0) == student.size(0) &&
+                          target->scalar_type() == at::kLong &&
+                          target->device() == student.device(),
+                      "logitops.kl_div_with_logits: target must be int64 [", student.size(0),
+                      "] on the logits' device");
+  }
+  TORCH_CHECK_VALUE(temperature > 0, "logitops.kl_div_with_logits: temperature must be > 0");
+  TORCH_CHECK_VALUE(kind >= kForwardKl && kind <= kJsd,
+                    "logitops.kl_div_with_logits: unknown kind");
+  TORCH_CHECK_VALUE(kind != kJsd || (beta > 0 && beta < 1),
+                    "logitops.kl_div_with_logits: JSD beta must be in (0, 1)");
+  TORCH_CHECK_VALUE(reduction >= 0 && reduction <= 2,
+                    "logitops.kl_div_with_logits: unknown reduction code ", reduction);
+}
+
 namespace {
 
 // One freed huge-page buffer kept for the next allocation of the same size. A training loop

@@ -28,6 +28,13 @@ void check_sampling_inputs(const at::Tensor& logits, const std::optional<at::Ten
                            const at::Tensor& temperature, const at::Tensor& top_k,
                            const at::Tensor& top_p, const at::Tensor& min_p, int64_t order);
 
+// Checks of the arguments kl_div_logits_forward and kl_div_logits_backward share (student and
+// teacher [N, V] of one floating dtype and device, optional int64 target [N], temperature > 0,
+// kind, JSD beta in (0, 1), reduction code 0 / 1 / 2).
+void check_distill_inputs(const at::Tensor& student, const at::Tensor& teacher,
+                          const std::optional<at::Tensor>& target, double temperature, int64_t kind,
+                          double beta, int64_t reduction);
+
 // at::empty for CPU outputs, except that large ones are backed by transparent huge pages: a fresh
 // [N, C] gradient otherwise costs one page fault per 4 KiB, which on the machines we measured
 // takes longer than computing it.

@@ -1,0 +1,147 @@
+// Distillation divergences on CUDA: launchers for the kernels of distillation_kernels.cuh, with the
+// same semantics as csrc/cpu/distillation.cpp. Nothing here waits for the device: the count of
+// rows that batchmean divides by stays a device scalar, which the kernels and upstream_per_row
+// read from device memory.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/full.h>
+#include <ATen/ops/ne.h>
+#include <ATen/ops/sum.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <limits>
+
+#include "../common/logit_math.h"
+#include "../ops_common.h"
+#include "distillation_kernels.cuh"
+
+namespace logitops {
+namespace {
+
+using cuda::CudaType;
+
+// One block per row; past 2^31 - 1 rows the kernels loop over rows.
+dim3 distill_grid(int64_t num_rows) {
+  return dim3(
+      static_cast<unsigned>(std::min<int64_t>(num_rows, std::numeric_limits<int32_t>::max())));
+}
+
+// The op's reduction code (0 none, 1 batchmean, 2 sum) as the Reduction of ops_common.
+int64_t reduction_code(int64_t reduction) {
+  return reduction == 0 ? kReductionNone : (reduction == 1 ? kReductionMean : kReductionSum);
+}
+
+template <typename scalar_t, typename acc_t>
+cuda::DistillArgs<typename CudaType<scalar_t>::type, acc_t> make_distill_args(
+    const at::Tensor& student, const at::Tensor& teacher, const at::Tensor& target,
+    int64_t ignore_index, double temperature, int64_t kind, double beta) {
+  using cuda_t = typename CudaType<scalar_t>::type;
+  cuda::DistillArgs<cuda_t, acc_t> args;
+  args.student = reinterpret_cast<const cuda_t*>(student.const_data_ptr<scalar_t>());
+  args.teacher = reinterpret_cast<const cuda_t*>(teacher.const_data_ptr<scalar_t>());
+  args.student_stride = student.stride(0);
+  args.teacher_stride = teacher.stride(0);
+  args.num_rows = student.size(0);
+  args.num_classes = student.size(1);
+  args.target = target.defined() ? target.const_data_ptr<int64_t>() : nullptr;
+  args.ignore_index = ignore_index;
+  args.inv_temperature = static_cast<acc_t>(1.0 / temperature);
+  args.kind = kind;
+  args.beta = static_cast<acc_t>(beta);
+  return args;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> kl_div_logits_forward_cuda(
+    const at::Tensor& student_in, const at::Tensor& teacher_in,
+    const std::optional<at::Tensor>& target_in, int64_t ignore_index, double temperature,
+    int64_t kind, double beta, int64_t reduction, bool compute_grad) {
+  check_distill_inputs(student_in, teacher_in, target_in, temperature, kind, beta, reduction);
+  const c10::cuda::CUDAGuard device_guard(student_in.device());
+  const at::Tensor student = rows_with_unit_stride(student_in);
+  const at::Tensor teacher = rows_with_unit_stride(teacher_in);
+  const at::Tensor target = target_in.has_value() ? target_in->contiguous() : at::Tensor();
+  const int64_t rows = student.size(0), cols = student.size(1);
+  const auto acc_dtype = accumulation_dtype(student.scalar_type());
+  const auto acc_options = student.options().dtype(acc_dtype);
+  // Counted in int64 and rounded once, like the CPU kernel; a device scalar (no host sync).
+  const at::Tensor row_count = target.defined() ? at::ne(target, ignore_index).sum().to(acc_dtype)
+                                                : at::full({}, double(rows), acc_options);
+  at::Tensor row_loss = at::empty({rows}, acc_options);
+  at::Tensor grad =
+      compute_grad ? at::empty({rows, cols}, student.options()) : at::empty({0}, student.options());
+  const int64_t code = reduction_code(reduction);
+
+  if (rows > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kBFloat16, at::kHalf, student.scalar_type(), "kl_div_logits_forward_cuda", [&] {
+          using acc_t = at::opmath_type<scalar_t>;
+          using cuda_t = typename CudaType<scalar_t>::type;
+          const auto args = make_distill_args<scalar_t, acc_t>(
+              student, teacher, target, ignore_index, temperature, kind, beta);
+          const int threads = cuda::distill_block_threads(cols);
+          cuda::distill_forward_kernel<cuda_t, acc_t>
+              <<<distill_grid(rows), threads, 0, at::cuda::getCurrentCUDAStream()>>>(
+                  args, row_count.const_data_ptr<acc_t>(), code == kReductionMean, temperature,
+                  row_loss.mutable_data_ptr<acc_t>(),
+                  compute_grad ? reinterpret_cast<cuda_t*>(grad.mutable_data_ptr<scalar_t>())
+                               : nullptr);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        });
+  }
+
+  // batchmean divides the sum by the counted rows: the same normalizer as reduction "mean".
+  return {reduce_row_loss(row_loss, row_count, code, student.scalar_type()), row_count, grad};
+}
+
+at::Tensor kl_div_logits_backward_cuda(const at::Tensor& grad_loss, const at::Tensor& student_in,
+                                       const at::Tensor& teacher_in,
+                                       const std::optional<at::Tensor>& target_in,
+                                       int64_t ignore_index, double temperature, int64_t kind,
+                                       double beta, int64_t reduction,
+                                       const at::Tensor& row_count) {
+  check_distill_inputs(student_in, teacher_in, target_in, temperature, kind, beta, reduction);
+  TORCH_CHECK_VALUE(grad_loss.device() == student_in.device(),
+                    "logitops.kl_div_logits_backward: grad_loss is on ", grad_loss.device(),
+                    " but the logits on ", student_in.device());
+  const c10::cuda::CUDAGuard device_guard(student_in.device());
+  const at::Tensor student = rows_with_unit_stride(student_in);
+  const at::Tensor teacher = rows_with_unit_stride(teacher_in);
+  const at::Tensor target = target_in.has_value() ? target_in->contiguous() : at::Tensor();
+  const int64_t rows = student.size(0), cols = student.size(1);
+  const auto acc_dtype = accumulation_dtype(student.scalar_type());
+  const at::Tensor upstream =
+      upstream_per_row(grad_loss, row_count, reduction_code(reduction), rows, acc_dtype);
+  at::Tensor grad = at::empty({rows, cols}, student.options());
+
+  if (rows > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kBFloat16, at::kHalf, student.scalar_type(), "kl_div_logits_backward_cuda", [&] {
+          using acc_t = at::opmath_type<scalar_t>;
+          using cuda_t = typename CudaType<scalar_t>::type;
+          const auto args = make_distill_args<scalar_t, acc_t>(
+              student, teacher, target, ignore_index, temperature, kind, beta);
+          const int threads = cuda::distill_block_threads(cols);
+          cuda::distill_backward_kernel<cuda_t, acc_t>
+              <<<distill_grid(rows), threads, 0, at::cuda::getCurrentCUDAStream()>>>(
+                  args, upstream.const_data_ptr<acc_t>(), static_cast<acc_t>(temperature),
+                  reinterpret_cast<cuda_t*>(grad.mutable_data_ptr<scalar_t>()));
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        });
+  }
+  return grad;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(logitops, CUDA, m) {
+  m.impl("kl_div_logits_forward", &kl_div_logits_forward_cuda);
+  m.impl("kl_div_logits_backward", &kl_div_logits_backward_cuda);
+}
+
+}  // namespace logitops
