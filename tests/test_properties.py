@@ -158,3 +158,37 @@ def test_filter_matches_warper_chain(rows, vocab, seed, dtype, top_k, top_p, min
     assert ((tokens >= 0) & (tokens < vocab)).all()
     chosen = out.gather(1, tokens.unsqueeze(1)).squeeze(1)
     assert (chosen > -float("inf")).all(), "sampled a filtered token"
+
+
+@SETTINGS
+@given(
+    rows=st.integers(1, 6),
+    vocab=st.integers(1, 200),
+    dtype=dtypes,
+    seed=st.integers(0, 2**31),
+    temperature=st.sampled_from([0.5, 1.0, 3.0]),
+    kind=st.sampled_from([("forward", 0.5), ("reverse", 0.5), ("jsd", 0.2), ("jsd", 0.0)]),
+    reduction=st.sampled_from(["batchmean", "sum", "none"]),
+    ignored=st.floats(0.0, 0.7),
+)
+def test_divergences_match_oracle(rows, vocab, dtype, seed, temperature, kind, reduction, ignored):
+    from reference import kl_div_reference
+
+    student = tensor_from(seed, (rows, vocab), 3.0, dtype, transpose=False)
+    teacher = tensor_from(seed + 1, (rows, vocab), 3.0, dtype, transpose=False)
+    g = torch.Generator().manual_seed(seed + 2)
+    target = torch.randint(0, vocab, (rows,), generator=g)
+    target[torch.rand(rows, generator=g) < ignored] = -100
+    hypothesis.assume(reduction != "batchmean" or bool((target != -100).any()))
+    kwargs = dict(
+        temperature=temperature, kind=kind[0], beta=kind[1], target=target, reduction=reduction
+    )
+    x = student.clone().requires_grad_()
+    loss = logitops.kl_div_with_logits(x, teacher, **kwargs)
+    xr = student.double().requires_grad_()
+    ref = kl_div_reference(xr, teacher.double(), **kwargs)
+    rtol, atol = TOLERANCES[dtype]
+    torch.testing.assert_close(loss.double(), ref, rtol=rtol * 10, atol=atol * 30)
+    loss.sum().backward()
+    ref.sum().backward()
+    torch.testing.assert_close(x.grad.double(), xr.grad, rtol=rtol * 10, atol=atol * 10)
