@@ -28,22 +28,19 @@ at::Tensor rows_with_unit_stride(const at::Tensor& logits) {
   return (logits.size(1) <= 1 || logits.stride(1) == 1) ? logits : logits.contiguous();
 }
 
-void check_cross_entropy_inputs(const at::Tensor& logits, const at::Tensor& target,
-                                const std::optional<at::Tensor>& weight, int64_t reduction) {
-  TORCH_CHECK_VALUE(logits.dim() == 2, "logitops.cross_entropy: logits must be 2-D [rows, classes], got ",
+namespace {
+
+// What both cross-entropy variants require of the logits, the class weights and the reduction.
+void check_cross_entropy_common(const at::Tensor& logits, const std::optional<at::Tensor>& weight,
+                                int64_t reduction) {
+  TORCH_CHECK_VALUE(logits.dim() == 2,
+                    "logitops.cross_entropy: logits must be 2-D [rows, classes], got ",
                     logits.sizes());
   TORCH_CHECK_TYPE(at::isFloatingType(logits.scalar_type()),
-                   "logitops.cross_entropy: logits must be floating point, got ", logits.scalar_type());
-  TORCH_CHECK_VALUE(logits.size(1) >= 1, "logitops.cross_entropy: logits must have at least one class");
-  TORCH_CHECK_TYPE(target.scalar_type() == at::kLong,
-                   "logitops.cross_entropy: target must be int64 class indices, got ",
-                   target.scalar_type());
-  TORCH_CHECK_VALUE(target.dim() == 1 && target.size(0) == logits.size(0),
-                    "logitops.cross_entropy: target must have shape [", logits.size(0), "], got ",
-                    target.sizes());
-  TORCH_CHECK_VALUE(target.device() == logits.device(),
-                    "logitops.cross_entropy: target is on ", target.device(), " but logits on ",
-                    logits.device());
+                   "logitops.cross_entropy: logits must be floating point, got ",
+                   logits.scalar_type());
+  TORCH_CHECK_VALUE(logits.size(1) >= 1,
+                    "logitops.cross_entropy: logits must have at least one class");
   if (weight.has_value()) {
     TORCH_CHECK_VALUE(weight->dim() == 1 && weight->size(0) == logits.size(1),
                       "logitops.cross_entropy: weight must have shape [", logits.size(1), "], got ",
@@ -53,6 +50,21 @@ void check_cross_entropy_inputs(const at::Tensor& logits, const at::Tensor& targ
   }
   TORCH_CHECK_VALUE(reduction >= kReductionNone && reduction <= kReductionSum,
                     "logitops.cross_entropy: unknown reduction code ", reduction);
+}
+
+}  // namespace
+
+void check_cross_entropy_inputs(const at::Tensor& logits, const at::Tensor& target,
+                                const std::optional<at::Tensor>& weight, int64_t reduction) {
+  check_cross_entropy_common(logits, weight, reduction);
+  TORCH_CHECK_TYPE(target.scalar_type() == at::kLong,
+                   "logitops.cross_entropy: target must be int64 class indices, got ",
+                   target.scalar_type());
+  TORCH_CHECK_VALUE(target.dim() == 1 && target.size(0) == logits.size(0),
+                    "logitops.cross_entropy: target must have shape [", logits.size(0), "], got ",
+                    target.sizes());
+  TORCH_CHECK_VALUE(target.device() == logits.device(), "logitops.cross_entropy: target is on ",
+                    target.device(), " but logits on ", logits.device());
 }
 
 void check_bce_inputs(const at::Tensor& input, const at::Tensor& target,
@@ -212,11 +224,7 @@ at::Tensor empty_cpu_output(at::IntArrayRef sizes, const at::TensorOptions& opti
 
 void check_cross_entropy_probs_inputs(const at::Tensor& logits, const at::Tensor& target,
                                       const std::optional<at::Tensor>& weight, int64_t reduction) {
-  TORCH_CHECK_VALUE(logits.dim() == 2, "logitops.cross_entropy: logits must be 2-D [rows, classes], got ",
-                    logits.sizes());
-  TORCH_CHECK_TYPE(at::isFloatingType(logits.scalar_type()),
-                   "logitops.cross_entropy: logits must be floating point, got ", logits.scalar_type());
-  TORCH_CHECK_VALUE(logits.size(1) >= 1, "logitops.cross_entropy: logits must have at least one class");
+  check_cross_entropy_common(logits, weight, reduction);
   TORCH_CHECK_VALUE(target.sizes() == logits.sizes(),
                     "logitops.cross_entropy: probability target must have the logits' shape ",
                     logits.sizes(), ", got ", target.sizes());
@@ -225,15 +233,6 @@ void check_cross_entropy_probs_inputs(const at::Tensor& logits, const at::Tensor
                    logits.scalar_type(), ", got ", target.scalar_type());
   TORCH_CHECK_VALUE(target.device() == logits.device(), "logitops.cross_entropy: target is on ",
                     target.device(), " but logits on ", logits.device());
-  if (weight.has_value()) {
-    TORCH_CHECK_VALUE(weight->dim() == 1 && weight->size(0) == logits.size(1),
-                      "logitops.cross_entropy: weight must have shape [", logits.size(1), "], got ",
-                      weight->sizes());
-    TORCH_CHECK_VALUE(weight->device() == logits.device(), "logitops.cross_entropy: weight is on ",
-                      weight->device(), " but logits on ", logits.device());
-  }
-  TORCH_CHECK_VALUE(reduction >= kReductionNone && reduction <= kReductionSum,
-                    "logitops.cross_entropy: unknown reduction code ", reduction);
 }
 
 at::Tensor upstream_per_row(const at::Tensor& grad_loss, const at::Tensor& total_weight,
