@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 from torch.nn import _reduction as _Reduction
 
+from ._linear_cross_entropy import linear_cross_entropy
 from ._sampling import filter_logits, sample
 from .ops import bce_with_logits as _bce_ops
 from .ops import cross_entropy as _ce_ops
@@ -26,6 +27,7 @@ __all__ = [
     "distillation_loss",
     "filter_logits",
     "kl_div_with_logits",
+    "linear_cross_entropy",
     "min_p_filter",
     "sample",
     "top_k_filter",

@@ -7,7 +7,13 @@ from torch import Tensor
 
 from . import functional as F
 
-__all__ = ["BCEWithLogitsLoss", "CrossEntropyLoss", "DistillationLoss", "Sampler"]
+__all__ = [
+    "BCEWithLogitsLoss",
+    "CrossEntropyLoss",
+    "DistillationLoss",
+    "LinearCrossEntropyLoss",
+    "Sampler",
+]
 
 
 class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
@@ -162,4 +168,55 @@ class DistillationLoss(torch.nn.Module):
         return (
             f"temperature={self.temperature}, alpha={self.alpha}, kind={self.kind!r}, "
             f"beta={self.beta}, ignore_index={self.ignore_index}"
+        )
+
+
+class LinearCrossEntropyLoss(torch.nn.Module):
+    """Fused ``linear + cross_entropy`` over hidden states and an LM head's weight (see
+    :func:`logitops.functional.linear_cross_entropy`). Holds no parameters: pass the head's
+    weight (and bias) at call time.
+
+    Examples
+    --------
+    >>> criterion = logitops.nn.LinearCrossEntropyLoss(ignore_index=-100)
+    >>> head = torch.nn.Linear(64, 1000, bias=False)
+    >>> loss = criterion(torch.randn(32, 64), head.weight, torch.randint(0, 1000, (32,)))
+    """
+
+    def __init__(
+        self,
+        weight: Tensor | None = None,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        label_smoothing: float = 0.0,
+        *,
+        z_loss: float = 0.0,
+        softcap: float | None = None,
+        chunk_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.ignore_index, self.reduction = ignore_index, reduction
+        self.label_smoothing, self.z_loss, self.softcap = label_smoothing, z_loss, softcap
+        self.chunk_size = chunk_size
+
+    def forward(
+        self,
+        input: Tensor,
+        linear_weight: Tensor,
+        target: Tensor,
+        linear_bias: Tensor | None = None,
+    ) -> Tensor:
+        return F.linear_cross_entropy(
+            input,
+            linear_weight,
+            target,
+            linear_bias=linear_bias,
+            weight=self.weight,
+            reduction=self.reduction,
+            ignore_index=self.ignore_index,
+            label_smoothing=self.label_smoothing,
+            z_loss=self.z_loss,
+            softcap=self.softcap,
+            chunk_size=self.chunk_size,
         )

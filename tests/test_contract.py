@@ -24,7 +24,13 @@ ROWS = error_rows()
 
 def test_contract_has_rows_for_every_family():
     assert len(ROWS) >= 25
-    families = {"test_cross_entropy", "test_bce_with_logits", "test_sampling", "test_distillation"}
+    families = {
+        "test_cross_entropy",
+        "test_bce_with_logits",
+        "test_sampling",
+        "test_distillation",
+        "test_linear_cross_entropy",
+    }
     assert {row[4] for row in ROWS} == families
 
 
