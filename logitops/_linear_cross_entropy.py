@@ -29,6 +29,27 @@ def _chunks(num_tokens: int, chunk_size: int):
         yield start, min(num_tokens, start + chunk_size)
 
 
+class _Gradients:
+    """dX, dW and db of the linear layer, filled chunk by chunk from the logits' gradient
+    (weight and bias in float32 for half-precision inputs)."""
+
+    def __init__(self, input: Tensor, linear_weight: Tensor, with_bias: bool) -> None:
+        self.acc = accumulation_dtype(input.dtype)
+        self.input = torch.empty_like(input)
+        self.weight = torch.zeros(linear_weight.shape, dtype=self.acc, device=input.device)
+        self.bias = (
+            torch.zeros(linear_weight.shape[0], dtype=self.acc, device=input.device)
+            if with_bias
+            else None
+        )
+
+    def add(self, start: int, end: int, x: Tensor, linear_weight: Tensor, grad: Tensor) -> None:
+        self.input[start:end] = grad @ linear_weight
+        self.weight.addmm_(grad.t().to(self.acc), x.to(self.acc))
+        if self.bias is not None:
+            self.bias += grad.to(self.acc).sum(0)
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, linear_weight, linear_bias, target, class_weight, options):
@@ -37,15 +58,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         num_tokens = input.shape[0]
         acc = accumulation_dtype(input.dtype)
         needs_grad = any(ctx.needs_input_grad[:3]) and code != 0
-        grad_input = torch.empty_like(input) if needs_grad else None
-        grad_weight = (
-            torch.zeros(linear_weight.shape, dtype=acc, device=input.device) if needs_grad else None
-        )
-        grad_bias = (
-            torch.zeros(linear_weight.shape[0], dtype=acc, device=input.device)
-            if needs_grad and linear_bias is not None
-            else None
-        )
+        grads = _Gradients(input, linear_weight, linear_bias is not None) if needs_grad else None
         losses, totals = [], []
         for start, end in _chunks(num_tokens, chunk_size):
             x = input[start:end]
@@ -81,10 +94,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                         softcap,
                         2,
                     )
-                grad_input[start:end] = grad @ linear_weight
-                grad_weight.addmm_(grad.t().to(acc), x.to(acc))
-                if grad_bias is not None:
-                    grad_bias += grad.to(acc).sum(0)
+                grads.add(start, end, x, linear_weight, grad)
             del logits
         if code == 0:
             out = torch.cat(losses) if losses else input.new_empty((0,))
@@ -94,16 +104,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
         if code == 1:
             out = out / total_weight
         ctx.options = options
+        saved = (grads.input, grads.weight, grads.bias) if grads is not None else (None,) * 3
         ctx.save_for_backward(
-            input,
-            linear_weight,
-            linear_bias,
-            target,
-            class_weight,
-            total_weight,
-            grad_input,
-            grad_weight,
-            grad_bias,
+            input, linear_weight, linear_bias, target, class_weight, total_weight, *saved
         )
         return out.to(input.dtype)
 
@@ -146,14 +149,7 @@ def _recompute_gradients(
     grad_rows, input, linear_weight, linear_bias, target, class_weight, options
 ):
     ignore_index, _, label_smoothing, z_loss, softcap, chunk_size = options
-    acc = accumulation_dtype(input.dtype)
-    grad_input = torch.empty_like(input)
-    grad_weight = torch.zeros(linear_weight.shape, dtype=acc, device=input.device)
-    grad_bias = (
-        torch.zeros(linear_weight.shape[0], dtype=acc, device=input.device)
-        if linear_bias is not None
-        else None
-    )
+    grads = _Gradients(input, linear_weight, linear_bias is not None)
     for start, end in _chunks(input.shape[0], chunk_size):
         x = input[start:end]
         logits = torch.nn.functional.linear(x, linear_weight, linear_bias)
@@ -182,11 +178,8 @@ def _recompute_gradients(
             softcap,
             0,
         )
-        grad_input[start:end] = grad @ linear_weight
-        grad_weight.addmm_(grad.t().to(acc), x.to(acc))
-        if grad_bias is not None:
-            grad_bias += grad.to(acc).sum(0)
-    return grad_input, grad_weight, grad_bias
+        grads.add(start, end, x, linear_weight, grad)
+    return grads.input, grads.weight, grads.bias
 
 
 def linear_cross_entropy(
