@@ -68,6 +68,21 @@ TORCH_LIBRARY(logitops, m) {
       "bce_with_logits_backward(Tensor grad_loss, Tensor input, Tensor target, Tensor? weight, "
       "Tensor? pos_weight, int reduction) -> Tensor");
 
+  // Per-row statistics of one rank's slice [N, V_local] of vocabulary-parallel logits, whose
+  // columns are the global classes [vocab_start, vocab_start + V_local): a [3, N] tensor in the
+  // accumulation dtype holding the slice's log-sum-exp, the logit of target[i] (int64 global
+  // class ids; 0 when that class is on another rank) and the sum of the slice's logits.
+  m.def(
+      "vocab_parallel_cross_entropy_stats(Tensor logits, Tensor target, int vocab_start) "
+      "-> Tensor");
+  // Gradient of the vocabulary-parallel cross-entropy over num_classes global classes with respect
+  // to one rank's slice: grad_rows [N] is each row's upstream gradient and lse [N] the row's
+  // global log-sum-exp (both accumulation dtype). Ignored rows get 0.
+  m.def(
+      "vocab_parallel_cross_entropy_backward(Tensor grad_rows, Tensor logits, Tensor target, "
+      "Tensor lse, int vocab_start, int num_classes, int ignore_index, float label_smoothing, "
+      "float z_loss) -> Tensor");
+
   // Filters logits [B, V]: adds logit_bias ([1 or B, V]), divides by temperature, then keeps the
   // tokens that top-k / top-p / min-p keep (per-row [B] parameters; order 0 hf, 1 vllm, 2 joint)
   // and writes filter_value elsewhere. Rows containing NaN come back as NaN.

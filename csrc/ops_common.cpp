@@ -67,6 +67,39 @@ void check_cross_entropy_inputs(const at::Tensor& logits, const at::Tensor& targ
                     target.device(), " but logits on ", logits.device());
 }
 
+void check_vocab_parallel_inputs(const at::Tensor& logits, const at::Tensor& target,
+                                 int64_t vocab_start, int64_t num_classes, const char* op) {
+  TORCH_CHECK_VALUE(logits.dim() == 2, "logitops.", op,
+                    ": logits must be 2-D [rows, local classes], got ", logits.sizes());
+  TORCH_CHECK_TYPE(at::isFloatingType(logits.scalar_type()), "logitops.", op,
+                   ": logits must be floating point, got ", logits.scalar_type());
+  TORCH_CHECK_TYPE(target.scalar_type() == at::kLong, "logitops.", op,
+                   ": target must be int64 class indices, got ", target.scalar_type());
+  TORCH_CHECK_VALUE(target.dim() == 1 && target.size(0) == logits.size(0), "logitops.", op,
+                    ": target must have shape [", logits.size(0), "], got ", target.sizes());
+  TORCH_CHECK_VALUE(target.device() == logits.device(), "logitops.", op, ": target is on ",
+                    target.device(), " but logits on ", logits.device());
+  TORCH_CHECK_VALUE(vocab_start >= 0, "logitops.", op, ": vocab_start must be >= 0, got ",
+                    vocab_start);
+  if (num_classes >= 0) {
+    TORCH_CHECK_VALUE(vocab_start + logits.size(1) <= num_classes, "logitops.", op,
+                      ": the slice [", vocab_start, ", ", vocab_start + logits.size(1),
+                      ") does not fit in num_classes = ", num_classes);
+  }
+}
+
+at::Tensor per_row_operand(const at::Tensor& t, const at::Tensor& logits, const char* name,
+                           const char* op) {
+  const auto acc = accumulation_dtype(logits.scalar_type());
+  TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == logits.size(0), "logitops.", op, ": ", name,
+                    " must have shape [", logits.size(0), "], got ", t.sizes());
+  TORCH_CHECK_TYPE(t.scalar_type() == acc, "logitops.", op, ": ", name, " must be ", acc,
+                   ", got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.device() == logits.device(), "logitops.", op, ": ", name, " is on ",
+                    t.device(), " but logits on ", logits.device());
+  return t.contiguous();
+}
+
 void check_bce_inputs(const at::Tensor& input, const at::Tensor& target,
                       const std::optional<at::Tensor>& weight,
                       const std::optional<at::Tensor>& pos_weight, int64_t reduction) {

@@ -35,6 +35,17 @@ void check_distill_inputs(const at::Tensor& student, const at::Tensor& teacher,
                           const std::optional<at::Tensor>& target, double temperature, int64_t kind,
                           double beta, int64_t reduction);
 
+// Checks of the arguments the vocab_parallel_cross_entropy_* ops share: logits [N, V_local]
+// floating, int64 target [N] on the logits' device, 0 <= vocab_start, and (for the backward, with
+// num_classes >= 0) vocab_start + V_local <= num_classes; `op` names the op in the message.
+void check_vocab_parallel_inputs(const at::Tensor& logits, const at::Tensor& target,
+                                 int64_t vocab_start, int64_t num_classes, const char* op);
+
+// Checks that a per-row operand of a backward op is [rows] of the accumulation dtype on the
+// logits' device, and returns it contiguous.
+at::Tensor per_row_operand(const at::Tensor& t, const at::Tensor& logits, const char* name,
+                           const char* op);
+
 // at::empty for CPU outputs, except that large ones are backed by transparent huge pages: a fresh
 // [N, C] gradient otherwise costs one page fault per 4 KiB, which on the machines we measured
 // takes longer than computing it.

@@ -1,5 +1,5 @@
 """Typed wrappers over torch.ops.logitops, with their fake kernels and autograd registrations."""
 
-from . import bce_with_logits, cross_entropy, distillation, sampling
+from . import bce_with_logits, cross_entropy, distillation, sampling, vocab_parallel
 
-__all__ = ["bce_with_logits", "cross_entropy", "distillation", "sampling"]
+__all__ = ["bce_with_logits", "cross_entropy", "distillation", "sampling", "vocab_parallel"]

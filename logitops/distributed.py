@@ -1,0 +1,463 @@
+"""Cross-entropy over a vocabulary sharded across the ranks of a process group (tensor parallelism).
+
+Each rank holds the logits (or the LM-head weight) of a contiguous slice of the vocabulary; the
+targets are global class ids, the same on every rank. Each rank reduces its slice to three numbers
+per row with our kernel (its log-sum-exp, the target's logit when the target class is in the slice,
+and the sum of its logits, for label smoothing), one all-gather of those [3, N] statistics gives
+every rank the global log-sum-exp and the loss, and the backward writes each rank's slice of the
+full gradient with no communication. The loss equals the single-process cross-entropy on every
+rank; each rank's gradient is its slice of the full one.
+
+Call these on every rank of the group with the same target, options and ``requires_grad`` flags:
+they run collectives. Before any data moves, the ranks exchange their slice layout and the outcome
+of their argument checks, so a bad argument or an inconsistent layout on one rank raises on every
+rank instead of leaving the others waiting in a collective.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor
+
+from ._linear_cross_entropy import _chunks, _Gradients, default_chunk_size
+from .ops import vocab_parallel as _ops
+from .ops._common import (
+    accumulation_dtype,
+    check_floating,
+    check_same_device,
+    reduction_code,
+    validate_cuda_targets_enabled,
+)
+
+__all__ = [
+    "VocabLayout",
+    "vocab_parallel_cross_entropy",
+    "vocab_parallel_linear_cross_entropy",
+]
+
+
+@dataclass(frozen=True)
+class VocabLayout:
+    """Where this rank's slice sits in the vocabulary, agreed by all ranks of the group."""
+
+    vocab_start: int  # global id of this rank's first class
+    local_classes: int  # size of this rank's slice
+    num_classes: int  # the whole vocabulary, over all ranks
+    max_local_classes: int  # the largest slice (chunk sizes derive from it, alike on all ranks)
+    world_size: int
+
+
+@dataclass(frozen=True)
+class _Options:
+    ignore_index: int
+    reduction: int
+    label_smoothing: float
+    z_loss: float
+
+
+def _exchange_device(group) -> torch.device:
+    # NCCL moves only CUDA tensors; every other backend takes CPU ones.
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _agree_on_layout(
+    local_classes: int,
+    vocab_start: int | None,
+    num_rows: int,
+    chunk_size: int,
+    group,
+    local_error: Exception | None,
+) -> VocabLayout:
+    """All-gathers (ok, vocab_start, local_classes, num_rows, chunk_size) of every rank, and raises
+    on every rank when any rank's checks failed or the slices do not tile [0, V)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError(
+            "logitops.distributed needs torch.distributed initialized: call "
+            "torch.distributed.init_process_group first"
+        )
+    world = dist.get_world_size(group)
+    rank = dist.get_rank(group)
+    mine = [0, -1, 0, 0, 0]
+    if local_error is None:
+        mine = [1, -1 if vocab_start is None else vocab_start, local_classes, num_rows, chunk_size]
+    device = _exchange_device(group)
+    gathered = [torch.empty(5, dtype=torch.int64, device=device) for _ in range(world)]
+    dist.all_gather(gathered, torch.tensor(mine, dtype=torch.int64, device=device), group=group)
+    rows = torch.stack(gathered).tolist()
+
+    if local_error is not None:
+        raise local_error
+    failed = [r for r, row in enumerate(rows) if row[0] != 1]
+    if failed:
+        raise RuntimeError(
+            f"logitops.distributed: rank(s) {failed} of the group rejected their arguments "
+            "(see the exception raised there); nothing was computed"
+        )
+    starts = [row[1] for row in rows]
+    sizes = [row[2] for row in rows]
+    given = [s != -1 for s in starts]
+    if any(given) and not all(given):
+        raise ValueError(
+            "vocab_start must be given on every rank of the group or on none; ranks "
+            f"{[r for r in range(world) if not given[r]]} passed None"
+        )
+    if not any(given):
+        starts = [sum(sizes[:r]) for r in range(world)]
+    if len({row[3] for row in rows}) != 1:
+        raise ValueError(
+            "local_logits / input must have the same number of rows on every rank (the target is "
+            f"the same everywhere), got {[row[3] for row in rows]} by rank"
+        )
+    if len({row[4] for row in rows}) != 1:
+        raise ValueError(
+            f"chunk_size must be the same on every rank, got {[row[4] for row in rows]} by rank"
+        )
+    expected = 0
+    for r in sorted(range(world), key=lambda r: (starts[r], sizes[r])):
+        if starts[r] != expected:
+            raise ValueError(
+                "vocab_start: the slices [vocab_start, vocab_start + V_local) of the ranks must "
+                f"tile [0, V) without gap or overlap; got (start, size) "
+                f"{list(zip(starts, sizes, strict=True))} by rank"
+            )
+        expected += sizes[r]
+    if expected == 0:
+        raise ValueError("the vocabulary is empty: every rank holds 0 classes")
+    return VocabLayout(starts[rank], sizes[rank], expected, max(sizes), world)
+
+
+def _check_common(target: Tensor, lead_shape, reference: Tensor, options: _Options) -> None:
+    if not isinstance(target, Tensor) or target.is_floating_point() or target.dtype == torch.bool:
+        raise TypeError(
+            f"target must be a tensor of integer class ids, got "
+            f"{getattr(target, 'dtype', type(target).__name__)}"
+        )
+    if target.shape != lead_shape:
+        raise ValueError(
+            f"target must have shape {tuple(lead_shape)} (the logits' without the class "
+            f"dimension), got {tuple(target.shape)}"
+        )
+    check_same_device("target", target, reference)
+    if not 0.0 <= options.label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {options.label_smoothing}")
+    if not (options.z_loss >= 0.0 and options.z_loss != float("inf")):
+        raise ValueError(f"z_loss must be a finite number >= 0, got {options.z_loss}")
+
+
+def _check_target_range(target: Tensor, num_classes: int, ignore_index: int) -> None:
+    if target.device.type != "cpu" and not validate_cuda_targets_enabled():
+        return
+    bad = ((target < 0) | (target >= num_classes)) & (target != ignore_index)
+    if bool(bad.any()):  # one host sync on CUDA
+        position = int(bad.nonzero()[0, 0])
+        raise IndexError(
+            f"target[{position}] = {int(target[position])} is out of range; expected a global "
+            f"class id in [0, {num_classes}) or ignore_index ({ignore_index})"
+        )
+
+
+def _combine(stats: Tensor, target: Tensor, layout: VocabLayout, group, options: _Options):
+    """Global lse [N] and per-row loss [N] (accumulation dtype) from each rank's [3, N] stats:
+    the formulas of cross_entropy_row_loss (csrc/common/logit_math.h) without class weights."""
+    if layout.world_size > 1:
+        parts = [torch.empty_like(stats) for _ in range(layout.world_size)]
+        dist.all_gather(parts, stats.contiguous(), group=group)
+        stacked = torch.stack(parts)
+    else:
+        stacked = stats.unsqueeze(0)
+    lse = torch.logsumexp(stacked[:, 0], dim=0)
+    eps = options.label_smoothing
+    loss = (1.0 - eps) * (lse - stacked[:, 1].sum(0))
+    if eps != 0.0:  # skipped at 0 so that a -inf logit elsewhere cannot give 0 * inf
+        loss = loss + eps * (lse - stacked[:, 2].sum(0) / layout.num_classes)
+    if options.z_loss != 0.0:
+        loss = loss + options.z_loss * lse * lse
+    loss = torch.where(target != options.ignore_index, loss, torch.zeros_like(loss))
+    return lse, loss
+
+
+def _reduce(row_loss: Tensor, count: Tensor, code: int, dtype: torch.dtype) -> Tensor:
+    if code == 0:
+        return row_loss.to(dtype)
+    total = row_loss.sum()
+    return (total / count if code == 1 else total).to(dtype)
+
+
+def _rows_upstream(grad_out: Tensor, count: Tensor, code: int, num_rows: int, acc) -> Tensor:
+    """Each row's upstream gradient: grad_out itself (none), broadcast (sum), / count (mean)."""
+    if code == 0:
+        return grad_out.reshape(num_rows).to(acc).contiguous()
+    scale = grad_out.to(acc)
+    if code == 1:
+        scale = scale / count.to(acc)
+    return scale.expand(num_rows).contiguous()
+
+
+class _VocabParallelCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits, target, layout, group, options):
+        stats = _ops.vocab_parallel_cross_entropy_stats(logits, target, layout.vocab_start)
+        lse, row_loss = _combine(stats, target, layout, group, options)
+        count = (target != options.ignore_index).sum()
+        ctx.layout, ctx.options = layout, options
+        ctx.save_for_backward(logits, target, lse, count)
+        return _reduce(row_loss, count, options.reduction, logits.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        logits, target, lse, count = ctx.saved_tensors
+        layout, options = ctx.layout, ctx.options
+        grad = None
+        if ctx.needs_input_grad[0]:
+            upstream = _rows_upstream(
+                grad_out, count, options.reduction, logits.shape[0], lse.dtype
+            )
+            grad = _ops.vocab_parallel_cross_entropy_backward(
+                upstream,
+                logits,
+                target,
+                lse,
+                layout.vocab_start,
+                layout.num_classes,
+                options.ignore_index,
+                options.label_smoothing,
+                options.z_loss,
+            )
+        return grad, None, None, None, None
+
+
+def _make_options(ignore_index, reduction, label_smoothing, z_loss) -> _Options:
+    return _Options(
+        int(ignore_index), reduction_code(reduction), float(label_smoothing), float(z_loss)
+    )
+
+
+def vocab_parallel_cross_entropy(
+    local_logits: Tensor,
+    target: Tensor,
+    *,
+    group=None,
+    vocab_start: int | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+) -> Tensor:
+    r"""Cross-entropy of logits whose vocabulary is split across the ranks of ``group``.
+
+    ``local_logits`` [..., V_local] are this rank's columns: the global classes
+    ``[vocab_start, vocab_start + V_local)``. By default the slices follow rank order (rank r
+    starts where rank r - 1 ends; slices may be unequal); pass ``vocab_start`` on every rank for
+    any other arrangement. ``target`` [...] holds global class ids (or ``ignore_index``) and is the
+    same on every rank. The result, on every rank, is
+    ``F.cross_entropy(full_logits, target, ignore_index=..., reduction=..., label_smoothing=...)``
+    plus ``z_loss * lse**2`` per row; the gradient of ``local_logits`` is this rank's slice of the
+    full gradient. Costs two all-gathers (the layout: 5 integers per rank; the statistics: 3
+    floats per row per rank), and one host sync for the layout.
+
+    Works with any backend whose all-gather takes the logits' device (NCCL for CUDA, gloo for CPU).
+
+    Examples
+    --------
+    >>> # on each of 2 ranks, holding half of a 32000-class vocabulary
+    >>> local = full_logits[:, rank * 16000 : (rank + 1) * 16000].requires_grad_()
+    >>> loss = logitops.distributed.vocab_parallel_cross_entropy(local, target)
+    >>> loss.backward()  # local.grad is this rank's half of the full gradient
+    """
+    options = None
+    error, num_rows, local_classes = None, 0, 0
+    try:
+        options = _make_options(ignore_index, reduction, label_smoothing, z_loss)
+        check_floating("local_logits", local_logits)
+        if local_logits.dim() < 1:
+            raise ValueError("local_logits must have a class dimension, got a 0-dim tensor")
+        _check_common(target, local_logits.shape[:-1], local_logits, options)
+        if vocab_start is not None and (not isinstance(vocab_start, int) or vocab_start < 0):
+            raise ValueError(f"vocab_start must be None or an int >= 0, got {vocab_start!r}")
+        local_classes = local_logits.shape[-1]
+        num_rows = target.numel()
+    except (TypeError, ValueError) as exc:
+        error = exc
+    layout = _agree_on_layout(local_classes, vocab_start, num_rows, 0, group, error)
+    logits_2d = local_logits.reshape(num_rows, local_classes)
+    target_1d = target.reshape(-1).to(torch.int64)
+    # Every rank holds the same targets, so every rank raises alike.
+    _check_target_range(target_1d, layout.num_classes, options.ignore_index)
+    out = _VocabParallelCrossEntropy.apply(logits_2d, target_1d, layout, group, options)
+    return out.reshape(target.shape) if options.reduction == 0 else out
+
+
+def _all_reduce_sum(tensor: Tensor, layout: VocabLayout, group) -> Tensor:
+    """Sum over the ranks, in float32 for half-precision tensors."""
+    if layout.world_size == 1:
+        return tensor
+    acc = tensor.to(accumulation_dtype(tensor.dtype))
+    dist.all_reduce(acc, op=dist.ReduceOp.SUM, group=group)
+    return acc.to(tensor.dtype)
+
+
+class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, input, weight, bias, target, layout, group, options, chunk_size):
+        code = options.reduction
+        num_rows = input.shape[0]
+        acc = accumulation_dtype(input.dtype)
+        needs_grad = any(ctx.needs_input_grad[:3]) and code != 0
+        grads = _Gradients(input, weight, bias is not None) if needs_grad else None
+        row_losses, lses = [], []
+        for start, end in _chunks(num_rows, chunk_size):
+            x, t = input[start:end], target[start:end]
+            logits = F.linear(x, weight, bias)
+            stats = _ops.vocab_parallel_cross_entropy_stats(logits, t, layout.vocab_start)
+            lse, row_loss = _combine(stats, t, layout, group, options)
+            row_losses.append(row_loss)
+            lses.append(lse)
+            if needs_grad:
+                # The gradient of the summed loss; backward() scales it by the upstream gradient.
+                ones = torch.ones(end - start, dtype=acc, device=input.device)
+                grad = _ops.vocab_parallel_cross_entropy_backward(
+                    ones,
+                    logits,
+                    t,
+                    lse,
+                    layout.vocab_start,
+                    layout.num_classes,
+                    options.ignore_index,
+                    options.label_smoothing,
+                    options.z_loss,
+                )
+                grads.add(start, end, x, weight, grad)
+            del logits
+        row_loss = torch.cat(row_losses) if row_losses else input.new_zeros((0,), dtype=acc)
+        lse = torch.cat(lses) if lses else input.new_zeros((0,), dtype=acc)
+        count = (target != options.ignore_index).sum()
+        if needs_grad:
+            # The input is the same on every rank: its gradient sums every slice's share.
+            grads.input = _all_reduce_sum(grads.input, layout, group)
+        ctx.layout, ctx.options, ctx.chunk_size, ctx.group = layout, options, chunk_size, group
+        saved = (grads.input, grads.weight, grads.bias) if grads is not None else (None,) * 3
+        ctx.save_for_backward(input, weight, bias, target, lse, count, *saved)
+        return _reduce(row_loss, count, code, input.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        input, weight, bias, target, lse, count, grad_input, grad_weight, grad_bias = (
+            ctx.saved_tensors
+        )
+        layout, options = ctx.layout, ctx.options
+        if options.reduction == 0:
+            upstream = _rows_upstream(grad_out, count, 0, input.shape[0], lse.dtype)
+            grads = _Gradients(input, weight, bias is not None)
+            for start, end in _chunks(input.shape[0], ctx.chunk_size):
+                x, t = input[start:end], target[start:end]
+                grad = _ops.vocab_parallel_cross_entropy_backward(
+                    upstream[start:end],
+                    F.linear(x, weight, bias),
+                    t,
+                    lse[start:end],
+                    layout.vocab_start,
+                    layout.num_classes,
+                    options.ignore_index,
+                    options.label_smoothing,
+                    options.z_loss,
+                )
+                grads.add(start, end, x, weight, grad)
+            grad_input = _all_reduce_sum(grads.input, layout, ctx.group)
+            grad_weight, grad_bias = grads.weight, grads.bias
+        else:
+            scale = grad_out.to(grad_weight.dtype)
+            if options.reduction == 1:
+                scale = scale / count.to(scale.dtype)
+            grad_input = grad_input * scale.to(grad_input.dtype)
+            grad_weight = grad_weight * scale
+            grad_bias = grad_bias * scale if grad_bias is not None else None
+        return (
+            grad_input if ctx.needs_input_grad[0] else None,
+            grad_weight.to(weight.dtype) if ctx.needs_input_grad[1] else None,
+            grad_bias.to(bias.dtype) if ctx.needs_input_grad[2] else None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
+
+
+def vocab_parallel_linear_cross_entropy(
+    input: Tensor,
+    linear_weight: Tensor,
+    target: Tensor,
+    *,
+    linear_bias: Tensor | None = None,
+    group=None,
+    vocab_start: int | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    chunk_size: int | None = None,
+) -> Tensor:
+    r"""``vocab_parallel_cross_entropy(input @ linear_weight.T + linear_bias, target, ...)`` for a
+    vocabulary-sharded LM head, without the [N, V_local] logits: chunks of ``chunk_size`` tokens,
+    as :func:`logitops.linear_cross_entropy`.
+
+    ``input`` [..., H] is the same on every rank; ``linear_weight`` [V_local, H] (and
+    ``linear_bias`` [V_local]) are this rank's rows of the head, the global classes
+    ``[vocab_start, vocab_start + V_local)``. The gradient of ``input`` is summed over the group
+    (one all-reduce, in float32 for half-precision inputs), so it equals the single-process
+    gradient on every rank; those of ``linear_weight`` and ``linear_bias`` are this rank's slices.
+    Collectives: the layout exchange, one all-gather of [3, chunk] statistics per chunk, and the
+    all-reduce of the input's gradient.
+    """
+    options = None
+    error, num_rows, local_classes, hidden = None, 0, 0, 0
+    try:
+        options = _make_options(ignore_index, reduction, label_smoothing, z_loss)
+        check_floating("input", input)
+        check_floating("linear_weight", linear_weight)
+        check_same_device("linear_weight", linear_weight, input)
+        if input.dim() < 1 or linear_weight.dim() != 2 or linear_weight.shape[1] != input.shape[-1]:
+            raise ValueError(
+                f"linear_weight must be [V_local, H] with H = input.shape[-1]; got input "
+                f"{tuple(input.shape)} and linear_weight {tuple(linear_weight.shape)}"
+            )
+        if linear_bias is not None:
+            check_floating("linear_bias", linear_bias)
+            check_same_device("linear_bias", linear_bias, input)
+            if linear_bias.shape != (linear_weight.shape[0],):
+                raise ValueError(
+                    f"linear_bias must be [{linear_weight.shape[0]}] (V_local), got "
+                    f"{tuple(linear_bias.shape)}"
+                )
+        _check_common(target, input.shape[:-1], input, options)
+        if vocab_start is not None and (not isinstance(vocab_start, int) or vocab_start < 0):
+            raise ValueError(f"vocab_start must be None or an int >= 0, got {vocab_start!r}")
+        if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+            raise ValueError(f"chunk_size must be None or a positive int, got {chunk_size!r}")
+        local_classes, hidden = linear_weight.shape[0], input.shape[-1]
+        num_rows = target.numel()
+    except (TypeError, ValueError) as exc:
+        error = exc
+    layout = _agree_on_layout(local_classes, vocab_start, num_rows, chunk_size or 0, group, error)
+    if chunk_size is None:
+        chunk_size = default_chunk_size(num_rows, layout.max_local_classes, input.element_size())
+    x = input.reshape(num_rows, hidden)
+    t = target.reshape(-1).to(torch.int64)
+    _check_target_range(t, layout.num_classes, options.ignore_index)
+    out = _VocabParallelLinearCrossEntropy.apply(
+        x,
+        linear_weight.to(x.dtype),
+        None if linear_bias is None else linear_bias.to(x.dtype),
+        t,
+        layout,
+        group,
+        options,
+        chunk_size,
+    )
+    return out.reshape(target.shape) if options.reduction == 0 else out

@@ -1,0 +1,64 @@
+"""One rank of tests/test_distributed.py: runs every case with logitops.distributed on this rank's
+slice of the vocabulary and saves the loss and gradients for the test process to check."""
+
+from __future__ import annotations
+
+import datetime
+import traceback
+
+import torch
+import torch.distributed as dist
+
+import logitops.distributed as lpd
+
+
+def run_case(case: dict, rank: int) -> dict:
+    start, size = case["slices"][rank]
+    kwargs = dict(case["kwargs"])
+    if case["pass_vocab_start"]:
+        kwargs["vocab_start"] = start
+    if case.get("bad_rank") == rank:
+        kwargs.update(case["bad_kwargs"])
+    target = case["target"]
+    if case["kind"] == "logits":
+        local = case["logits"][..., start : start + size].clone().requires_grad_()
+        loss = lpd.vocab_parallel_cross_entropy(local, target, **kwargs)
+        loss.backward(case["upstream"])
+        return {"loss": loss.detach(), "grads": {"logits": local.grad}}
+    x = case["input"].clone().requires_grad_()
+    w = case["weight"][start : start + size].clone().requires_grad_()
+    b = (
+        None
+        if case["bias"] is None
+        else case["bias"][start : start + size].clone().requires_grad_()
+    )
+    loss = lpd.vocab_parallel_linear_cross_entropy(x, w, target, linear_bias=b, **kwargs)
+    loss.backward(case["upstream"])
+    grads = {"input": x.grad, "weight": w.grad}
+    if b is not None:
+        grads["bias"] = b.grad
+    return {"loss": loss.detach(), "grads": grads}
+
+
+def main(rank: int, world_size: int, init_file: str, cases: list, out_path: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{init_file}",
+        rank=rank,
+        world_size=world_size,
+        timeout=datetime.timedelta(seconds=90),
+    )
+    results = {}
+    try:
+        for case in cases:
+            try:
+                results[case["name"]] = run_case(case, rank)
+            except Exception as exc:  # reported per case by the test process
+                results[case["name"]] = {
+                    "error": f"{type(exc).__name__}: {exc}",
+                    "traceback": traceback.format_exc(),
+                }
+    finally:
+        torch.save(results, out_path)
+        dist.destroy_process_group()

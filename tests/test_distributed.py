@@ -1,0 +1,417 @@
+"""Vocabulary-parallel cross-entropy: 1, 2 and 3 gloo ranks spawned on the CPU, each holding a slice
+of the vocabulary (even, uneven, empty, out of rank order), against the single-process cross-entropy
+on the whole vocabulary: the loss on every rank, and the gradients assembled from the slices."""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+
+import distributed_worker
+import pytest
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from conftest import TOLERANCES, assert_close
+from reference import cross_entropy_reference
+
+import logitops.distributed as lpd
+from logitops.ops import vocab_parallel as vp_ops
+
+pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")
+
+WORLD_SIZES = [1, 2, 3]
+
+
+def even_slices(world, per_rank):
+    return [(r * per_rank, per_rank) for r in range(world)]
+
+
+def rank_order_slices(sizes):
+    return [(sum(sizes[:r]), s) for r, s in enumerate(sizes)]
+
+
+# Unequal slices, some empty, some out of rank order; each tiles [0, V) for its world size.
+UNEVEN_SHUFFLED = {1: [(0, 11)], 2: [(3, 8), (0, 3)], 3: [(7, 4), (0, 5), (5, 2)]}
+UNEVEN_IN_ORDER = {1: [11], 2: [4, 7], 3: [2, 0, 9]}
+
+
+def logits_case(
+    name,
+    world,
+    slices,
+    *,
+    rows=13,
+    dtype=torch.float64,
+    reduction="mean",
+    pass_vocab_start=False,
+    lead=None,
+    **kwargs,
+):
+    g = torch.Generator().manual_seed(len(name) * 1000 + world)
+    vocab = sum(size for _, size in slices)
+    shape = (lead if lead is not None else (rows,)) + (vocab,)
+    logits = (3 * torch.randn(shape, generator=g, dtype=torch.float64)).to(dtype)
+    target = torch.randint(0, vocab, shape[:-1], generator=g)
+    target.view(-1)[::4] = kwargs.get("ignore_index", -100)
+    upstream = (
+        torch.randn(shape[:-1], generator=g, dtype=torch.float64).to(dtype)
+        if reduction == "none"
+        else torch.tensor(0.7, dtype=dtype)
+    )
+    return {
+        "name": name,
+        "kind": "logits",
+        "slices": slices,
+        "pass_vocab_start": pass_vocab_start,
+        "logits": logits,
+        "target": target,
+        "upstream": upstream,
+        "kwargs": {"reduction": reduction, **kwargs},
+        "dtype": dtype,
+    }
+
+
+def linear_case(
+    name,
+    world,
+    slices,
+    *,
+    rows=17,
+    hidden=8,
+    dtype=torch.float64,
+    bias=True,
+    reduction="mean",
+    pass_vocab_start=False,
+    **kwargs,
+):
+    g = torch.Generator().manual_seed(len(name) * 1000 + world)
+    vocab = sum(size for _, size in slices)
+    x = torch.randn(rows, hidden, generator=g, dtype=torch.float64).to(dtype)
+    w = (torch.randn(vocab, hidden, generator=g, dtype=torch.float64) / 2).to(dtype)
+    b = torch.randn(vocab, generator=g, dtype=torch.float64).to(dtype) if bias else None
+    target = torch.randint(0, vocab, (rows,), generator=g)
+    target[::5] = kwargs.get("ignore_index", -100)
+    upstream = (
+        torch.randn(rows, generator=g, dtype=torch.float64).to(dtype)
+        if reduction == "none"
+        else torch.tensor(1.3, dtype=dtype)
+    )
+    return {
+        "name": name,
+        "kind": "linear",
+        "slices": slices,
+        "pass_vocab_start": pass_vocab_start,
+        "input": x,
+        "weight": w,
+        "bias": b,
+        "target": target,
+        "upstream": upstream,
+        "kwargs": {"reduction": reduction, **kwargs},
+        "dtype": dtype,
+    }
+
+
+def build_cases(world):
+    even = even_slices(world, 6)
+    shuffled = UNEVEN_SHUFFLED[world]
+    in_order = rank_order_slices(UNEVEN_IN_ORDER[world])
+    cases = [
+        logits_case("even-mean", world, even),
+        logits_case(
+            "even-sum-smoothing-zloss",
+            world,
+            even,
+            reduction="sum",
+            label_smoothing=0.1,
+            z_loss=1e-3,
+        ),
+        logits_case(
+            "none-ignore-index-is-a-class",
+            world,
+            even,
+            reduction="none",
+            ignore_index=2,
+            label_smoothing=0.2,
+        ),
+        logits_case(
+            "uneven-vocab-start", world, shuffled, pass_vocab_start=True, label_smoothing=0.1
+        ),
+        logits_case("uneven-rank-order", world, in_order, reduction="sum", z_loss=1e-2),
+        logits_case(
+            "float32",
+            world,
+            shuffled,
+            dtype=torch.float32,
+            pass_vocab_start=True,
+            label_smoothing=0.1,
+        ),
+        logits_case("bfloat16", world, even, dtype=torch.bfloat16, label_smoothing=0.1),
+        logits_case("3d-none", world, even, lead=(2, 5), reduction="none"),
+        logits_case("all-ignored-mean", world, even, rows=3, ignore_index=-100),
+        linear_case(
+            "linear-mean-chunked",
+            world,
+            shuffled,
+            pass_vocab_start=True,
+            label_smoothing=0.1,
+            chunk_size=5,
+        ),
+        linear_case(
+            "linear-none-chunked",
+            world,
+            in_order,
+            bias=False,
+            reduction="none",
+            z_loss=1e-3,
+            chunk_size=4,
+        ),
+        linear_case("linear-sum-bfloat16", world, even, dtype=torch.bfloat16, reduction="sum"),
+    ]
+    extreme = logits_case("inf-and-huge", world, even)
+    extreme["logits"][0, :] = -float("inf")  # a fully masked row: NaN, as PyTorch
+    extreme["target"][0] = 1
+    # Rank 0's whole slice of this row is masked (half of it when rank 0 is alone).
+    extreme["logits"][1, : 6 if world > 1 else 3] = -float("inf")
+    extreme["target"][1] = 7 if world > 1 else 4
+    extreme["logits"][2] += 1e4  # huge logits: only differences matter
+    cases.append(extreme)
+    all_ignored = cases[8]
+    all_ignored["target"].fill_(-100)
+    bad_target = logits_case("error-target-out-of-range", world, even)
+    bad_target["target"][3] = 6 * world + 3
+    bad_target["expect_error"] = {r: "IndexError: target[3]" for r in range(world)}
+    cases.append(bad_target)
+    bad_arg = logits_case("error-one-rank-bad-argument", world, even)
+    bad_arg["bad_rank"] = world - 1
+    bad_arg["bad_kwargs"] = {"label_smoothing": 2.0}
+    bad_arg["expect_error"] = {
+        r: "ValueError: label_smoothing" if r == world - 1 else "RuntimeError: logitops.distributed"
+        for r in range(world)
+    }
+    cases.append(bad_arg)
+    if world > 1:
+        overlap = logits_case(
+            "error-overlapping-slices",
+            world,
+            [(0, 6)] + [(3, 6)] * (world - 1),
+            pass_vocab_start=True,
+        )
+        overlap["expect_error"] = {r: "ValueError: vocab_start" for r in range(world)}
+        cases.append(overlap)
+    return cases
+
+
+CASES = {world: build_cases(world) for world in WORLD_SIZES}
+
+
+def run_ranks(world, cases, tmp_path, timeout=240.0):
+    context = multiprocessing.get_context("spawn")
+    init_file = tmp_path / "store"
+    outputs = [tmp_path / f"rank{r}.pt" for r in range(world)]
+    procs = [
+        context.Process(
+            target=distributed_worker.main,
+            args=(r, world, str(init_file), cases, str(outputs[r])),
+        )
+        for r in range(world)
+    ]
+    for p in procs:
+        p.start()
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+    hung = [r for r, p in enumerate(procs) if p.is_alive()]
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+            p.join()
+    assert not hung, f"ranks {hung} did not finish within {timeout} s"
+    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
+    return [torch.load(path, weights_only=False) for path in outputs]
+
+
+@pytest.fixture(scope="module", params=WORLD_SIZES, ids=lambda w: f"world{w}")
+def ranks(request, tmp_path_factory):
+    world = request.param
+    return world, run_ranks(world, CASES[world], tmp_path_factory.mktemp(f"world{world}"))
+
+
+def reference(case):
+    """Loss and gradients of the single-process computation on the whole vocabulary, float64."""
+    kwargs = dict(case["kwargs"])
+    kwargs.pop("chunk_size", None)
+    if case["kind"] == "logits":
+        leaves = {"logits": case["logits"].double().requires_grad_()}
+        logits = leaves["logits"]
+        if logits.dim() > 2:  # the reference takes classes on dim 1
+            logits = logits.movedim(-1, 1)
+    else:
+        leaves = {
+            "input": case["input"].double().requires_grad_(),
+            "weight": case["weight"].double().requires_grad_(),
+        }
+        if case["bias"] is not None:
+            leaves["bias"] = case["bias"].double().requires_grad_()
+        logits = F.linear(leaves["input"], leaves["weight"], leaves.get("bias"))
+    loss, _ = cross_entropy_reference(logits, case["target"], **kwargs)
+    loss.backward(case["upstream"].double())
+    return loss.detach(), {name: leaf.grad for name, leaf in leaves.items()}
+
+
+def assemble(case, results, name):
+    """The full gradient of a sharded leaf from every rank's slice, in vocabulary order."""
+    order = sorted(range(len(results)), key=lambda r: case["slices"][r][0])
+    dim = -1 if name == "logits" else 0
+    return torch.cat([results[r]["grads"][name] for r in order], dim=dim)
+
+
+@pytest.mark.parametrize("name", [c["name"] for c in CASES[3]])
+def test_matches_single_process_cross_entropy(ranks, name):
+    world, results = ranks
+    cases = [c for c in CASES[world] if c["name"] == name]
+    if not cases:
+        pytest.skip(f"no {name} case for {world} rank(s)")
+    case = cases[0]
+    per_rank = [r[name] for r in results]
+    if "expect_error" in case:
+        for rank, result in enumerate(per_rank):
+            assert "error" in result, f"rank {rank} raised nothing"
+            assert result["error"].startswith(case["expect_error"][rank]), result["error"]
+        return
+    for rank, result in enumerate(per_rank):
+        assert "error" not in result, f"rank {rank}: {result.get('traceback')}"
+    expected_loss, expected_grads = reference(case)
+    dtype = case["dtype"]
+    rtol, atol = TOLERANCES[dtype]
+    for rank, result in enumerate(per_rank):
+        assert result["loss"].dtype == dtype
+        assert_close(result["loss"], expected_loss, dtype, what=f"loss on rank {rank}")
+    for leaf, expected in expected_grads.items():
+        if leaf == "input":  # replicated: every rank must hold the whole gradient
+            for rank, result in enumerate(per_rank):
+                assert_close(
+                    result["grads"]["input"],
+                    expected,
+                    dtype,
+                    scale=4,
+                    what=f"input grad on rank {rank}",
+                )
+        else:
+            got = assemble(case, per_rank, leaf)
+            assert got.dtype == dtype
+            # bf16 logits of a bf16 matmul round once more than the oracle's.
+            scale = 16 if case["kind"] == "linear" and dtype == torch.bfloat16 else 4
+            assert_close(got, expected, dtype, scale=scale, what=f"{leaf} grad")
+
+
+def test_needs_an_initialized_process_group():
+    if dist.is_initialized():
+        pytest.skip("a process group is initialized in this process")
+    with pytest.raises(RuntimeError, match="init_process_group"):
+        lpd.vocab_parallel_cross_entropy(torch.randn(3, 4), torch.tensor([0, 1, 2]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_ops_match_reference_statistics(dtype):
+    """The two ops on one slice, without any process group: statistics and gradient."""
+    g = torch.Generator().manual_seed(1)
+    full = (4 * torch.randn(9, 40, generator=g, dtype=torch.float64)).to(dtype)
+    target = torch.randint(0, 40, (9,), generator=g)
+    target[2] = -100
+    start, size = 25, 11
+    local = full[:, start : start + size]
+    stats = vp_ops.vocab_parallel_cross_entropy_stats(local, target, start)
+    ld = local.double()
+    in_slice = (target >= start) & (target < start + size)
+    picked = ld.gather(1, (target - start).clamp(0, size - 1)[:, None])[:, 0]
+    expected = torch.stack([torch.logsumexp(ld, 1), torch.where(in_slice, picked, 0.0), ld.sum(1)])
+    assert stats.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    torch.testing.assert_close(stats.double(), expected, rtol=1e-5, atol=1e-5)
+
+    lse = torch.logsumexp(full.double(), 1)
+    upstream = torch.rand(9, generator=g, dtype=torch.float64)
+    grad = vp_ops.vocab_parallel_cross_entropy_backward(
+        upstream.to(stats.dtype), local, target, lse.to(stats.dtype), start, 40, -100, 0.1, 1e-3
+    )
+    leaf = full.double().requires_grad_()
+    loss, _ = cross_entropy_reference(
+        leaf, target, reduction="none", label_smoothing=0.1, z_loss=1e-3
+    )
+    loss.backward(upstream)
+    assert grad.dtype == dtype
+    assert_close(grad, leaf.grad[:, start : start + size], dtype, scale=4, what="slice grad")
+
+
+def test_ops_pass_opcheck():
+    logits = torch.randn(5, 7)
+    target = torch.tensor([0, 9, 3, -100, 12])
+    lse = torch.logsumexp(torch.randn(5, 13), 1)
+    torch.library.opcheck(
+        torch.ops.logitops.vocab_parallel_cross_entropy_stats.default, (logits, target, 6)
+    )
+    torch.library.opcheck(
+        torch.ops.logitops.vocab_parallel_cross_entropy_backward.default,
+        (torch.rand(5), logits, target, lse, 6, 13, -100, 0.1, 0.0),
+    )
+
+
+def test_empty_slice_and_empty_batch_ops():
+    stats = vp_ops.vocab_parallel_cross_entropy_stats(
+        torch.randn(4, 0), torch.tensor([0, 1, 2, 3]), 0
+    )
+    assert torch.equal(stats[0], torch.full((4,), -float("inf")))
+    assert torch.equal(stats[1:], torch.zeros(2, 4))
+    assert vp_ops.vocab_parallel_cross_entropy_stats(
+        torch.randn(0, 5), torch.zeros(0, dtype=torch.long), 0
+    ).shape == (3, 0)
+
+
+BAD_OP_CALLS = [
+    (
+        "vocab_start",
+        lambda: vp_ops.vocab_parallel_cross_entropy_stats(
+            torch.randn(2, 3), torch.tensor([0, 1]), -1
+        ),
+    ),
+    (
+        "target",
+        lambda: vp_ops.vocab_parallel_cross_entropy_stats(
+            torch.randn(2, 3), torch.tensor([0, 1, 2]), 0
+        ),
+    ),
+    (
+        "num_classes",
+        lambda: vp_ops.vocab_parallel_cross_entropy_backward(
+            torch.ones(2),
+            torch.randn(2, 3),
+            torch.tensor([0, 1]),
+            torch.zeros(2),
+            2,
+            4,
+            -100,
+            0.0,
+            0.0,
+        ),
+    ),
+    (
+        "lse",
+        lambda: vp_ops.vocab_parallel_cross_entropy_backward(
+            torch.ones(2),
+            torch.randn(2, 3),
+            torch.tensor([0, 1]),
+            torch.zeros(3),
+            0,
+            4,
+            -100,
+            0.0,
+            0.0,
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize("argument,call", BAD_OP_CALLS, ids=[a for a, _ in BAD_OP_CALLS])
+def test_ops_reject_bad_arguments(argument, call):
+    with pytest.raises((ValueError, TypeError), match=argument):
+        call()
