@@ -30,6 +30,7 @@ def test_contract_has_rows_for_every_family():
         "test_sampling",
         "test_distillation",
         "test_linear_cross_entropy",
+        "test_distributed",
     }
     assert {row[4] for row in ROWS} == families
 

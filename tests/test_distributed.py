@@ -4,6 +4,7 @@ on the whole vocabulary: the loss on every rank, and the gradients assembled fro
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import time
 
@@ -305,13 +306,6 @@ def test_matches_single_process_cross_entropy(ranks, name):
             assert_close(got, expected, dtype, scale=scale, what=f"{leaf} grad")
 
 
-def test_needs_an_initialized_process_group():
-    if dist.is_initialized():
-        pytest.skip("a process group is initialized in this process")
-    with pytest.raises(RuntimeError, match="init_process_group"):
-        lpd.vocab_parallel_cross_entropy(torch.randn(3, 4), torch.tensor([0, 1, 2]))
-
-
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
 def test_ops_match_reference_statistics(dtype):
     """The two ops on one slice, without any process group: statistics and gradient."""
@@ -365,6 +359,55 @@ def test_empty_slice_and_empty_batch_ops():
     assert vp_ops.vocab_parallel_cross_entropy_stats(
         torch.randn(0, 5), torch.zeros(0, dtype=torch.long), 0
     ).shape == (3, 0)
+
+
+@contextlib.contextmanager
+def single_rank_group(tmp_path):
+    """A gloo group of one rank in this process, for the checks that run after the layout
+    exchange; torn down afterwards so that no other test sees it."""
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+L, T = torch.randn(4, 6), torch.tensor([0, 5, -100, 2])
+X, W = torch.randn(4, 3), torch.randn(6, 3)
+vpce = lpd.vocab_parallel_cross_entropy
+vplce = lpd.vocab_parallel_linear_cross_entropy
+
+BAD_CALLS = [
+    ("group", RuntimeError, lambda: vpce(L, T)),  # no process group initialized
+    ("local_logits", TypeError, lambda: vpce(L.long(), T)),
+    ("local_logits", ValueError, lambda: vpce(torch.tensor(1.0), T)),
+    ("target", TypeError, lambda: vpce(L, T.float())),
+    ("target", ValueError, lambda: vpce(L, T[:3])),
+    ("target", IndexError, lambda: vpce(L, torch.tensor([0, 6, 1, 2]))),
+    ("vocab_start", ValueError, lambda: vpce(L, T, vocab_start=-2)),
+    ("vocab_start", ValueError, lambda: vpce(L, T, vocab_start=3)),  # leaves [0, 3) uncovered
+    ("label_smoothing", ValueError, lambda: vpce(L, T, label_smoothing=1.5)),
+    ("z_loss", ValueError, lambda: vpce(L, T, z_loss=-1.0)),
+    ("reduction", ValueError, lambda: vpce(L, T, reduction="avg")),
+    ("linear_weight", ValueError, lambda: vplce(X, W[:, :2], T)),
+    ("linear_bias", ValueError, lambda: vplce(X, W, T, linear_bias=torch.zeros(5))),
+    ("chunk_size", ValueError, lambda: vplce(X, W, T, chunk_size=0)),
+    ("input", TypeError, lambda: vplce(X.long(), W, T)),
+    ("vocab_start", ValueError, lambda: vp_ops.vocab_parallel_cross_entropy_stats(L, T, -1)),
+]
+
+
+@pytest.mark.parametrize(
+    "argument,exc,call", BAD_CALLS, ids=[f"{a}-{i}" for i, (a, _, _) in enumerate(BAD_CALLS)]
+)
+def test_bad_input_raises_clear_error(argument, exc, call, tmp_path):
+    if dist.is_initialized():
+        pytest.skip("a process group is initialized in this process")
+    with contextlib.nullcontext() if argument == "group" else single_rank_group(tmp_path):
+        with pytest.raises(exc, match=argument):
+            call()
 
 
 BAD_OP_CALLS = [
