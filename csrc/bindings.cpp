@@ -68,6 +68,25 @@ TORCH_LIBRARY(logitops, m) {
       "bce_with_logits_backward(Tensor grad_loss, Tensor input, Tensor target, Tensor? weight, "
       "Tensor? pos_weight, int reduction) -> Tensor");
 
+  // Fused linear + cross-entropy of input [N, H], linear_weight [V, H] and optional linear_bias
+  // [V] (the input's dtype) with class-index targets [N], in chunks of chunk_size tokens: the
+  // [N, V] logits never exist. Options as cross_entropy_forward. Returns the loss, the per-row
+  // lse and the total target weight, and, when compute_grad (scalar reductions only), the
+  // gradients of the summed loss (an upstream gradient of 1 per row) with respect to input (its
+  // dtype), linear_weight and linear_bias (accumulation dtype; [0] without a bias).
+  m.def(
+      "linear_cross_entropy_forward(Tensor input, Tensor linear_weight, Tensor? linear_bias, "
+      "Tensor target, Tensor? weight, int ignore_index, float label_smoothing, float z_loss, "
+      "float softcap, int reduction, int chunk_size, bool compute_grad) -> (Tensor loss, "
+      "Tensor lse, Tensor total_weight, Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");
+  // Gradients of linear_cross_entropy_forward's per-row losses for per-row upstream gradients
+  // grad_rows [N], recomputing the logits chunk by chunk from the saved lse [N].
+  m.def(
+      "linear_cross_entropy_backward(Tensor grad_rows, Tensor input, Tensor linear_weight, "
+      "Tensor? linear_bias, Tensor target, Tensor? weight, Tensor lse, int ignore_index, "
+      "float label_smoothing, float z_loss, float softcap, int chunk_size) -> (Tensor grad_input, "
+      "Tensor grad_weight, Tensor grad_bias)");
+
   // Per-row statistics of one rank's slice [N, V_local] of vocabulary-parallel logits, whose
   // columns are the global classes [vocab_start, vocab_start + V_local): a [3, N] tensor in the
   // accumulation dtype holding the slice's log-sum-exp, the logit of target[i] (int64 global

@@ -53,10 +53,13 @@ def cuda_kernels_available() -> bool:
 
 def build_info() -> dict[str, object]:
     """What this build contains: CPU instruction set, CUDA kernels, and the torch it runs on."""
-    ops_with_cuda = sorted(
-        name
-        for name in _registered_ops()
-        if torch._C._dispatch_has_kernel_for_dispatch_key(f"logitops::{name}", "CUDA")
+    def has_kernel(name: str, key: str) -> bool:
+        return torch._C._dispatch_has_kernel_for_dispatch_key(f"logitops::{name}", key)
+
+    ops_with_cuda = sorted(name for name in _registered_ops() if has_kernel(name, "CUDA"))
+    # Composite ops run on any device through the other ops (linear_cross_entropy_*).
+    composite = sorted(
+        name for name in _registered_ops() if has_kernel(name, "CompositeExplicitAutograd")
     )
     return {
         "version": __version__,
@@ -64,6 +67,7 @@ def build_info() -> dict[str, object]:
         "cuda_kernels": bool(_build_info.WITH_CUDA),
         "ops": _registered_ops(),
         "ops_with_cuda_kernel": ops_with_cuda,
+        "composite_ops": composite,
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
     }

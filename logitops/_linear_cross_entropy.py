@@ -1,11 +1,12 @@
 """Fused linear + cross-entropy: the [N, V] logits never exist at once.
 
-Tokens are processed in chunks: per chunk the logits tile (one matmul), the fused cross-entropy
-forward and its gradient (our kernels), and that chunk's contributions to the gradients of the
-input, the linear weight and bias, accumulated in float32 for half-precision inputs. With a scalar
-reduction the forward computes all three gradients and the backward only scales them; with
-reduction "none" the per-row upstream gradient is known only in the backward, which recomputes
-the chunks. Peak extra memory: O(chunk x V + H x V), never O(N x V).
+The work is one dispatcher op, logitops::linear_cross_entropy_forward
+(csrc/linear_cross_entropy.cpp): per chunk of tokens the logits tile (one matmul), the fused cross-entropy forward and its gradient
+(our kernels), and that chunk's contributions to the gradients of the input, the linear weight and
+bias, accumulated in float32 for half-precision inputs. With a scalar reduction the forward
+computes all three gradients and the backward only scales them; with reduction "none" the per-row
+upstream gradient is known only in the backward, which recomputes the chunks
+(logitops::linear_cross_entropy_backward). Peak extra memory: O(chunk x V + H x V), never O(N x V).
 """
 
 from __future__ import annotations
@@ -13,10 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .ops import cross_entropy as _ce_ops
+from .ops import linear_cross_entropy as _ops
 from .ops._common import accumulation_dtype
-
-_REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
 
 
 def default_chunk_size(num_tokens: int, vocab: int, element_size: int) -> int:
@@ -31,7 +30,9 @@ def _chunks(num_tokens: int, chunk_size: int):
 
 class _Gradients:
     """dX, dW and db of the linear layer, filled chunk by chunk from the logits' gradient
-    (weight and bias in float32 for half-precision inputs)."""
+    (weight and bias in float32 for half-precision inputs). The chunk loop of the vocabulary-
+    parallel variant (logitops.distributed) uses it; the single-device op does the same in C++
+    (csrc/linear_cross_entropy.cpp)."""
 
     def __init__(self, input: Tensor, linear_weight: Tensor, with_bias: bool) -> None:
         self.acc = accumulation_dtype(input.dtype)
@@ -44,142 +45,18 @@ class _Gradients:
         )
 
     def add(self, start: int, end: int, x: Tensor, linear_weight: Tensor, grad: Tensor) -> None:
-        self.input[start:end] = grad @ linear_weight
-        self.weight.addmm_(grad.t().to(self.acc), x.to(self.acc))
+        torch.mm(grad, linear_weight, out=self.input[start:end])
+        if grad.dtype == self.acc:
+            self.weight.addmm_(grad.t(), x)
+        elif grad.is_cuda:
+            # cuBLAS multiplies half-precision operands into the float32 accumulator directly.
+            torch.addmm(self.weight, grad.t(), x, out_dtype=self.acc, out=self.weight)
+        else:
+            # A half-precision CPU matmul accumulates in float32 and rounds once per chunk; twice
+            # as fast as upcasting both operands, and the sum over chunks stays in float32.
+            self.weight += grad.t() @ x
         if self.bias is not None:
-            self.bias += grad.to(self.acc).sum(0)
-
-
-class _LinearCrossEntropy(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, input, linear_weight, linear_bias, target, class_weight, options):
-        ignore_index, reduction, label_smoothing, z_loss, softcap, chunk_size = options
-        code = _REDUCTIONS[reduction]
-        num_tokens = input.shape[0]
-        acc = accumulation_dtype(input.dtype)
-        needs_grad = any(ctx.needs_input_grad[:3]) and code != 0
-        grads = _Gradients(input, linear_weight, linear_bias is not None) if needs_grad else None
-        losses, totals = [], []
-        for start, end in _chunks(num_tokens, chunk_size):
-            x = input[start:end]
-            logits = torch.nn.functional.linear(x, linear_weight, linear_bias)
-            fuse = needs_grad and logits.device.type == "cpu"
-            # Per chunk "sum" (or "none"); the mean's normalizer is applied once at the end.
-            loss, lse, total, grad = _ce_ops.cross_entropy_forward(
-                logits,
-                target[start:end],
-                class_weight,
-                ignore_index,
-                label_smoothing,
-                z_loss,
-                softcap,
-                0 if code == 0 else 2,
-                fuse,
-            )
-            losses.append(loss)
-            totals.append(total)
-            if needs_grad:
-                if not fuse:
-                    grad = _ce_ops.cross_entropy_backward(
-                        logits.new_ones(()),
-                        None,
-                        logits,
-                        target[start:end],
-                        class_weight,
-                        lse,
-                        total,
-                        ignore_index,
-                        label_smoothing,
-                        z_loss,
-                        softcap,
-                        2,
-                    )
-                grads.add(start, end, x, linear_weight, grad)
-            del logits
-        if code == 0:
-            out = torch.cat(losses) if losses else input.new_empty((0,))
-        else:
-            out = torch.stack(losses).to(acc).sum() if losses else input.new_zeros((), dtype=acc)
-        total_weight = torch.stack(totals).sum() if totals else input.new_zeros((), dtype=acc)
-        if code == 1:
-            out = out / total_weight
-        ctx.options = options
-        saved = (grads.input, grads.weight, grads.bias) if grads is not None else (None,) * 3
-        ctx.save_for_backward(
-            input, linear_weight, linear_bias, target, class_weight, total_weight, *saved
-        )
-        return out.to(input.dtype)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        (
-            input,
-            linear_weight,
-            linear_bias,
-            target,
-            class_weight,
-            total_weight,
-            grad_input,
-            grad_weight,
-            grad_bias,
-        ) = ctx.saved_tensors
-        ignore_index, reduction, label_smoothing, z_loss, softcap, chunk_size = ctx.options
-        if reduction == "none":
-            grad_input, grad_weight, grad_bias = _recompute_gradients(
-                grad_out, input, linear_weight, linear_bias, target, class_weight, ctx.options
-            )
-        else:
-            scale = grad_out.to(total_weight.dtype)
-            if reduction == "mean":
-                scale = scale / total_weight
-            grad_input = grad_input * scale.to(grad_input.dtype)
-            grad_weight = grad_weight * scale
-            grad_bias = grad_bias * scale if grad_bias is not None else None
-        return (
-            grad_input if ctx.needs_input_grad[0] else None,
-            grad_weight.to(linear_weight.dtype) if ctx.needs_input_grad[1] else None,
-            grad_bias.to(linear_bias.dtype) if ctx.needs_input_grad[2] else None,
-            None,
-            None,
-            None,
-        )
-
-
-def _recompute_gradients(
-    grad_rows, input, linear_weight, linear_bias, target, class_weight, options
-):
-    ignore_index, _, label_smoothing, z_loss, softcap, chunk_size = options
-    grads = _Gradients(input, linear_weight, linear_bias is not None)
-    for start, end in _chunks(input.shape[0], chunk_size):
-        x = input[start:end]
-        logits = torch.nn.functional.linear(x, linear_weight, linear_bias)
-        _, lse, total, _ = _ce_ops.cross_entropy_forward(
-            logits,
-            target[start:end],
-            class_weight,
-            ignore_index,
-            label_smoothing,
-            z_loss,
-            softcap,
-            0,
-            False,
-        )
-        grad = _ce_ops.cross_entropy_backward(
-            grad_rows[start:end].to(logits.dtype),
-            None,
-            logits,
-            target[start:end],
-            class_weight,
-            lse,
-            total,
-            ignore_index,
-            label_smoothing,
-            z_loss,
-            softcap,
-            0,
-        )
-        grads.add(start, end, x, linear_weight, grad)
-    return grads.input, grads.weight, grads.bias
+            self.bias += grad.sum(0, dtype=self.acc)
 
 
 def linear_cross_entropy(
@@ -254,20 +131,22 @@ def linear_cross_entropy(
         from .functional import _check_target_range
 
         _check_target_range(t, vocab, ignore_index)
-    options = (
-        int(ignore_index),
-        reduction,
-        float(label_smoothing),
-        float(z_loss),
-        0.0 if softcap is None else float(softcap),
-        int(chunk_size),
+    code = reduction_code(reduction)
+    needs_grad = torch.is_grad_enabled() and any(
+        v is not None and v.requires_grad for v in (input, linear_weight, linear_bias)
     )
-    out = _LinearCrossEntropy.apply(
+    out = _ops.linear_cross_entropy_forward(
         x,
         linear_weight.to(x.dtype),
         None if linear_bias is None else linear_bias.to(x.dtype),
         t,
         weight,
-        options,
-    )
+        int(ignore_index),
+        float(label_smoothing),
+        float(z_loss),
+        0.0 if softcap is None else float(softcap),
+        code,
+        int(chunk_size),
+        needs_grad and code != 0,
+    )[0]
     return out.reshape(lead) if reduction == "none" else out

@@ -160,12 +160,18 @@ def cross_entropy(
     return loss
 
 
+def _is_finite(value: float) -> bool:
+    # Comparisons rather than math.isfinite: dynamo traces them when torch.compile(dynamic=True)
+    # turns Python floats into symbolic ones.
+    return value == value and value != math.inf and value != -math.inf
+
+
 def _check_options(label_smoothing: float, z_loss: float, softcap: float | None) -> None:
     if not (0.0 <= float(label_smoothing) <= 1.0):
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
-    if not (math.isfinite(float(z_loss)) and float(z_loss) >= 0.0):
+    if not (_is_finite(z_loss) and float(z_loss) >= 0.0):
         raise ValueError(f"z_loss must be a finite number >= 0, got {z_loss}")
-    if softcap is not None and not (math.isfinite(float(softcap)) and float(softcap) > 0.0):
+    if softcap is not None and not (_is_finite(softcap) and float(softcap) > 0.0):
         raise ValueError(f"softcap must be None or a finite number > 0, got {softcap}")
 
 
@@ -356,7 +362,7 @@ def kl_div_with_logits(
         )
     if student_logits.dim() == 0 or student_logits.shape[-1] == 0:
         raise ValueError("student_logits must be [..., vocab] with a non-empty vocabulary")
-    if not (math.isfinite(float(temperature)) and float(temperature) > 0):
+    if not (_is_finite(temperature) and float(temperature) > 0):
         raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
     if kind not in _distill_ops.KIND_CODES:
         raise ValueError(f"kind must be 'forward', 'reverse' or 'jsd', got {kind!r}")

@@ -123,19 +123,47 @@ def test_all_ignored_is_nan_like_torch(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_compile(device):
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_compile_fullgraph_dynamic(device, reduction):
+    """One graph (the chunk loop is inside the op, so the token count never specializes it),
+    the same loss and gradients as eager, for two token counts."""
     torch._dynamo.reset()
-    x, w, b, t = make(device, torch.float32)
 
-    def step(x, w, b):
-        return logitops.linear_cross_entropy(x, w, t, linear_bias=b, chunk_size=8)
+    def step(x, w, b, t):
+        loss = logitops.linear_cross_entropy(
+            x, w, t, linear_bias=b, chunk_size=8, reduction=reduction, label_smoothing=0.1
+        )
+        return loss.sum()
 
+    compiled = torch.compile(step, fullgraph=True, dynamic=True)
+    for tokens in (37, 50):
+        x, w, b, t = make(device, torch.float32, tokens=tokens)
+        eager_leaves = [v.clone().requires_grad_() for v in (x, w, b)]
+        comp_leaves = [v.clone().requires_grad_() for v in (x, w, b)]
+        eager = step(*eager_leaves, t)
+        comp = compiled(*comp_leaves, t)
+        torch.testing.assert_close(comp, eager)
+        eager.backward()
+        comp.backward()
+        for e, c in zip(eager_leaves, comp_leaves, strict=True):
+            torch.testing.assert_close(c.grad, e.grad)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reduction", [0, 1, 2])
+def test_ops_pass_opcheck(device, reduction):
+    x, w, b, t = make(device, torch.float32, tokens=11, vocab=13)
     leaves = [v.clone().requires_grad_() for v in (x, w, b)]
-    comp = torch.compile(step)(*leaves)
-    eager = step(x, w, b)
-    torch.testing.assert_close(comp, eager)
-    comp.backward()
-    assert all(v.grad is not None for v in leaves)
+    cw = torch.rand(13, device=device) + 0.5
+    torch.library.opcheck(
+        torch.ops.logitops.linear_cross_entropy_forward.default,
+        (*leaves[:2], leaves[2], t, cw, -100, 0.1, 1e-3, 0.0, reduction, 4, reduction != 0),
+    )
+    lse = torch.logsumexp(x @ w.T + b, dim=1)
+    torch.library.opcheck(
+        torch.ops.logitops.linear_cross_entropy_backward.default,
+        (torch.rand(11, device=device), x, w, b, t, None, lse, -100, 0.0, 0.0, 0.0, 4),
+    )
 
 
 MEMORY_STEP = """

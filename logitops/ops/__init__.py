@@ -1,5 +1,19 @@
 """Typed wrappers over torch.ops.logitops, with their fake kernels and autograd registrations."""
 
-from . import bce_with_logits, cross_entropy, distillation, sampling, vocab_parallel
+from . import (
+    bce_with_logits,
+    cross_entropy,
+    distillation,
+    linear_cross_entropy,
+    sampling,
+    vocab_parallel,
+)
 
-__all__ = ["bce_with_logits", "cross_entropy", "distillation", "sampling", "vocab_parallel"]
+__all__ = [
+    "bce_with_logits",
+    "cross_entropy",
+    "distillation",
+    "linear_cross_entropy",
+    "sampling",
+    "vocab_parallel",
+]

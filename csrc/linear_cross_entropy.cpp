@@ -1,0 +1,228 @@
+// Fused linear + cross-entropy: the [N, V] logits never exist at once.
+//
+// Device-generic (CompositeExplicitAutograd): per chunk of tokens, the logits tile with at::linear
+// (cuBLAS / oneDNN), the loss and its gradient with our cross-entropy ops (through the dispatcher,
+// so the CPU or CUDA kernel), and that chunk's share of the gradients of the input, the weight and
+// the bias. Being one op, it is one opaque node under torch.compile: the number of chunks, which
+// depends on N, never enters a traced graph.
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <optional>
+#include <tuple>
+
+#include "common/logit_math.h"
+#include "ops_common.h"
+
+namespace logitops {
+namespace {
+
+using CrossEntropyForwardFn = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, int64_t, double, double,
+    double, int64_t, bool);
+using CrossEntropyBackwardFn = at::Tensor(const at::Tensor&, const std::optional<at::Tensor>&,
+                                          const at::Tensor&, const at::Tensor&,
+                                          const std::optional<at::Tensor>&, const at::Tensor&,
+                                          const at::Tensor&, int64_t, double, double, double,
+                                          int64_t);
+
+const auto& cross_entropy_forward_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("logitops::cross_entropy_forward", "")
+                             .typed<CrossEntropyForwardFn>();
+  return op;
+}
+
+const auto& cross_entropy_backward_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("logitops::cross_entropy_backward", "")
+                             .typed<CrossEntropyBackwardFn>();
+  return op;
+}
+
+struct LinearCrossEntropyArgs {
+  int64_t ignore_index;
+  double label_smoothing;
+  double z_loss;
+  double softcap;
+  int64_t chunk_size;
+};
+
+void check_linear_inputs(const at::Tensor& input, const at::Tensor& linear_weight,
+                         const std::optional<at::Tensor>& linear_bias, const at::Tensor& target,
+                         int64_t chunk_size) {
+  TORCH_CHECK_VALUE(input.dim() == 2, "logitops.linear_cross_entropy: input must be 2-D [N, H], ",
+                    "got ", input.sizes());
+  TORCH_CHECK_TYPE(at::isFloatingType(input.scalar_type()),
+                   "logitops.linear_cross_entropy: input must be floating point, got ",
+                   input.scalar_type());
+  TORCH_CHECK_VALUE(linear_weight.dim() == 2 && linear_weight.size(1) == input.size(1),
+                    "logitops.linear_cross_entropy: linear_weight must be [V, ", input.size(1),
+                    "], got ", linear_weight.sizes());
+  TORCH_CHECK_TYPE(linear_weight.scalar_type() == input.scalar_type(),
+                   "logitops.linear_cross_entropy: linear_weight must have the input's dtype ",
+                   input.scalar_type(), ", got ", linear_weight.scalar_type());
+  TORCH_CHECK_VALUE(linear_weight.device() == input.device(),
+                    "logitops.linear_cross_entropy: linear_weight is on ", linear_weight.device(),
+                    " but input on ", input.device());
+  if (linear_bias.has_value()) {
+    TORCH_CHECK_VALUE(linear_bias->dim() == 1 && linear_bias->size(0) == linear_weight.size(0),
+                      "logitops.linear_cross_entropy: linear_bias must be [", linear_weight.size(0),
+                      "], got ", linear_bias->sizes());
+    TORCH_CHECK_TYPE(linear_bias->scalar_type() == input.scalar_type(),
+                     "logitops.linear_cross_entropy: linear_bias must have the input's dtype");
+    TORCH_CHECK_VALUE(linear_bias->device() == input.device(),
+                      "logitops.linear_cross_entropy: linear_bias is on ", linear_bias->device(),
+                      " but input on ", input.device());
+  }
+  TORCH_CHECK_VALUE(target.dim() == 1 && target.size(0) == input.size(0),
+                    "logitops.linear_cross_entropy: target must have shape [", input.size(0),
+                    "], got ", target.sizes());
+  TORCH_CHECK_VALUE(chunk_size >= 1, "logitops.linear_cross_entropy: chunk_size must be >= 1, got ",
+                    chunk_size);
+}
+
+// The gradients of the linear layer, filled chunk by chunk from the logits' gradient; weight and
+// bias in the accumulation dtype (float32 for half-precision inputs).
+struct LinearGradients {
+  at::Tensor input, weight, bias;
+
+  LinearGradients(const at::Tensor& in, const at::Tensor& linear_weight, bool with_bias) {
+    const auto acc = linear_weight.options().dtype(accumulation_dtype(in.scalar_type()));
+    input = at::empty_like(in, at::MemoryFormat::Contiguous);
+    weight = at::zeros(linear_weight.sizes(), acc);
+    bias = with_bias ? at::zeros({linear_weight.size(0)}, acc) : at::empty({0}, acc);
+  }
+
+  void add(int64_t start, const at::Tensor& x, const at::Tensor& linear_weight,
+           const at::Tensor& grad_logits) {
+    auto rows = input.narrow(0, start, x.size(0));
+    at::mm_out(rows, grad_logits, linear_weight);
+    const at::Tensor grad_t = grad_logits.t();
+    if (grad_logits.scalar_type() == weight.scalar_type()) {
+      weight.addmm_(grad_t, x);
+    } else if (grad_logits.is_cuda()) {
+      // cuBLAS multiplies half-precision operands into a float32 accumulator directly.
+      at::addmm_out(weight, weight, grad_t, x, weight.scalar_type());
+    } else {
+      // The CPU's half-precision matmul accumulates in float32 and rounds once per chunk; that is
+      // twice as fast as upcasting both operands, and the sum over chunks stays in float32.
+      weight.add_(at::mm(grad_t, x));
+    }
+    if (bias.numel() > 0) bias.add_(at::sum(grad_logits, {0}, false, bias.scalar_type()));
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+linear_cross_entropy_forward(const at::Tensor& input_in, const at::Tensor& linear_weight,
+                             const std::optional<at::Tensor>& linear_bias,
+                             const at::Tensor& target_in, const std::optional<at::Tensor>& weight,
+                             int64_t ignore_index, double label_smoothing, double z_loss,
+                             double softcap, int64_t reduction, int64_t chunk_size,
+                             bool compute_grad) {
+  check_linear_inputs(input_in, linear_weight, linear_bias, target_in, chunk_size);
+  TORCH_CHECK_VALUE(reduction >= kReductionNone && reduction <= kReductionSum,
+                    "logitops.linear_cross_entropy: unknown reduction code ", reduction);
+  TORCH_CHECK_VALUE(!(compute_grad && reduction == kReductionNone),
+                    "logitops.linear_cross_entropy_forward: compute_grad needs a scalar reduction "
+                    "(with reduction none the upstream gradient is per row)");
+  const at::Tensor input = input_in.contiguous();
+  const at::Tensor target = target_in.contiguous();
+  const int64_t num_rows = input.size(0);
+  const auto acc_dtype = accumulation_dtype(input.scalar_type());
+  const auto acc_options = input.options().dtype(acc_dtype);
+  // The CPU kernel writes the gradient in the forward's sweep; CUDA recomputes it from the lse.
+  const bool fuse = compute_grad && input.device().is_cpu();
+
+  at::Tensor lse = at::empty({num_rows}, acc_options);
+  at::Tensor total_weight = at::zeros({}, acc_options);
+  at::Tensor row_loss = reduction == kReductionNone ? at::empty({num_rows}, input.options())
+                                                    : at::Tensor();
+  at::Tensor loss_sum = at::zeros({}, acc_options);
+  std::optional<LinearGradients> grads;
+  if (compute_grad) grads.emplace(input, linear_weight, linear_bias.has_value());
+  const at::Tensor one = at::ones({}, acc_options);
+
+  for (int64_t start = 0; start < num_rows; start += chunk_size) {
+    const int64_t n = std::min(chunk_size, num_rows - start);
+    const at::Tensor x = input.narrow(0, start, n);
+    const at::Tensor t = target.narrow(0, start, n);
+    const at::Tensor logits = at::linear(x, linear_weight, linear_bias);
+    // Each chunk is summed (or kept per row); the mean's normalizer is applied once at the end.
+    const int64_t chunk_reduction = reduction == kReductionNone ? kReductionNone : kReductionSum;
+    auto [loss, chunk_lse, chunk_total, grad] = cross_entropy_forward_op().call(
+        logits, t, weight, ignore_index, label_smoothing, z_loss, softcap, chunk_reduction, fuse);
+    lse.narrow(0, start, n).copy_(chunk_lse);
+    total_weight.add_(chunk_total);
+    if (reduction == kReductionNone) {
+      row_loss.narrow(0, start, n).copy_(loss);
+    } else {
+      loss_sum.add_(loss.to(acc_dtype));
+    }
+    if (compute_grad) {
+      if (!fuse) {
+        grad = cross_entropy_backward_op().call(one, std::nullopt, logits, t, weight, chunk_lse,
+                                                chunk_total, ignore_index, label_smoothing, z_loss,
+                                                softcap, kReductionSum);
+      }
+      grads->add(start, x, linear_weight, grad);
+    }
+  }
+
+  at::Tensor loss;
+  if (reduction == kReductionNone) {
+    loss = row_loss;
+  } else {
+    loss = (reduction == kReductionMean ? loss_sum / total_weight : loss_sum)
+               .to(input.scalar_type());
+  }
+  if (!compute_grad) {
+    return {loss, lse, total_weight, at::empty({0}, input.options()), at::empty({0}, acc_options),
+            at::empty({0}, acc_options)};
+  }
+  return {loss, lse, total_weight, grads->input, grads->weight, grads->bias};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_backward(
+    const at::Tensor& grad_rows, const at::Tensor& input_in, const at::Tensor& linear_weight,
+    const std::optional<at::Tensor>& linear_bias, const at::Tensor& target_in,
+    const std::optional<at::Tensor>& weight, const at::Tensor& lse_in, int64_t ignore_index,
+    double label_smoothing, double z_loss, double softcap, int64_t chunk_size) {
+  check_linear_inputs(input_in, linear_weight, linear_bias, target_in, chunk_size);
+  const at::Tensor input = input_in.contiguous();
+  const at::Tensor target = target_in.contiguous();
+  const int64_t num_rows = input.size(0);
+  const auto acc_dtype = accumulation_dtype(input.scalar_type());
+  TORCH_CHECK_VALUE(grad_rows.dim() == 1 && grad_rows.size(0) == num_rows,
+                    "logitops.linear_cross_entropy_backward: grad_rows must have shape [",
+                    num_rows, "], got ", grad_rows.sizes());
+  TORCH_CHECK_VALUE(lse_in.dim() == 1 && lse_in.size(0) == num_rows,
+                    "logitops.linear_cross_entropy_backward: lse must have shape [", num_rows,
+                    "], got ", lse_in.sizes());
+  const at::Tensor upstream = grad_rows.to(acc_dtype).contiguous();
+  const at::Tensor lse = lse_in.to(acc_dtype).contiguous();
+  const at::Tensor unused_total = at::zeros({}, input.options().dtype(acc_dtype));
+  LinearGradients grads(input, linear_weight, linear_bias.has_value());
+  for (int64_t start = 0; start < num_rows; start += chunk_size) {
+    const int64_t n = std::min(chunk_size, num_rows - start);
+    const at::Tensor x = input.narrow(0, start, n);
+    const at::Tensor logits = at::linear(x, linear_weight, linear_bias);
+    const at::Tensor grad = cross_entropy_backward_op().call(
+        upstream.narrow(0, start, n), std::nullopt, logits, target.narrow(0, start, n), weight,
+        lse.narrow(0, start, n), unused_total, ignore_index, label_smoothing, z_loss, softcap,
+        kReductionNone);
+    grads.add(start, x, linear_weight, grad);
+  }
+  return {grads.input, grads.weight, grads.bias};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(logitops, CompositeExplicitAutograd, m) {
+  m.impl("linear_cross_entropy_forward", &linear_cross_entropy_forward);
+  m.impl("linear_cross_entropy_backward", &linear_cross_entropy_backward);
+}
+
+}  // namespace logitops
