@@ -53,6 +53,7 @@ def cuda_kernels_available() -> bool:
 
 def build_info() -> dict[str, object]:
     """What this build contains: CPU instruction set, CUDA kernels, and the torch it runs on."""
+
     def has_kernel(name: str, key: str) -> bool:
         return torch._C._dispatch_has_kernel_for_dispatch_key(f"logitops::{name}", key)
 

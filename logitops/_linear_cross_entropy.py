@@ -1,12 +1,13 @@
 """Fused linear + cross-entropy: the [N, V] logits never exist at once.
 
 The work is one dispatcher op, logitops::linear_cross_entropy_forward
-(csrc/linear_cross_entropy.cpp): per chunk of tokens the logits tile (one matmul), the fused cross-entropy forward and its gradient
-(our kernels), and that chunk's contributions to the gradients of the input, the linear weight and
-bias, accumulated in float32 for half-precision inputs. With a scalar reduction the forward
-computes all three gradients and the backward only scales them; with reduction "none" the per-row
-upstream gradient is known only in the backward, which recomputes the chunks
-(logitops::linear_cross_entropy_backward). Peak extra memory: O(chunk x V + H x V), never O(N x V).
+(csrc/linear_cross_entropy.cpp): per chunk of tokens the logits tile (one matmul), the fused
+cross-entropy forward and its gradient (our kernels), and that chunk's contributions to the
+gradients of the input, the linear weight and bias, accumulated in float32 for half-precision
+inputs. With a scalar reduction the forward computes all three gradients and the backward only
+scales them; with reduction "none" the per-row upstream gradient is known only in the backward,
+which recomputes the chunks (logitops::linear_cross_entropy_backward). Peak extra memory:
+O(chunk x V + H x V), never O(N x V).
 """
 
 from __future__ import annotations
