@@ -373,7 +373,8 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
         else:
             scale = grad_out.to(grad_weight.dtype)
             if options.reduction == 1:
-                scale = scale / count.to(scale.dtype)
+                # A mean over no row is NaN; its gradient is 0, as cross_entropy's.
+                scale = torch.where(count != 0, scale / count.to(scale.dtype), 0.0)
             grad_input = grad_input * scale.to(grad_input.dtype)
             grad_weight = grad_weight * scale
             grad_bias = grad_bias * scale if grad_bias is not None else None

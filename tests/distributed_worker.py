@@ -12,7 +12,12 @@ import torch.distributed as dist
 import logitops.distributed as lpd
 
 
+def on_device(case: dict, device: str) -> dict:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in case.items()}
+
+
 def run_case(case: dict, rank: int) -> dict:
+    case = on_device(case, case.get("device", "cpu"))
     start, size = case["slices"][rank]
     kwargs = dict(case["kwargs"])
     if case["pass_vocab_start"]:
@@ -24,7 +29,7 @@ def run_case(case: dict, rank: int) -> dict:
         local = case["logits"][..., start : start + size].clone().requires_grad_()
         loss = lpd.vocab_parallel_cross_entropy(local, target, **kwargs)
         loss.backward(case["upstream"])
-        return {"loss": loss.detach(), "grads": {"logits": local.grad}}
+        return {"loss": loss.detach().cpu(), "grads": {"logits": local.grad.cpu()}}
     x = case["input"].clone().requires_grad_()
     w = case["weight"][start : start + size].clone().requires_grad_()
     b = (
@@ -34,16 +39,20 @@ def run_case(case: dict, rank: int) -> dict:
     )
     loss = lpd.vocab_parallel_linear_cross_entropy(x, w, target, linear_bias=b, **kwargs)
     loss.backward(case["upstream"])
-    grads = {"input": x.grad, "weight": w.grad}
+    grads = {"input": x.grad.cpu(), "weight": w.grad.cpu()}
     if b is not None:
-        grads["bias"] = b.grad
-    return {"loss": loss.detach(), "grads": grads}
+        grads["bias"] = b.grad.cpu()
+    return {"loss": loss.detach().cpu(), "grads": grads}
 
 
-def main(rank: int, world_size: int, init_file: str, cases: list, out_path: str) -> None:
+def main(
+    rank: int, world_size: int, init_file: str, cases: list, out_path: str, backend: str = "gloo"
+) -> None:
     torch.set_num_threads(1)
+    if backend == "nccl":
+        torch.cuda.set_device(rank)
     dist.init_process_group(
-        "gloo",
+        backend,
         init_method=f"file://{init_file}",
         rank=rank,
         world_size=world_size,

@@ -191,6 +191,12 @@ def build_cases(world):
         for r in range(world)
     }
     cases.append(bad_arg)
+    linear_ignored = linear_case("linear-all-ignored-mean", world, even, rows=4)
+    linear_ignored["target"].fill_(-100)
+    cases.append(linear_ignored)
+    if torch.cuda.is_available():
+        # The CUDA kernels under the same collectives (gloo moves CUDA tensors too).
+        cases += [dict(c, name=c["name"] + "-cuda", device="cuda") for c in list(cases)]
     if world > 1:
         overlap = logits_case(
             "error-overlapping-slices",
@@ -206,14 +212,14 @@ def build_cases(world):
 CASES = {world: build_cases(world) for world in WORLD_SIZES}
 
 
-def run_ranks(world, cases, tmp_path, timeout=240.0):
+def run_ranks(world, cases, tmp_path, timeout=240.0, backend="gloo"):
     context = multiprocessing.get_context("spawn")
     init_file = tmp_path / "store"
     outputs = [tmp_path / f"rank{r}.pt" for r in range(world)]
     procs = [
         context.Process(
             target=distributed_worker.main,
-            args=(r, world, str(init_file), cases, str(outputs[r])),
+            args=(r, world, str(init_file), cases, str(outputs[r]), backend),
         )
         for r in range(world)
     ]
@@ -273,8 +279,20 @@ def test_matches_single_process_cross_entropy(ranks, name):
     cases = [c for c in CASES[world] if c["name"] == name]
     if not cases:
         pytest.skip(f"no {name} case for {world} rank(s)")
-    case = cases[0]
-    per_rank = [r[name] for r in results]
+    check_case(cases[0], [r[name] for r in results])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not dist.is_nccl_available(), reason="torch without NCCL")
+def test_nccl_single_rank(tmp_path):
+    """The NCCL path (layout exchanged on the GPU) with one rank, every CUDA case."""
+    cases = [c for c in CASES[1] if c.get("device") == "cuda"]
+    (results,) = run_ranks(1, cases, tmp_path, backend="nccl")
+    for case in cases:
+        check_case(case, [results[case["name"]]])
+
+
+def check_case(case, per_rank):
     if "expect_error" in case:
         for rank, result in enumerate(per_rank):
             assert "error" in result, f"rank {rank} raised nothing"
