@@ -82,7 +82,7 @@ if [ -z "$SKIP_TESTS" ]; then
 fi
 
 if [ "$DEVICE" = cuda ] && command -v compute-sanitizer > /dev/null; then
-  SUBSET="tests/test_cross_entropy.py::test_shapes tests/test_bce_with_logits.py::test_matches_torch tests/test_sampling.py::test_nan_rows tests/test_sampling.py::test_top_p_matches_hf"
+  SUBSET="tests/test_cross_entropy.py::test_shapes tests/test_bce_with_logits.py::test_matches_torch tests/test_sampling.py::test_nan_rows tests/test_sampling.py::test_top_p_matches_hf tests/test_distributed.py::test_ops_match_reference_statistics"
   # shellcheck disable=SC2086
   stage memcheck 60 compute-sanitizer --tool memcheck --error-exitcode 1 \
     "$PY" -m pytest -q -x -k cuda $SUBSET

@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import bench_bce_with_logits  # noqa: E402
 import bench_cross_entropy  # noqa: E402
 import bench_distillation  # noqa: E402
+import bench_linear_cross_entropy  # noqa: E402
 import bench_sampling  # noqa: E402
 import torch  # noqa: E402
 
@@ -34,6 +35,7 @@ def main() -> None:
     bench_bce_with_logits.main(common)
     bench_sampling.main(common)
     bench_distillation.main(common)
+    bench_linear_cross_entropy.main(common)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 import bench_bce_with_logits  # noqa: E402
 import bench_cross_entropy  # noqa: E402
 import bench_distillation  # noqa: E402
+import bench_linear_cross_entropy  # noqa: E402
 import bench_sampling  # noqa: E402
 
 
@@ -103,3 +104,24 @@ def test_distillation_benchmark_writes_results(tmp_path):
     )
     timed = [r for r in results if r.median_ms]
     assert len(timed) == 8 and all(r.ratio_vs_torch for r in timed)
+
+
+def test_linear_cross_entropy_benchmark_writes_results(tmp_path):
+    results = bench_linear_cross_entropy.main(
+        [
+            "--device",
+            "cpu",
+            "--shapes",
+            "16x8x50",
+            "--reps",
+            "2",
+            "--providers",
+            "logitops,torch,liger",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    timed = [r for r in results if r.median_ms]
+    assert {r.provider for r in timed} == {"logitops", "torch"}
+    assert all(r.ratio_vs_torch and r.extra["tflops"] > 0 for r in timed)
+    assert any(r.provider == "liger" and r.skipped for r in results)

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from conftest import TOLERANCES, assert_close
+from conftest import DEVICES, TOLERANCES, assert_close
 from reference import cross_entropy_reference
 
 import logitops.distributed as lpd
@@ -324,12 +324,13 @@ def check_case(case, per_rank):
             assert_close(got, expected, dtype, scale=scale, what=f"{leaf} grad")
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
-def test_ops_match_reference_statistics(dtype):
+def test_ops_match_reference_statistics(device, dtype):
     """The two ops on one slice, without any process group: statistics and gradient."""
     g = torch.Generator().manual_seed(1)
-    full = (4 * torch.randn(9, 40, generator=g, dtype=torch.float64)).to(dtype)
-    target = torch.randint(0, 40, (9,), generator=g)
+    full = (4 * torch.randn(9, 40, generator=g, dtype=torch.float64)).to(dtype).to(device)
+    target = torch.randint(0, 40, (9,), generator=g).to(device)
     target[2] = -100
     start, size = 25, 11
     local = full[:, start : start + size]
@@ -342,7 +343,7 @@ def test_ops_match_reference_statistics(dtype):
     torch.testing.assert_close(stats.double(), expected, rtol=1e-5, atol=1e-5)
 
     lse = torch.logsumexp(full.double(), 1)
-    upstream = torch.rand(9, generator=g, dtype=torch.float64)
+    upstream = torch.rand(9, generator=g, dtype=torch.float64).to(device)
     grad = vp_ops.vocab_parallel_cross_entropy_backward(
         upstream.to(stats.dtype), local, target, lse.to(stats.dtype), start, 40, -100, 0.1, 1e-3
     )
