@@ -13,6 +13,7 @@ __all__ = [
     "DistillationLoss",
     "LinearCrossEntropyLoss",
     "Sampler",
+    "VocabParallelCrossEntropyLoss",
 ]
 
 
@@ -219,4 +220,52 @@ class LinearCrossEntropyLoss(torch.nn.Module):
             z_loss=self.z_loss,
             softcap=self.softcap,
             chunk_size=self.chunk_size,
+        )
+
+
+class VocabParallelCrossEntropyLoss(torch.nn.Module):
+    """Cross-entropy of logits whose vocabulary is split across the ranks of ``group`` (see
+    :func:`logitops.distributed.vocab_parallel_cross_entropy`). Called with this rank's
+    ``local_logits`` [..., V_local] and the global ``target`` [...], on every rank of the group.
+
+    Examples
+    --------
+    >>> criterion = logitops.nn.VocabParallelCrossEntropyLoss(label_smoothing=0.1)
+    >>> loss = criterion(local_logits, target)  # the same loss on every rank
+    """
+
+    def __init__(
+        self,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        label_smoothing: float = 0.0,
+        *,
+        z_loss: float = 0.0,
+        group=None,
+        vocab_start: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.ignore_index, self.reduction = ignore_index, reduction
+        self.label_smoothing, self.z_loss = label_smoothing, z_loss
+        self.group, self.vocab_start = group, vocab_start
+
+    def forward(self, local_logits: Tensor, target: Tensor) -> Tensor:
+        from .distributed import vocab_parallel_cross_entropy
+
+        return vocab_parallel_cross_entropy(
+            local_logits,
+            target,
+            group=self.group,
+            vocab_start=self.vocab_start,
+            ignore_index=self.ignore_index,
+            reduction=self.reduction,
+            label_smoothing=self.label_smoothing,
+            z_loss=self.z_loss,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"reduction={self.reduction!r}, ignore_index={self.ignore_index}, "
+            f"label_smoothing={self.label_smoothing}, z_loss={self.z_loss}, "
+            f"vocab_start={self.vocab_start}"
         )

@@ -9,6 +9,7 @@ import traceback
 import torch
 import torch.distributed as dist
 
+import logitops
 import logitops.distributed as lpd
 
 
@@ -27,7 +28,10 @@ def run_case(case: dict, rank: int) -> dict:
     target = case["target"]
     if case["kind"] == "logits":
         local = case["logits"][..., start : start + size].clone().requires_grad_()
-        loss = lpd.vocab_parallel_cross_entropy(local, target, **kwargs)
+        if case.get("module"):
+            loss = logitops.nn.VocabParallelCrossEntropyLoss(**kwargs)(local, target)
+        else:
+            loss = lpd.vocab_parallel_cross_entropy(local, target, **kwargs)
         loss.backward(case["upstream"])
         return {"loss": loss.detach().cpu(), "grads": {"logits": local.grad.cpu()}}
     x = case["input"].clone().requires_grad_()

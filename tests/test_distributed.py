@@ -191,6 +191,11 @@ def build_cases(world):
         for r in range(world)
     }
     cases.append(bad_arg)
+    module = logits_case(
+        "module", world, shuffled, pass_vocab_start=True, label_smoothing=0.05, z_loss=1e-3
+    )
+    module["module"] = True
+    cases.append(module)
     linear_ignored = linear_case("linear-all-ignored-mean", world, even, rows=4)
     linear_ignored["target"].fill_(-100)
     cases.append(linear_ignored)
