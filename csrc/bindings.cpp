@@ -72,8 +72,9 @@ TORCH_LIBRARY(logitops, m) {
   // [V] (the input's dtype) with class-index targets [N], in chunks of chunk_size tokens: the
   // [N, V] logits never exist. Options as cross_entropy_forward. Returns the loss, the per-row
   // lse and the total target weight, and, when compute_grad (scalar reductions only), the
-  // gradients of the summed loss (an upstream gradient of 1 per row) with respect to input (its
-  // dtype), linear_weight and linear_bias (accumulation dtype; [0] without a bias).
+  // gradients of the reduced loss for an upstream gradient of 1 with respect to input,
+  // linear_weight and linear_bias (the input's dtype, accumulated in float32 for half precision;
+  // [0] without a bias).
   m.def(
       "linear_cross_entropy_forward(Tensor input, Tensor linear_weight, Tensor? linear_bias, "
       "Tensor target, Tensor? weight, int ignore_index, float label_smoothing, float z_loss, "

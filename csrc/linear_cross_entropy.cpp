@@ -84,36 +84,72 @@ void check_linear_inputs(const at::Tensor& input, const at::Tensor& linear_weigh
                     chunk_size);
 }
 
-// The gradients of the linear layer, filled chunk by chunk from the logits' gradient; weight and
-// bias in the accumulation dtype (float32 for half-precision inputs).
+// Rows of the weight gradient computed per matmul on the CPU's half-precision path: the product
+// is rounded to the input's dtype, so it is formed a block at a time and added to the float32
+// accumulator while in cache, instead of as a second [V, H] tensor.
+constexpr int64_t kWeightRowBlock = 8192;
+
+// The gradients of the linear layer, filled chunk by chunk from the logits' gradient times
+// `scale`; weight and bias accumulate in the accumulation dtype (float32 for half-precision
+// inputs). The first chunk writes rather than adds, so nothing is zero-filled first.
 struct LinearGradients {
   at::Tensor input, weight, bias;
+  bool first = true;
 
   LinearGradients(const at::Tensor& in, const at::Tensor& linear_weight, bool with_bias) {
     const auto acc = linear_weight.options().dtype(accumulation_dtype(in.scalar_type()));
     input = at::empty_like(in, at::MemoryFormat::Contiguous);
-    weight = at::zeros(linear_weight.sizes(), acc);
+    // No chunk at all (N = 0) leaves zeros.
+    weight = in.size(0) == 0 ? at::zeros(linear_weight.sizes(), acc)
+                             : at::empty(linear_weight.sizes(), acc);
     bias = with_bias ? at::zeros({linear_weight.size(0)}, acc) : at::empty({0}, acc);
   }
 
   void add(int64_t start, const at::Tensor& x, const at::Tensor& linear_weight,
-           const at::Tensor& grad_logits) {
+           const at::Tensor& grad_logits, double scale) {
     auto rows = input.narrow(0, start, x.size(0));
     at::mm_out(rows, grad_logits, linear_weight);
+    if (scale != 1.0) rows.mul_(scale);
     const at::Tensor grad_t = grad_logits.t();
+    const double beta = first ? 0.0 : 1.0;  // beta = 0 ignores the uninitialized accumulator
     if (grad_logits.scalar_type() == weight.scalar_type()) {
-      weight.addmm_(grad_t, x);
+      weight.addmm_(grad_t, x, beta, scale);
     } else if (grad_logits.is_cuda()) {
-      // cuBLAS multiplies half-precision operands into a float32 accumulator directly.
-      at::addmm_out(weight, weight, grad_t, x, weight.scalar_type());
+      // cuBLAS multiplies half-precision operands into the float32 accumulator directly.
+      at::addmm_out(weight, weight, grad_t, x, weight.scalar_type(), beta, scale);
     } else {
-      // The CPU's half-precision matmul accumulates in float32 and rounds once per chunk; that is
-      // twice as fast as upcasting both operands, and the sum over chunks stays in float32.
-      weight.add_(at::mm(grad_t, x));
+      // The CPU's half-precision matmul accumulates in float32 and rounds once per chunk: twice
+      // as fast as upcasting both operands, and the sum over chunks stays in float32.
+      const int64_t vocab = weight.size(0);
+      for (int64_t v = 0; v < vocab; v += kWeightRowBlock) {
+        const int64_t n = std::min(kWeightRowBlock, vocab - v);
+        const at::Tensor product = at::mm(grad_t.narrow(0, v, n), x);
+        auto block = weight.narrow(0, v, n);
+        if (first) {
+          block.copy_(product);
+          if (scale != 1.0) block.mul_(scale);
+        } else {
+          block.add_(product, scale);
+        }
+      }
     }
-    if (bias.numel() > 0) bias.add_(at::sum(grad_logits, {0}, false, bias.scalar_type()));
+    if (bias.numel() > 0) bias.add_(at::sum(grad_logits, {0}, false, bias.scalar_type()), scale);
+    first = false;
   }
 };
+
+// sum of the class weights of the non-ignored targets (their count without class weights): the
+// normalizer of the mean, known before any chunk. Out-of-range targets are left for the
+// cross-entropy kernel to report; here they only must not be read out of bounds.
+at::Tensor target_weight_total(const at::Tensor& target, const std::optional<at::Tensor>& weight,
+                               int64_t ignore_index, int64_t num_classes,
+                               at::ScalarType acc_dtype) {
+  const at::Tensor kept = (target != ignore_index) & (target >= 0) & (target < num_classes);
+  if (!weight.has_value()) return kept.sum(at::kDouble).to(acc_dtype);
+  const at::Tensor safe = at::where(kept, target, at::zeros_like(target));
+  const at::Tensor w = weight->to(at::kDouble).index_select(0, safe);
+  return at::where(kept, w, at::zeros_like(w)).sum().to(acc_dtype);
+}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 linear_cross_entropy_forward(const at::Tensor& input_in, const at::Tensor& linear_weight,
@@ -135,9 +171,17 @@ linear_cross_entropy_forward(const at::Tensor& input_in, const at::Tensor& linea
   const auto acc_options = input.options().dtype(acc_dtype);
   // The CPU kernel writes the gradient in the forward's sweep; CUDA recomputes it from the lse.
   const bool fuse = compute_grad && input.device().is_cpu();
+  const at::Tensor total_weight = target_weight_total(target, weight, ignore_index,
+                                                      linear_weight.size(0), acc_dtype);
+  // The CPU's fused chunk gradients are of the chunk's sum; the mean's 1 / total is folded into
+  // the matmuls (alpha). A mean over no target weight has gradient 0, as cross_entropy's.
+  double fused_scale = 1.0;
+  if (fuse && reduction == kReductionMean) {
+    const double total = total_weight.item<double>();  // a CPU tensor: no device sync
+    fused_scale = total != 0.0 ? 1.0 / total : 0.0;
+  }
 
   at::Tensor lse = at::empty({num_rows}, acc_options);
-  at::Tensor total_weight = at::zeros({}, acc_options);
   at::Tensor row_loss = reduction == kReductionNone ? at::empty({num_rows}, input.options())
                                                     : at::Tensor();
   at::Tensor loss_sum = at::zeros({}, acc_options);
@@ -155,19 +199,21 @@ linear_cross_entropy_forward(const at::Tensor& input_in, const at::Tensor& linea
     auto [loss, chunk_lse, chunk_total, grad] = cross_entropy_forward_op().call(
         logits, t, weight, ignore_index, label_smoothing, z_loss, softcap, chunk_reduction, fuse);
     lse.narrow(0, start, n).copy_(chunk_lse);
-    total_weight.add_(chunk_total);
     if (reduction == kReductionNone) {
       row_loss.narrow(0, start, n).copy_(loss);
     } else {
       loss_sum.add_(loss.to(acc_dtype));
     }
     if (compute_grad) {
+      double scale = fused_scale;
       if (!fuse) {
+        // The mean's normalizer stays on the device: the kernel divides by total_weight.
         grad = cross_entropy_backward_op().call(one, std::nullopt, logits, t, weight, chunk_lse,
-                                                chunk_total, ignore_index, label_smoothing, z_loss,
-                                                softcap, kReductionSum);
+                                                total_weight, ignore_index, label_smoothing,
+                                                z_loss, softcap, reduction);
+        scale = 1.0;
       }
-      grads->add(start, x, linear_weight, grad);
+      grads->add(start, x, linear_weight, grad, scale);
     }
   }
 
@@ -179,10 +225,13 @@ linear_cross_entropy_forward(const at::Tensor& input_in, const at::Tensor& linea
                .to(input.scalar_type());
   }
   if (!compute_grad) {
-    return {loss, lse, total_weight, at::empty({0}, input.options()), at::empty({0}, acc_options),
-            at::empty({0}, acc_options)};
+    return {loss, lse, total_weight, at::empty({0}, input.options()),
+            at::empty({0}, linear_weight.options()), at::empty({0}, input.options())};
   }
-  return {loss, lse, total_weight, grads->input, grads->weight, grads->bias};
+  // Rounded once to the parameters' dtypes; the float32 accumulators are freed here.
+  const auto param_dtype = input.scalar_type();
+  return {loss, lse, total_weight, grads->input, grads->weight.to(param_dtype),
+          grads->bias.to(param_dtype)};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_backward(
@@ -213,7 +262,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_backward(
         upstream.narrow(0, start, n), std::nullopt, logits, target.narrow(0, start, n), weight,
         lse.narrow(0, start, n), unused_total, ignore_index, label_smoothing, z_loss, softcap,
         kReductionNone);
-    grads.add(start, x, linear_weight, grad);
+    grads.add(start, x, linear_weight, grad, 1.0);
   }
   return {grads.input, grads.weight, grads.bias};
 }

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._common import REDUCTION_CODES, accumulation_dtype
+from ._common import REDUCTION_CODES, accumulation_dtype, scale_fused_gradient
 
 __all__ = ["linear_cross_entropy_backward", "linear_cross_entropy_forward"]
 
@@ -108,10 +108,14 @@ def _forward_fake(
     lse = input.new_empty((num_rows,), dtype=acc)
     total_weight = input.new_empty((), dtype=acc)
     if compute_grad:
-        grads = _gradient_shapes(input, linear_weight, linear_bias)
+        vocab = linear_weight.shape[0]
+        grads = (
+            input.new_empty(input.shape),
+            input.new_empty(linear_weight.shape),
+            input.new_empty((vocab,) if linear_bias is not None else (0,)),
+        )
     else:
-        grads = (input.new_empty((0,)), input.new_empty((0,), dtype=acc))
-        grads = grads + (input.new_empty((0,), dtype=acc),)
+        grads = (input.new_empty((0,)), input.new_empty((0,)), input.new_empty((0,)))
     return (loss, lse, total_weight) + grads
 
 
@@ -195,13 +199,11 @@ def _backward(ctx, grad_loss, *_):
             chunk_size,
         )
     else:
-        scale = grad_loss.to(acc)
-        if reduction == REDUCTION_CODES["mean"]:
-            # A mean over no target weight is NaN; its gradient is 0, as cross_entropy's.
-            scale = torch.where(total_weight != 0, scale / total_weight, 0.0)
-        grad_input = grad_input * scale.to(grad_input.dtype)
-        grad_weight = grad_weight * scale
-        grad_bias = grad_bias * scale
+        # The forward's gradients are of the reduced loss for an upstream gradient of 1.
+        grad_input, grad_weight, grad_bias = (
+            scale_fused_gradient(g, grad_loss, reduction)
+            for g in (grad_input, grad_weight, grad_bias)
+        )
     return (
         grad_input if ctx.needs_input_grad[0] else None,
         grad_weight.to(linear_weight.dtype) if ctx.needs_input_grad[1] else None,
