@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from .ops import linear_cross_entropy as _ops
-from .ops._common import accumulation_dtype
+from .ops._common import accumulation_dtype, check_floating, check_same_device
 
 
 def default_chunk_size(num_tokens: int, vocab: int, element_size: int) -> int:
@@ -60,6 +60,26 @@ class _Gradients:
             self.bias += grad.sum(0, dtype=self.acc)
 
 
+def check_linear_arguments(input: Tensor, linear_weight: Tensor, linear_bias: Tensor | None):
+    """input [..., H], linear_weight [V, H] and linear_bias [V], floating, on one device (V is a
+    rank's slice in the vocabulary-parallel variant)."""
+    check_floating("input", input)
+    check_floating("linear_weight", linear_weight)
+    check_same_device("linear_weight", linear_weight, input)
+    if linear_weight.dim() != 2 or input.dim() < 1 or input.shape[-1] != linear_weight.shape[1]:
+        raise ValueError(
+            f"linear_weight must be [vocab, {input.shape[-1] if input.dim() else '?'}] for input "
+            f"of shape {tuple(input.shape)}, got {tuple(linear_weight.shape)}"
+        )
+    if linear_bias is not None:
+        check_floating("linear_bias", linear_bias)
+        check_same_device("linear_bias", linear_bias, input)
+        if linear_bias.shape != (linear_weight.shape[0],):
+            raise ValueError(
+                f"linear_bias must be [{linear_weight.shape[0]}], got {tuple(linear_bias.shape)}"
+            )
+
+
 def linear_cross_entropy(
     input: Tensor,
     linear_weight: Tensor,
@@ -89,25 +109,11 @@ def linear_cross_entropy(
     >>> loss.backward()
     """
     from .functional import _check_options  # shared argument checks of cross_entropy
-    from .ops._common import check_floating, check_same_device, reduction_code
+    from .ops._common import reduction_code
 
     reduction_code(reduction)
-    check_floating("input", input)
-    check_floating("linear_weight", linear_weight)
-    check_same_device("linear_weight", linear_weight, input)
+    check_linear_arguments(input, linear_weight, linear_bias)
     check_same_device("target", target, input)
-    if linear_weight.dim() != 2 or input.dim() < 1 or input.shape[-1] != linear_weight.shape[1]:
-        raise ValueError(
-            f"linear_weight must be [vocab, {input.shape[-1] if input.dim() else '?'}] for input "
-            f"of shape {tuple(input.shape)}, got {tuple(linear_weight.shape)}"
-        )
-    if linear_bias is not None:
-        check_floating("linear_bias", linear_bias)
-        check_same_device("linear_bias", linear_bias, input)
-        if linear_bias.shape != (linear_weight.shape[0],):
-            raise ValueError(
-                f"linear_bias must be [{linear_weight.shape[0]}], got {tuple(linear_bias.shape)}"
-            )
     if target.is_floating_point() or target.shape != input.shape[:-1]:
         raise ValueError(
             f"target must be integer class indices of shape "

@@ -23,7 +23,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._linear_cross_entropy import _chunks, _Gradients, default_chunk_size
+from ._linear_cross_entropy import (
+    _chunks,
+    _Gradients,
+    check_linear_arguments,
+    default_chunk_size,
+)
 from .ops import vocab_parallel as _ops
 from .ops._common import (
     accumulation_dtype,
@@ -199,6 +204,23 @@ def _rows_upstream(grad_out: Tensor, count: Tensor, code: int, num_rows: int, ac
     return scale.expand(num_rows).contiguous()
 
 
+def _slice_grad(
+    grad_rows: Tensor, logits: Tensor, target: Tensor, lse: Tensor, layout: VocabLayout, options
+) -> Tensor:
+    """This rank's slice of the gradient of the per-row losses, for per-row upstream gradients."""
+    return _ops.vocab_parallel_cross_entropy_backward(
+        grad_rows,
+        logits,
+        target,
+        lse,
+        layout.vocab_start,
+        layout.num_classes,
+        options.ignore_index,
+        options.label_smoothing,
+        options.z_loss,
+    )
+
+
 class _VocabParallelCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, target, layout, group, options):
@@ -218,17 +240,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
             upstream = _rows_upstream(
                 grad_out, count, options.reduction, logits.shape[0], lse.dtype
             )
-            grad = _ops.vocab_parallel_cross_entropy_backward(
-                upstream,
-                logits,
-                target,
-                lse,
-                layout.vocab_start,
-                layout.num_classes,
-                options.ignore_index,
-                options.label_smoothing,
-                options.z_loss,
-            )
+            grad = _slice_grad(upstream, logits, target, lse, layout, options)
         return grad, None, None, None, None
 
 
@@ -321,17 +333,7 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
             if needs_grad:
                 # The gradient of the summed loss; backward() scales it by the upstream gradient.
                 ones = torch.ones(end - start, dtype=acc, device=input.device)
-                grad = _ops.vocab_parallel_cross_entropy_backward(
-                    ones,
-                    logits,
-                    t,
-                    lse,
-                    layout.vocab_start,
-                    layout.num_classes,
-                    options.ignore_index,
-                    options.label_smoothing,
-                    options.z_loss,
-                )
+                grad = _slice_grad(ones, logits, t, lse, layout, options)
                 grads.add(start, end, x, weight, grad)
             del logits
         row_loss = torch.cat(row_losses) if row_losses else input.new_zeros((0,), dtype=acc)
@@ -356,17 +358,8 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
             grads = _Gradients(input, weight, bias is not None)
             for start, end in _chunks(input.shape[0], ctx.chunk_size):
                 x, t = input[start:end], target[start:end]
-                grad = _ops.vocab_parallel_cross_entropy_backward(
-                    upstream[start:end],
-                    F.linear(x, weight, bias),
-                    t,
-                    lse[start:end],
-                    layout.vocab_start,
-                    layout.num_classes,
-                    options.ignore_index,
-                    options.label_smoothing,
-                    options.z_loss,
-                )
+                logits = F.linear(x, weight, bias)
+                grad = _slice_grad(upstream[start:end], logits, t, lse[start:end], layout, options)
                 grads.add(start, end, x, weight, grad)
             grad_input = _all_reduce_sum(grads.input, layout, ctx.group)
             grad_weight, grad_bias = grads.weight, grads.bias
@@ -420,22 +413,7 @@ def vocab_parallel_linear_cross_entropy(
     error, num_rows, local_classes, hidden = None, 0, 0, 0
     try:
         options = _make_options(ignore_index, reduction, label_smoothing, z_loss)
-        check_floating("input", input)
-        check_floating("linear_weight", linear_weight)
-        check_same_device("linear_weight", linear_weight, input)
-        if input.dim() < 1 or linear_weight.dim() != 2 or linear_weight.shape[1] != input.shape[-1]:
-            raise ValueError(
-                f"linear_weight must be [V_local, H] with H = input.shape[-1]; got input "
-                f"{tuple(input.shape)} and linear_weight {tuple(linear_weight.shape)}"
-            )
-        if linear_bias is not None:
-            check_floating("linear_bias", linear_bias)
-            check_same_device("linear_bias", linear_bias, input)
-            if linear_bias.shape != (linear_weight.shape[0],):
-                raise ValueError(
-                    f"linear_bias must be [{linear_weight.shape[0]}] (V_local), got "
-                    f"{tuple(linear_bias.shape)}"
-                )
+        check_linear_arguments(input, linear_weight, linear_bias)
         _check_common(target, input.shape[:-1], input, options)
         if vocab_start is not None and (not isinstance(vocab_start, int) or vocab_start < 0):
             raise ValueError(f"vocab_start must be None or an int >= 0, got {vocab_start!r}")
