@@ -1,5 +1,5 @@
 """PNG plots of benchmark JSON: time and achieved bandwidth against the varying dimension
-(vocabulary, or batch for sampling), one line per provider.
+(vocabulary, or batch for sampling, or tokens for the linear ops), one line per provider.
 
     python benchmarks/plot.py benchmarks/results [--out DIR]
 """
@@ -23,25 +23,31 @@ def load(paths: list[Path]) -> list[dict]:
     return rows
 
 
+DIM_NAMES = {2: ("N", "V"), 3: ("N", "H", "V")}  # shapes 'NxV' and, for linear ops, 'NxHxV'
+AXIS_LABELS = {"N": "batch", "H": "hidden", "V": "vocab"}
+
+
 def series(rows: list[dict]):
-    """{(op, mode, dtype, fixed dim label): {provider: [(x, ms, gbps)]}} over shapes 'AxB'."""
+    """{(op, mode, dtype, fixed dims label): {provider: [(x, ms, gbps)]}}: per op, the points
+    along the last dimension that varies (the vocabulary when it does), the others fixed."""
     groups: dict = defaultdict(lambda: defaultdict(list))
     by_key = defaultdict(list)
     for r in rows:
         by_key[(r["op"], r["mode"], r["dtype"])].append(r)
     for (op, mode, dtype), items in by_key.items():
-        shapes = {tuple(int(v) for v in r["shape"].split("x")) for r in items}
-        first = {a for a, _ in shapes}
-        second = {b for _, b in shapes}
-        # vary the second dimension (vocab) when it varies, else the first (batch)
-        vary_second = len(second) > 1
-        for r in items:
-            a, b = (int(v) for v in r["shape"].split("x"))
-            fixed, x = (f"N={a}", b) if vary_second else (f"V={b}", a)
-            if len(second if vary_second else first) > 1:
-                groups[(op, mode, dtype, fixed)][r["provider"]].append(
-                    (x, r["median_ms"], r.get("gbps"))
-                )
+        shapes = [tuple(int(v) for v in r["shape"].split("x")) for r in items]
+        names = DIM_NAMES.get(len(shapes[0]))
+        if names is None or any(len(shape) != len(names) for shape in shapes):
+            continue
+        varying = [d for d in range(len(names)) if len({shape[d] for shape in shapes}) > 1]
+        if not varying:
+            continue
+        axis = varying[-1]
+        for r, shape in zip(items, shapes, strict=True):
+            fixed = ",".join(f"{names[d]}={shape[d]}" for d in range(len(names)) if d != axis)
+            groups[(op, mode, dtype, fixed, AXIS_LABELS[names[axis]])][r["provider"]].append(
+                (shape[axis], r["median_ms"], r.get("gbps"))
+            )
     return groups
 
 
@@ -62,11 +68,10 @@ def main(argv=None) -> list[Path]:
     groups = series(rows)
     written = []
     device = rows[0]["device_name"] if rows else ""
-    for (op, mode, dtype, fixed), providers in sorted(groups.items()):
+    for (op, mode, dtype, fixed, xlabel), providers in sorted(groups.items()):
         if all(len(points) < 2 for points in providers.values()):
             continue  # a single size: nothing to draw a line through
         fig, (ax_t, ax_b) = plt.subplots(1, 2, figsize=(11, 4))
-        xlabel = "vocab" if fixed.startswith("N=") else "batch"
         for provider, points in sorted(providers.items()):
             points.sort()
             xs = [p[0] for p in points]
@@ -82,7 +87,8 @@ def main(argv=None) -> list[Path]:
         ax_t.legend(fontsize=8)
         fig.suptitle(f"{op} {mode} {dtype} {fixed} — {device}")
         fig.tight_layout()
-        path = out_dir / f"{op}-{mode.replace('+', '_')}-{dtype}-{fixed.replace('=', '')}.png"
+        label = fixed.replace("=", "").replace(",", "-")
+        path = out_dir / f"{op}-{mode.replace('+', '_')}-{dtype}-{label}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)

@@ -13,6 +13,8 @@ import bench_cross_entropy  # noqa: E402
 import bench_distillation  # noqa: E402
 import bench_linear_cross_entropy  # noqa: E402
 import bench_sampling  # noqa: E402
+import plot  # noqa: E402
+import pytest  # noqa: E402
 
 
 def test_cross_entropy_benchmark_writes_results(tmp_path, capsys):
@@ -112,7 +114,7 @@ def test_linear_cross_entropy_benchmark_writes_results(tmp_path):
             "--device",
             "cpu",
             "--shapes",
-            "16x8x50",
+            "16x8x50,32x8x50",
             "--reps",
             "2",
             "--providers",
@@ -125,3 +127,9 @@ def test_linear_cross_entropy_benchmark_writes_results(tmp_path):
     assert {r.provider for r in timed} == {"logitops", "torch"}
     assert all(r.ratio_vs_torch and r.extra["tflops"] > 0 for r in timed)
     assert any(r.provider == "liger" and r.skipped for r in results)
+    pytest.importorskip("matplotlib")
+    plots = plot.main([str(tmp_path)])  # 'NxHxV' shapes, tokens varying
+    assert sorted(p.name for p in plots) == [
+        "linear_ce-fwd_bwd-bf16-H8-V50.png",
+        "linear_ce-fwd_bwd-fp32-H8-V50.png",
+    ]
