@@ -16,7 +16,12 @@ import torch
 from torch import Tensor
 
 from .ops import linear_cross_entropy as _ops
-from .ops._common import accumulation_dtype, check_floating, check_same_device
+from .ops._common import (
+    accumulation_dtype,
+    check_floating,
+    check_same_device,
+    validate_cuda_targets_enabled,
+)
 
 
 def default_chunk_size(num_tokens: int, vocab: int, element_size: int) -> int:
@@ -134,7 +139,7 @@ def linear_cross_entropy(
     vocab = linear_weight.shape[0]
     if chunk_size is None:
         chunk_size = default_chunk_size(x.shape[0], vocab, x.element_size())
-    if x.device.type != "cpu":
+    if x.device.type != "cpu" and validate_cuda_targets_enabled():
         from .functional import _check_target_range
 
         _check_target_range(t, vocab, ignore_index)

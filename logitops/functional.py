@@ -17,6 +17,7 @@ from .ops._common import (
     accumulation_dtype,
     check_floating,
     check_same_device,
+    is_plain_eager_tensor,
     reduction_code,
     validate_cuda_targets_enabled,
 )
@@ -176,6 +177,8 @@ def _check_options(label_smoothing: float, z_loss: float, softcap: float | None)
 
 
 def _check_target_range(target: Tensor, num_classes: int, ignore_index: int) -> None:
+    if not is_plain_eager_tensor(target):
+        return  # traced (torch.compile): no host sync; the kernels write NaN for a bad target
     bad = ((target < 0) | (target >= num_classes)) & (target != ignore_index)
     if bool(bad.any()):  # one host sync; LOGITOPS_VALIDATE_TARGETS=0 skips it
         position = int(bad.nonzero()[0, 0])
