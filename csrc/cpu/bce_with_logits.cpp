@@ -59,7 +59,7 @@ acc_t bce_chunk(const acc_t* z, const acc_t* y, const acc_t* w, const acc_t* pw,
   for (; j + Vec::size() <= n; j += Vec::size()) {
     const Vec zj = Vec::loadu(z + j), yj = Vec::loadu(y + j);
     const Vec e = fast_exp(zero - zj.abs());
-    const Vec softplus_neg = e.log1p() + at::vec::maximum(zero - zj, zero);
+    const Vec softplus_neg = log1p_unit(e) + at::vec::maximum(zero - zj, zero);
     const Vec log_weight = pw != nullptr ? one + (Vec::loadu(pw + j) - one) * yj : one;
     Vec loss = (one - yj) * zj + log_weight * softplus_neg;
     if (w != nullptr) loss = loss * Vec::loadu(w + j);
