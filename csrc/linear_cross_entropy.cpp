@@ -105,11 +105,15 @@ struct LinearGradients {
     bias = with_bias ? at::zeros({linear_weight.size(0)}, acc) : at::empty({0}, acc);
   }
 
+  // Adds a chunk's share for its logits' gradient times `scale` (a host scalar) and, when
+  // defined, times `device_scale` (a 0-dim device tensor, applied to the input's rows here and to
+  // the weight and bias by finish()).
   void add(int64_t start, const at::Tensor& x, const at::Tensor& linear_weight,
-           const at::Tensor& grad_logits, double scale) {
+           const at::Tensor& grad_logits, double scale, const at::Tensor& device_scale) {
     auto rows = input.narrow(0, start, x.size(0));
     at::mm_out(rows, grad_logits, linear_weight);
     if (scale != 1.0) rows.mul_(scale);
+    if (device_scale.defined()) rows.mul_(device_scale);
     const at::Tensor grad_t = grad_logits.t();
     const double beta = first ? 0.0 : 1.0;  // beta = 0 ignores the uninitialized accumulator
     if (grad_logits.scalar_type() == weight.scalar_type()) {
@@ -135,6 +139,18 @@ struct LinearGradients {
     }
     if (bias.numel() > 0) bias.add_(at::sum(grad_logits, {0}, false, bias.scalar_type()), scale);
     first = false;
+  }
+
+  // The weight and bias gradients in `dtype`, times device_scale when defined: one pass over
+  // each float32 accumulator, which is freed with this object.
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> finish(at::ScalarType dtype,
+                                                         const at::Tensor& device_scale) {
+    auto convert = [&](const at::Tensor& acc) {
+      if (!device_scale.defined()) return acc.to(dtype);
+      at::Tensor out = at::empty(acc.sizes(), acc.options().dtype(dtype));
+      return at::mul_out(out, acc, device_scale);  // computed in float32, rounded once
+    };
+    return {input, convert(weight), convert(bias)};
   }
 };
 
@@ -173,12 +189,21 @@ linear_cross_entropy_forward(const at::Tensor& input_in, const at::Tensor& linea
   const bool fuse = compute_grad && input.device().is_cpu();
   const at::Tensor total_weight = target_weight_total(target, weight, ignore_index,
                                                       linear_weight.size(0), acc_dtype);
-  // The CPU's fused chunk gradients are of the chunk's sum; the mean's 1 / total is folded into
-  // the matmuls (alpha). A mean over no target weight has gradient 0, as cross_entropy's.
-  double fused_scale = 1.0;
-  if (fuse && reduction == kReductionMean) {
-    const double total = total_weight.item<double>();  // a CPU tensor: no device sync
-    fused_scale = total != 0.0 ? 1.0 / total : 0.0;
+  // The chunks' gradients are of their summed loss (an upstream gradient of 1 per row). The
+  // mean's 1 / total stays out of the half-precision logit gradient, where it could underflow:
+  // on the CPU it is folded into the matmuls (alpha, a host scalar); on CUDA it scales the rows of
+  // the input's gradient and the float32 accumulators as a device scalar (no sync). A mean over
+  // no target weight has gradient 0, as cross_entropy's.
+  double host_scale = 1.0;
+  at::Tensor device_scale;
+  if (compute_grad && reduction == kReductionMean) {
+    if (input.device().is_cpu()) {
+      const double total = total_weight.item<double>();  // a CPU tensor: no device sync
+      host_scale = total != 0.0 ? 1.0 / total : 0.0;
+    } else {
+      device_scale = at::where(total_weight != 0, at::reciprocal(total_weight),
+                               at::zeros_like(total_weight));
+    }
   }
 
   at::Tensor lse = at::empty({num_rows}, acc_options);
@@ -194,26 +219,23 @@ linear_cross_entropy_forward(const at::Tensor& input_in, const at::Tensor& linea
     const at::Tensor x = input.narrow(0, start, n);
     const at::Tensor t = target.narrow(0, start, n);
     const at::Tensor logits = at::linear(x, linear_weight, linear_bias);
-    // Each chunk is summed (or kept per row); the mean's normalizer is applied once at the end.
-    const int64_t chunk_reduction = reduction == kReductionNone ? kReductionNone : kReductionSum;
+    // Per-row losses, summed here in the accumulation dtype: a chunk's sum in fp16 could
+    // overflow, and in bf16 would lose digits.
     auto [loss, chunk_lse, chunk_total, grad] = cross_entropy_forward_op().call(
-        logits, t, weight, ignore_index, label_smoothing, z_loss, softcap, chunk_reduction, fuse);
+        logits, t, weight, ignore_index, label_smoothing, z_loss, softcap, kReductionNone, fuse);
     lse.narrow(0, start, n).copy_(chunk_lse);
     if (reduction == kReductionNone) {
       row_loss.narrow(0, start, n).copy_(loss);
     } else {
-      loss_sum.add_(loss.to(acc_dtype));
+      loss_sum.add_(at::sum(loss, acc_dtype));
     }
     if (compute_grad) {
-      double scale = fused_scale;
       if (!fuse) {
-        // The mean's normalizer stays on the device: the kernel divides by total_weight.
         grad = cross_entropy_backward_op().call(one, std::nullopt, logits, t, weight, chunk_lse,
-                                                total_weight, ignore_index, label_smoothing,
-                                                z_loss, softcap, reduction);
-        scale = 1.0;
+                                                chunk_total, ignore_index, label_smoothing,
+                                                z_loss, softcap, kReductionSum);
       }
-      grads->add(start, x, linear_weight, grad, scale);
+      grads->add(start, x, linear_weight, grad, host_scale, device_scale);
     }
   }
 
@@ -229,9 +251,8 @@ linear_cross_entropy_forward(const at::Tensor& input_in, const at::Tensor& linea
             at::empty({0}, linear_weight.options()), at::empty({0}, input.options())};
   }
   // Rounded once to the parameters' dtypes; the float32 accumulators are freed here.
-  const auto param_dtype = input.scalar_type();
-  return {loss, lse, total_weight, grads->input, grads->weight.to(param_dtype),
-          grads->bias.to(param_dtype)};
+  auto [grad_input, grad_weight, grad_bias] = grads->finish(input.scalar_type(), device_scale);
+  return {loss, lse, total_weight, grad_input, grad_weight, grad_bias};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_backward(
@@ -262,7 +283,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_backward(
         upstream.narrow(0, start, n), std::nullopt, logits, target.narrow(0, start, n), weight,
         lse.narrow(0, start, n), unused_total, ignore_index, label_smoothing, z_loss, softcap,
         kReductionNone);
-    grads.add(start, x, linear_weight, grad, 1.0);
+    grads.add(start, x, linear_weight, grad, 1.0, at::Tensor());
   }
   return {grads.input, grads.weight, grads.bias};
 }

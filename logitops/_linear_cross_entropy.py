@@ -119,7 +119,7 @@ def linear_cross_entropy(
     reduction_code(reduction)
     check_linear_arguments(input, linear_weight, linear_bias)
     check_same_device("target", target, input)
-    if target.is_floating_point() or target.shape != input.shape[:-1]:
+    if target.is_floating_point() or target.dtype == torch.bool or target.shape != input.shape[:-1]:
         raise ValueError(
             f"target must be integer class indices of shape "
             f"{tuple(input.shape[:-1])}, got {target.dtype} {tuple(target.shape)}"

@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from ._linear_cross_entropy import (
     _chunks,
@@ -31,9 +32,11 @@ from ._linear_cross_entropy import (
 )
 from .ops import vocab_parallel as _ops
 from .ops._common import (
+    FLOATING_DTYPES,
     accumulation_dtype,
     check_floating,
     check_same_device,
+    is_plain_eager_tensor,
     reduction_code,
     validate_cuda_targets_enabled,
 )
@@ -64,23 +67,45 @@ class _Options:
     z_loss: float
 
 
-def _exchange_device(group) -> torch.device:
-    # NCCL moves only CUDA tensors; every other backend takes CPU ones.
-    if dist.get_backend(group) == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
+def _exchange_device(group, tensor) -> torch.device:
+    # NCCL moves only CUDA tensors (the caller's own, so no rank depends on set_device); every
+    # other backend takes CPU ones.
+    if dist.get_backend(group) != "nccl":
+        return torch.device("cpu")
+    if isinstance(tensor, Tensor) and tensor.is_cuda:
+        return tensor.device
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+# What every rank of the group must agree on besides the layout: a mismatch would pair
+# collectives of different sizes, or leave some ranks waiting in one the others skip.
+_MUST_MATCH = {
+    "num_rows": "local_logits / input must have the same number of rows on every rank (the "
+    "target is the same everywhere)",
+    "chunk_size": "chunk_size must be the same on every rank",
+    "dtype": "local_logits / input must have the same dtype on every rank",
+    "reduction": "reduction must be the same on every rank",
+    "needs_grad": "requires_grad of input / linear_weight / linear_bias (and grad mode) must be "
+    "the same on every rank",
+}
+
+
+@dataclass(frozen=True)
+class _RankArguments:
+    vocab_start: int  # -1: not given
+    local_classes: int
+    num_rows: int
+    chunk_size: int  # 0: not chunked
+    dtype: int
+    reduction: int
+    needs_grad: int
 
 
 def _agree_on_layout(
-    local_classes: int,
-    vocab_start: int | None,
-    num_rows: int,
-    chunk_size: int,
-    group,
-    local_error: Exception | None,
+    mine: _RankArguments | None, group, tensor, local_error: Exception | None
 ) -> VocabLayout:
-    """All-gathers (ok, vocab_start, local_classes, num_rows, chunk_size) of every rank, and raises
-    on every rank when any rank's checks failed or the slices do not tile [0, V)."""
+    """All-gathers every rank's arguments (or the failure of its checks), and raises on every
+    rank when any rank's checks failed, the ranks disagree, or the slices do not tile [0, V)."""
     if not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError(
             "logitops.distributed needs torch.distributed initialized: call "
@@ -88,12 +113,13 @@ def _agree_on_layout(
         )
     world = dist.get_world_size(group)
     rank = dist.get_rank(group)
-    mine = [0, -1, 0, 0, 0]
+    fields = list(_RankArguments.__dataclass_fields__)
+    values = [0] * (1 + len(fields))
     if local_error is None:
-        mine = [1, -1 if vocab_start is None else vocab_start, local_classes, num_rows, chunk_size]
-    device = _exchange_device(group)
-    gathered = [torch.empty(5, dtype=torch.int64, device=device) for _ in range(world)]
-    dist.all_gather(gathered, torch.tensor(mine, dtype=torch.int64, device=device), group=group)
+        values = [1] + [getattr(mine, f) for f in fields]
+    device = _exchange_device(group, tensor)
+    gathered = [torch.empty(len(values), dtype=torch.int64, device=device) for _ in range(world)]
+    dist.all_gather(gathered, torch.tensor(values, dtype=torch.int64, device=device), group=group)
     rows = torch.stack(gathered).tolist()
 
     if local_error is not None:
@@ -104,8 +130,13 @@ def _agree_on_layout(
             f"logitops.distributed: rank(s) {failed} of the group rejected their arguments "
             "(see the exception raised there); nothing was computed"
         )
-    starts = [row[1] for row in rows]
-    sizes = [row[2] for row in rows]
+    ranks = [_RankArguments(*row[1:]) for row in rows]
+    for name, message in _MUST_MATCH.items():
+        seen = [getattr(a, name) for a in ranks]
+        if len(set(seen)) != 1:
+            raise ValueError(f"{message}; got {seen} by rank")
+    starts = [a.vocab_start for a in ranks]
+    sizes = [a.local_classes for a in ranks]
     given = [s != -1 for s in starts]
     if any(given) and not all(given):
         raise ValueError(
@@ -114,15 +145,6 @@ def _agree_on_layout(
         )
     if not any(given):
         starts = [sum(sizes[:r]) for r in range(world)]
-    if len({row[3] for row in rows}) != 1:
-        raise ValueError(
-            "local_logits / input must have the same number of rows on every rank (the target is "
-            f"the same everywhere), got {[row[3] for row in rows]} by rank"
-        )
-    if len({row[4] for row in rows}) != 1:
-        raise ValueError(
-            f"chunk_size must be the same on every rank, got {[row[4] for row in rows]} by rank"
-        )
     expected = 0
     for r in sorted(range(world), key=lambda r: (starts[r], sizes[r])):
         if starts[r] != expected:
@@ -135,6 +157,9 @@ def _agree_on_layout(
     if expected == 0:
         raise ValueError("the vocabulary is empty: every rank holds 0 classes")
     return VocabLayout(starts[rank], sizes[rank], expected, max(sizes), world)
+
+
+_DTYPE_CODES = {dtype: code for code, dtype in enumerate(FLOATING_DTYPES)}
 
 
 def _check_common(target: Tensor, lead_shape, reference: Tensor, options: _Options) -> None:
@@ -158,6 +183,8 @@ def _check_common(target: Tensor, lead_shape, reference: Tensor, options: _Optio
 def _check_target_range(target: Tensor, num_classes: int, ignore_index: int) -> None:
     if target.device.type != "cpu" and not validate_cuda_targets_enabled():
         return
+    if not is_plain_eager_tensor(target):
+        return  # traced: no host sync; out-of-range rows come out NaN (see _combine)
     bad = ((target < 0) | (target >= num_classes)) & (target != ignore_index)
     if bool(bad.any()):  # one host sync on CUDA
         position = int(bad.nonzero()[0, 0])
@@ -184,7 +211,15 @@ def _combine(stats: Tensor, target: Tensor, layout: VocabLayout, group, options:
     if options.z_loss != 0.0:
         loss = loss + options.z_loss * lse * lse
     loss = torch.where(target != options.ignore_index, loss, torch.zeros_like(loss))
+    # A target on no rank (unchecked: traced, or LOGITOPS_VALIDATE_TARGETS=0 on CUDA) gives NaN,
+    # as the single-device kernels do.
+    loss = torch.where(_invalid_targets(target, layout, options), torch.nan, loss)
     return lse, loss
+
+
+def _invalid_targets(target: Tensor, layout: VocabLayout, options: _Options) -> Tensor:
+    out_of_range = (target < 0) | (target >= layout.num_classes)
+    return out_of_range & (target != options.ignore_index)
 
 
 def _reduce(row_loss: Tensor, count: Tensor, code: int, dtype: torch.dtype) -> Tensor:
@@ -207,7 +242,9 @@ def _rows_upstream(grad_out: Tensor, count: Tensor, code: int, num_rows: int, ac
 def _slice_grad(
     grad_rows: Tensor, logits: Tensor, target: Tensor, lse: Tensor, layout: VocabLayout, options
 ) -> Tensor:
-    """This rank's slice of the gradient of the per-row losses, for per-row upstream gradients."""
+    """This rank's slice of the gradient of the per-row losses, for per-row upstream gradients;
+    NaN on the rows whose target is on no rank."""
+    grad_rows = torch.where(_invalid_targets(target, layout, options), torch.nan, grad_rows)
     return _ops.vocab_parallel_cross_entropy_backward(
         grad_rows,
         logits,
@@ -232,6 +269,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         return _reduce(row_loss, count, options.reduction, logits.dtype)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out):
         logits, target, lse, count = ctx.saved_tensors
         layout, options = ctx.layout, ctx.options
@@ -294,9 +332,18 @@ def vocab_parallel_cross_entropy(
             raise ValueError(f"vocab_start must be None or an int >= 0, got {vocab_start!r}")
         local_classes = local_logits.shape[-1]
         num_rows = target.numel()
+        mine = _RankArguments(
+            -1 if vocab_start is None else vocab_start,
+            local_classes,
+            num_rows,
+            0,
+            _DTYPE_CODES[local_logits.dtype],
+            options.reduction,
+            0,  # the backward needs no collective
+        )
     except (TypeError, ValueError) as exc:
-        error = exc
-    layout = _agree_on_layout(local_classes, vocab_start, num_rows, 0, group, error)
+        error, mine = exc, None
+    layout = _agree_on_layout(mine, group, local_logits, error)
     logits_2d = local_logits.reshape(num_rows, local_classes)
     target_1d = target.reshape(-1).to(torch.int64)
     # Every rank holds the same targets, so every rank raises alike.
@@ -316,11 +363,11 @@ def _all_reduce_sum(tensor: Tensor, layout: VocabLayout, group) -> Tensor:
 
 class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, input, weight, bias, target, layout, group, options, chunk_size):
+    def forward(ctx, input, weight, bias, target, layout, group, options, chunk_size, needs_grad):
         code = options.reduction
         num_rows = input.shape[0]
         acc = accumulation_dtype(input.dtype)
-        needs_grad = any(ctx.needs_input_grad[:3]) and code != 0
+        needs_grad = needs_grad and code != 0
         grads = _Gradients(input, weight, bias is not None) if needs_grad else None
         row_losses, lses = [], []
         for start, end in _chunks(num_rows, chunk_size):
@@ -348,6 +395,7 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
         return _reduce(row_loss, count, code, input.dtype)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out):
         input, weight, bias, target, lse, count, grad_input, grad_weight, grad_bias = (
             ctx.saved_tensors
@@ -368,13 +416,15 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
             if options.reduction == 1:
                 # A mean over no row is NaN; its gradient is 0, as cross_entropy's.
                 scale = torch.where(count != 0, scale / count.to(scale.dtype), 0.0)
-            grad_input = grad_input * scale.to(grad_input.dtype)
+            # In float32: 1 / count rounded to fp16 is subnormal past 16384 rows.
+            grad_input = (grad_input.to(scale.dtype) * scale).to(grad_input.dtype)
             grad_weight = grad_weight * scale
             grad_bias = grad_bias * scale if grad_bias is not None else None
         return (
             grad_input if ctx.needs_input_grad[0] else None,
             grad_weight.to(weight.dtype) if ctx.needs_input_grad[1] else None,
             grad_bias.to(bias.dtype) if ctx.needs_input_grad[2] else None,
+            None,
             None,
             None,
             None,
@@ -421,9 +471,23 @@ def vocab_parallel_linear_cross_entropy(
             raise ValueError(f"chunk_size must be None or a positive int, got {chunk_size!r}")
         local_classes, hidden = linear_weight.shape[0], input.shape[-1]
         num_rows = target.numel()
+        # Whether the forward computes the gradients (and all-reduces the input's): decided here,
+        # where grad mode is still visible.
+        needs_grad = torch.is_grad_enabled() and any(
+            v is not None and v.requires_grad for v in (input, linear_weight, linear_bias)
+        )
+        mine = _RankArguments(
+            -1 if vocab_start is None else vocab_start,
+            local_classes,
+            num_rows,
+            chunk_size or 0,
+            _DTYPE_CODES[input.dtype],
+            options.reduction,
+            int(needs_grad),
+        )
     except (TypeError, ValueError) as exc:
-        error = exc
-    layout = _agree_on_layout(local_classes, vocab_start, num_rows, chunk_size or 0, group, error)
+        error, mine = exc, None
+    layout = _agree_on_layout(mine, group, input, error)
     if chunk_size is None:
         chunk_size = default_chunk_size(num_rows, layout.max_local_classes, input.element_size())
     x = input.reshape(num_rows, hidden)
@@ -438,5 +502,6 @@ def vocab_parallel_linear_cross_entropy(
         group,
         options,
         chunk_size,
+        needs_grad,
     )
     return out.reshape(target.shape) if options.reduction == 0 else out

@@ -3,6 +3,7 @@ slice of the vocabulary and saves the loss and gradients for the test process to
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import traceback
 
@@ -24,10 +25,13 @@ def run_case(case: dict, rank: int) -> dict:
     if case["pass_vocab_start"]:
         kwargs["vocab_start"] = start
     if case.get("bad_rank") == rank:
-        kwargs.update(case["bad_kwargs"])
+        kwargs.update(case.get("bad_kwargs", {}))
     target = case["target"]
     if case["kind"] == "logits":
-        local = case["logits"][..., start : start + size].clone().requires_grad_()
+        local = case["logits"][..., start : start + size].clone()
+        if case.get("bad_rank") == rank and "bad_dtype" in case:
+            local = local.to(case["bad_dtype"])
+        local.requires_grad_()
         if case.get("module"):
             loss = logitops.nn.VocabParallelCrossEntropyLoss(**kwargs)(local, target)
         else:
@@ -41,7 +45,12 @@ def run_case(case: dict, rank: int) -> dict:
         if case["bias"] is None
         else case["bias"][start : start + size].clone().requires_grad_()
     )
-    loss = lpd.vocab_parallel_linear_cross_entropy(x, w, target, linear_bias=b, **kwargs)
+    no_grad = case.get("no_grad_ranks", ())
+    off = no_grad == "all" or rank in no_grad
+    with torch.no_grad() if off else contextlib.nullcontext():
+        loss = lpd.vocab_parallel_linear_cross_entropy(x, w, target, linear_bias=b, **kwargs)
+    if not loss.requires_grad:
+        return {"loss": loss.detach().cpu(), "grads": {}}
     loss.backward(case["upstream"])
     grads = {"input": x.grad.cpu(), "weight": w.grad.cpu()}
     if b is not None:

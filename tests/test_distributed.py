@@ -202,7 +202,22 @@ def build_cases(world):
     if torch.cuda.is_available():
         # The CUDA kernels under the same collectives (gloo moves CUDA tensors too).
         cases += [dict(c, name=c["name"] + "-cuda", device="cuda") for c in list(cases)]
+    inference = linear_case("linear-no-grad", world, shuffled, pass_vocab_start=True)
+    inference["no_grad_ranks"] = "all"
+    cases.append(inference)
     if world > 1:
+        bad_dtype = logits_case("error-one-rank-other-dtype", world, even)
+        bad_dtype["bad_rank"], bad_dtype["bad_dtype"] = world - 1, torch.float32
+        bad_dtype["expect_error"] = {r: "ValueError: local_logits / input" for r in range(world)}
+        cases.append(bad_dtype)
+        bad_reduction = logits_case("error-one-rank-other-reduction", world, even)
+        bad_reduction["bad_rank"], bad_reduction["bad_kwargs"] = 0, {"reduction": "sum"}
+        bad_reduction["expect_error"] = {r: "ValueError: reduction" for r in range(world)}
+        cases.append(bad_reduction)
+        half_no_grad = linear_case("error-one-rank-no-grad", world, even)
+        half_no_grad["no_grad_ranks"] = (0,)
+        half_no_grad["expect_error"] = {r: "ValueError: requires_grad" for r in range(world)}
+        cases.append(half_no_grad)
         overlap = logits_case(
             "error-overlapping-slices",
             world,
@@ -306,6 +321,8 @@ def check_case(case, per_rank):
     for rank, result in enumerate(per_rank):
         assert "error" not in result, f"rank {rank}: {result.get('traceback')}"
     expected_loss, expected_grads = reference(case)
+    if case.get("no_grad_ranks") == "all":
+        expected_grads = {}
     dtype = case["dtype"]
     rtol, atol = TOLERANCES[dtype]
     for rank, result in enumerate(per_rank):
@@ -482,3 +499,19 @@ BAD_OP_CALLS = [
 def test_ops_reject_bad_arguments(argument, call):
     with pytest.raises((ValueError, TypeError), match=argument):
         call()
+
+
+def test_targets_on_no_rank_give_nan_rows_when_unchecked():
+    """The combine and backward steps on their own (one rank, so no collective): a target outside
+    [0, V) that was not checked (traced, or LOGITOPS_VALIDATE_TARGETS=0 on CUDA) gives a NaN loss
+    and gradient row, as the single-device kernels do; the other rows are unaffected."""
+    logits = torch.randn(3, 5, dtype=torch.float64)
+    target = torch.tensor([1, 9, -100])
+    layout = lpd.VocabLayout(0, 5, 5, 5, 1)
+    options = lpd._make_options(-100, "none", 0.0, 0.0)
+    stats = vp_ops.vocab_parallel_cross_entropy_stats(logits, target, 0)
+    lse, loss = lpd._combine(stats, target, layout, None, options)
+    assert torch.isnan(loss[1]) and loss[2] == 0
+    torch.testing.assert_close(loss[0], F.cross_entropy(logits[:1], target[:1]))
+    grad = lpd._slice_grad(torch.ones(3, dtype=torch.float64), logits, target, lse, layout, options)
+    assert torch.isnan(grad[1]).all() and (grad[2] == 0).all() and torch.isfinite(grad[0]).all()

@@ -123,6 +123,24 @@ def test_all_ignored_is_nan_like_torch(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_half_precision_mean_does_not_overflow(device):
+    """8192 rows of loss ~8.3 sum past fp16's 65504 in one default chunk: the sum must be kept
+    in float32, and the mean's 1 / N must not underflow the gradients."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(8192, 8, generator=g).to(torch.float16).to(device).requires_grad_()
+    w = torch.randn(4096, 8, generator=g).to(torch.float16).to(device).requires_grad_()
+    t = torch.randint(0, 4096, (8192,), generator=g).to(device)
+    loss = logitops.linear_cross_entropy(x, w, t)
+    loss.backward()
+    xd, wd = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    ref = F.cross_entropy(xd @ wd.T, t)
+    ref.backward()
+    torch.testing.assert_close(loss.double(), ref, rtol=2e-3, atol=0)
+    for got, want in ((x.grad, xd.grad), (w.grad, wd.grad)):
+        torch.testing.assert_close(got.double(), want, rtol=2e-2, atol=1e-6)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_compile_fullgraph_dynamic(device, reduction):
     """One graph (the chunk loop is inside the op, so the token count never specializes it),
