@@ -67,14 +67,17 @@ class _Options:
     z_loss: float
 
 
-def _exchange_device(group, tensor) -> torch.device:
-    # NCCL moves only CUDA tensors (the caller's own, so no rank depends on set_device); every
-    # other backend takes CPU ones.
-    if dist.get_backend(group) != "nccl":
-        return torch.device("cpu")
-    if isinstance(tensor, Tensor) and tensor.is_cuda:
-        return tensor.device
-    return torch.device("cuda", torch.cuda.current_device())
+def _collective_device(group, tensor) -> torch.device:
+    """Where this group's collectives run: NCCL moves only CUDA tensors (the caller's own device,
+    so no rank depends on set_device); gloo and the rest take CPU tensors (gloo's all_gather has
+    no CUDA path), so CUDA statistics are copied to the host and back there."""
+    backend = str(dist.get_backend(group))
+    if "nccl" in backend:
+        if isinstance(tensor, Tensor) and tensor.is_cuda:
+            return tensor.device
+        if backend == "nccl":
+            return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 # What every rank of the group must agree on besides the layout: a mismatch would pair
@@ -117,7 +120,7 @@ def _agree_on_layout(
     values = [0] * (1 + len(fields))
     if local_error is None:
         values = [1] + [getattr(mine, f) for f in fields]
-    device = _exchange_device(group, tensor)
+    device = _collective_device(group, tensor)
     gathered = [torch.empty(len(values), dtype=torch.int64, device=device) for _ in range(world)]
     dist.all_gather(gathered, torch.tensor(values, dtype=torch.int64, device=device), group=group)
     rows = torch.stack(gathered).tolist()
@@ -198,9 +201,10 @@ def _combine(stats: Tensor, target: Tensor, layout: VocabLayout, group, options:
     """Global lse [N] and per-row loss [N] (accumulation dtype) from each rank's [3, N] stats:
     the formulas of cross_entropy_row_loss (csrc/common/logit_math.h) without class weights."""
     if layout.world_size > 1:
-        parts = [torch.empty_like(stats) for _ in range(layout.world_size)]
-        dist.all_gather(parts, stats.contiguous(), group=group)
-        stacked = torch.stack(parts)
+        device = _collective_device(group, stats)
+        parts = [torch.empty_like(stats, device=device) for _ in range(layout.world_size)]
+        dist.all_gather(parts, stats.to(device).contiguous(), group=group)
+        stacked = torch.stack(parts).to(stats.device)
     else:
         stacked = stats.unsqueeze(0)
     lse = torch.logsumexp(stacked[:, 0], dim=0)
@@ -311,7 +315,8 @@ def vocab_parallel_cross_entropy(
     full gradient. Costs two all-gathers (the layout: 5 integers per rank; the statistics: 3
     floats per row per rank), and one host sync for the layout.
 
-    Works with any backend whose all-gather takes the logits' device (NCCL for CUDA, gloo for CPU).
+    With NCCL the collectives run on the logits' GPU; with gloo on the CPU (CUDA statistics are
+    copied to the host and back: [3, N] floats per call).
 
     Examples
     --------
@@ -356,9 +361,10 @@ def _all_reduce_sum(tensor: Tensor, layout: VocabLayout, group) -> Tensor:
     """Sum over the ranks, in float32 for half-precision tensors."""
     if layout.world_size == 1:
         return tensor
-    acc = tensor.to(accumulation_dtype(tensor.dtype))
+    device = _collective_device(group, tensor)
+    acc = tensor.to(device=device, dtype=accumulation_dtype(tensor.dtype))
     dist.all_reduce(acc, op=dist.ReduceOp.SUM, group=group)
-    return acc.to(tensor.dtype)
+    return acc.to(device=tensor.device, dtype=tensor.dtype)
 
 
 class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
