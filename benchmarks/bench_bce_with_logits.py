@@ -8,7 +8,6 @@ writes the gradient (3*N*C*s). weight / pos_weight broadcast along rows: O(C), n
 
 from __future__ import annotations
 
-import argparse
 import functools
 import os
 import sys
@@ -36,35 +35,16 @@ def shapes_for(device: str, quick: bool) -> list[tuple[int, int]]:
 
 
 def main(argv=None) -> list[harness.Measurement]:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--dtypes", default="fp32,bf16")
-    parser.add_argument("--modes", default="fwd,bwd,fwd+bwd")
-    parser.add_argument("--providers", default=None, help="comma-separated subset")
-    parser.add_argument("--shapes", default=None, help="e.g. 4096x8192")
-    parser.add_argument("--reps", type=int, default=None)
-    parser.add_argument("--out", default=None)
-    args = parser.parse_args(argv)
-
-    device = args.device
-    reps = args.reps or (50 if device == "cuda" else 7)
-    shapes = (
-        [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
-        if args.shapes
-        else shapes_for(device, args.quick)
-    )
-    modes = args.modes.split(",")
+    args = harness.loss_arguments(argv, __doc__, shapes_help="e.g. 4096x8192", cpu_reps=7)
+    device, reps, modes = args.device, args.reps, args.modes
+    shapes = args.shapes or shapes_for(device, args.quick)
     found = {
         "logitops": logitops.binary_cross_entropy_with_logits,
         "torch": F.binary_cross_entropy_with_logits,
         "torch.compile": torch.compile(F.binary_cross_entropy_with_logits, dynamic=False),
     }
-    if args.providers:
-        found = {k: v for k, v in found.items() if k in set(args.providers.split(","))}
-
-    copy_gbps = harness.copy_bandwidth_gbps(device)
-    print(f"# {harness.device_name(device)}, torch {torch.__version__}, copy {copy_gbps:.1f} GB/s")
+    found = harness.keep_providers(found, args.providers)
+    copy_gbps = harness.announce(device)
     results: list[harness.Measurement] = []
     started = time.perf_counter()
     for rows, cols in harness.progress(shapes, "shapes"):

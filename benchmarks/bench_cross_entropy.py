@@ -12,7 +12,6 @@ is that of a step in a loop: logitops reuses the previous step's gradient buffer
 
 from __future__ import annotations
 
-import argparse
 import functools
 import gc
 import importlib
@@ -77,33 +76,12 @@ def providers(device: str) -> dict[str, object]:
 
 
 def main(argv=None) -> list[harness.Measurement]:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--quick", action="store_true", help="a subset for a quick look")
-    parser.add_argument("--dtypes", default="fp32,bf16")
-    parser.add_argument("--modes", default="fwd,bwd,fwd+bwd")
-    parser.add_argument("--providers", default=None, help="comma-separated subset")
-    parser.add_argument("--shapes", default=None, help="e.g. 4096x32000,256x1000")
-    parser.add_argument("--reps", type=int, default=None)
-    parser.add_argument("--out", default=None, help="directory for the JSON results")
-    args = parser.parse_args(argv)
-
-    device = args.device
-    reps = args.reps or (50 if device == "cuda" else 5)
-    shapes = (
-        [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
-        if args.shapes
-        else shapes_for(device, args.quick)
-    )
+    args = harness.loss_arguments(argv, __doc__)
+    device, reps, modes = args.device, args.reps, args.modes
+    shapes = args.shapes or shapes_for(device, args.quick)
     dtypes = [DTYPES[d] for d in args.dtypes.split(",")]
-    modes = args.modes.split(",")
-    found = providers(device)
-    if args.providers:
-        keep = set(args.providers.split(","))
-        found = {k: v for k, v in found.items() if k in keep}
-
-    copy_gbps = harness.copy_bandwidth_gbps(device)
-    print(f"# {harness.device_name(device)}, torch {torch.__version__}, copy {copy_gbps:.1f} GB/s")
+    found = harness.keep_providers(providers(device), args.providers)
+    copy_gbps = harness.announce(device)
     results: list[harness.Measurement] = []
     started = time.perf_counter()
     for rows, vocab in harness.progress(shapes, "shapes"):

@@ -9,7 +9,6 @@ also writes the student's gradient (3*N*V*s).
 
 from __future__ import annotations
 
-import argparse
 import functools
 import os
 import sys
@@ -46,20 +45,10 @@ def ours(student, teacher):
 
 
 def main(argv=None) -> list[harness.Measurement]:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--dtypes", default=None, help="default: fp32 with --quick, else fp32,bf16")
-    parser.add_argument("--modes", default="fwd,fwd+bwd")
-    parser.add_argument("--providers", default=None, help="comma-separated subset")
-    parser.add_argument("--shapes", default=None, help="e.g. 4096x32000")
-    parser.add_argument("--reps", type=int, default=None)
-    parser.add_argument("--out", default=None)
-    args = parser.parse_args(argv)
-    device = args.device
-    reps = args.reps or (50 if device == "cuda" else 5)
+    args = harness.loss_arguments(argv, __doc__, dtypes=None, modes="fwd,fwd+bwd")
+    device, reps, modes = args.device, args.reps, args.modes
     if args.shapes:
-        shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+        shapes = args.shapes
     elif device == "cuda":
         shapes = [(4096, 32000), (8192, 128256)]
     else:
@@ -69,12 +58,8 @@ def main(argv=None) -> list[harness.Measurement]:
         "torch": composition,
         "torch.compile": torch.compile(composition, dynamic=False),
     }
-    if args.providers:
-        found = {k: v for k, v in found.items() if k in set(args.providers.split(","))}
-    modes = args.modes.split(",")
-
-    copy_gbps = harness.copy_bandwidth_gbps(device)
-    print(f"# {harness.device_name(device)}, torch {torch.__version__}, copy {copy_gbps:.1f} GB/s")
+    found = harness.keep_providers(found, args.providers)
+    copy_gbps = harness.announce(device)
     results: list[harness.Measurement] = []
     started = time.perf_counter()
     for rows, vocab in harness.progress(shapes, "shapes"):

@@ -7,6 +7,7 @@ is not installed is reported as skipped, never faked.
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import json
 import os
@@ -22,6 +23,50 @@ from pathlib import Path
 import torch
 
 RESULTS_DIR = Path(__file__).parent / "results"
+
+
+def loss_arguments(
+    argv,
+    description: str,
+    *,
+    dtypes: str | None = "fp32,bf16",
+    modes: str = "fwd,bwd,fwd+bwd",
+    shapes_help: str = "e.g. 4096x32000,256x1000",
+    cpu_reps: int = 5,
+    cuda_reps: int = 50,
+) -> argparse.Namespace:
+    """The command line every loss benchmark shares. shapes comes back as a list of int tuples
+    (None when not given), modes as a list, reps filled in for the device."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quick", action="store_true", help="a subset for a quick look")
+    parser.add_argument("--dtypes", default=dtypes)
+    parser.add_argument("--modes", default=modes)
+    parser.add_argument("--providers", default=None, help="comma-separated subset")
+    parser.add_argument("--shapes", default=None, help=shapes_help)
+    parser.add_argument("--reps", type=int, default=None)
+    parser.add_argument("--out", default=None, help="directory for the JSON results")
+    args = parser.parse_args(argv)
+    args.reps = args.reps or (cuda_reps if args.device == "cuda" else cpu_reps)
+    if args.shapes:
+        args.shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+    args.modes = args.modes.split(",")
+    return args
+
+
+def keep_providers(found: dict, subset: str | None) -> dict:
+    """found restricted to the comma-separated names in subset (all when None)."""
+    if not subset:
+        return found
+    keep = set(subset.split(","))
+    return {name: fn for name, fn in found.items() if name in keep}
+
+
+def announce(device: str) -> float:
+    """Measures the copy bandwidth now and prints the run's header line; returns the bandwidth."""
+    copy_gbps = copy_bandwidth_gbps(device)
+    print(f"# {device_name(device)}, torch {torch.__version__}, copy {copy_gbps:.1f} GB/s")
+    return copy_gbps
 
 
 def past_deadline() -> bool:
