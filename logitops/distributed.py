@@ -312,7 +312,7 @@ def vocab_parallel_cross_entropy(
     same on every rank. The result, on every rank, is
     ``F.cross_entropy(full_logits, target, ignore_index=..., reduction=..., label_smoothing=...)``
     plus ``z_loss * lse**2`` per row; the gradient of ``local_logits`` is this rank's slice of the
-    full gradient. Costs two all-gathers (the layout: 5 integers per rank; the statistics: 3
+    full gradient. Costs two all-gathers (the layout: 8 integers per rank; the statistics: 3
     floats per row per rank), and one host sync for the layout.
 
     With NCCL the collectives run on the logits' GPU; with gloo on the CPU (CUDA statistics are
