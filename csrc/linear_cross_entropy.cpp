@@ -42,14 +42,6 @@ const auto& cross_entropy_backward_op() {
   return op;
 }
 
-struct LinearCrossEntropyArgs {
-  int64_t ignore_index;
-  double label_smoothing;
-  double z_loss;
-  double softcap;
-  int64_t chunk_size;
-};
-
 void check_linear_inputs(const at::Tensor& input, const at::Tensor& linear_weight,
                          const std::optional<at::Tensor>& linear_bias, const at::Tensor& target,
                          int64_t chunk_size) {

@@ -36,7 +36,6 @@ from .ops._common import (
     accumulation_dtype,
     check_floating,
     check_same_device,
-    is_plain_eager_tensor,
     reduction_code,
     validate_cuda_targets_enabled,
 )
@@ -177,24 +176,16 @@ def _check_common(target: Tensor, lead_shape, reference: Tensor, options: _Optio
             f"dimension), got {tuple(target.shape)}"
         )
     check_same_device("target", target, reference)
-    if not 0.0 <= options.label_smoothing <= 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1], got {options.label_smoothing}")
-    if not (options.z_loss >= 0.0 and options.z_loss != float("inf")):
-        raise ValueError(f"z_loss must be a finite number >= 0, got {options.z_loss}")
+    from .functional import _check_options  # the checks of cross_entropy
+
+    _check_options(options.label_smoothing, options.z_loss, None)
 
 
 def _check_target_range(target: Tensor, num_classes: int, ignore_index: int) -> None:
-    if target.device.type != "cpu" and not validate_cuda_targets_enabled():
-        return
-    if not is_plain_eager_tensor(target):
-        return  # traced: no host sync; out-of-range rows come out NaN (see _combine)
-    bad = ((target < 0) | (target >= num_classes)) & (target != ignore_index)
-    if bool(bad.any()):  # one host sync on CUDA
-        position = int(bad.nonzero()[0, 0])
-        raise IndexError(
-            f"target[{position}] = {int(target[position])} is out of range; expected a global "
-            f"class id in [0, {num_classes}) or ignore_index ({ignore_index})"
-        )
+    if target.device.type == "cpu" or validate_cuda_targets_enabled():
+        from .functional import _check_target_range as check  # shared with cross_entropy
+
+        check(target, num_classes, ignore_index, prefix="", expected="a global class id")
 
 
 def _combine(stats: Tensor, target: Tensor, layout: VocabLayout, group, options: _Options):

@@ -176,15 +176,22 @@ def _check_options(label_smoothing: float, z_loss: float, softcap: float | None)
         raise ValueError(f"softcap must be None or a finite number > 0, got {softcap}")
 
 
-def _check_target_range(target: Tensor, num_classes: int, ignore_index: int) -> None:
+def _check_target_range(
+    target: Tensor,
+    num_classes: int,
+    ignore_index: int,
+    *,
+    prefix: str = "cross_entropy: ",
+    expected: str = "a class index",
+) -> None:
     if not is_plain_eager_tensor(target):
         return  # traced (torch.compile): no host sync; the kernels write NaN for a bad target
     bad = ((target < 0) | (target >= num_classes)) & (target != ignore_index)
     if bool(bad.any()):  # one host sync; LOGITOPS_VALIDATE_TARGETS=0 skips it
         position = int(bad.nonzero()[0, 0])
         raise IndexError(
-            f"cross_entropy: target[{position}] = {int(target[position])} is out of range; "
-            f"expected a class index in [0, {num_classes}) or ignore_index ({ignore_index})"
+            f"{prefix}target[{position}] = {int(target[position])} is out of range; "
+            f"expected {expected} in [0, {num_classes}) or ignore_index ({ignore_index})"
         )
 
 

@@ -41,22 +41,6 @@ void apply_softcap(acc_t* z, int64_t n, acc_t cap) {
   for (; i < n; ++i) z[i] = softcap_value(z[i], cap);
 }
 
-// sum_c w_c * z_c over a block (w == nullptr means all ones).
-template <typename acc_t>
-acc_t weighted_sum_block(const acc_t* z, const acc_t* w, int64_t n) {
-  using Vec = Vectorized<acc_t>;
-  Vec vsum(acc_t(0));
-  int64_t i = 0;
-  if (w != nullptr) {
-    for (; i + Vec::size() <= n; i += Vec::size()) vsum += Vec::loadu(z + i) * Vec::loadu(w + i);
-  } else {
-    for (; i + Vec::size() <= n; i += Vec::size()) vsum += Vec::loadu(z + i);
-  }
-  acc_t sum = at::vec::vec_reduce_all<acc_t>([](Vec& a, Vec& b) { return a + b; }, vsum);
-  for (; i < n; ++i) sum += w != nullptr ? z[i] * w[i] : z[i];
-  return sum;
-}
-
 struct CrossEntropyArgs {
   int64_t ignore_index;
   double label_smoothing;
@@ -195,9 +179,6 @@ RowContext<scalar_t, acc_t> make_context(const at::Tensor& logits, const at::Ten
   return ctx;
 }
 
-int64_t grain_rows(int64_t num_classes) {
-  return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, num_classes));
-}
 
 // Validates every target (one O(N) sweep) and returns sum of w[target] over non-ignored rows:
 // the normalizer of reduction="mean". Summed in double, in row order, so it is reproducible.

@@ -6,6 +6,7 @@
 
 #include "../common/logit_math.h"
 
+#include <algorithm>
 #include <cstring>
 #include <limits>
 #include <type_traits>
@@ -82,6 +83,27 @@ inline Vectorized<acc_t> log1p_unit(const Vectorized<acc_t>& x) {
   } else {
     return x.log1p();
   }
+}
+
+// sum_c w_c * z_c over a block (w == nullptr means all ones).
+template <typename acc_t>
+acc_t weighted_sum_block(const acc_t* z, const acc_t* w, int64_t n) {
+  using Vec = Vectorized<acc_t>;
+  Vec vsum(acc_t(0));
+  int64_t i = 0;
+  if (w != nullptr) {
+    for (; i + Vec::size() <= n; i += Vec::size()) vsum += Vec::loadu(z + i) * Vec::loadu(w + i);
+  } else {
+    for (; i + Vec::size() <= n; i += Vec::size()) vsum += Vec::loadu(z + i);
+  }
+  acc_t sum = at::vec::vec_reduce_all<acc_t>([](Vec& a, Vec& b) { return a + b; }, vsum);
+  for (; i < n; ++i) sum += w != nullptr ? z[i] * w[i] : z[i];
+  return sum;
+}
+
+// Rows per at::parallel_for task for rows of num_classes elements: about 32K elements a task.
+inline int64_t grain_rows(int64_t num_classes) {
+  return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, num_classes));
 }
 
 // Running log-sum-exp of a block, merged into `state`.

@@ -25,22 +25,6 @@ namespace {
 
 constexpr int64_t kBlock = 2048;
 
-int64_t grain_rows(int64_t num_classes) {
-  return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, num_classes));
-}
-
-// sum of z[0, n).
-template <typename acc_t>
-acc_t sum_block(const acc_t* z, int64_t n) {
-  using Vec = Vectorized<acc_t>;
-  Vec vsum(acc_t(0));
-  int64_t i = 0;
-  for (; i + Vec::size() <= n; i += Vec::size()) vsum += Vec::loadu(z + i);
-  acc_t sum = at::vec::vec_reduce_all<acc_t>([](Vec& a, Vec& b) { return a + b; }, vsum);
-  for (; i < n; ++i) sum += z[i];
-  return sum;
-}
-
 // Row i's block [start, start + n) as acc_t: the row itself for fp32 / fp64, else widened into buf.
 template <typename scalar_t, typename acc_t>
 const acc_t* acc_block(const scalar_t* row, int64_t start, int64_t n, acc_t* buf) {
@@ -94,7 +78,7 @@ at::Tensor vocab_parallel_cross_entropy_stats_cpu(const at::Tensor& logits_in,
               const int64_t n = std::min(kBlock, local_classes - start);
               const acc_t* z = acc_block(row, start, n, buf.data());
               state = lse_block(z, n, state);
-              sum += sum_block(z, n);
+              sum += weighted_sum_block<acc_t>(z, nullptr, n);
             }
             lse_out[i] = lse_finalize(state);
             const int64_t local = t[i] - vocab_start;

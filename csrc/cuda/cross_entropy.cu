@@ -29,12 +29,7 @@ namespace logitops {
 namespace {
 
 using cuda::CudaType;
-
-// One block per row; past 2^31 - 1 rows the kernels loop over rows.
-dim3 row_grid(int64_t num_rows) {
-  return dim3(
-      static_cast<unsigned>(std::min<int64_t>(num_rows, std::numeric_limits<int32_t>::max())));
-}
+using cuda::row_grid;
 
 // sum of the class weights (the W of logit_math.h) as a device scalar; undefined without weights.
 at::Tensor class_weight_total(const at::Tensor& weight_acc, at::ScalarType acc_dtype) {

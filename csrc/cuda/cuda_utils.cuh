@@ -24,6 +24,12 @@ constexpr int kWarpSize = 32;
 // Largest block that block_reduce supports.
 constexpr int kMaxBlockThreads = 512;
 
+// Grid of one block per row for the row kernels; past 2^31 - 1 rows they loop over rows.
+inline dim3 row_grid(int64_t num_rows) {
+  const int64_t blocks = num_rows < 2147483647 ? num_rows : 2147483647;
+  return dim3(static_cast<unsigned>(blocks));
+}
+
 // ATen's element types and the CUDA ones the kernels use (same size and bits).
 template <typename T>
 struct CudaType {

@@ -19,11 +19,7 @@ namespace logitops {
 namespace {
 
 using cuda::CudaType;
-
-dim3 row_grid(int64_t num_rows) {
-  return dim3(
-      static_cast<unsigned>(std::min<int64_t>(num_rows, std::numeric_limits<int32_t>::max())));
-}
+using cuda::row_grid;
 
 // Threads per row: a whole number of warps, about four elements each, at most 512.
 int row_threads(int64_t local_classes) {
