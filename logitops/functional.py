@@ -10,6 +10,7 @@ from torch.nn import _reduction as _Reduction
 
 from ._linear_cross_entropy import linear_cross_entropy
 from ._sampling import filter_logits, sample
+from .ops import _composite
 from .ops import bce_with_logits as _bce_ops
 from .ops import cross_entropy as _ce_ops
 from .ops import distillation as _distill_ops
@@ -116,17 +117,21 @@ def cross_entropy(
                 f"the input's shape {tuple(input.shape)}, got {tuple(target.shape)}; "
                 "class indices must be an integer tensor"
             )
+        if ignore_index != -100:
+            # PyTorch's rule (and message): probabilities have no class to ignore.
+            raise ValueError(
+                "ignore_index is not supported for floating point target (class-probability "
+                f"targets), got ignore_index={ignore_index}"
+            )
         probs_2d = target.unsqueeze(0) if input.dim() == 1 else target.movedim(1, -1)
-        loss, lse, _ = _ce_ops.cross_entropy_probs_forward(
-            logits_2d,
-            probs_2d.reshape(-1, num_classes).to(input.dtype),
-            weight,
-            float(label_smoothing),
-            float(z_loss),
-            cap,
-            code,
-            _fuse_gradient(input),
-        )
+        probs_2d = probs_2d.reshape(-1, num_classes).to(input.dtype)
+        options = (weight, float(label_smoothing), float(z_loss), cap, code)
+        if _composite.transforms_active(input, target, weight):
+            loss, lse = _composite.cross_entropy_probs(logits_2d, probs_2d, *options)
+        else:
+            loss, lse, _ = _ce_ops.cross_entropy_probs_forward(
+                logits_2d, probs_2d, *options, _fuse_gradient(input)
+            )
     else:
         if target.dtype == torch.bool or target.is_complex():
             raise TypeError(
@@ -141,17 +146,13 @@ def cross_entropy(
         target_1d = target.reshape(-1).to(torch.int64)
         if input.device.type != "cpu" and validate_cuda_targets_enabled():
             _check_target_range(target_1d, num_classes, ignore_index)
-        loss, lse, _, _ = _ce_ops.cross_entropy_forward(
-            logits_2d,
-            target_1d,
-            weight,
-            int(ignore_index),
-            float(label_smoothing),
-            float(z_loss),
-            cap,
-            code,
-            _fuse_gradient(input),
-        )
+        options = (weight, int(ignore_index), float(label_smoothing), float(z_loss), cap, code)
+        if _composite.transforms_active(input, weight):
+            loss, lse = _composite.cross_entropy(logits_2d, target_1d, *options)
+        else:
+            loss, lse, _, _ = _ce_ops.cross_entropy_forward(
+                logits_2d, target_1d, *options, _fuse_gradient(input)
+            )
 
     out_shape = input.shape[:class_dim] + input.shape[class_dim + 1 :]
     if code == 0:
@@ -186,6 +187,8 @@ def _check_target_range(
 ) -> None:
     if not is_plain_eager_tensor(target):
         return  # traced (torch.compile): no host sync; the kernels write NaN for a bad target
+    if target.is_cuda and torch.cuda.is_current_stream_capturing():
+        return  # a sync would break the CUDA graph capture; the kernels write NaN instead
     bad = ((target < 0) | (target >= num_classes)) & (target != ignore_index)
     if bool(bad.any()):  # one host sync; LOGITOPS_VALIDATE_TARGETS=0 skips it
         position = int(bad.nonzero()[0, 0])
@@ -276,15 +279,18 @@ def binary_cross_entropy_with_logits(
         # cannot be expressed as [rows, cols] strides (rare: e.g. a weight varying along a
         # middle dimension only).
         broadcast[name] = tensor.to(acc).expand(input.shape).reshape(rows, cols)
-    # reduction "none" recomputes in the backward: its upstream gradient is a full tensor.
-    loss, _ = _bce_ops.bce_with_logits_forward(
+    operands = (
         input.reshape(rows, cols),
         target.reshape(rows, cols).to(input.dtype),
         broadcast["weight"],
         broadcast["pos_weight"],
         code,
-        code != 0 and _fuse_gradient(input),
     )
+    if _composite.transforms_active(input, target, weight, pos_weight):
+        loss = _composite.bce_with_logits(*operands)
+    else:
+        # reduction "none" recomputes in the backward: its upstream gradient is a full tensor.
+        loss, _ = _bce_ops.bce_with_logits_forward(*operands, code != 0 and _fuse_gradient(input))
     return loss.reshape(input.shape) if code == 0 else loss
 
 
@@ -394,7 +400,7 @@ def kl_div_with_logits(
         target_1d = target.reshape(-1).to(torch.int64)
     student_2d = student_logits.reshape(-1, vocab)
     code = _distill_ops.DISTILL_REDUCTIONS[reduction]
-    loss, _, _ = _distill_ops.kl_div_logits_forward(
+    operands = (
         student_2d,
         teacher_logits.detach().reshape(-1, vocab).to(student_logits.dtype),
         target_1d,
@@ -403,8 +409,11 @@ def kl_div_with_logits(
         _distill_ops.KIND_CODES[kind],
         float(beta),
         code,
-        _fuse_gradient(student_logits),
     )
+    if _composite.transforms_active(student_logits):
+        loss = _composite.kl_div_logits(*operands)
+    else:
+        loss, _, _ = _distill_ops.kl_div_logits_forward(*operands, _fuse_gradient(student_logits))
     return loss.reshape(lead) if code == 0 else loss
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import _composite
 from ._common import scale_fused_gradient
 
 __all__ = ["bce_with_logits_forward", "bce_with_logits_backward"]
@@ -67,6 +68,14 @@ def _backward(ctx, grad_loss, _grad_grad):
     input, target, weight, pos_weight, fused_grad = ctx.saved_tensors
     if grad_loss is None:
         return (None,) * 6
+    if _composite.needs_composite_backward(input, target):
+        # create_graph=True: the kernels' gradient has no graph, the composite's has.
+        grad_input, grad_target = _composite.recompute_vjp(
+            lambda: (_composite.bce_with_logits(input, target, weight, pos_weight, ctx.reduction),),
+            (input, target),
+            (grad_loss,),
+        )
+        return grad_input, grad_target, None, None, None, None
     grad_input = grad_target = None
     if ctx.needs_input_grad[0]:
         if ctx.fused and ctx.reduction != 0:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import _composite
 from ._common import accumulation_dtype, scale_fused_gradient
 
 __all__ = [
@@ -133,7 +134,16 @@ def _backward(ctx, grad_loss, grad_lse, _grad_total_weight, _grad_grad):
     ignore_index, label_smoothing, z_loss, softcap, reduction = ctx.options
     if grad_loss is None and grad_lse is None:
         return (None,) * 9
-    if ctx.fused and grad_lse is None:
+    if _composite.needs_composite_backward(logits):
+        # create_graph=True: the kernels' gradient has no graph, the composite's has.
+        (grad_logits,) = _composite.recompute_vjp(
+            lambda: _composite.cross_entropy(
+                logits, target, weight, ignore_index, label_smoothing, z_loss, softcap, reduction
+            ),
+            (logits,),
+            (grad_loss, grad_lse),
+        )
+    elif ctx.fused and grad_lse is None:
         grad_logits = scale_fused_gradient(fused_grad, grad_loss, reduction)
     else:
         if grad_loss is None:
@@ -252,24 +262,58 @@ def _probs_backward(ctx, grad_loss, grad_lse, _grad_grad):
     label_smoothing, z_loss, softcap, reduction = ctx.options
     if grad_loss is None and grad_lse is None:
         return (None,) * 8
-    if ctx.fused and grad_lse is None:
-        grad_logits = scale_fused_gradient(fused_grad, grad_loss, reduction)
-    else:
-        if grad_loss is None:
-            grad_loss = logits.new_zeros((logits.shape[0],) if reduction == 0 else ())
-        grad_logits = cross_entropy_probs_backward(
-            grad_loss,
-            grad_lse,
-            logits,
-            target,
-            weight,
-            lse,
-            label_smoothing,
-            z_loss,
-            softcap,
-            reduction,
+    if _composite.needs_composite_backward(logits, target):
+        grad_logits, grad_target = _composite.recompute_vjp(
+            lambda: _composite.cross_entropy_probs(
+                logits, target, weight, label_smoothing, z_loss, softcap, reduction
+            ),
+            (logits, target),
+            (grad_loss, grad_lse),
         )
-    return (grad_logits,) + (None,) * 7
+        return (grad_logits, grad_target) + (None,) * 6
+    grad_logits = grad_target = None
+    if ctx.needs_input_grad[0]:
+        if ctx.fused and grad_lse is None:
+            grad_logits = scale_fused_gradient(fused_grad, grad_loss, reduction)
+        else:
+            if grad_loss is None:
+                grad_loss = logits.new_zeros((logits.shape[0],) if reduction == 0 else ())
+            grad_logits = cross_entropy_probs_backward(
+                grad_loss,
+                grad_lse,
+                logits,
+                target,
+                weight,
+                lse,
+                label_smoothing,
+                z_loss,
+                softcap,
+                reduction,
+            )
+    if ctx.needs_input_grad[1] and grad_loss is not None:
+        grad_target = _probs_target_gradient(
+            grad_loss, logits, weight, lse, label_smoothing, softcap, reduction
+        )
+    return (grad_logits, grad_target) + (None,) * 6
+
+
+def _probs_target_gradient(grad_loss, logits, weight, lse, label_smoothing, softcap, reduction):
+    """d loss / d t_c = -(1 - eps) w_c log_softmax(z)_c times the row's upstream gradient (the
+    lse term does not depend on the target). Rarely needed (trained soft targets), so composed
+    from torch ops over the saved lse."""
+    acc = lse.dtype
+    z = logits.to(acc)
+    if softcap > 0:
+        z = softcap * torch.tanh(z / softcap)
+    grad = (z - lse.unsqueeze(-1)) * -(1.0 - label_smoothing)
+    if weight is not None:
+        grad = grad * weight.to(acc)
+    upstream = grad_loss.to(acc)
+    if reduction == 0:
+        upstream = upstream.unsqueeze(-1)
+    elif reduction == 1:
+        upstream = upstream / logits.shape[0]
+    return (grad * upstream).to(logits.dtype)
 
 
 torch.library.register_autograd(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import _composite
 from ._common import accumulation_dtype, scale_fused_gradient
 
 __all__ = ["KIND_CODES", "kl_div_logits_backward", "kl_div_logits_forward"]
@@ -95,7 +96,18 @@ def _backward(ctx, grad_loss, _grad_count, _grad_grad):
     ignore_index, temperature, kind, beta, reduction = ctx.options
     if grad_loss is None or not ctx.needs_input_grad[0]:
         return (None,) * 9
-    if ctx.fused:
+    if _composite.needs_composite_backward(student):
+        # create_graph=True: the kernels' gradient has no graph, the composite's has.
+        (grad,) = _composite.recompute_vjp(
+            lambda: (
+                _composite.kl_div_logits(
+                    student, teacher, target, ignore_index, temperature, kind, beta, reduction
+                ),
+            ),
+            (student,),
+            (grad_loss,),
+        )
+    elif ctx.fused:
         grad = scale_fused_gradient(fused_grad, grad_loss, reduction)
     else:
         grad = kl_div_logits_backward(

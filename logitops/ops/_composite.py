@@ -1,0 +1,212 @@
+"""The losses as compositions of differentiable ATen ops, with exactly the kernels' semantics.
+
+The fused kernels compute first-order gradients only, and the dispatcher's autograd for custom
+ops supports neither forward-mode AD nor functorch transforms. Two routes lead here instead:
+
+- higher-order autograd: when a backward runs with ``create_graph=True``, it recomputes its
+  gradients through these functions (``recompute_vjp``), so the gradient has a graph;
+- ``torch.func`` transforms (grad, vjp, jvp, vmap, jacrev, ...) and forward-mode dual tensors:
+  the functional layer calls these functions directly (``transforms_active``).
+
+Both are rare and off the hot path; the kernels keep everything else. The formulas follow
+csrc/common/logit_math.h term by term (weights, smoothing, z-loss, soft-capping, ignored rows).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.autograd.forward_ad as _fwad
+from torch import Tensor
+
+from ._common import accumulation_dtype
+
+__all__ = [
+    "bce_with_logits",
+    "cross_entropy",
+    "cross_entropy_probs",
+    "kl_div_logits",
+    "needs_composite_backward",
+    "recompute_vjp",
+    "transforms_active",
+]
+
+
+def transforms_active(*tensors: Tensor | None) -> bool:
+    """Whether a torch.func transform is running, or a tensor carries a forward-mode tangent:
+    then the custom ops cannot give the right answer and the composites must run."""
+    if torch.compiler.is_compiling():
+        return False
+    if torch._C._functorch.peek_interpreter_stack() is not None:
+        return True
+    if _fwad._current_level >= 0:
+        for tensor in tensors:
+            if tensor is not None and _fwad.unpack_dual(tensor).tangent is not None:
+                return True
+    return False
+
+
+def recompute_vjp(
+    forward: Callable[[], Sequence[Tensor]],
+    wrt: Sequence[Tensor | None],
+    grad_outputs: Sequence[Tensor | None],
+) -> list[Tensor | None]:
+    """Gradients of ``forward()``'s outputs with respect to ``wrt`` (None where an entry is None,
+    does not require grad or is unused), for a backward called with ``create_graph=True``: the
+    result is differentiable again, in the logits and the upstream gradients alike."""
+    with torch.enable_grad():
+        outputs = forward()
+    pairs = [(out, g) for out, g in zip(outputs, grad_outputs, strict=True) if g is not None]
+    targets = [t for t in wrt if t is not None and t.requires_grad]
+    if not pairs or not targets:
+        return [None] * len(wrt)
+    grads = iter(
+        torch.autograd.grad(
+            [out for out, _ in pairs],
+            targets,
+            [g for _, g in pairs],
+            create_graph=True,
+            allow_unused=True,
+        )
+    )
+    return [next(grads) if t is not None and t.requires_grad else None for t in wrt]
+
+
+def _capped(logits: Tensor, softcap: float) -> Tensor:
+    z = logits.to(accumulation_dtype(logits.dtype))
+    return softcap * torch.tanh(z / softcap) if softcap > 0 else z
+
+
+def _reduce(row_loss: Tensor, reduction: int, denominator: Tensor) -> Tensor:
+    if reduction == 0:
+        return row_loss
+    total = row_loss.sum()
+    return total / denominator if reduction == 1 else total
+
+
+def cross_entropy(
+    logits: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    ignore_index: int,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: float,
+    reduction: int,
+) -> tuple[Tensor, Tensor]:
+    """(loss, lse) of ``cross_entropy_forward``: logits [N, C], int64 target [N]."""
+    z = _capped(logits, softcap)
+    lse = torch.logsumexp(z, dim=-1)
+    log_probs = z - lse.unsqueeze(-1)
+    valid = target != ignore_index
+    # Out-of-range targets give NaN rows, as the kernels do when the range check is skipped.
+    in_range = (target >= 0) & (target < z.shape[-1])
+    safe_target = torch.where(valid & in_range, target, torch.zeros_like(target))
+    class_weight = None if weight is None else weight.to(z.dtype)
+    target_weight = (
+        torch.ones_like(lse) if class_weight is None else class_weight.gather(0, safe_target)
+    )
+    target_weight = torch.where(valid, target_weight, torch.zeros_like(target_weight))
+    nll = -log_probs.gather(1, safe_target.unsqueeze(1)).squeeze(1)
+    row = (1.0 - label_smoothing) * target_weight * nll
+    if label_smoothing > 0:
+        weighted = log_probs if class_weight is None else log_probs * class_weight
+        row = row - label_smoothing / z.shape[-1] * weighted.sum(-1)
+    if z_loss > 0:
+        row = row + z_loss * lse * lse
+    row = torch.where(valid, row, torch.zeros_like(row))
+    row = torch.where(valid & ~in_range, torch.full_like(row, math.nan), row)
+    loss = _reduce(row, reduction, target_weight.sum())
+    return loss.to(logits.dtype), lse
+
+
+def cross_entropy_probs(
+    logits: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: float,
+    reduction: int,
+) -> tuple[Tensor, Tensor]:
+    """(loss, lse) of ``cross_entropy_probs_forward``: logits and probabilities [N, C]."""
+    z = _capped(logits, softcap)
+    lse = torch.logsumexp(z, dim=-1)
+    log_probs = z - lse.unsqueeze(-1)
+    coef = (1.0 - label_smoothing) * target.to(z.dtype) + label_smoothing / z.shape[-1]
+    if weight is not None:
+        coef = coef * weight.to(z.dtype)
+    # A zero coefficient contributes nothing, even on a -inf logit (the kernels' rule).
+    terms = torch.where(coef != 0, coef * log_probs, torch.zeros_like(log_probs))
+    row = -terms.sum(-1)
+    if z_loss > 0:
+        row = row + z_loss * lse * lse
+    loss = _reduce(row, reduction, torch.tensor(float(z.shape[0]), dtype=z.dtype))
+    return loss.to(logits.dtype), lse
+
+
+def bce_with_logits(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    pos_weight: Tensor | None,
+    reduction: int,
+) -> Tensor:
+    """Loss of ``bce_with_logits_forward``: PyTorch's own composite, whose formula ours is."""
+    acc = accumulation_dtype(input.dtype)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(
+        input.to(acc),
+        target.to(acc),
+        weight=weight,
+        pos_weight=pos_weight,
+        reduction=("none", "mean", "sum")[reduction],
+    )
+    return loss.to(input.dtype)
+
+
+def kl_div_logits(
+    student: Tensor,
+    teacher: Tensor,
+    target: Tensor | None,
+    ignore_index: int,
+    temperature: float,
+    kind: int,
+    beta: float,
+    reduction: int,
+) -> Tensor:
+    """Loss of ``kl_div_logits_forward`` (kind 0 forward KL, 1 reverse KL, 2 JSD; reduction 0
+    none, 1 batchmean over the counted rows, 2 sum)."""
+    acc = accumulation_dtype(student.dtype)
+    log_q = torch.log_softmax(student.to(acc) / temperature, dim=-1)
+    log_p = torch.log_softmax(teacher.to(acc) / temperature, dim=-1)
+    p, q = log_p.exp(), log_q.exp()
+    zero = torch.zeros_like(log_q)
+    if kind == 0:
+        terms = torch.where(p > 0, p * (log_p - log_q), zero)
+    elif kind == 1:
+        terms = torch.where(q > 0, q * (log_q - log_p), zero)
+    else:
+        log_m = torch.logsumexp(
+            torch.stack([log_p + math.log(beta), log_q + math.log1p(-beta)]), dim=0
+        )
+        terms = torch.where(p > 0, beta * p * (log_p - log_m), zero) + torch.where(
+            q > 0, (1.0 - beta) * q * (log_q - log_m), zero
+        )
+    row = terms.sum(-1)
+    if target is not None:
+        counted = target != ignore_index
+        row = torch.where(counted, row, torch.zeros_like(row))
+        count = counted.sum().to(acc)
+    else:
+        count = torch.tensor(float(row.shape[0]), dtype=acc, device=row.device)
+    return _reduce(row, reduction, count).to(student.dtype)
+
+
+def needs_composite_backward(*saved: Tensor | None) -> bool:
+    """A backward must go through the composites when it builds a graph (create_graph=True)
+    and a saved input is differentiable."""
+    if not torch.is_grad_enabled():
+        return False
+    return any(t is not None and t.requires_grad for t in saved)
