@@ -21,12 +21,13 @@ import torch
 import torch.autograd.forward_ad as _fwad
 from torch import Tensor
 
-from ._common import accumulation_dtype
+from ._common import _has_legacy_batched_key, accumulation_dtype
 
 __all__ = [
     "bce_with_logits",
     "cross_entropy",
     "cross_entropy_probs",
+    "is_batched",
     "kl_div_logits",
     "needs_composite_backward",
     "recompute_vjp",
@@ -204,9 +205,22 @@ def kl_div_logits(
     return _reduce(row, reduction, count).to(student.dtype)
 
 
-def needs_composite_backward(*saved: Tensor | None) -> bool:
+def is_batched(tensor: Tensor | None) -> bool:
+    """A vmap-batched tensor (torch.func's, or the legacy vmap that gradcheck's batched-grad
+    check and autograd.grad(is_grads_batched=True) use): its values cannot be read per call."""
+    if tensor is None:
+        return False
+    if torch._C._functorch.is_functorch_wrapped_tensor(tensor):
+        return True
+    return _has_legacy_batched_key(tensor)
+
+
+def needs_composite_backward(*saved: Tensor | None, upstream: Sequence[Tensor | None] = ()) -> bool:
     """A backward must go through the composites when it builds a graph (create_graph=True)
-    and a saved input is differentiable."""
+    and a saved input is differentiable, or when its upstream gradients are vmap-batched
+    (Jacobians, Hessians, batched gradients)."""
+    if any(is_batched(g) for g in upstream):
+        return True
     if not torch.is_grad_enabled():
         return False
     return any(t is not None and t.requires_grad for t in saved)

@@ -68,7 +68,7 @@ def _backward(ctx, grad_loss, _grad_grad):
     input, target, weight, pos_weight, fused_grad = ctx.saved_tensors
     if grad_loss is None:
         return (None,) * 6
-    if _composite.needs_composite_backward(input, target):
+    if _composite.needs_composite_backward(input, target, upstream=(grad_loss,)):
         # create_graph=True: the kernels' gradient has no graph, the composite's has.
         grad_input, grad_target = _composite.recompute_vjp(
             lambda: (_composite.bce_with_logits(input, target, weight, pos_weight, ctx.reduction),),

@@ -134,7 +134,7 @@ def _backward(ctx, grad_loss, grad_lse, _grad_total_weight, _grad_grad):
     ignore_index, label_smoothing, z_loss, softcap, reduction = ctx.options
     if grad_loss is None and grad_lse is None:
         return (None,) * 9
-    if _composite.needs_composite_backward(logits):
+    if _composite.needs_composite_backward(logits, upstream=(grad_loss, grad_lse)):
         # create_graph=True: the kernels' gradient has no graph, the composite's has.
         (grad_logits,) = _composite.recompute_vjp(
             lambda: _composite.cross_entropy(
@@ -262,7 +262,7 @@ def _probs_backward(ctx, grad_loss, grad_lse, _grad_grad):
     label_smoothing, z_loss, softcap, reduction = ctx.options
     if grad_loss is None and grad_lse is None:
         return (None,) * 8
-    if _composite.needs_composite_backward(logits, target):
+    if _composite.needs_composite_backward(logits, target, upstream=(grad_loss, grad_lse)):
         grad_logits, grad_target = _composite.recompute_vjp(
             lambda: _composite.cross_entropy_probs(
                 logits, target, weight, label_smoothing, z_loss, softcap, reduction

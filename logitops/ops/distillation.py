@@ -96,7 +96,7 @@ def _backward(ctx, grad_loss, _grad_count, _grad_grad):
     ignore_index, temperature, kind, beta, reduction = ctx.options
     if grad_loss is None or not ctx.needs_input_grad[0]:
         return (None,) * 9
-    if _composite.needs_composite_backward(student):
+    if _composite.needs_composite_backward(student, upstream=(grad_loss,)):
         # create_graph=True: the kernels' gradient has no graph, the composite's has.
         (grad,) = _composite.recompute_vjp(
             lambda: (
