@@ -358,9 +358,10 @@ def kl_div_with_logits(
       log M computed in log space; beta = 0 and beta = 1 are exactly the forward and reverse KL.
 
     Rows (all leading dimensions flattened) whose ``target`` equals ``ignore_index`` add nothing
-    and are not counted. ``reduction``: ``"batchmean"`` (sum over the counted rows, as
-    ``KLDivLoss``), ``"sum"`` or ``"none"`` (per row). No T^2 factor here: see
-    :func:`distillation_loss`.
+    and are not counted. ``reduction``: ``"batchmean"`` (the sum divided by the number of
+    counted rows: ``KLDivLoss``'s batchmean for 2-D input; torch divides by ``input.size(0)``,
+    i.e. by V for 1-D and by B for [B, T, V] input), ``"sum"`` or ``"none"`` (per row). No T^2
+    factor here: see :func:`distillation_loss`.
 
     Examples
     --------

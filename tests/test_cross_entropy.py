@@ -456,6 +456,11 @@ BAD_CALLS = [
     ("target", ValueError, lambda: logitops.cross_entropy(LOGITS, torch.rand(4, 9))),
     ("target", ValueError, lambda: logitops.cross_entropy(LOGITS, TARGET.float())),
     ("target", TypeError, lambda: logitops.cross_entropy(LOGITS, TARGET > 2)),
+    (
+        "ignore_index",
+        ValueError,
+        lambda: logitops.cross_entropy(LOGITS, torch.rand(4, 10), ignore_index=0),
+    ),
     ("weight", ValueError, lambda: logitops.cross_entropy(LOGITS, TARGET, weight=torch.ones(9))),
     (
         "weight",
