@@ -141,15 +141,17 @@ void check_sampling_inputs(const at::Tensor& logits, const std::optional<at::Ten
                    "logitops: logits must be floating point, got ", logits.scalar_type());
   const int64_t rows = logits.size(0);
   if (bias.has_value()) {
-    TORCH_CHECK_VALUE(bias->scalar_type() == logits.scalar_type(),
-                      "logitops: logit_bias must have the logits' dtype");
+    // The filters compute in float32 (float64 for float64 logits), the bias included.
+    const at::ScalarType acc = logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+    TORCH_CHECK_VALUE(bias->scalar_type() == acc, "logitops: logit_bias must be ", acc,
+                      " for ", logits.scalar_type(), " logits");
     TORCH_CHECK_VALUE(bias->dim() == 2 && bias->size(1) == logits.size(1) &&
                           (bias->size(0) == rows || bias->size(0) == 1),
                       "logitops: logit_bias must be [1 or batch, vocab], got ", bias->sizes());
   }
   for (const auto* t : {&temperature, &top_p, &min_p}) {
-    TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == rows && t->scalar_type() == at::kFloat,
-                      "logitops: per-row temperature / top_p / min_p must be float32 [", rows,
+    TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == rows && t->scalar_type() == at::kDouble,
+                      "logitops: per-row temperature / top_p / min_p must be float64 [", rows,
                       "]");
   }
   TORCH_CHECK_VALUE(top_k.dim() == 1 && top_k.size(0) == rows && top_k.scalar_type() == at::kLong,

@@ -23,7 +23,8 @@ void check_bce_inputs(const at::Tensor& input, const at::Tensor& target,
                       const std::optional<at::Tensor>& pos_weight, int64_t reduction);
 
 // Checks of the arguments filter_logits and sample share (logits [B, V], logit_bias [1 or B, V]
-// of the logits' dtype, per-row float32 temperature / top_p / min_p and int64 top_k, order code).
+// in float32 (float64 for float64 logits), per-row float64 temperature / top_p / min_p and int64
+// top_k, order code).
 void check_sampling_inputs(const at::Tensor& logits, const std::optional<at::Tensor>& bias,
                            const at::Tensor& temperature, const at::Tensor& top_k,
                            const at::Tensor& top_p, const at::Tensor& min_p, int64_t order);

@@ -41,11 +41,12 @@ def _per_row(
     high: float,
     low_open: bool = False,
 ) -> Tensor:
-    """A per-row parameter as a [rows] tensor on the logits' device (int64 or float32).
+    """A per-row parameter as a [rows] tensor on the logits' device (int64 or float64: a
+    Python number reaches the kernels unrounded, as transformers' warpers use it).
 
     Python numbers are range-checked here; tensors are checked for shape, dtype and device, and
     for range where that needs no host sync (CPU tensors)."""
-    dtype = torch.int64 if integer else torch.float32
+    dtype = torch.int64 if integer else torch.float64
     if value is None:
         value = default
     if isinstance(value, Tensor):
@@ -99,7 +100,8 @@ def _bias(logit_bias: Tensor | None, logits: Tensor) -> Tensor | None:
         raise ValueError(
             f"logit_bias must be [{vocab}] or [{rows}, {vocab}], got {tuple(logit_bias.shape)}"
         )
-    return logit_bias.to(logits.dtype)
+    # Added in the filters' compute dtype: float32, float64 for float64 logits.
+    return logit_bias.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
 
 
 def _order(order: str) -> int:

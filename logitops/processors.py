@@ -19,9 +19,15 @@ __all__ = [
 ]
 
 
+# The parameters that may be per-row tensors [B] (one value per row of the scores).
+_PER_ROW = ("temperature", "top_k", "top_p", "min_p")
+
+
 class LogitsFilter:
     """Temperature, top-k, top-p and min-p in one fused pass (see
-    :func:`logitops.filter_logits`).
+    :func:`logitops.filter_logits`). Each parameter is a number or, as in ``filter_logits``, a
+    per-row tensor [B] (on the scores' device) with one value per row of the scores it is called
+    on, so per-row parameters reach transformers' ``generate()``.
 
     Examples
     --------
@@ -51,8 +57,25 @@ class LogitsFilter:
             min_tokens_to_keep=min_tokens_to_keep,
             logit_bias=logit_bias,
         )
-        # Validate now, as transformers' warpers do in their constructors.
-        F.filter_logits(torch.zeros(1, 1), **{**self.kwargs, "logit_bias": None})
+        # Validate now, as transformers' warpers do in their constructors: on a dummy batch with
+        # as many rows as the per-row tensors (or logit_bias) have, on their device.
+        tensors = [self.kwargs[name] for name in _PER_ROW if isinstance(self.kwargs[name], Tensor)]
+        lengths = {t.shape[0] for t in tensors if t.dim() == 1}
+        if len(lengths) > 1:
+            raise ValueError(
+                "per-row temperature / top_k / top_p / min_p tensors must all have one length "
+                f"(the batch size), got {sorted(lengths)}"
+            )
+        bias = logit_bias if isinstance(logit_bias, Tensor) else None
+        rows, vocab, device = 1, 1, torch.device("cpu")
+        if bias is not None:
+            vocab = bias.shape[-1] if bias.dim() > 0 else 1
+            rows = bias.shape[0] if bias.dim() == 2 else 1
+            device = bias.device
+        if lengths:
+            rows = lengths.pop()
+            device = tensors[0].device
+        F.filter_logits(torch.zeros(rows, vocab, device=device), **self.kwargs)
 
     def __call__(self, input_ids: Tensor | None, scores: Tensor) -> Tensor:
         return F.filter_logits(scores, **self.kwargs)

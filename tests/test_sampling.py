@@ -78,17 +78,24 @@ def test_top_p_matches_hf(device, dtype, vocab):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_top_p_boundary_hf_18976(device, dtype):
-    # [.5, .3, .1, .1] with p = .8: the cumulative mass reaches .8 exactly after two tokens, so
-    # the third is not needed: two tokens are kept (HF #18976 / #18984).
-    logits = torch.tensor([[0.5, 0.3, 0.1, 0.1]], dtype=dtype, device=device).log()
-    out = logitops.top_p_filter(logits, 0.8)
-    assert kept(out).tolist() == [[True, True, False, False]]
-    if dtype == torch.float32:  # HF's float64 arithmetic lands a hair below .8 and keeps 3
-        assert kept(hf_top_p(logits, 0.8)).tolist() == [[True, True, False, False]]
-    # just above .8, the crossing token (a group of two equal ones) is kept
-    assert kept(logitops.top_p_filter(logits, 0.81)).tolist() == [[True, True, True, True]]
+def test_top_p_boundary_hf_18976(device):
+    # HF #18976 / #18984, transformers' own test_top_p_dist_warper: [.5, .3, .1, .1] with p = .8
+    # reaches .8 after two tokens, so the third is not needed: two tokens are kept (float32, as
+    # generate() runs its warpers); [.15, .3, .3, .25] keeps three.
+    probs = torch.tensor([[0.3, 0.1, 0.1, 0.5], [0.15, 0.3, 0.3, 0.25]])
+    logits = probs.log().to(device)
+    expected = [[True, False, False, True], [False, True, True, True]]
+    assert kept(logitops.top_p_filter(logits, 0.8)).tolist() == expected
+    assert kept(hf_top_p(logits.cpu(), 0.8)).tolist() == expected
+    transformers = pytest.importorskip("transformers")
+    theirs = transformers.TopPLogitsWarper(0.8)(None, logits.cpu())
+    assert kept(theirs).tolist() == expected
+    # Away from float rounding, the same rule in float64: the crossing group (two equal tokens)
+    # is kept just above .8 and not just below it.
+    row = probs[:1].double().log().to(device)
+    for p, mask in ((0.8 - 1e-12, [True, False, False, True]), (0.8 + 1e-12, [True] * 4)):
+        assert kept(logitops.top_p_filter(row, p)).tolist() == [mask]
+    assert kept(logitops.top_p_filter(logits, 0.81)).tolist() == [[True] * 4, [False] + [True] * 3]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -122,15 +129,19 @@ def test_filter_logits_orders_match_reference(device, order, dtype):
     ]
     for setting in settings:
         ours = logitops.filter_logits(logits, logit_bias=bias, order=order, **setting)
-        biased = logits + bias  # rounded to the dtype, as our kernel rounds
+        assert ours.dtype == dtype
+        # computed in float32 (as generate() upcasts the logits), rounded to the dtype at the end
+        biased = logits.float() + bias.float()
         for r in range(logits.shape[0]):
             row = biased[r]
             if "temperature" in setting:
-                row = row / setting["temperature"]  # rounded to the dtype once
+                row = row / setting["temperature"]
             ref_setting = {k: v for k, v in setting.items() if k != "temperature"}
             expected, ambiguous = filter_reference(row.double(), order=order, **ref_setting)
             assert_masks_equal(kept(ours[r]), expected, ambiguous, what=f"{order} {setting}")
-            torch.testing.assert_close(ours[r][kept(ours[r])], row[kept(ours[r])], rtol=0, atol=0)
+            torch.testing.assert_close(
+                ours[r][kept(ours[r])], row.to(dtype)[kept(ours[r])], rtol=0, atol=0
+            )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -168,6 +179,26 @@ def test_nan_rows(device):
     assert greedy[1] == -1
     all_neg_inf = torch.full((1, 10), -float("inf"), device=device)
     assert logitops.sample(all_neg_inf, seed=0).item() == -1
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_greedy_row_of_neg_inf_gives_minus_one(device):
+    # Greedy rows follow the contract of sampled ones: nothing to pick gives -1 and NaN.
+    logits = random_logits(4, 30, torch.float32, device)
+    logits[0] = -math.inf
+    bias = torch.zeros(4, 30, device=device)
+    bias[2] = -math.inf  # a finite row that the bias removes entirely
+    for temperature in (0.0, torch.tensor([0.0, 0.0, 0.0, 0.9], device=device)):
+        tokens, logprobs = logitops.sample(
+            logits, temperature=temperature, logit_bias=bias, seed=1, return_logprobs=True
+        )
+        assert tokens[[0, 2]].tolist() == [-1, -1]
+        assert torch.isnan(logprobs[[0, 2]]).all()
+        assert tokens[1] == logits[1].argmax() and logprobs[1] == 0
+        assert 0 <= tokens[3] < 30 and not torch.isnan(logprobs[3])
+    one = torch.full((7,), -math.inf, dtype=torch.bfloat16, device=device)
+    token, logprob = logitops.sample(one, temperature=0.0, return_logprobs=True)
+    assert token.item() == -1 and torch.isnan(logprob)
 
 
 # --- sampling -------------------------------------------------------------------------------
@@ -274,10 +305,11 @@ def test_sample_dtypes_and_1d(device, dtype):
 @pytest.mark.parametrize("device", DEVICES)
 def test_opcheck(device):
     logits = torch.randn(3, 40, device=device)
-    temp = torch.tensor([0.5, 1.0, 0.0], device=device)
+    f64 = dict(dtype=torch.float64, device=device)  # per-row parameters are float64
+    temp = torch.tensor([0.5, 1.0, 0.0], **f64)
     k = torch.tensor([5, 40, 3], device=device)
-    p = torch.tensor([0.9, 1.0, 0.5], device=device)
-    mp = torch.tensor([0.0, 0.1, 0.0], device=device)
+    p = torch.tensor([0.9, 1.0, 0.5], **f64)
+    mp = torch.tensor([0.0, 0.1, 0.0], **f64)
     bias = torch.randn(1, 40, device=device)
     for order in (0, 1, 2):
         torch.library.opcheck(
@@ -345,6 +377,66 @@ def test_generate_with_our_processors_matches_transformers():
         prompt, logits_processor=ours_list, temperature=1.0, top_k=None, top_p=None, **common
     )
     assert torch.equal(ours, theirs)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_logits_filter_takes_per_row_tensors(device):
+    # Every per-row tensor filter_logits accepts, in the processor's constructor and call.
+    scores = random_logits(2, 500, torch.float32, device)
+    per_row = dict(
+        temperature=torch.tensor([0.7, 1.3], device=device),
+        top_k=torch.tensor([50, 400], device=device),
+        top_p=torch.tensor([0.9, 0.5], dtype=torch.float64, device=device),
+        min_p=torch.tensor([0.0, 0.05], device=device),
+    )
+    for name, value in per_row.items():
+        processor = logitops.processors.LogitsFilter(**{name: value})
+        torch.testing.assert_close(
+            processor(None, scores), logitops.filter_logits(scores, **{name: value}), rtol=0, atol=0
+        )
+    bias = torch.randn(2, 500, device=device)
+    processor = logitops.processors.LogitsFilter(**per_row, logit_bias=bias, order="vllm")
+    expected = logitops.filter_logits(scores, **per_row, logit_bias=bias, order="vllm")
+    torch.testing.assert_close(processor(None, scores), expected, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="temperature"):
+        logitops.processors.LogitsFilter(temperature=torch.tensor([0.7, 0.0], device=device))
+    with pytest.raises(ValueError, match="top_p"):
+        logitops.processors.LogitsFilter(
+            temperature=per_row["temperature"], top_p=torch.tensor([0.9, 0.9, 0.9], device=device)
+        )
+
+
+def test_per_row_logits_filter_in_generate():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(vocab_size=97, n_positions=64, n_embd=32, n_layer=2, n_head=2)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    prompt = torch.randint(0, 97, (2, 5))
+    common = dict(max_new_tokens=12, do_sample=True, pad_token_id=0)
+    torch.manual_seed(42)
+    theirs = model.generate(prompt, temperature=0.9, top_k=20, top_p=0.9, **common)
+
+    def ours(**kwargs):
+        torch.manual_seed(42)
+        processors = transformers.LogitsProcessorList([logitops.processors.LogitsFilter(**kwargs)])
+        return model.generate(
+            prompt, logits_processor=processors, temperature=1.0, top_k=None, top_p=None, **common
+        )
+
+    same = ours(
+        temperature=torch.tensor([0.9, 0.9]),
+        top_k=torch.tensor([20, 20]),
+        top_p=torch.tensor([0.9, 0.9], dtype=torch.float64),
+    )
+    assert torch.equal(same, theirs)
+    # different parameters per row: a greedy-like row 0 (top-k 1) next to row 1's setting
+    mixed = ours(
+        temperature=torch.tensor([0.9, 0.9]),
+        top_k=torch.tensor([1, 20]),
+        top_p=torch.tensor([0.9, 0.9], dtype=torch.float64),
+    )
+    greedy = model.generate(prompt[:1], do_sample=False, max_new_tokens=12, pad_token_id=0)
+    assert torch.equal(mixed[0], greedy[0])
 
 
 def test_sampler_module():

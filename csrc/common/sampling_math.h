@@ -12,11 +12,49 @@ namespace logitops {
 // Filter orders (logitops/ops/sampling.py keeps the same codes).
 enum FilterOrder : int64_t { kOrderHf = 0, kOrderVllm = 1, kOrderJoint = 2 };
 
-// Relative slack of the top-p and min-p comparisons: a token whose cumulative mass lands within
-// 2^-20 of the cut is treated as on it, as HF's float32 softmax and cumsum do (their canonical
-// case [.5, .3, .1, .1] with p = .8 keeps 2 tokens even though float rounding of the logits puts
-// the exact cumulative mass a hair below .8).
-constexpr double kSamplingBoundarySlack = 0x1.0p-20;
+// The filtering arithmetic. Whatever the logits' dtype, z_j = (x_j + bias_j) / temperature is
+// computed in acc_t (float32; float64 for float64 logits) and never rounded back to the logits'
+// dtype: transformers' generate() upcasts logits to float32 before its warpers, and vLLM samples
+// in float32, so rounding z to bf16 / fp16 would create ties (and fp16 overflows) they do not have.
+// bias is nullptr when absent; divide is temperature != 1 (no division then, NaN included).
+template <typename acc_t>
+LOGITOPS_HD acc_t scaled_logit(acc_t x, const acc_t* bias, int64_t j, acc_t temperature,
+                               bool divide) {
+  if (bias != nullptr) x = x + bias[j];
+  return divide ? x / temperature : x;
+}
+
+// Top-p on the tail (transformers' TopPLogitsWarper: sort ascending, cumulative softmax, remove
+// where it is <= 1 - p). With m_j = exp(z_j - max) in double over the candidates and T their
+// total, a group of equal values v is removed when its tail, the mass of the candidates <= v (v's
+// group included), is <= removal = (1 - p) * T; 1 - p is rounded to acc_t as transformers'
+// comparison of its float32 cumsum with the Python number 1 - p rounds it. The tail is summed
+// directly (not T minus the mass above), so its double rounding error is relative to the tail
+// itself, ~1e-16 * (its length) against float32's 6e-8: the decision is the exact one for the
+// float32 z, and transformers' float32 cumsum disagrees only where the tail lies within its own
+// float32 rounding (a few ulp) of 1 - p.
+template <typename acc_t>
+LOGITOPS_HD double top_p_removal_mass(double top_p, double total) {
+  return double(static_cast<acc_t>(1.0 - top_p)) * total;
+}
+
+// Whether top-p cuts anything but the top group: false for p <= 0 (every tail is <= T) and for a
+// NaN total (+inf logits); then only the row's largest group survives.
+LOGITOPS_HD bool top_p_cuts_inside(double removal, double total) { return removal < total; }
+
+// A group with tail `tail` (its own mass included) is kept.
+LOGITOPS_HD bool top_p_keeps(double tail, double removal) { return tail > removal; }
+
+// Min-p (transformers' MinPLogitsWarper: keep probs >= min_p * max prob): keep exp(z - max) >= the
+// cut, min_p rounded to acc_t as transformers' float32 product rounds it; the ratio is computed in
+// double, so the decision is the exact one (transformers' float32 softmax can differ within a few
+// ulp of the cut).
+template <typename acc_t>
+LOGITOPS_HD double min_p_cut(double min_p) {
+  return double(static_cast<acc_t>(min_p));
+}
+
+LOGITOPS_HD bool min_p_keeps(double ratio, double cut) { return ratio >= cut; }
 
 // Philox4x32-10 (Salmon et al., SC'11): four 32-bit outputs from a 128-bit counter and a 64-bit
 // key. Stateless, so a token's noise depends only on (key, counter), never on which thread or

@@ -60,24 +60,27 @@ acc_t kth_largest(const acc_t* z, int64_t n, int64_t k, std::vector<acc_t>& scra
   return scratch[k - 1];
 }
 
-// Smallest z with exp(z - row_max) >= min_p, among z >= lower.
+// Smallest z with exp(z - row_max) >= min_p (min_p rounded to acc_t), among z >= lower.
 template <typename acc_t>
 acc_t min_p_threshold(const acc_t* z, int64_t n, double row_max, double min_p, acc_t lower) {
-  const double cut = min_p * (1.0 - kSamplingBoundarySlack);
+  const double cut = min_p_cut<acc_t>(min_p);
   acc_t tau = std::numeric_limits<acc_t>::infinity();
   for (int64_t j = 0; j < n; ++j) {
-    if (z[j] >= lower && z[j] < tau && std::exp(double(z[j]) - row_max) >= cut) tau = z[j];
+    if (z[j] >= lower && z[j] < tau && min_p_keeps(std::exp(double(z[j]) - row_max), cut)) {
+      tau = z[j];
+    }
   }
   return tau;
 }
 
-// Top-p over the tokens with z >= lower, renormalized over them: keeps each group of equal
-// values while the mass of the strictly larger tokens is below p (HF: remove where the
-// ascending cumulative probability is <= 1 - p). Returns the smallest kept value.
+// Top-p over the tokens with z >= lower, renormalized over them: removes each group of equal
+// values whose tail (the mass of the candidates <= it, itself included) is <= (1 - p) times the
+// candidates' total (transformers: remove where the ascending cumulative probability is
+// <= 1 - p; see top_p_removal_mass). Returns the smallest kept value.
 //
 // A histogram of the mass by distance from the row's max finds the one bucket the cut falls in:
 // tokens in buckets above it are kept, below it removed, and only that bucket's tokens are
-// sorted, walking on from the mass of the buckets above.
+// sorted, walking up from the mass of the buckets below it.
 template <typename acc_t>
 acc_t top_p_threshold(const acc_t* z, int64_t n, double row_max, double p, acc_t lower,
                       std::vector<acc_t>& scratch) {
@@ -94,28 +97,37 @@ acc_t top_p_threshold(const acc_t* z, int64_t n, double row_max, double p, acc_t
     total += mass;
     bucket_mass[bucket_of(gap)] += mass;
   }
-  const double keep_below = p * total * (1.0 - kSamplingBoundarySlack);
-  // The first bucket whose mass, added to the mass above it, reaches the cut.
-  double above = 0;
-  int cut_bucket = kHistogramBuckets;
-  for (int b = 0; b <= kHistogramBuckets; ++b) {
-    if (above + bucket_mass[b] >= keep_below) {
+  const double removal = top_p_removal_mass<acc_t>(p, total);
+  if (!top_p_cuts_inside(removal, total)) return acc_t(row_max);
+  // The lowest bucket whose mass, added to the mass below it, exceeds the removal mass (bucket 0,
+  // which holds the max, if rounding of the bucket sums leaves none).
+  double below = 0;
+  int cut_bucket = 0;
+  for (int b = kHistogramBuckets; b >= 0; --b) {
+    if (top_p_keeps(below + bucket_mass[b], removal)) {
       cut_bucket = b;
       break;
     }
-    above += bucket_mass[b];
+    below += bucket_mass[b];
+  }
+  if (cut_bucket == 0) {
+    below = 0;
+    for (int b = kHistogramBuckets; b > 0; --b) below += bucket_mass[b];
   }
   scratch.clear();
   for (int64_t j = 0; j < n; ++j) {
     if (z[j] >= lower && bucket_of(row_max - double(z[j])) == cut_bucket) scratch.push_back(z[j]);
   }
-  std::sort(scratch.begin(), scratch.end(), std::greater<acc_t>());
-  acc_t tau = acc_t(row_max);
+  std::sort(scratch.begin(), scratch.end());
+  acc_t tau = scratch.empty() ? acc_t(row_max) : scratch.back();
   for (size_t i = 0; i < scratch.size();) {
-    if (!(above < keep_below)) break;
     const acc_t value = scratch[i];
-    tau = value;
-    for (; i < scratch.size() && scratch[i] == value; ++i) above += std::exp(double(value) - row_max);
+    const double mass = std::exp(double(value) - row_max);
+    for (; i < scratch.size() && scratch[i] == value; ++i) below += mass;
+    if (top_p_keeps(below, removal)) {
+      tau = value;
+      break;
+    }
   }
   return tau;
 }
@@ -153,33 +165,39 @@ acc_t row_threshold(const acc_t* z, int64_t n, double row_max, const RowFilter& 
   return std::max({tau_k, tau_min_p, tau_p});
 }
 
-// z_j = (x_j + bias_j) / temperature, rounded to the logits' dtype after each step, as the same
-// ops in PyTorch would round them; also the row's max. Returns false when the row holds a NaN.
+// z_j = (x_j + bias_j) / temperature in acc_t (scaled_logit: float32 for bf16 / fp16 logits,
+// never rounded back to their dtype), also the row's max. Returns false when the row holds a NaN.
 template <typename scalar_t, typename acc_t>
-bool scaled_row(const scalar_t* x, const scalar_t* bias, double temperature, int64_t n, acc_t* z,
+bool scaled_row(const scalar_t* x, const acc_t* bias, double temperature, int64_t n, acc_t* z,
                 double& row_max) {
   const acc_t t = static_cast<acc_t>(temperature);
-  int64_t j = 0;
+  const bool divide = t != acc_t(1);
   using Vec = at::vec::Vectorized<acc_t>;
+  // IEEE add and divide round the same in vector and scalar form.
+  const Vec vt(t);
   Vec vmax(-std::numeric_limits<acc_t>::infinity());
+  auto scale = [&](Vec v, int64_t j) {
+    if (bias != nullptr) v = v + Vec::loadu(bias + j);
+    if (divide) v = v / vt;
+    v.store(z + j);
+    vmax = at::vec::maximum(vmax, v);  // propagates NaN
+  };
+  int64_t j = 0;
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    // IEEE add and divide round the same in vector and scalar form.
-    const Vec vt(t);
-    for (; j + Vec::size() <= n; j += Vec::size()) {
-      Vec v = Vec::loadu(x + j);
-      if (bias != nullptr) v = v + Vec::loadu(bias + j);
-      if (t != acc_t(1)) v = v / vt;
-      v.store(z + j);
-      vmax = at::vec::maximum(vmax, v);  // propagates NaN
+    for (; j + Vec::size() <= n; j += Vec::size()) scale(Vec::loadu(x + j), j);
+  } else {
+    using bVec = at::vec::Vectorized<scalar_t>;
+    for (; j + bVec::size() <= n; j += bVec::size()) {
+      auto [lo, hi] = at::vec::convert_to_float<scalar_t>(bVec::loadu(x + j));
+      scale(lo, j);
+      scale(hi, j + Vec::size());
     }
   }
   double m = at::vec::vec_reduce_all<acc_t>(
       [](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, vmax);
   bool has_nan = m != m;
   for (; j < n; ++j) {
-    acc_t v = static_cast<acc_t>(x[j]);
-    if (bias != nullptr) v = static_cast<acc_t>(static_cast<scalar_t>(v + acc_t(bias[j])));
-    if (t != acc_t(1)) v = static_cast<acc_t>(static_cast<scalar_t>(v / t));
+    const acc_t v = scaled_logit(static_cast<acc_t>(x[j]), bias, j, t, divide);
     has_nan |= v != v;
     m = std::max(m, double(v));
     z[j] = v;
@@ -206,12 +224,12 @@ void write_filtered(const acc_t* z, int64_t n, acc_t tau, scalar_t fill, scalar_
 struct SamplingInputs {
   const at::Tensor logits;
   const at::Tensor bias;  // [V] or [B, V] or undefined
-  const at::Tensor temperature, top_k, top_p, min_p;  // [B] each
+  const at::Tensor temperature, top_k, top_p, min_p;  // [B] each (float64; top_k int64)
 };
 
 RowFilter row_filter(const SamplingInputs& in, int64_t i) {
-  return {double(in.temperature.const_data_ptr<float>()[i]), in.top_k.const_data_ptr<int64_t>()[i],
-          double(in.top_p.const_data_ptr<float>()[i]), double(in.min_p.const_data_ptr<float>()[i])};
+  return {in.temperature.const_data_ptr<double>()[i], in.top_k.const_data_ptr<int64_t>()[i],
+          in.top_p.const_data_ptr<double>()[i], in.min_p.const_data_ptr<double>()[i]};
 }
 
 at::Tensor filter_logits_cpu(const at::Tensor& logits_in, const std::optional<at::Tensor>& bias_in,
@@ -229,7 +247,7 @@ at::Tensor filter_logits_cpu(const at::Tensor& logits_in, const std::optional<at
       at::kBFloat16, at::kHalf, logits.scalar_type(), "filter_logits_cpu", [&] {
         using acc_t = at::opmath_type<scalar_t>;
         const scalar_t* x = logits.const_data_ptr<scalar_t>();
-        const scalar_t* b = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
+        const acc_t* b = bias.defined() ? bias.const_data_ptr<acc_t>() : nullptr;
         const int64_t bias_stride = bias.defined() && bias.size(0) > 1 ? n : 0;
         scalar_t* y = out.mutable_data_ptr<scalar_t>();
         const auto fill = static_cast<scalar_t>(filter_value);
@@ -272,7 +290,7 @@ std::tuple<at::Tensor, at::Tensor> sample_cpu(
       at::kBFloat16, at::kHalf, logits.scalar_type(), "sample_cpu", [&] {
         using acc_t = at::opmath_type<scalar_t>;
         const scalar_t* x = logits.const_data_ptr<scalar_t>();
-        const scalar_t* b = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
+        const acc_t* b = bias.defined() ? bias.const_data_ptr<acc_t>() : nullptr;
         const int64_t bias_stride = bias.defined() && bias.size(0) > 1 ? n : 0;
         const int64_t* s = seed.const_data_ptr<int64_t>();
         int64_t* tok = tokens.mutable_data_ptr<int64_t>();
@@ -291,10 +309,11 @@ std::tuple<at::Tensor, at::Tensor> sample_cpu(
             }
             if (greedy) {
               // argmax of the biased logits, first index on ties (torch.argmax); log-prob 0 of
-              // the point mass it samples from.
-              int64_t best = -1;
-              for (int64_t j = 0; j < n; ++j) {
-                if (best < 0 || z[j] > z[best]) best = j;
+              // the point mass it samples from. A row of -inf has nothing to pick: -1, NaN.
+              if (row_max == -std::numeric_limits<double>::infinity()) continue;
+              int64_t best = 0;
+              for (int64_t j = 1; j < n; ++j) {
+                if (z[j] > z[best]) best = j;
               }
               tok[i] = best;
               lp[i] = 0.f;

@@ -68,19 +68,19 @@ template <typename scalar_t>
 cuda::SamplingArgs<typename CudaType<scalar_t>::type, at::opmath_type<scalar_t>> make_args(
     const SamplingTensors& in, int64_t order) {
   using cuda_t = typename CudaType<scalar_t>::type;
-  cuda::SamplingArgs<cuda_t, at::opmath_type<scalar_t>> args;
+  using acc_t = at::opmath_type<scalar_t>;
+  cuda::SamplingArgs<cuda_t, acc_t> args;
   args.logits = reinterpret_cast<const cuda_t*>(in.logits.const_data_ptr<scalar_t>());
   args.row_stride = in.logits.stride(0);
-  args.bias = in.bias.defined()
-                  ? reinterpret_cast<const cuda_t*>(in.bias.const_data_ptr<scalar_t>())
-                  : nullptr;
+  // The bias is in acc_t (float32; float64 for float64 logits): check_sampling_inputs.
+  args.bias = in.bias.defined() ? in.bias.const_data_ptr<acc_t>() : nullptr;
   args.bias_row_stride = in.bias.defined() && in.bias.size(0) > 1 ? in.bias.stride(0) : 0;
   args.num_rows = in.logits.size(0);
   args.vocab = in.logits.size(1);
-  args.temperature = in.temperature.const_data_ptr<float>();
+  args.temperature = in.temperature.const_data_ptr<double>();
   args.top_k = in.top_k.const_data_ptr<int64_t>();
-  args.top_p = in.top_p.const_data_ptr<float>();
-  args.min_p = in.min_p.const_data_ptr<float>();
+  args.top_p = in.top_p.const_data_ptr<double>();
+  args.min_p = in.min_p.const_data_ptr<double>();
   args.order = order;
   return args;
 }
@@ -129,7 +129,7 @@ std::tuple<at::Tensor, at::Tensor> sample_cuda(const at::Tensor& logits,
   at::Tensor tokens = at::empty({rows}, logits.options().dtype(at::kLong));
   at::Tensor logprobs = at::empty({rows}, logits.options().dtype(at::kFloat));
   if (rows == 0) return {tokens, logprobs};
-  // An empty vocabulary still gets a launch: its rows come back as -1 (log-prob 0 when greedy).
+  // An empty vocabulary still gets a launch: its rows come back as -1 (log-prob NaN).
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kBFloat16, at::kHalf, logits.scalar_type(), "sample_cuda", [&] {
         using acc_t = at::opmath_type<scalar_t>;

@@ -2,7 +2,8 @@
 // csrc/cpu/sampling.cpp: every filter is a per-row threshold tau on the scaled logits z, and a
 // token is kept when z >= tau.
 //
-// One thread block owns one row and recomputes z = (x + bias) / T from the logits on every pass
+// One thread block owns one row and recomputes z = (x + bias) / T (in acc_t, never rounded to the
+// logits' dtype: sampling_math.h's scaled_logit) from the logits on every pass
 // (a few flops per element; the passes after the first read the row from L2), so no workspace is
 // needed and nothing depends on the data but the work inside the block. No sort: the k-th largest
 // value and the top-p cut are both found by an MSB-first radix search over the order-preserving
@@ -81,14 +82,14 @@ template <typename scalar_t, typename acc_t>
 struct SamplingArgs {
   const scalar_t* logits;   // [num_rows, vocab], unit stride along the vocabulary
   int64_t row_stride;       // in elements
-  const scalar_t* bias;     // [1 or num_rows, vocab], unit stride; nullptr when absent
+  const acc_t* bias;        // [1 or num_rows, vocab] in acc_t, unit stride; nullptr if absent
   int64_t bias_row_stride;  // 0 when one bias row is broadcast
   int64_t num_rows;
   int64_t vocab;             // < 2^32: histogram counts are 32-bit
-  const float* temperature;  // [num_rows] each, contiguous
+  const double* temperature;  // [num_rows] each, contiguous
   const int64_t* top_k;
-  const float* top_p;
-  const float* min_p;
+  const double* top_p;
+  const double* min_p;
   int64_t order;  // FilterOrder
 };
 
@@ -103,24 +104,20 @@ struct RowParams {
 template <typename scalar_t, typename acc_t>
 __device__ __forceinline__ RowParams row_params(const SamplingArgs<scalar_t, acc_t>& args,
                                                 int64_t row) {
-  return {double(args.temperature[row]), args.top_k[row], double(args.top_p[row]),
-          double(args.min_p[row])};
+  return {args.temperature[row], args.top_k[row], args.top_p[row], args.min_p[row]};
 }
 
-// z_j of one row, rounded to the logits' dtype after the bias add and after the division, as the
-// CPU (and the same PyTorch ops) round it. Cheap enough to recompute on every pass.
+// z_j of one row in acc_t, as the CPU computes it (scaled_logit). Cheap enough to recompute on
+// every pass.
 template <typename scalar_t, typename acc_t>
 struct ScaledRow {
   const scalar_t* __restrict__ x;
-  const scalar_t* __restrict__ bias;  // nullptr when absent
+  const acc_t* __restrict__ bias;  // nullptr when absent
   acc_t temperature;
   bool divide;  // temperature != 1 (the CPU skips the division then, NaN included)
 
   __device__ __forceinline__ acc_t operator()(int64_t j) const {
-    acc_t v = to_acc<acc_t>(x[j]);
-    if (bias != nullptr) v = to_acc<acc_t>(from_acc<scalar_t>(v + to_acc<acc_t>(bias[j])));
-    if (divide) v = to_acc<acc_t>(from_acc<scalar_t>(v / temperature));
-    return v;
+    return scaled_logit(to_acc<acc_t>(x[j]), bias, j, temperature, divide);
   }
 };
 
@@ -188,8 +185,8 @@ struct RadixScratch {
   double mass[kRadixBuckets];  // top-p only: sum of exp(z - max) per bucket
   unsigned digit;              // kNoDigit: top-p stops at the row's max
   unsigned rank;               // k-th largest: rank left inside the chosen bucket
-  double above;                // top-p: mass of the candidates above the chosen bucket
-  double keep_below;           // top-p: p * total * (1 - slack)
+  double below;                // top-p: mass of the candidates below the chosen bucket
+  double removal;              // top-p: top_p_removal_mass of the candidates' total
 };
 
 __device__ __forceinline__ void clear_histogram(RadixScratch& s) {
@@ -277,78 +274,91 @@ __device__ acc_t block_kth_largest(const Row& z, int64_t n, int64_t k, RadixScra
   return key_value(prefix);
 }
 
-// Smallest z with exp(z - max) >= min_p * (1 - slack), +inf when none: the CPU's
-// min_p_threshold (lower = -inf). Every thread must call it.
+// Smallest z with exp(z - max) >= min_p (min_p_cut), +inf when none: the CPU's min_p_threshold
+// (lower = -inf). Every thread must call it.
 template <typename acc_t, typename Row>
 __device__ acc_t block_min_p_threshold(const Row& z, int64_t n, double row_max, double min_p) {
-  const double cut = min_p * (1.0 - kSamplingBoundarySlack);
+  const double cut = min_p_cut<acc_t>(min_p);
   acc_t tau = std::numeric_limits<acc_t>::infinity();
   for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
     const acc_t v = z(j);
-    if (v < tau && exp(double(v) - row_max) >= cut) tau = v;
+    if (v < tau && min_p_keeps(exp(double(v) - row_max), cut)) tau = v;
   }
   return block_all_reduce(tau, std::numeric_limits<acc_t>::infinity(),
                           [](acc_t a, acc_t b) { return b < a ? b : a; });
 }
 
-// Warp 0, after a histogram of the top-p candidates: with A(u) the mass of the candidates whose
-// key is above u, the cut is the smallest candidate key u with A(u) < keep_below (A is monotone,
-// and the row's max always qualifies). That key lies in the lowest non-empty bucket whose mass
-// above is still < keep_below. On the first pass the histogram holds every candidate, which gives
-// the total and keep_below.
+// Warp 0, after a histogram of the top-p candidates: with B(u) the mass of the candidates whose
+// key is at most u (u's tail), the cut is the smallest candidate key u with B(u) > removal
+// (top_p_keeps; B is monotone, and B(max) is the total). It lies in the lowest non-empty bucket
+// whose mass, added to `below` (the mass of the candidates under the current range) and to the
+// buckets under it, exceeds removal. Lane l owns buckets 8l up to 8l + 7, so lane order is
+// ascending value order. On the first pass the histogram holds every candidate, which gives the
+// total and the removal mass. The CPU's top_p_threshold.
+template <typename acc_t>
 __device__ __forceinline__ void select_mass_digit(RadixScratch& s, bool first_pass, double top_p,
-                                                  double above) {
+                                                  double below) {
   const int lane = threadIdx.x % kWarpSize;
-  const int top = kRadixBuckets - 1 - kBucketsPerLane * lane;
+  const int first = kBucketsPerLane * lane;
   double local = 0;
 #pragma unroll
-  for (int i = 0; i < kBucketsPerLane; ++i) local += s.mass[top - i];
+  for (int i = 0; i < kBucketsPerLane; ++i) local += s.mass[first + i];
   const double inclusive = warp_inclusive_scan(local);
   double excl = __shfl_up_sync(kFullWarp, inclusive, 1);
   if (lane == 0) excl = 0;
-  double keep_below;
+  double removal;
   if (first_pass) {
     const double total = __shfl_sync(kFullWarp, inclusive, kWarpSize - 1);
-    keep_below = top_p * total * (1.0 - kSamplingBoundarySlack);  // the CPU's rounding order
+    removal = top_p_removal_mass<acc_t>(top_p, total);
+    // p <= 0, or a NaN total (+inf logits): only the top group survives, as on the CPU.
+    if (!top_p_cuts_inside(removal, total)) {
+      if (lane == 0) s.digit = kNoDigit;
+      return;
+    }
   } else {
-    keep_below = s.keep_below;
+    removal = s.removal;
   }
-  // p <= 0, or a NaN total (+inf logits): only the top group survives, as on the CPU.
-  if (!(keep_below > 0)) {
-    if (lane == 0) {
-      s.digit = kNoDigit;
-      s.keep_below = keep_below;
-    }
-    return;
-  }
-  // Empty buckets hold exactly zero mass, so the highest non-empty bucket sees exactly `above`,
-  // which the previous pass checked is < keep_below: some lane always finds a bucket.
-  double run = above + excl;
-  int found = -1;
-  double found_above = 0;
+  // The first bucket of this lane that crosses, and its last non-empty one (the fallback when
+  // rounding of the re-summed bucket masses leaves no bucket crossing: the range's top).
+  double run = below + excl;
+  int found = -1, last = -1;
+  double found_below = 0, last_below = 0;
   for (int i = 0; i < kBucketsPerLane; ++i) {
-    if (!(run < keep_below)) break;
-    if (s.count[top - i] != 0) {
-      found = top - i;
-      found_above = run;
+    const int d = first + i;
+    if (s.count[d] == 0) continue;
+    const double next = run + s.mass[d];
+    if (found < 0 && top_p_keeps(next, removal)) {
+      found = d;
+      found_below = run;
     }
-    run += s.mass[top - i];
+    last = d;
+    last_below = run;
+    run = next;
   }
-  const unsigned lanes = __ballot_sync(kFullWarp, found >= 0);
-  const int src = lanes != 0 ? kWarpSize - 1 - __clz(lanes) : 0;  // lowest values win
-  found = __shfl_sync(kFullWarp, found, src);
-  found_above = __shfl_sync(kFullWarp, found_above, src);
+  const unsigned crossing = __ballot_sync(kFullWarp, found >= 0);
+  const unsigned nonempty = __ballot_sync(kFullWarp, last >= 0);
+  int digit;
+  double digit_below;
+  if (crossing != 0) {
+    const int src = __ffs(crossing) - 1;  // lowest values win
+    digit = __shfl_sync(kFullWarp, found, src);
+    digit_below = __shfl_sync(kFullWarp, found_below, src);
+  } else {
+    const int src = nonempty != 0 ? kWarpSize - 1 - __clz(nonempty) : 0;  // highest values
+    digit = __shfl_sync(kFullWarp, last, src);
+    digit_below = __shfl_sync(kFullWarp, last_below, src);
+  }
   if (lane == 0) {
-    s.digit = lanes != 0 ? unsigned(found) : kNoDigit;
-    s.above = found_above;
-    s.keep_below = keep_below;
+    s.digit = digit >= 0 ? unsigned(digit) : kNoDigit;
+    s.below = digit_below;
+    s.removal = removal;
   }
 }
 
 // Top-p over the candidates z >= lower, renormalized over them: the smallest kept value, each
-// group of equal values kept while the mass strictly above it is < p * total * (1 - slack). The
-// CPU's top_p_threshold. row_max is the row's max (a candidate: lower <= max). Every thread must
-// call it.
+// group of equal values removed while its tail (its own mass and the mass below it) is <= the
+// removal mass. The CPU's top_p_threshold. row_max is the row's max (a candidate: lower <= max).
+// Every thread must call it.
 template <typename acc_t, typename Row>
 __device__ acc_t block_top_p_threshold(const Row& z, int64_t n, acc_t row_max, double top_p,
                                        acc_t lower, RadixScratch& s) {
@@ -356,7 +366,7 @@ __device__ acc_t block_top_p_threshold(const Row& z, int64_t n, acc_t row_max, d
   constexpr int kKeyBits = int(sizeof(key_t)) * 8;
   const double max_d = double(row_max);
   key_t prefix = 0, fixed = 0;
-  double above = 0;
+  double below = 0;
 #pragma unroll 1
   for (int shift = kKeyBits - kRadixBits; shift >= 0; shift -= kRadixBits) {
     clear_histogram(s);
@@ -374,10 +384,10 @@ __device__ acc_t block_top_p_threshold(const Row& z, int64_t n, acc_t row_max, d
       }
     }
     __syncthreads();
-    if (threadIdx.x < kWarpSize) select_mass_digit(s, fixed == 0, top_p, above);
+    if (threadIdx.x < kWarpSize) select_mass_digit<acc_t>(s, fixed == 0, top_p, below);
     __syncthreads();
     const unsigned digit = s.digit;
-    above = s.above;
+    below = s.below;
     if (digit == kNoDigit) return row_max;  // block-uniform
     prefix |= key_t(digit) << shift;
     fixed |= key_t(kRadixBuckets - 1) << shift;
@@ -458,7 +468,7 @@ struct RaceState {
 // sample: token and float32 log-probability per row. Greedy rows (temperature <= 0 or NaN) take
 // the first argmax of the biased logits with log-prob 0; the others race the kept tokens with the
 // exponential noise of (seed[row], per_row_seeds ? 0 : row, token). -1 (log-prob NaN) for a NaN
-// row or one with nothing to sample.
+// row or one with nothing to sample, greedy or not (a row of -inf).
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kMaxBlockThreads, kSamplingMinBlocksPerSm)
     sample_kernel(const SamplingArgs<scalar_t, acc_t> args, const int64_t* __restrict__ seeds,
@@ -480,8 +490,10 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kSamplingMinBlocksPerSm)
     }
     if (greedy) {
       if (threadIdx.x == 0) {
-        tokens[row] = scan.argmax == kNoIndex ? -1 : scan.argmax;  // -1: empty vocabulary
-        logprobs[row] = 0.f;
+        // A row of -inf (or an empty vocabulary) has nothing to pick: -1, NaN, as on the CPU.
+        const bool none = scan.max == kNegInf || scan.argmax == kNoIndex;
+        tokens[row] = none ? -1 : scan.argmax;
+        logprobs[row] = none ? std::numeric_limits<float>::quiet_NaN() : 0.f;
       }
       continue;
     }

@@ -22,8 +22,9 @@ def filter_logits(
     filter_value: float,
     min_tokens_to_keep: int,
 ) -> Tensor:
-    """logits [B, V]; logit_bias [1 or B, V]; per-row temperature / top_p / min_p float32 [B],
-    top_k int64 [B] (>= V: off)."""
+    """logits [B, V]; logit_bias [1 or B, V] float32 (float64 for float64 logits); per-row
+    temperature / top_p / min_p float64 [B], top_k int64 [B] (>= V: off). Computed in float32
+    (float64 for float64 logits); returns the logits' dtype."""
     return torch.ops.logitops.filter_logits.default(
         logits,
         logit_bias,
