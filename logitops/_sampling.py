@@ -1,7 +1,9 @@
 """Logit filtering and sampling (re-exported by logitops.functional and logitops).
 
 Semantics (see the README): every filter keeps the tokens whose (biased, temperature-scaled)
-logit is at least a per-row threshold, so ties at a cut are kept together.
+logit is at least a per-row threshold, so ties at a cut are kept together. Whatever the logits'
+dtype, the bias, the temperature and every decision are computed in float32 (float64 for float64
+logits), as transformers' generate() and vLLM compute them.
 """
 
 from __future__ import annotations
@@ -154,8 +156,9 @@ def filter_logits(
     r"""Temperature, logit bias, top-k, top-p and min-p in one pass over [batch, vocab] logits.
 
     ``logit_bias`` ([V] or [B, V]) is added first, then the logits are divided by
-    ``temperature`` (> 0), then filtered; removed entries become ``filter_value``. Parameters are
-    Python numbers or per-row tensors of shape [B]. ``order``:
+    ``temperature`` (> 0), then filtered; removed entries become ``filter_value``. All of it is
+    computed in float32 (float64 for float64 logits) and the result rounded once to the logits'
+    dtype. Parameters are Python numbers or per-row tensors of shape [B]. ``order``:
 
     - ``"hf"`` (default): temperature -> top-k -> top-p -> min-p, each on the previous result,
       as transformers' warpers (top-p renormalizes over top-k's survivors);
@@ -164,9 +167,10 @@ def filter_logits(
     - ``"joint"``: top-k, top-p and min-p all measured on the temperature-scaled distribution
       (SGLang / FlashInfer's joint top-k top-p).
 
-    Top-k keeps every token tied with the k-th largest; top-p keeps tokens while the probability
-    mass above them is below p (the crossing token is kept, at exact equality it is not; ties at
-    the cut are kept together); min-p keeps ``p >= min_p * p_max``; at least
+    Top-k keeps every token tied with the k-th largest; top-p removes the tokens whose ascending
+    cumulative probability (their own included) is <= 1 - p, as transformers' warper, with that
+    tail summed exactly (in float64) rather than in float32 (ties at the cut are kept together);
+    min-p keeps ``p >= min_p * p_max``; at least
     ``min_tokens_to_keep`` tokens survive each filter. No sort of the vocabulary. Rows that
     contain NaN come back as NaN.
 
@@ -208,7 +212,8 @@ def sample(
     host sync: the kept token maximizing ``z - log(E)``, ``E ~ Exp(1)`` (exactly a draw from the
     softmax of the kept logits).
 
-    Rows with temperature 0 are greedy (argmax of the biased logits, first index on ties).
+    Rows with temperature 0 are greedy (argmax of the biased logits, first index on ties; -1 for
+    a row of -inf).
     ``seed``: an int (noise keyed on the seed and the row index) or an int64 tensor [B] of per-row
     seeds (noise keyed on the row's seed only, so a row's token depends on its logits, parameters
     and seed, not on its batch position or the other rows); the same call gives the same tokens.

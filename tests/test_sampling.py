@@ -480,6 +480,13 @@ BAD_CALLS = [
     ),
     ("min_tokens_to_keep", ValueError, lambda: logitops.top_k_filter(L, 2, min_tokens_to_keep=0)),
     ("top_k", ValueError, lambda: logitops.processors.TopKLogitsWarper(0)),
+    (
+        "top_p",
+        ValueError,
+        lambda: logitops.processors.LogitsFilter(
+            temperature=torch.tensor([0.7, 1.0]), top_p=torch.tensor([0.9, 0.9, 0.9])
+        ),
+    ),
 ]
 
 
