@@ -159,13 +159,24 @@ at::Tensor target_weight_total(const at::Tensor& target, const std::optional<at:
   return at::where(kept, w, at::zeros_like(w)).sum().to(acc_dtype);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-linear_cross_entropy_forward(const at::Tensor& input_in, const at::Tensor& linear_weight,
-                             const std::optional<at::Tensor>& linear_bias,
-                             const at::Tensor& target_in, const std::optional<at::Tensor>& weight,
-                             int64_t ignore_index, double label_smoothing, double z_loss,
-                             double softcap, int64_t reduction, int64_t chunk_size,
-                             bool compute_grad) {
+// The logits tile of a chunk: in the operands' dtype, or, for the float32_logits overloads
+// (autocast: the matmul in the autocast dtype, cross-entropy a float32 op), converted to the
+// accumulation dtype, so the per-row losses and the logits' gradient are float32 as well.
+at::Tensor chunk_logits(const at::Tensor& x, const at::Tensor& linear_weight,
+                        const std::optional<at::Tensor>& linear_bias, bool float32_logits) {
+  at::Tensor logits = at::linear(x, linear_weight, linear_bias);
+  return float32_logits ? logits.to(accumulation_dtype(x.scalar_type())) : logits;
+}
+
+using ForwardResult =
+    std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+ForwardResult linear_cross_entropy_forward_impl(
+    const at::Tensor& input_in, const at::Tensor& linear_weight,
+    const std::optional<at::Tensor>& linear_bias, const at::Tensor& target_in,
+    const std::optional<at::Tensor>& weight, int64_t ignore_index, double label_smoothing,
+    double z_loss, double softcap, int64_t reduction, int64_t chunk_size, bool compute_grad,
+    bool float32_logits) {
   check_linear_inputs(input_in, linear_weight, linear_bias, target_in, chunk_size);
   TORCH_CHECK_VALUE(reduction >= kReductionNone && reduction <= kReductionSum,
                     "logitops.linear_cross_entropy: unknown reduction code ", reduction);
@@ -199,7 +210,10 @@ linear_cross_entropy_forward(const at::Tensor& input_in, const at::Tensor& linea
   }
 
   at::Tensor lse = at::empty({num_rows}, acc_options);
-  at::Tensor row_loss = reduction == kReductionNone ? at::empty({num_rows}, input.options())
+  // The loss is returned in the accumulation dtype (the Python layer rounds it to the input's
+  // dtype, except under autocast, whose cross-entropy is a float32 op): a scalar loss keeps the
+  // float32 sum's digits.
+  at::Tensor row_loss = reduction == kReductionNone ? at::empty({num_rows}, acc_options)
                                                     : at::Tensor();
   at::Tensor loss_sum = at::zeros({}, acc_options);
   std::optional<LinearGradients> grads;
@@ -210,7 +224,7 @@ linear_cross_entropy_forward(const at::Tensor& input_in, const at::Tensor& linea
     const int64_t n = std::min(chunk_size, num_rows - start);
     const at::Tensor x = input.narrow(0, start, n);
     const at::Tensor t = target.narrow(0, start, n);
-    const at::Tensor logits = at::linear(x, linear_weight, linear_bias);
+    const at::Tensor logits = chunk_logits(x, linear_weight, linear_bias, float32_logits);
     // Per-row losses, summed here in the accumulation dtype: a chunk's sum in fp16 could
     // overflow, and in bf16 would lose digits.
     auto [loss, chunk_lse, chunk_total, grad] = cross_entropy_forward_op().call(
@@ -227,7 +241,8 @@ linear_cross_entropy_forward(const at::Tensor& input_in, const at::Tensor& linea
                                                 chunk_total, ignore_index, label_smoothing,
                                                 z_loss, softcap, kReductionSum);
       }
-      grads->add(start, x, linear_weight, grad, host_scale, device_scale);
+      // float32 logits: their gradient is rounded to the operands' dtype for the matmuls.
+      grads->add(start, x, linear_weight, grad.to(input.scalar_type()), host_scale, device_scale);
     }
   }
 
@@ -235,8 +250,7 @@ linear_cross_entropy_forward(const at::Tensor& input_in, const at::Tensor& linea
   if (reduction == kReductionNone) {
     loss = row_loss;
   } else {
-    loss = (reduction == kReductionMean ? loss_sum / total_weight : loss_sum)
-               .to(input.scalar_type());
+    loss = reduction == kReductionMean ? loss_sum / total_weight : loss_sum;
   }
   if (!compute_grad) {
     return {loss, lse, total_weight, at::empty({0}, input.options()),
@@ -247,11 +261,12 @@ linear_cross_entropy_forward(const at::Tensor& input_in, const at::Tensor& linea
   return {loss, lse, total_weight, grad_input, grad_weight, grad_bias};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_backward(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_backward_impl(
     const at::Tensor& grad_rows, const at::Tensor& input_in, const at::Tensor& linear_weight,
     const std::optional<at::Tensor>& linear_bias, const at::Tensor& target_in,
     const std::optional<at::Tensor>& weight, const at::Tensor& lse_in, int64_t ignore_index,
-    double label_smoothing, double z_loss, double softcap, int64_t chunk_size) {
+    double label_smoothing, double z_loss, double softcap, int64_t chunk_size,
+    bool float32_logits) {
   check_linear_inputs(input_in, linear_weight, linear_bias, target_in, chunk_size);
   const at::Tensor input = input_in.contiguous();
   const at::Tensor target = target_in.contiguous();
@@ -270,21 +285,63 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_backward(
   for (int64_t start = 0; start < num_rows; start += chunk_size) {
     const int64_t n = std::min(chunk_size, num_rows - start);
     const at::Tensor x = input.narrow(0, start, n);
-    const at::Tensor logits = at::linear(x, linear_weight, linear_bias);
+    const at::Tensor logits = chunk_logits(x, linear_weight, linear_bias, float32_logits);
     const at::Tensor grad = cross_entropy_backward_op().call(
         upstream.narrow(0, start, n), std::nullopt, logits, target.narrow(0, start, n), weight,
         lse.narrow(0, start, n), unused_total, ignore_index, label_smoothing, z_loss, softcap,
         kReductionNone);
-    grads.add(start, x, linear_weight, grad, 1.0, at::Tensor());
+    grads.add(start, x, linear_weight, grad.to(input.scalar_type()), 1.0, at::Tensor());
   }
   return {grads.input, grads.weight, grads.bias};
 }
 
+template <bool Float32Logits>
+ForwardResult linear_cross_entropy_forward(
+    const at::Tensor& input, const at::Tensor& linear_weight,
+    const std::optional<at::Tensor>& linear_bias, const at::Tensor& target,
+    const std::optional<at::Tensor>& weight, int64_t ignore_index, double label_smoothing,
+    double z_loss, double softcap, int64_t reduction, int64_t chunk_size, bool compute_grad) {
+  return linear_cross_entropy_forward_impl(input, linear_weight, linear_bias, target, weight,
+                                           ignore_index, label_smoothing, z_loss, softcap,
+                                           reduction, chunk_size, compute_grad, Float32Logits);
+}
+
+template <bool Float32Logits>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_backward(
+    const at::Tensor& grad_rows, const at::Tensor& input, const at::Tensor& linear_weight,
+    const std::optional<at::Tensor>& linear_bias, const at::Tensor& target,
+    const std::optional<at::Tensor>& weight, const at::Tensor& lse, int64_t ignore_index,
+    double label_smoothing, double z_loss, double softcap, int64_t chunk_size) {
+  return linear_cross_entropy_backward_impl(grad_rows, input, linear_weight, linear_bias, target,
+                                            weight, lse, ignore_index, label_smoothing, z_loss,
+                                            softcap, chunk_size, Float32Logits);
+}
+
 }  // namespace
 
+// The float32_logits overloads (the arguments of the default ones, declared in bindings.cpp)
+// serve torch.autocast: the operands are in the autocast dtype and each chunk's logits are
+// converted to float32 before the cross-entropy, as F.linear followed by F.cross_entropy (an
+// autocast float32 op) computes them; the logits' gradient is rounded back for the matmuls.
+TORCH_LIBRARY_FRAGMENT(logitops, m) {
+  m.def(
+      "linear_cross_entropy_forward.float32_logits(Tensor input, Tensor linear_weight, "
+      "Tensor? linear_bias, Tensor target, Tensor? weight, int ignore_index, "
+      "float label_smoothing, float z_loss, float softcap, int reduction, int chunk_size, "
+      "bool compute_grad) -> (Tensor loss, Tensor lse, Tensor total_weight, Tensor grad_input, "
+      "Tensor grad_weight, Tensor grad_bias)");
+  m.def(
+      "linear_cross_entropy_backward.float32_logits(Tensor grad_rows, Tensor input, "
+      "Tensor linear_weight, Tensor? linear_bias, Tensor target, Tensor? weight, Tensor lse, "
+      "int ignore_index, float label_smoothing, float z_loss, float softcap, int chunk_size) -> "
+      "(Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");
+}
+
 TORCH_LIBRARY_IMPL(logitops, CompositeExplicitAutograd, m) {
-  m.impl("linear_cross_entropy_forward", &linear_cross_entropy_forward);
-  m.impl("linear_cross_entropy_backward", &linear_cross_entropy_backward);
+  m.impl("linear_cross_entropy_forward", &linear_cross_entropy_forward<false>);
+  m.impl("linear_cross_entropy_backward", &linear_cross_entropy_backward<false>);
+  m.impl("linear_cross_entropy_forward.float32_logits", &linear_cross_entropy_forward<true>);
+  m.impl("linear_cross_entropy_backward.float32_logits", &linear_cross_entropy_backward<true>);
 }
 
 }  // namespace logitops

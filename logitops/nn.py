@@ -187,10 +187,11 @@ class LinearCrossEntropyLoss(torch.nn.Module):
     def __init__(
         self,
         weight: Tensor | None = None,
-        ignore_index: int = -100,
+        ignore_index: int | None = None,
         reduction: str = "mean",
         label_smoothing: float = 0.0,
         *,
+        options=None,
         z_loss: float = 0.0,
         softcap: float | None = None,
         chunk_size: int | None = None,
@@ -199,7 +200,7 @@ class LinearCrossEntropyLoss(torch.nn.Module):
         self.register_buffer("weight", weight)
         self.ignore_index, self.reduction = ignore_index, reduction
         self.label_smoothing, self.z_loss, self.softcap = label_smoothing, z_loss, softcap
-        self.chunk_size = chunk_size
+        self.options, self.chunk_size = options, chunk_size
 
     def forward(
         self,
@@ -217,6 +218,7 @@ class LinearCrossEntropyLoss(torch.nn.Module):
             reduction=self.reduction,
             ignore_index=self.ignore_index,
             label_smoothing=self.label_smoothing,
+            options=self.options,
             z_loss=self.z_loss,
             softcap=self.softcap,
             chunk_size=self.chunk_size,

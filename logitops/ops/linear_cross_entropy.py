@@ -3,12 +3,55 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
+from . import _composite
 from ._common import REDUCTION_CODES, accumulation_dtype, scale_fused_gradient
 
-__all__ = ["linear_cross_entropy_backward", "linear_cross_entropy_forward"]
+__all__ = [
+    "linear_cross_entropy_backward",
+    "linear_cross_entropy_composite",
+    "linear_cross_entropy_forward",
+]
+
+
+def linear_cross_entropy_composite(
+    input: Tensor,
+    linear_weight: Tensor,
+    linear_bias: Tensor | None,
+    target: Tensor,
+    weight: Tensor | None,
+    ignore_index: int,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: float,
+    reduction: int,
+    float32_logits: bool = False,
+) -> Tensor:
+    """The loss of ``linear_cross_entropy_forward`` as differentiable ATen ops (the [N, V]
+    logits materialized), in the logits' dtype: for higher-order autograd, forward-mode AD and
+    torch.func transforms, which the fused op does not support. ``float32_logits`` as the op's
+    overload of that name (autocast)."""
+    logits = F.linear(input, linear_weight, linear_bias)
+    if float32_logits:
+        logits = logits.to(accumulation_dtype(logits.dtype))
+    loss, _ = _composite.cross_entropy(
+        logits, target, weight, ignore_index, label_smoothing, z_loss, softcap, reduction
+    )
+    return loss
+
+
+def autocast_disabled(device_type: str):
+    """A context without autocast on ``device_type`` (a no-op when it is off): the fused op's
+    operands are already in the autocast dtype, and its inner matmuls write into buffers of that
+    dtype, which autocast's re-casting would break."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def linear_cross_entropy_forward(
@@ -24,10 +67,14 @@ def linear_cross_entropy_forward(
     reduction: int,
     chunk_size: int,
     compute_grad: bool,
+    float32_logits: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Loss, per-row lse, total target weight and (when compute_grad, scalar reductions) the
-    gradients of the summed loss for input [N, H], linear_weight [V, H], linear_bias [V]."""
-    return torch.ops.logitops.linear_cross_entropy_forward.default(
+    """Loss (in the accumulation dtype: float32 for half-precision inputs), per-row lse, total
+    target weight and (when compute_grad, scalar reductions) the gradients of the reduced loss for
+    input [N, H], linear_weight [V, H], linear_bias [V]. ``float32_logits`` (autocast) selects
+    the overload that converts each chunk's logits to float32 before the cross-entropy."""
+    op = torch.ops.logitops.linear_cross_entropy_forward
+    return (op.float32_logits if float32_logits else op.default)(
         input,
         linear_weight,
         linear_bias,
@@ -56,9 +103,11 @@ def linear_cross_entropy_backward(
     z_loss: float,
     softcap: float,
     chunk_size: int,
+    float32_logits: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients for per-row upstream gradients grad_rows [N], recomputing each chunk's logits."""
-    return torch.ops.logitops.linear_cross_entropy_backward.default(
+    op = torch.ops.logitops.linear_cross_entropy_backward
+    return (op.float32_logits if float32_logits else op.default)(
         grad_rows,
         input,
         linear_weight,
@@ -84,6 +133,7 @@ def _gradient_shapes(input, linear_weight, linear_bias):
     )
 
 
+@torch.library.register_fake("logitops::linear_cross_entropy_forward.float32_logits")
 @torch.library.register_fake("logitops::linear_cross_entropy_forward")
 def _forward_fake(
     input,
@@ -104,7 +154,7 @@ def _forward_fake(
     torch._check(not (compute_grad and reduction == REDUCTION_CODES["none"]))
     acc = accumulation_dtype(input.dtype)
     num_rows = input.shape[0]
-    loss = input.new_empty((num_rows,) if reduction == REDUCTION_CODES["none"] else ())
+    loss = input.new_empty((num_rows,) if reduction == REDUCTION_CODES["none"] else (), dtype=acc)
     lse = input.new_empty((num_rows,), dtype=acc)
     total_weight = input.new_empty((), dtype=acc)
     if compute_grad:
@@ -119,6 +169,7 @@ def _forward_fake(
     return (loss, lse, total_weight) + grads
 
 
+@torch.library.register_fake("logitops::linear_cross_entropy_backward.float32_logits")
 @torch.library.register_fake("logitops::linear_cross_entropy_backward")
 def _backward_fake(
     grad_rows,
@@ -138,7 +189,7 @@ def _backward_fake(
     return _gradient_shapes(input, linear_weight, linear_bias)
 
 
-def _setup_context(ctx, inputs, output):
+def _setup_context(ctx, inputs, output, float32_logits=False):
     (
         input,
         linear_weight,
@@ -159,6 +210,7 @@ def _setup_context(ctx, inputs, output):
         grad_input, grad_weight, grad_bias,
     )  # fmt: skip
     ctx.options = (ignore_index, label_smoothing, z_loss, softcap, reduction, chunk_size)
+    ctx.float32_logits = float32_logits
     ctx.mark_non_differentiable(lse, total_weight, grad_input, grad_weight, grad_bias)
 
 
@@ -175,6 +227,35 @@ def _backward(ctx, grad_loss, *_):
         grad_weight,
         grad_bias,
     ) = ctx.saved_tensors
+    ignore_index, label_smoothing, z_loss, softcap, reduction, chunk_size = ctx.options
+    if _composite.needs_composite_backward(input, linear_weight, linear_bias):
+        # create_graph=True: the gradients must have a graph themselves, which the fused kernels'
+        # cannot; recompute them through the composite (the [N, V] logits materialized).
+        def forward():
+            return (
+                linear_cross_entropy_composite(
+                    input, linear_weight, linear_bias, target, weight,
+                    ignore_index, label_smoothing, z_loss, softcap, reduction,
+                    ctx.float32_logits,
+                ),
+            )  # fmt: skip
+
+        with autocast_disabled(input.device.type):
+            grads = _composite.recompute_vjp(
+                forward, (input, linear_weight, linear_bias), (grad_loss.to(input.dtype),)
+            )
+        return (*grads,) + (None,) * 9
+    with autocast_disabled(input.device.type):
+        return _fused_backward(
+            ctx, grad_loss, input, linear_weight, linear_bias, target, weight, lse, total_weight,
+            grad_input, grad_weight, grad_bias,
+        )  # fmt: skip
+
+
+def _fused_backward(
+    ctx, grad_loss, input, linear_weight, linear_bias, target, weight, lse, total_weight,
+    grad_input, grad_weight, grad_bias,
+):  # fmt: skip
     ignore_index, label_smoothing, z_loss, softcap, reduction, chunk_size = ctx.options
     acc = lse.dtype
     if reduction == REDUCTION_CODES["none"] or grad_weight.numel() != linear_weight.numel():
@@ -197,6 +278,7 @@ def _backward(ctx, grad_loss, *_):
             z_loss,
             softcap,
             chunk_size,
+            ctx.float32_logits,
         )
     else:
         # The forward's gradients are of the reduced loss for an upstream gradient of 1.
@@ -213,4 +295,9 @@ def _backward(ctx, grad_loss, *_):
 
 torch.library.register_autograd(
     "logitops::linear_cross_entropy_forward", _backward, setup_context=_setup_context
+)
+torch.library.register_autograd(
+    "logitops::linear_cross_entropy_forward.float32_logits",
+    _backward,
+    setup_context=lambda ctx, inputs, output: _setup_context(ctx, inputs, output, True),
 )
