@@ -63,6 +63,33 @@ LOGITOPS_HD acc_t lse_finalize(LseState<acc_t> s) {
   return s.max + std::log(s.sum);
 }
 
+// lse - z, with the max and log(sum) kept apart: (max - z) + log(sum). Rounding the lse to one
+// number first would lose the digits that lse and z share (a row whose logits all lie near its
+// lse, such as a row of -1e4: fp32's lse there is only good to 1e-3).
+template <typename acc_t>
+LOGITOPS_HD bool lse_state_is_finite(LseState<acc_t> s) {
+  return s.max > -std::numeric_limits<acc_t>::infinity() &&
+         s.max < std::numeric_limits<acc_t>::infinity();
+}
+
+template <typename acc_t>
+LOGITOPS_HD acc_t lse_minus(LseState<acc_t> s, acc_t z) {
+  if (!lse_state_is_finite(s)) return lse_finalize(s) - z;  // -inf, +inf or NaN: no digits
+  return (s.max - z) + std::log(s.sum);
+}
+
+// The offset subtracted from every logit in a weighted logit sum sum_c a_c (z_c - shift): a
+// finite logit of the row (the target's, or the first), so that A * (lse - shift) -
+// sum_c a_c (z_c - shift) does not cancel a large A * lse against sum_c a_c z_c. 0 when that
+// logit is not finite.
+template <typename acc_t>
+LOGITOPS_HD acc_t logit_sum_shift(acc_t logit) {
+  return (logit > -std::numeric_limits<acc_t>::infinity() &&
+          logit < std::numeric_limits<acc_t>::infinity())
+             ? logit
+             : acc_t(0);
+}
+
 // Logit soft-capping (Gemma 2): cap * tanh(z / cap). cap <= 0 disables it.
 template <typename acc_t>
 LOGITOPS_HD acc_t softcap_value(acc_t z, acc_t cap) {
@@ -109,19 +136,36 @@ LOGITOPS_HD CrossEntropyRow<acc_t> cross_entropy_row(acc_t lse, acc_t target_wei
   return row;
 }
 
-// Loss of one row. target_logit and weighted_logit_sum (sum_c w_c z_c) are of the capped logits.
-// The smoothing term is skipped when eps == 0 so that a -inf logit elsewhere cannot turn the
-// loss into 0 * inf = NaN.
+// Loss of one row from its log-sum-exp state. target_logit and shifted_weighted_sum
+// (sum_c w_c (z_c - shift), shift = logit_sum_shift(target_logit), or 0) are of the capped
+// logits. The smoothing term is skipped when eps == 0 so that a -inf logit elsewhere cannot turn
+// the loss into 0 * inf = NaN.
 template <typename acc_t>
-LOGITOPS_HD acc_t cross_entropy_row_loss(const CrossEntropyRow<acc_t>& row, acc_t lse,
+LOGITOPS_HD acc_t cross_entropy_row_loss(const CrossEntropyRow<acc_t>& row, LseState<acc_t> state,
                                          acc_t target_logit, acc_t weight_total,
-                                         acc_t weighted_logit_sum, acc_t z_loss) {
-  acc_t loss = row.target_coef * (lse - target_logit);
+                                         acc_t shifted_weighted_sum, acc_t shift, acc_t z_loss) {
+  acc_t loss = row.target_coef * lse_minus(state, target_logit);
   if (row.smooth_coef != acc_t(0)) {
-    loss += row.smooth_coef * (weight_total * lse - weighted_logit_sum);
+    loss += row.smooth_coef * (weight_total * lse_minus(state, shift) - shifted_weighted_sum);
   }
-  if (z_loss != acc_t(0)) loss += z_loss * lse * lse;
+  if (z_loss != acc_t(0)) {
+    const acc_t lse = lse_finalize(state);
+    loss += z_loss * lse * lse;
+  }
   return loss;
+}
+
+// Whether a row's gradient is zero whatever its logits (an ignored row, or one whose upstream
+// gradients are zero). A zero coefficient stays zero for an infinite upstream (a mean over no
+// rows divides by 0), as in cross_entropy_grad. Both kernels decide with this, so an ignored row
+// with a NaN or +inf logit gets zeros on every device.
+template <typename acc_t>
+LOGITOPS_HD bool cross_entropy_row_grad_is_zero(const CrossEntropyRow<acc_t>& row, acc_t upstream,
+                                                acc_t upstream_lse) {
+  const acc_t prob_scale =
+      (row.grad_scale == acc_t(0) ? acc_t(0) : upstream * row.grad_scale) + upstream_lse;
+  const acc_t smooth = row.smooth_coef == acc_t(0) ? acc_t(0) : upstream * row.smooth_coef;
+  return prob_scale == acc_t(0) && smooth == acc_t(0) && row.target_coef == acc_t(0);
 }
 
 // Gradient of one element of the capped logits: p_j * (g * A + g_lse) - g * b_j, with
@@ -140,7 +184,8 @@ LOGITOPS_HD acc_t cross_entropy_grad(const CrossEntropyRow<acc_t>& row, acc_t up
 
 // Class-probability targets t (PyTorch's cross_entropy_loss_prob_target), per row, with
 // a_c = w_c * ((1 - eps) * t_c + eps / C) (w all ones when absent):
-//   loss = sum_c a_c (lse - z_c) + z_loss * lse^2 = A * lse - B + z_loss * lse^2,
+//   loss = sum_c a_c (lse - z_c) + z_loss * lse^2 = A * lse - B + z_loss * lse^2 (formed with the
+//          logits shifted, see soft_target_loss),
 //   dloss/dz_j = p_j * (A + 2 * z_loss * lse) - a_j,   A = sum_c a_c,  B = sum_c a_c z_c,
 // where a_c = 0 contributes nothing to B even for z_c = -inf (PyTorch gives NaN there).
 template <typename acc_t>
@@ -149,16 +194,21 @@ LOGITOPS_HD acc_t soft_target_coef(acc_t prob, acc_t class_weight, acc_t label_s
   return class_weight * ((acc_t(1) - label_smoothing) * prob + label_smoothing / acc_t(num_classes));
 }
 
+// a_c (z_c - shift), shift = logit_sum_shift(the row's first logit): B is accumulated shifted.
 template <typename acc_t>
-LOGITOPS_HD acc_t soft_target_term(acc_t coef, acc_t z) {
-  return coef == acc_t(0) ? acc_t(0) : coef * z;
+LOGITOPS_HD acc_t soft_target_term(acc_t coef, acc_t z, acc_t shift) {
+  return coef == acc_t(0) ? acc_t(0) : coef * (z - shift);
 }
 
+// A * (lse - shift) - sum_c a_c (z_c - shift) + z_loss lse^2, lse - shift by lse_minus.
 template <typename acc_t>
-LOGITOPS_HD acc_t soft_target_loss(acc_t lse, acc_t coef_sum, acc_t weighted_logit_sum,
-                                   acc_t z_loss) {
-  acc_t loss = coef_sum * lse - weighted_logit_sum;
-  if (z_loss != acc_t(0)) loss += z_loss * lse * lse;
+LOGITOPS_HD acc_t soft_target_loss(LseState<acc_t> state, acc_t coef_sum,
+                                   acc_t shifted_weighted_sum, acc_t shift, acc_t z_loss) {
+  acc_t loss = coef_sum * lse_minus(state, shift) - shifted_weighted_sum;
+  if (z_loss != acc_t(0)) {
+    const acc_t lse = lse_finalize(state);
+    loss += z_loss * lse * lse;
+  }
   return loss;
 }
 
@@ -187,25 +237,67 @@ struct DivergenceTerm {
   acc_t q;       // q_j
 };
 
+// The log-softmax of a teacher row t and a student row s from their log-sum-exp states, with
+// the max and log(sum) of each kept apart (as PyTorch's log_softmax), and lp - lq as
+// ((t - max_t) - (s - max_s)) - log(sum_t / sum_s): the divergences weigh lp - lq, whose digits
+// a difference of two rounded lse (or of two logits far apart) would cost.
 template <typename acc_t>
-LOGITOPS_HD DivergenceTerm<acc_t> divergence_term(int64_t kind, acc_t beta, acc_t lp, acc_t lq) {
+struct LogSoftmaxPair {
+  acc_t max_t, log_sum_t, max_s, log_sum_s, log_sum_ratio;
+
+  LOGITOPS_HD acc_t lp(acc_t t) const { return (t - max_t) - log_sum_t; }
+  LOGITOPS_HD acc_t lq(acc_t s) const { return (s - max_s) - log_sum_s; }
+  LOGITOPS_HD acc_t lp_minus_lq(acc_t t, acc_t s) const {
+    return ((t - max_t) - (s - max_s)) - log_sum_ratio;
+  }
+};
+
+template <typename acc_t>
+LOGITOPS_HD LogSoftmaxPair<acc_t> log_softmax_pair(LseState<acc_t> teacher,
+                                                   LseState<acc_t> student) {
+  LogSoftmaxPair<acc_t> out;
+  const bool finite_t = lse_state_is_finite(teacher), finite_s = lse_state_is_finite(student);
+  // A non-finite state (all -inf, +inf or NaN) folds into max and leaves log(sum) at 0, so
+  // lp = t - lse as before.
+  out.max_t = finite_t ? teacher.max : lse_finalize(teacher);
+  out.log_sum_t = finite_t ? std::log(teacher.sum) : acc_t(0);
+  out.max_s = finite_s ? student.max : lse_finalize(student);
+  out.log_sum_s = finite_s ? std::log(student.sum) : acc_t(0);
+  out.log_sum_ratio = (finite_t && finite_s) ? std::log(teacher.sum / student.sum)
+                                             : out.log_sum_t - out.log_sum_s;
+  return out;
+}
+
+// log(e^a + e^b) from the larger term, so nothing overflows or underflows.
+template <typename acc_t>
+LOGITOPS_HD acc_t log_add_exp(acc_t a, acc_t b) {
+  const acc_t hi = a > b ? a : b, lo = a > b ? b : a;
+  if (hi == -std::numeric_limits<acc_t>::infinity()) return hi;
+  return hi + std::log1p(std::exp(lo - hi));
+}
+
+// One element's term from lp, lq and d = lp - lq (from LogSoftmaxPair). For the JSD,
+// lp - lm = -log(beta + (1 - beta) e^-d) and lq - lm = -log(beta e^d + (1 - beta)), in log space:
+// functions of d alone, so no log M of an underflowed mixture and no lost digits.
+template <typename acc_t>
+LOGITOPS_HD DivergenceTerm<acc_t> divergence_term(int64_t kind, acc_t beta, acc_t lp, acc_t lq,
+                                                  acc_t d) {
   constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
   const acc_t p = lp == kNegInf ? acc_t(0) : std::exp(lp);
   const acc_t q = lq == kNegInf ? acc_t(0) : std::exp(lq);
   DivergenceTerm<acc_t> out{acc_t(0), acc_t(0), q};
   if (kind == kForwardKl) {
-    if (p > acc_t(0)) out.loss = p * (lp - lq);
+    if (p > acc_t(0)) out.loss = p * d;
     out.q_g = -p;
   } else if (kind == kReverseKl) {
-    if (q > acc_t(0)) out.loss = q * (lq - lp);
+    if (q > acc_t(0)) out.loss = -q * d;
     out.q_g = out.loss;
   } else {
-    // log(beta e^lp + (1 - beta) e^lq), from the larger term so nothing underflows.
-    const acc_t a = std::log(beta) + lp, b = std::log(acc_t(1) - beta) + lq;
-    const acc_t hi = a > b ? a : b, lo = a > b ? b : a;
-    const acc_t lm = hi == kNegInf ? kNegInf : hi + std::log1p(std::exp(lo - hi));
-    const acc_t from_p = p > acc_t(0) ? beta * p * (lp - lm) : acc_t(0);
-    const acc_t from_q = q > acc_t(0) ? (acc_t(1) - beta) * q * (lq - lm) : acc_t(0);
+    const acc_t log_beta = std::log(beta), log_rest = std::log(acc_t(1) - beta);
+    const acc_t from_p =
+        p > acc_t(0) ? -beta * p * log_add_exp(log_beta, log_rest - d) : acc_t(0);
+    const acc_t from_q =
+        q > acc_t(0) ? -(acc_t(1) - beta) * q * log_add_exp(log_beta + d, log_rest) : acc_t(0);
     out.loss = from_p + from_q;
     out.q_g = from_q;
   }

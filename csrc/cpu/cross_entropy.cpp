@@ -81,23 +81,26 @@ struct RowContext {
     return buf;
   }
 
-  // log-sum-exp of row i and, when smoothing, sum_c w_c z_c (both of the capped logits).
-  std::pair<acc_t, acc_t> row_lse(int64_t i, acc_t* buf) const {
+  // log-sum-exp state of row i and, when smoothing, sum_c w_c (z_c - shift) (both of the capped
+  // logits; shift from logit_sum_shift).
+  std::pair<LseState<acc_t>, acc_t> row_lse(int64_t i, acc_t shift, acc_t* buf) const {
     LseState<acc_t> state = lse_empty<acc_t>();
-    acc_t weighted_logit_sum = 0;
+    acc_t shifted_weighted_sum = 0;
     for (int64_t start = 0; start < num_classes; start += kBlock) {
       const int64_t n = std::min(kBlock, num_classes - start);
       const acc_t* z = load_block(i, start, n, buf);
       state = lse_block(z, n, state);
       if (label_smoothing != acc_t(0)) {
-        weighted_logit_sum +=
-            weighted_sum_block(z, weight != nullptr ? weight + start : nullptr, n);
+        shifted_weighted_sum +=
+            weighted_sum_block(z, weight != nullptr ? weight + start : nullptr, n, shift);
       }
     }
-    return {lse_finalize(state), weighted_logit_sum};
+    return {state, shifted_weighted_sum};
   }
 
+  // The capped logit of row i's target; 0 for an ignored row.
   acc_t target_logit(int64_t i) const {
+    if (target[i] == ignore_index) return acc_t(0);
     return softcap_value(static_cast<acc_t>(logits[i * row_stride + target[i]]), softcap);
   }
 
@@ -110,7 +113,7 @@ struct RowContext {
     const acc_t prob_scale =
         (row.grad_scale == acc_t(0) ? acc_t(0) : upstream * row.grad_scale) + upstream_lse;
     const acc_t smooth = row.smooth_coef == acc_t(0) ? acc_t(0) : upstream * row.smooth_coef;
-    if (prob_scale == acc_t(0) && smooth == acc_t(0) && row.target_coef == acc_t(0)) {
+    if (cross_entropy_row_grad_is_zero(row, upstream, upstream_lse)) {
       std::fill(grad_row, grad_row + num_classes, scalar_t(0));
       return;
     }
@@ -232,14 +235,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cross_entropy_forward
         at::parallel_for(0, num_rows, grain_rows(num_classes), [&](int64_t begin, int64_t end) {
           std::vector<acc_t> buf(std::min(kBlock, num_classes));
           for (int64_t i = begin; i < end; ++i) {
-            const auto [row_lse, weighted_logit_sum] = ctx.row_lse(i, buf.data());
+            const acc_t target_logit = ctx.target_logit(i);
+            const acc_t shift = logit_sum_shift(target_logit);
+            const auto [state, shifted_weighted_sum] = ctx.row_lse(i, shift, buf.data());
+            const acc_t row_lse = lse_finalize(state);
             lse_out[i] = row_lse;
             const auto row = ctx.row_coefficients(i, row_lse);
             loss_out[i] = ctx.target[i] == ignore_index
                               ? acc_t(0)
-                              : cross_entropy_row_loss(row, row_lse, ctx.target_logit(i),
-                                                       ctx.weight_total, weighted_logit_sum,
-                                                       ctx.z_loss);
+                              : cross_entropy_row_loss(row, state, target_logit, ctx.weight_total,
+                                                       shifted_weighted_sum, shift, ctx.z_loss);
             if (grad_out != nullptr) {
               ctx.row_grad(i, row_lse, row, upstream, acc_t(0), grad_out + i * num_classes,
                            buf.data());
@@ -332,13 +337,22 @@ struct SoftRowContext {
     }
   }
 
-  // (A, B) = (sum_c a_c, sum_c a_c z_c) of row i, and its lse when `lse` is not null.
-  std::pair<acc_t, acc_t> sums(int64_t i, acc_t* buf, acc_t* coef, acc_t* lse) const {
+  // The shift of row i's weighted logit sum: its first (capped) logit when finite.
+  acc_t row_shift(int64_t i) const {
+    return logit_sum_shift(
+        softcap_value(static_cast<acc_t>(logits.logits[i * logits.row_stride]), logits.softcap));
+  }
+
+  // (A, B) = (sum_c a_c, sum_c a_c (z_c - shift)) of row i, and its lse state when `lse` is not
+  // null. Both sums are compensated (Kahan) in the vector lanes: the loss A * (lse - shift) - B
+  // multiplies A's rounding error by lse - shift, which is large for widely spread logits.
+  std::pair<acc_t, acc_t> sums(int64_t i, acc_t shift, acc_t* buf, acc_t* coef,
+                               LseState<acc_t>* lse) const {
     using Vec = Vectorized<acc_t>;
     LseState<acc_t> state = lse_empty<acc_t>();
-    Vec va(acc_t(0)), vb(acc_t(0));
-    acc_t a_sum = 0, b_sum = 0;
-    const Vec zero(acc_t(0));
+    CompensatedSum<Vec> va, vb;
+    double a_sum = 0, b_sum = 0;
+    const Vec zero(acc_t(0)), vshift(shift);
     for (int64_t start = 0; start < logits.num_classes; start += kBlock) {
       const int64_t n = std::min(kBlock, logits.num_classes - start);
       const acc_t* z = logits.load_block(i, start, n, buf);
@@ -347,19 +361,19 @@ struct SoftRowContext {
       int64_t j = 0;
       for (; j + Vec::size() <= n; j += Vec::size()) {
         const Vec a = Vec::loadu(coef + j);
-        va += a;
-        vb += Vec::blendv(a * Vec::loadu(z + j), zero, a == zero);  // 0 * -inf would be NaN
+        va.add(a);
+        // 0 * -inf would be NaN
+        vb.add(Vec::blendv(a * (Vec::loadu(z + j) - vshift), zero, a == zero));
       }
       for (; j < n; ++j) {
         a_sum += coef[j];
-        b_sum += soft_target_term(coef[j], z[j]);
+        b_sum += soft_target_term(coef[j], z[j], shift);
       }
     }
-    auto sum = [](Vec& x, Vec& y) { return x + y; };
-    a_sum += at::vec::vec_reduce_all<acc_t>(sum, va);
-    b_sum += at::vec::vec_reduce_all<acc_t>(sum, vb);
-    if (lse != nullptr) *lse = lse_finalize(state);
-    return {a_sum, b_sum};
+    a_sum += va.total();
+    b_sum += vb.total();
+    if (lse != nullptr) *lse = state;
+    return {acc_t(a_sum), acc_t(b_sum)};
   }
 
   void row_grad(int64_t i, acc_t lse, acc_t a_sum, acc_t upstream, acc_t upstream_lse,
@@ -439,10 +453,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_probs_forward_cpu(
         at::parallel_for(0, num_rows, grain_rows(num_classes), [&](int64_t begin, int64_t end) {
           std::vector<acc_t> buf(std::min(kBlock, num_classes)), coef(buf.size());
           for (int64_t i = begin; i < end; ++i) {
-            acc_t row_lse;
-            const auto [a_sum, b_sum] = ctx.sums(i, buf.data(), coef.data(), &row_lse);
+            LseState<acc_t> state;
+            const acc_t shift = ctx.row_shift(i);
+            const auto [a_sum, b_sum] = ctx.sums(i, shift, buf.data(), coef.data(), &state);
+            const acc_t row_lse = lse_finalize(state);
             lse_out[i] = row_lse;
-            loss_out[i] = soft_target_loss(row_lse, a_sum, b_sum, ctx.logits.z_loss);
+            loss_out[i] = soft_target_loss(state, a_sum, b_sum, shift, ctx.logits.z_loss);
             if (grad_out != nullptr) {
               ctx.row_grad(i, row_lse, a_sum, upstream, acc_t(0), grad_out + i * num_classes,
                            buf.data(), coef.data());
@@ -489,7 +505,7 @@ at::Tensor cross_entropy_probs_backward_cpu(
         at::parallel_for(0, num_rows, grain_rows(num_classes), [&](int64_t begin, int64_t end) {
           std::vector<acc_t> buf(std::min(kBlock, num_classes)), coef(buf.size());
           for (int64_t i = begin; i < end; ++i) {
-            const acc_t a_sum = ctx.sums(i, buf.data(), coef.data(), nullptr).first;
+            const acc_t a_sum = ctx.sums(i, acc_t(0), buf.data(), coef.data(), nullptr).first;
             ctx.row_grad(i, lse_ptr[i], a_sum, up[i], up_lse != nullptr ? up_lse[i] : acc_t(0),
                          grad_out + i * num_classes, buf.data(), coef.data());
           }

@@ -62,58 +62,63 @@ struct DistillContext {
       state_s = lse_block(s, n, state_s);
       state_t = lse_block(t, n, state_t);
     }
-    const acc_t lse_s = lse_finalize(state_s), lse_t = lse_finalize(state_t);
-    if (kind == kForwardKl) return forward_kl_row(i, lse_s, lse_t, scale, grad, s, t, g);
-    acc_t loss = 0, row_s = 0;
+    const auto logs = log_softmax_pair(state_t, state_s);
+    if (kind == kForwardKl) return forward_kl_row(i, logs, scale, grad, s, t, g);
+    auto term_at = [&](acc_t tj, acc_t sj) {
+      return divergence_term(kind, beta, logs.lp(tj), logs.lq(sj), logs.lp_minus_lq(tj, sj));
+    };
+    // Sums of up to V terms, one element at a time: in double, or they lose digits at V = 128K.
+    double loss = 0, row_s = 0;
     for (int64_t start = 0; start < num_classes; start += kDistillBlock) {
       const int64_t n = std::min(kDistillBlock, num_classes - start);
       load(i, start, n, s, t);
       for (int64_t j = 0; j < n; ++j) {
-        const auto term = divergence_term(kind, beta, t[j] - lse_t, s[j] - lse_s);
+        const auto term = term_at(t[j], s[j]);
         loss += term.loss;
         row_s += term.q_g;
       }
     }
-    if (grad == nullptr) return loss;
+    if (grad == nullptr) return acc_t(loss);
     for (int64_t start = 0; start < num_classes; start += kDistillBlock) {
       const int64_t n = std::min(kDistillBlock, num_classes - start);
       load(i, start, n, s, t);
       for (int64_t j = 0; j < n; ++j) {
-        g[j] = divergence_grad(divergence_term(kind, beta, t[j] - lse_t, s[j] - lse_s), row_s,
-                               scale);
+        g[j] = divergence_grad(term_at(t[j], s[j]), acc_t(row_s), scale);
       }
       store_from_acc(g, grad + start, n);
     }
-    return loss;
+    return acc_t(loss);
   }
 
   // The forward KL, vectorized: S = -1 is known, so loss and gradient come in one more pass.
   // Elements with p = 0 add nothing to the loss (a -inf teacher logit is not a NaN).
-  acc_t forward_kl_row(int64_t i, acc_t lse_s, acc_t lse_t, acc_t scale, scalar_t* grad, acc_t* s,
-                       acc_t* t, acc_t* g) const {
+  acc_t forward_kl_row(int64_t i, const LogSoftmaxPair<acc_t>& logs, acc_t scale, scalar_t* grad,
+                       acc_t* s, acc_t* t, acc_t* g) const {
     using Vec = Vectorized<acc_t>;
-    const Vec vlse_s(lse_s), vlse_t(lse_t), vscale(scale), zero(acc_t(0));
-    Vec vloss(acc_t(0));
-    acc_t loss = 0;
+    const Vec vmax_t(logs.max_t), vlog_sum_t(logs.log_sum_t), vmax_s(logs.max_s),
+        vlog_sum_s(logs.log_sum_s), vratio(logs.log_sum_ratio), vscale(scale), zero(acc_t(0));
+    CompensatedSum<Vec> vloss;
+    double loss = 0;
     for (int64_t start = 0; start < num_classes; start += kDistillBlock) {
       const int64_t n = std::min(kDistillBlock, num_classes - start);
       load(i, start, n, s, t);
       int64_t j = 0;
       for (; j + Vec::size() <= n; j += Vec::size()) {
-        const Vec lp = Vec::loadu(t + j) - vlse_t, lq = Vec::loadu(s + j) - vlse_s;
-        const Vec p = fast_exp(lp);
-        vloss += Vec::blendv(p * (lp - lq), zero, p == zero);
+        const Vec tj = Vec::loadu(t + j) - vmax_t, sj = Vec::loadu(s + j) - vmax_s;
+        const Vec p = fast_exp(tj - vlog_sum_t);
+        vloss.add(Vec::blendv(p * ((tj - sj) - vratio), zero, p == zero));
         // q only for the gradient: a forward alone saves one exp per element.
-        if (grad != nullptr) (vscale * (fast_exp(lq) - p)).store(g + j);
+        if (grad != nullptr) (vscale * (fast_exp(sj - vlog_sum_s) - p)).store(g + j);
       }
       for (; j < n; ++j) {
-        const auto term = divergence_term(kind, beta, t[j] - lse_t, s[j] - lse_s);
+        const auto term = divergence_term(kind, beta, logs.lp(t[j]), logs.lq(s[j]),
+                                          logs.lp_minus_lq(t[j], s[j]));
         loss += term.loss;
         g[j] = divergence_grad(term, acc_t(-1), scale);
       }
       if (grad != nullptr) store_from_acc(g, grad + start, n);
     }
-    return loss + at::vec::vec_reduce_all<acc_t>([](Vec& a, Vec& b) { return a + b; }, vloss);
+    return acc_t(loss + vloss.total());
   }
 };
 

@@ -7,6 +7,7 @@
 #include "../common/logit_math.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <limits>
 #include <type_traits>
@@ -85,21 +86,51 @@ inline Vectorized<acc_t> log1p_unit(const Vectorized<acc_t>& x) {
   }
 }
 
-// sum_c w_c * z_c over a block (w == nullptr means all ones).
+// sum_c w_c * (z_c - shift) over a block (w == nullptr means all ones).
 template <typename acc_t>
-acc_t weighted_sum_block(const acc_t* z, const acc_t* w, int64_t n) {
+acc_t weighted_sum_block(const acc_t* z, const acc_t* w, int64_t n, acc_t shift = acc_t(0)) {
   using Vec = Vectorized<acc_t>;
+  const Vec vshift(shift);
   Vec vsum(acc_t(0));
   int64_t i = 0;
   if (w != nullptr) {
-    for (; i + Vec::size() <= n; i += Vec::size()) vsum += Vec::loadu(z + i) * Vec::loadu(w + i);
+    for (; i + Vec::size() <= n; i += Vec::size()) {
+      vsum += (Vec::loadu(z + i) - vshift) * Vec::loadu(w + i);
+    }
   } else {
-    for (; i + Vec::size() <= n; i += Vec::size()) vsum += Vec::loadu(z + i);
+    for (; i + Vec::size() <= n; i += Vec::size()) vsum += Vec::loadu(z + i) - vshift;
   }
   acc_t sum = at::vec::vec_reduce_all<acc_t>([](Vec& a, Vec& b) { return a + b; }, vsum);
-  for (; i < n; ++i) sum += w != nullptr ? z[i] * w[i] : z[i];
+  for (; i < n; ++i) sum += w != nullptr ? (z[i] - shift) * w[i] : z[i] - shift;
   return sum;
 }
+
+// A Kahan-compensated sum in each vector lane, totalled in double. Where a lane's sum is not
+// finite (an infinite term) the plain sum is used, since the compensation turns inf into NaN.
+template <typename Vec>
+struct CompensatedSum {
+  using value_t = typename Vec::value_type;
+  Vec sum{value_t(0)}, compensation{value_t(0)}, plain{value_t(0)};
+
+  void add(const Vec& x) {
+    const Vec y = x - compensation;
+    const Vec t = sum + y;
+    compensation = (t - sum) - y;
+    sum = t;
+    plain += x;
+  }
+
+  double total() const {
+    alignas(64) value_t lanes[Vec::size()], plains[Vec::size()];
+    sum.store(lanes);
+    plain.store(plains);
+    double out = 0;
+    for (int k = 0; k < Vec::size(); ++k) {
+      out += std::isfinite(plains[k]) ? double(lanes[k]) : double(plains[k]);
+    }
+    return out;
+  }
+};
 
 // Rows per at::parallel_for task for rows of num_classes elements: about 32K elements a task.
 inline int64_t grain_rows(int64_t num_classes) {

@@ -93,7 +93,7 @@ __device__ __forceinline__ void lse_push_values(LseState<acc_t>& state, const ac
 template <typename acc_t>
 struct RowPartial {
   LseState<acc_t> lse;
-  acc_t weighted_sum;  // sum_c w_c z_c over the thread's classes, when smoothing
+  acc_t weighted_sum;  // sum_c w_c (z_c - shift) over the thread's classes, when smoothing
 };
 
 template <typename acc_t>
@@ -128,6 +128,15 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm)
   for (int64_t row = blockIdx.x; row < args.num_rows; row += gridDim.x) {
     const scalar_t* __restrict__ logits = args.logits + row * args.row_stride;
     RowPartial<acc_t> part{lse_empty<acc_t>(), acc_t(0)};
+    // The smoothing sum is taken relative to the target's logit (one cached load per thread).
+    // fp64 has digits to spare, and without the shift its kernel fits 64 registers.
+    acc_t shift = acc_t(0);
+    if (sizeof(acc_t) == 4 && smoothing) {
+      const int64_t t = args.target[row];
+      if (t != args.ignore_index && target_is_valid(t, num_classes, args.ignore_index)) {
+        shift = logit_sum_shift(softcap_value(to_acc<acc_t>(logits[t]), args.softcap));
+      }
+    }
 
     // Adds N consecutive logits starting at class j.
     auto accumulate = [&](const auto& raw, int64_t j) {
@@ -138,7 +147,8 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm)
       if (smoothing) {
 #pragma unroll
         for (int k = 0; k < N; ++k) {
-          part.weighted_sum += args.weight != nullptr ? args.weight[j + k] * z[k] : z[k];
+          const acc_t shifted = z[k] - shift;
+          part.weighted_sum += args.weight != nullptr ? args.weight[j + k] * shifted : shifted;
         }
       }
     };
@@ -187,8 +197,8 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm)
         const auto coef = cross_entropy_row(lse, row_weight, weight_total, args.label_smoothing,
                                             num_classes, args.z_loss);
         const acc_t target_logit = softcap_value(to_acc<acc_t>(logits[t]), args.softcap);
-        loss = cross_entropy_row_loss(coef, lse, target_logit, weight_total, part.weighted_sum,
-                                      args.z_loss);
+        loss = cross_entropy_row_loss(coef, part.lse, target_logit, weight_total,
+                                      part.weighted_sum, shift, args.z_loss);
       }
       loss_out[row] = loss;
       row_weight_out[row] = row_weight;
@@ -235,9 +245,8 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm)
         coef = cross_entropy_row(lse, target_weight, weight_total, args.label_smoothing,
                                  num_classes, args.z_loss);
       }
-      // The same tests, in the same order, as the CPU kernel.
-      if (up * coef.grad_scale + up_lse == acc_t(0) && up * coef.smooth_coef == acc_t(0) &&
-          coef.target_coef == acc_t(0)) {
+      // The same test as the CPU kernel's.
+      if (cross_entropy_row_grad_is_zero(coef, up, up_lse)) {
         constant = acc_t(0);
       } else if (lse < kInf) {  // false for NaN / +inf: the softmax is undefined
         constant_row = false;

@@ -70,7 +70,7 @@ template <typename acc_t>
 struct SoftRowPartial {
   LseState<acc_t> lse;
   acc_t coef_sum;            // A: sum_c a_c
-  acc_t weighted_logit_sum;  // B: sum_c a_c z_c
+  acc_t weighted_logit_sum;  // B: sum_c a_c (z_c - shift), shift from logit_sum_shift
 };
 
 // Forward: per row, the lse of the (capped) logits and the row's loss, and A when coef_sum_out is
@@ -91,6 +91,11 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm)
     const scalar_t* __restrict__ logits = args.logits + row * args.logits_stride;
     const scalar_t* __restrict__ target = args.target + row * args.target_stride;
     SoftRowPartial<acc_t> part{lse_empty<acc_t>(), acc_t(0), acc_t(0)};
+    // B relative to the row's first logit (one cached load per thread). fp64 has digits to
+    // spare, and without the shift its kernel fits the 64 registers of __launch_bounds__.
+    const acc_t shift = sizeof(acc_t) == 8
+                            ? acc_t(0)
+                            : logit_sum_shift(softcap_value(to_acc<acc_t>(logits[0]), args.softcap));
 
     // Adds N consecutive classes starting at j.
     auto accumulate = [&](const auto& raw, const auto& prob, int64_t j) {
@@ -103,7 +108,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm)
 #pragma unroll
       for (int k = 0; k < N; ++k) {
         part.coef_sum += coef[k];
-        part.weighted_logit_sum += soft_target_term(coef[k], z[k]);
+        part.weighted_logit_sum += soft_target_term(coef[k], z[k], shift);
       }
     };
 
@@ -152,7 +157,8 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm)
     if (threadIdx.x == 0) {
       const acc_t lse = lse_finalize(part.lse);
       lse_out[row] = lse;
-      loss_out[row] = soft_target_loss(lse, part.coef_sum, part.weighted_logit_sum, args.z_loss);
+      loss_out[row] =
+          soft_target_loss(part.lse, part.coef_sum, part.weighted_logit_sum, shift, args.z_loss);
       if (coef_sum_out != nullptr) coef_sum_out[row] = part.coef_sum;
     }
   }

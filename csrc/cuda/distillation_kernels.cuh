@@ -59,7 +59,7 @@ struct DistillSums {
 template <typename scalar_t, typename acc_t>
 __device__ acc_t distill_row(const DistillArgs<scalar_t, acc_t>& args, int64_t row, bool need_loss,
                              acc_t scale, scalar_t* __restrict__ grad_row) {
-  __shared__ acc_t shared_lse[2];
+  __shared__ LogSoftmaxPair<acc_t> shared_logs;
   __shared__ acc_t shared_s;
   const int64_t num_classes = args.num_classes;
   const int64_t threads = blockDim.x;
@@ -80,20 +80,16 @@ __device__ acc_t distill_row(const DistillArgs<scalar_t, acc_t>& args, int64_t r
                         return DistillLse<acc_t>{lse_merge(a.student, b.student),
                                                  lse_merge(a.teacher, b.teacher)};
                       });
-  if (threadIdx.x == 0) {
-    shared_lse[0] = lse_finalize(part.student);
-    shared_lse[1] = lse_finalize(part.teacher);
-  }
+  if (threadIdx.x == 0) shared_logs = log_softmax_pair(part.teacher, part.student);
   __syncthreads();
-  const acc_t lse_s = shared_lse[0];
-  const acc_t lse_t = shared_lse[1];
+  const LogSoftmaxPair<acc_t> logs = shared_logs;
 
   const int64_t kind = args.kind;
   const acc_t beta = args.beta;
   auto term_at = [&](int64_t j) {
     const acc_t s = to_acc<acc_t>(student[j]) * inv_t;
     const acc_t t = to_acc<acc_t>(teacher[j]) * inv_t;
-    return divergence_term(kind, beta, t - lse_t, s - lse_s);
+    return divergence_term(kind, beta, logs.lp(t), logs.lq(s), logs.lp_minus_lq(t, s));
   };
 
   // Pass 2: the loss and S; the forward KL knows S = -1 and writes its gradient here.
