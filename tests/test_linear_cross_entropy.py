@@ -269,6 +269,11 @@ BAD_CALLS = [
     ("chunk_size", ValueError, lambda: logitops.linear_cross_entropy(X, W, T, chunk_size=0)),
     ("input", TypeError, lambda: logitops.linear_cross_entropy(X.long(), W, T)),
     ("reduction", ValueError, lambda: logitops.linear_cross_entropy(X, W, T, reduction="avg")),
+    (
+        "ignore_index",
+        ValueError,
+        lambda: logitops.linear_cross_entropy(X, W, torch.rand(4, 10), ignore_index=-100),
+    ),
 ]
 
 

@@ -114,6 +114,19 @@ def test_double_backward_matches_torch_linear_cross_entropy():
     torch.testing.assert_close(hvp, hvp2)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_batched_upstream_gradients(reduction):
+    """autograd.grad(is_grads_batched=True): the Jacobian of the graph built in eager mode."""
+    results = []
+    for fn in (ours, reference):
+        x, w, b, t = make()
+        loss = fn(x, w, b, t, reduction)
+        eye = torch.eye(loss.numel(), dtype=loss.dtype).reshape(-1, *loss.shape)
+        results.append(torch.autograd.grad(loss, (x, w, b), eye, is_grads_batched=True))
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want)
+
+
 def test_first_order_backward_still_fused():
     """Without create_graph the gradients come from the fused op (no graph of their own)."""
     x, w, b, t = make()

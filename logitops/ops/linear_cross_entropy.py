@@ -228,9 +228,12 @@ def _backward(ctx, grad_loss, *_):
         grad_bias,
     ) = ctx.saved_tensors
     ignore_index, label_smoothing, z_loss, softcap, reduction, chunk_size = ctx.options
-    if _composite.needs_composite_backward(input, linear_weight, linear_bias):
-        # create_graph=True: the gradients must have a graph themselves, which the fused kernels'
-        # cannot; recompute them through the composite (the [N, V] logits materialized).
+    if _composite.needs_composite_backward(
+        input, linear_weight, linear_bias, upstream=(grad_loss,)
+    ):
+        # create_graph=True (the gradients must have a graph themselves, which the fused kernels'
+        # cannot) or vmap-batched upstream gradients: recompute through the composite (the
+        # [N, V] logits materialized).
         def forward():
             return (
                 linear_cross_entropy_composite(
