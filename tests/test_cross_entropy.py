@@ -593,3 +593,46 @@ def test_probability_targets_every_dtype(device, dtype):
             ref.backward(upstream)
             assert_close(loss, ref, dtype, scale=10, what="loss")
             assert_close(x.grad, xr.grad, dtype, what="grad")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("fused", [True, False])
+def test_ignored_non_finite_rows_get_zero_gradient_under_an_empty_mean(
+    device, label_smoothing, fused
+):
+    """A mean over no counted row is NaN with upstream 1/0 = inf; every row is ignored, so every
+    gradient is 0 whatever the logits (NaN, +inf) on every device and path."""
+    logits = torch.randn(3, 9, device=device)
+    logits[0, 2] = float("nan")
+    logits[1, 4] = float("inf")
+    target = torch.full((3,), -100, device=device)
+    x = logits.clone().requires_grad_()
+    if fused:
+        loss = logitops.cross_entropy(x, target, label_smoothing=label_smoothing)
+    else:  # the backward kernel: the lse output also gets a (zero) gradient
+        loss, lse = logitops.cross_entropy(
+            x, target, label_smoothing=label_smoothing, return_lse=True
+        )
+        loss = loss + 0 * lse[2]
+    assert torch.isnan(loss)
+    loss.backward()
+    assert torch.equal(x.grad, torch.zeros_like(x))
+
+
+@pytest.mark.cuda
+def test_target_check_is_skipped_while_capturing_a_cuda_graph():
+    logits = torch.randn(4, 10, device="cuda")
+    target = torch.tensor([1, 2, 3, -100], device="cuda")
+    expected = F.cross_entropy(logits, target)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        logitops.cross_entropy(logits, target)  # warm-up outside the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        loss = logitops.cross_entropy(logits, target)
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(loss, expected)
