@@ -188,9 +188,12 @@ def _check_target_range(target: Tensor, num_classes: int, ignore_index: int) -> 
         check(target, num_classes, ignore_index, prefix="", expected="a global class id")
 
 
-def _combine(stats: Tensor, target: Tensor, layout: VocabLayout, group, options: _Options):
-    """Global lse [N] and per-row loss [N] (accumulation dtype) from each rank's [3, N] stats:
-    the formulas of cross_entropy_row_loss (csrc/common/logit_math.h) without class weights."""
+def _combine(
+    stats: Tensor, target: Tensor, layout: VocabLayout, group, options: _Options, acc: torch.dtype
+):
+    """Global lse [N] and per-row loss [N] (in `acc`) from each rank's float64 [3, N] stats: the
+    formulas of cross_entropy_row_loss (csrc/common/logit_math.h) without class weights, in
+    float64 so that lse - z_target keeps the digits a float32 lse would lose."""
     if layout.world_size > 1:
         device = _collective_device(group, stats)
         parts = [torch.empty_like(stats, device=device) for _ in range(layout.world_size)]
@@ -209,7 +212,7 @@ def _combine(stats: Tensor, target: Tensor, layout: VocabLayout, group, options:
     # A target on no rank (unchecked: traced, or LOGITOPS_VALIDATE_TARGETS=0 on CUDA) gives NaN,
     # as the single-device kernels do.
     loss = torch.where(_invalid_targets(target, layout, options), torch.nan, loss)
-    return lse, loss
+    return lse.to(acc), loss.to(acc)
 
 
 def _invalid_targets(target: Tensor, layout: VocabLayout, options: _Options) -> Tensor:
@@ -257,7 +260,8 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, target, layout, group, options):
         stats = _ops.vocab_parallel_cross_entropy_stats(logits, target, layout.vocab_start)
-        lse, row_loss = _combine(stats, target, layout, group, options)
+        acc = accumulation_dtype(logits.dtype)
+        lse, row_loss = _combine(stats, target, layout, group, options, acc)
         count = (target != options.ignore_index).sum()
         ctx.layout, ctx.options = layout, options
         ctx.save_for_backward(logits, target, lse, count)
@@ -371,7 +375,7 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
             x, t = input[start:end], target[start:end]
             logits = F.linear(x, weight, bias)
             stats = _ops.vocab_parallel_cross_entropy_stats(logits, t, layout.vocab_start)
-            lse, row_loss = _combine(stats, t, layout, group, options)
+            lse, row_loss = _combine(stats, t, layout, group, options, acc)
             row_losses.append(row_loss)
             lses.append(lse)
             if needs_grad:

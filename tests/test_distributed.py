@@ -361,13 +361,14 @@ def test_ops_match_reference_statistics(device, dtype):
     in_slice = (target >= start) & (target < start + size)
     picked = ld.gather(1, (target - start).clamp(0, size - 1)[:, None])[:, 0]
     expected = torch.stack([torch.logsumexp(ld, 1), torch.where(in_slice, picked, 0.0), ld.sum(1)])
-    assert stats.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
-    torch.testing.assert_close(stats.double(), expected, rtol=1e-5, atol=1e-5)
+    assert stats.dtype == torch.float64  # combined across ranks without losing digits
+    torch.testing.assert_close(stats, expected, rtol=1e-5, atol=1e-5)
 
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
     lse = torch.logsumexp(full.double(), 1)
     upstream = torch.rand(9, generator=g, dtype=torch.float64).to(device)
     grad = vp_ops.vocab_parallel_cross_entropy_backward(
-        upstream.to(stats.dtype), local, target, lse.to(stats.dtype), start, 40, -100, 0.1, 1e-3
+        upstream.to(acc), local, target, lse.to(acc), start, 40, -100, 0.1, 1e-3
     )
     leaf = full.double().requires_grad_()
     loss, _ = cross_entropy_reference(
@@ -510,8 +511,43 @@ def test_targets_on_no_rank_give_nan_rows_when_unchecked():
     layout = lpd.VocabLayout(0, 5, 5, 5, 1)
     options = lpd._make_options(-100, "none", 0.0, 0.0)
     stats = vp_ops.vocab_parallel_cross_entropy_stats(logits, target, 0)
-    lse, loss = lpd._combine(stats, target, layout, None, options)
+    lse, loss = lpd._combine(stats, target, layout, None, options, torch.float64)
     assert torch.isnan(loss[1]) and loss[2] == 0
     torch.testing.assert_close(loss[0], F.cross_entropy(logits[:1], target[:1]))
     grad = lpd._slice_grad(torch.ones(3, dtype=torch.float64), logits, target, lse, layout, options)
     assert torch.isnan(grad[1]).all() and (grad[2] == 0).all() and torch.isfinite(grad[0]).all()
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_float32_loss_as_accurate_as_torch(tmp_path, label_smoothing):
+    """The ranks' statistics are combined in float64: rows whose logits sit next to their lse
+    lose no digits to lse - z_target (a float32 lse of a row of -1e4 is only good to 1e-3)."""
+    from test_precision import _assert_not_worse_than_torch
+
+    vocab = 65536
+    case = logits_case(
+        "precision",
+        2,
+        even_slices(2, vocab // 2),
+        rows=4,
+        dtype=torch.float32,
+        reduction="none",
+        label_smoothing=label_smoothing,
+    )
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(4, vocab, generator=g) * 30
+    logits[1] = -1e4
+    logits[2] = torch.randn(vocab, generator=g) * 1e-3 + 5e3
+    target = torch.randint(0, vocab, (4,), generator=g)
+    case.update(logits=logits, target=target, upstream=torch.ones(4))
+    results = run_ranks(2, [case], tmp_path)
+    kw = dict(reduction="none", label_smoothing=label_smoothing)
+    exact = F.cross_entropy(logits.double(), target, **kw)
+    for rank in results:
+        assert "error" not in rank["precision"], rank["precision"].get("traceback")
+        _assert_not_worse_than_torch(
+            rank["precision"]["loss"],
+            F.cross_entropy(logits, target, **kw),
+            exact,
+            "vocab-parallel",
+        )

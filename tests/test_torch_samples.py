@@ -71,8 +71,8 @@ def test_cross_entropy_samples(dtype):
         weight = kwargs.get("weight")
         rest = {k: v for k, v in kwargs.items() if k != "weight"}
         _compare(
-            lambda x, t, w: LF.cross_entropy(x, t, weight=w, **rest),
-            lambda x, t, w: F.cross_entropy(x, t, weight=w, **rest),
+            lambda x, t, w, rest=rest: LF.cross_entropy(x, t, weight=w, **rest),
+            lambda x, t, w, rest=rest: F.cross_entropy(x, t, weight=w, **rest),
             (sample.input, target, weight),
             dtype,
             f"cross_entropy {tuple(sample.input.shape)} {kwargs}",
@@ -144,7 +144,9 @@ def _autograd_checks(op, name, ours):
 
         def fn(*diff, args=args, kwargs=sample.kwargs):
             it = iter(diff)
-            full = [next(it) if isinstance(a, torch.Tensor) and a.requires_grad else a for a in args]
+            full = [
+                next(it) if isinstance(a, torch.Tensor) and a.requires_grad else a for a in args
+            ]
             return ours(*full, **kwargs)
 
         what = f"{name} {tuple(sample.input.shape)} {sample.kwargs}"

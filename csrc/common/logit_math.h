@@ -90,6 +90,14 @@ LOGITOPS_HD acc_t logit_sum_shift(acc_t logit) {
              : acc_t(0);
 }
 
+// The log-sum-exp in double, max + log(sum) rounded once: a statistic that is combined later
+// (across ranks) keeps the digits that rounding the lse to acc_t would lose.
+template <typename acc_t>
+LOGITOPS_HD double lse_finalize_wide(LseState<acc_t> s) {
+  if (!lse_state_is_finite(s)) return double(lse_finalize(s));
+  return double(s.max) + std::log(double(s.sum));
+}
+
 // Logit soft-capping (Gemma 2): cap * tanh(z / cap). cap <= 0 disables it.
 template <typename acc_t>
 LOGITOPS_HD acc_t softcap_value(acc_t z, acc_t cap) {

@@ -56,8 +56,9 @@ at::Tensor vocab_parallel_cross_entropy_stats_cpu(const at::Tensor& logits_in,
   const at::Tensor target = target_in.contiguous();
   const int64_t num_rows = logits.size(0);
   const int64_t local_classes = logits.size(1);
-  const auto acc_dtype = accumulation_dtype(logits.scalar_type());
-  at::Tensor stats = at::empty({3, num_rows}, logits.options().dtype(acc_dtype));
+  // Float64 whatever the logits: the ranks' statistics are combined into lse - z_target, which
+  // would cancel the digits of an lse rounded to float32.
+  at::Tensor stats = at::empty({3, num_rows}, logits.options().dtype(at::kDouble));
 
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kBFloat16, at::kHalf, logits.scalar_type(), "vocab_parallel_cross_entropy_stats", [&] {
@@ -65,25 +66,28 @@ at::Tensor vocab_parallel_cross_entropy_stats_cpu(const at::Tensor& logits_in,
         const scalar_t* data = logits.const_data_ptr<scalar_t>();
         const int64_t* t = target.const_data_ptr<int64_t>();
         const int64_t row_stride = logits.stride(0);
-        acc_t* lse_out = stats.mutable_data_ptr<acc_t>();
-        acc_t* target_out = lse_out + num_rows;
-        acc_t* sum_out = target_out + num_rows;
+        double* lse_out = stats.mutable_data_ptr<double>();
+        double* target_out = lse_out + num_rows;
+        double* sum_out = target_out + num_rows;
         at::parallel_for(0, num_rows, grain_rows(local_classes), [&](int64_t begin, int64_t end) {
           std::vector<acc_t> buf(std::min(kBlock, local_classes));
           for (int64_t i = begin; i < end; ++i) {
             const scalar_t* row = data + i * row_stride;
             LseState<acc_t> state = lse_empty<acc_t>();
-            acc_t sum = 0;
+            // sum_j z_j = sum_j (z_j - shift) + n * shift: small terms in acc_t, the rest in double.
+            const acc_t shift =
+                local_classes > 0 ? logit_sum_shift(static_cast<acc_t>(row[0])) : acc_t(0);
+            double sum = double(shift) * double(local_classes);
             for (int64_t start = 0; start < local_classes; start += kBlock) {
               const int64_t n = std::min(kBlock, local_classes - start);
               const acc_t* z = acc_block(row, start, n, buf.data());
               state = lse_block(z, n, state);
-              sum += weighted_sum_block<acc_t>(z, nullptr, n);
+              sum += weighted_sum_block<acc_t>(z, nullptr, n, shift);
             }
-            lse_out[i] = lse_finalize(state);
+            lse_out[i] = lse_finalize_wide(state);
             const int64_t local = t[i] - vocab_start;
             target_out[i] =
-                local >= 0 && local < local_classes ? static_cast<acc_t>(row[local]) : acc_t(0);
+                local >= 0 && local < local_classes ? static_cast<double>(row[local]) : 0.0;
             sum_out[i] = sum;
           }
         });

@@ -52,8 +52,8 @@ at::Tensor vocab_parallel_cross_entropy_stats_cuda(const at::Tensor& logits_in,
   const at::Tensor logits = rows_with_unit_stride(logits_in);
   const at::Tensor target = target_in.contiguous();
   const int64_t num_rows = logits.size(0);
-  const auto acc_dtype = accumulation_dtype(logits.scalar_type());
-  at::Tensor stats = at::empty({3, num_rows}, logits.options().dtype(acc_dtype));
+  // Float64, as the CPU kernel's (see there).
+  at::Tensor stats = at::empty({3, num_rows}, logits.options().dtype(at::kDouble));
   if (num_rows == 0) return stats;
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kBFloat16, at::kHalf, logits.scalar_type(), "vocab_parallel_cross_entropy_stats", [&] {
@@ -62,7 +62,7 @@ at::Tensor vocab_parallel_cross_entropy_stats_cuda(const at::Tensor& logits_in,
         cuda::vocab_parallel_stats_kernel<cuda_t, acc_t>
             <<<row_grid(num_rows), row_threads(logits.size(1)), 0,
                at::cuda::getCurrentCUDAStream()>>>(slice_args<scalar_t>(logits, target, vocab_start),
-                                                   stats.mutable_data_ptr<acc_t>());
+                                                   stats.mutable_data_ptr<double>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
   return stats;

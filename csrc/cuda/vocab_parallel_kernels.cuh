@@ -23,19 +23,22 @@ struct VocabSliceArgs {
   int64_t vocab_start;    // global id of the slice's first class
 };
 
-// stats [3, num_rows]: the slice's lse, the target's logit (0 when on another rank), the logit sum.
+// stats [3, num_rows], float64: the slice's lse, the target's logit (0 when on another rank), the
+// logit sum (accumulated relative to the slice's first logit, the shift added back in double).
 // Elements are read one at a time: these rows are slices of a sharded vocabulary and rarely start
 // on a 16-byte boundary, and the loop is bound by memory either way.
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm)
-    vocab_parallel_stats_kernel(const VocabSliceArgs<scalar_t> args, acc_t* __restrict__ stats) {
+    vocab_parallel_stats_kernel(const VocabSliceArgs<scalar_t> args, double* __restrict__ stats) {
   for (int64_t row = blockIdx.x; row < args.num_rows; row += gridDim.x) {
     const scalar_t* __restrict__ logits = args.logits + row * args.row_stride;
     RowPartial<acc_t> part{lse_empty<acc_t>(), acc_t(0)};
+    const acc_t shift =
+        args.local_classes > 0 ? logit_sum_shift(to_acc<acc_t>(logits[0])) : acc_t(0);
     for (int64_t j = threadIdx.x; j < args.local_classes; j += blockDim.x) {
       const acc_t z[1] = {to_acc<acc_t>(logits[j])};
       lse_push_values(part.lse, z);
-      part.weighted_sum += z[0];
+      part.weighted_sum += z[0] - shift;
     }
     part = block_reduce(part, RowPartial<acc_t>{lse_empty<acc_t>(), acc_t(0)},
                         [](const RowPartial<acc_t>& a, const RowPartial<acc_t>& b) {
@@ -43,10 +46,11 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm)
                         });
     if (threadIdx.x == 0) {
       const int64_t local = args.target[row] - args.vocab_start;
-      stats[row] = lse_finalize(part.lse);
+      stats[row] = lse_finalize_wide(part.lse);
       stats[args.num_rows + row] =
-          local >= 0 && local < args.local_classes ? to_acc<acc_t>(logits[local]) : acc_t(0);
-      stats[2 * args.num_rows + row] = part.weighted_sum;
+          local >= 0 && local < args.local_classes ? double(to_acc<acc_t>(logits[local])) : 0.0;
+      stats[2 * args.num_rows + row] =
+          double(part.weighted_sum) + double(shift) * double(args.local_classes);
     }
   }
 }

@@ -6,14 +6,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._common import accumulation_dtype
-
 __all__ = ["vocab_parallel_cross_entropy_backward", "vocab_parallel_cross_entropy_stats"]
 
 
 def vocab_parallel_cross_entropy_stats(logits: Tensor, target: Tensor, vocab_start: int) -> Tensor:
-    """[3, N] (accumulation dtype): the slice's lse, the target's logit (0 when the target class
-    is not in [vocab_start, vocab_start + V_local)) and the sum of the slice's logits."""
+    """[3, N] float64, so that combining ranks loses no digits: the slice's lse, the target's
+    logit (0 when the target class is not in [vocab_start, vocab_start + V_local)) and the sum of
+    the slice's logits."""
     return torch.ops.logitops.vocab_parallel_cross_entropy_stats.default(
         logits, target, vocab_start
     )
@@ -48,7 +47,7 @@ def vocab_parallel_cross_entropy_backward(
 @torch.library.register_fake("logitops::vocab_parallel_cross_entropy_stats")
 def _stats_fake(logits, target, vocab_start):
     torch._check(logits.dim() == 2, lambda: "logits must be 2-D")
-    return logits.new_empty((3, logits.shape[0]), dtype=accumulation_dtype(logits.dtype))
+    return logits.new_empty((3, logits.shape[0]), dtype=torch.float64)
 
 
 @torch.library.register_fake("logitops::vocab_parallel_cross_entropy_backward")
