@@ -3,10 +3,19 @@
 #include <Python.h>
 #include <torch/library.h>
 
+// `import logitops._C` (or `logitops._C_emulation`, the CUDA emulation build) loads this library,
+// which runs the registrations below.
+#ifdef LOGITOPS_CUDA_EMULATION
+#define LOGITOPS_MODULE_NAME "_C_emulation"
+#define LOGITOPS_MODULE_INIT PyInit__C_emulation
+#else
+#define LOGITOPS_MODULE_NAME "_C"
+#define LOGITOPS_MODULE_INIT PyInit__C
+#endif
 extern "C" {
-// `import logitops._C` loads this library, which runs the registrations below.
-PyMODINIT_FUNC PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+PyMODINIT_FUNC LOGITOPS_MODULE_INIT(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, LOGITOPS_MODULE_NAME, nullptr, -1,
+                                          nullptr};
   return PyModule_Create(&module_def);
 }
 }

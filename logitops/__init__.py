@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ._loader import load_extension
+from ._loader import cuda_emulation_requested, load_extension
 
 _build_info = load_extension()
 
@@ -66,6 +66,8 @@ def build_info() -> dict[str, object]:
         "version": __version__,
         "cpu_isa": _build_info.CPU_ISA,
         "cuda_kernels": bool(_build_info.WITH_CUDA),
+        # True when the ops run the CUDA launchers and kernels on CPU tensors (csrc/emulation).
+        "cuda_emulation": cuda_emulation_requested(),
         "ops": _registered_ops(),
         "ops_with_cuda_kernel": ops_with_cuda,
         "composite_ops": composite,

@@ -22,6 +22,7 @@ from .ops._common import (
     accumulation_dtype,
     check_floating,
     check_same_device,
+    runs_cpu_kernels,
     validate_cuda_targets_enabled,
 )
 
@@ -201,7 +202,7 @@ def linear_cross_entropy(
         chunk_size = default_chunk_size(
             x.shape[0], vocab, 4 if cast is not None else x.element_size()
         )
-    if x.device.type != "cpu" and validate_cuda_targets_enabled():
+    if not runs_cpu_kernels(x) and validate_cuda_targets_enabled():
         from .functional import _check_target_range
 
         _check_target_range(t, vocab, ignore_index)

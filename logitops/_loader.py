@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 from pathlib import Path
 
@@ -28,6 +29,20 @@ def load_extension():
             "this build of logitops uses AVX2/FMA, which this CPU lacks; rebuild with "
             "LOGITOPS_CPU_ISA=generic pip install --no-build-isolation ."
         )
-    from . import _C  # noqa: F401  (registers the torch.ops.logitops kernels)
+    if cuda_emulation_requested():
+        if not getattr(_build_info, "WITH_CUDA_EMULATION", False):
+            raise ImportError(
+                "LOGITOPS_CUDA_EMULATION=1 but this build has no CUDA emulation library; build "
+                "it with LOGITOPS_CUDA_EMULATION=1 pip install --no-build-isolation -e ."
+            )
+        # The CUDA launchers and kernels, run on CPU tensors (csrc/emulation), instead of the
+        # CPU kernels: both register the same ops for the CPU dispatch key.
+        from . import _C_emulation  # noqa: F401
+    else:
+        from . import _C  # noqa: F401  (registers the torch.ops.logitops kernels)
 
     return _build_info
+
+
+def cuda_emulation_requested() -> bool:
+    return os.environ.get("LOGITOPS_CUDA_EMULATION", "0") not in ("", "0", "false", "off", "no")

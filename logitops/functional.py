@@ -20,6 +20,7 @@ from .ops._common import (
     check_same_device,
     is_plain_eager_tensor,
     reduction_code,
+    runs_cpu_kernels,
     validate_cuda_targets_enabled,
 )
 
@@ -144,7 +145,7 @@ def cross_entropy(
                 f"shape {tuple(input.shape)}, got {tuple(target.shape)}"
             )
         target_1d = target.reshape(-1).to(torch.int64)
-        if input.device.type != "cpu" and validate_cuda_targets_enabled():
+        if not runs_cpu_kernels(input) and validate_cuda_targets_enabled():
             _check_target_range(target_1d, num_classes, ignore_index)
         options = (weight, int(ignore_index), float(label_smoothing), float(z_loss), cap, code)
         if _composite.transforms_active(input, weight):
@@ -202,7 +203,7 @@ def _fuse_gradient(input: Tensor) -> bool:
     """Whether the forward should also write the gradient (read the logits once): when one will
     be needed, on the CPU. On CUDA the backward recomputes it from the saved lse instead, because
     skipping the multiplication by the upstream gradient there would need a host sync."""
-    return input.requires_grad and torch.is_grad_enabled() and input.device.type == "cpu"
+    return input.requires_grad and torch.is_grad_enabled() and runs_cpu_kernels(input)
 
 
 def binary_cross_entropy_with_logits(

@@ -5,10 +5,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -18,6 +15,7 @@
 #include "../common/logit_math.h"
 #include "../ops_common.h"
 #include "bce_with_logits_kernels.cuh"
+#include "device_api.h"
 
 namespace logitops {
 namespace {
@@ -59,19 +57,18 @@ void launch_bce(const at::Tensor& input, const at::Tensor& target,
 
   // One wave of resident blocks, each looping over tiles: a grid of several waves would leave SMs
   // idle during a partial last one. A host-side query of the kernel's attributes; no device sync.
-  int blocks_per_sm = 0;
-  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-      &blocks_per_sm, cuda::bce_with_logits_kernel<cuda_t, acc_t>, cuda::kBceThreads, 0));
-  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int blocks_per_sm =
+      cuda::max_active_blocks(cuda::bce_with_logits_kernel<cuda_t, acc_t>, cuda::kBceThreads, 0);
+  const int64_t sms = cuda::sm_count();
   const int64_t blocks = std::min<int64_t>(
       {tiling.num_tiles(), sms * std::max(blocks_per_sm, 1), std::numeric_limits<int>::max()});
-  cuda::bce_with_logits_kernel<cuda_t, acc_t>
-      <<<static_cast<unsigned>(blocks), cuda::kBceThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-          args,
-          loss.defined() ? reinterpret_cast<cuda_t*>(loss.mutable_data_ptr<scalar_t>()) : nullptr,
-          grad.defined() ? reinterpret_cast<cuda_t*>(grad.mutable_data_ptr<scalar_t>()) : nullptr,
-          partials.defined() ? partials.mutable_data_ptr<double>() : nullptr);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  cuda::launch_kernel(
+      "bce_with_logits_kernel", cuda::bce_with_logits_kernel<cuda_t, acc_t>,
+      static_cast<unsigned>(blocks), cuda::kBceThreads, 0, cuda::current_stream(), args,
+      loss.defined() ? reinterpret_cast<cuda_t*>(loss.mutable_data_ptr<scalar_t>()) : nullptr,
+      grad.defined() ? reinterpret_cast<cuda_t*>(grad.mutable_data_ptr<scalar_t>()) : nullptr,
+      partials.defined() ? partials.mutable_data_ptr<double>() : nullptr);
+  LOGITOPS_CHECK_LAUNCH();
 }
 
 std::tuple<at::Tensor, at::Tensor> bce_with_logits_forward_cuda(
@@ -79,7 +76,7 @@ std::tuple<at::Tensor, at::Tensor> bce_with_logits_forward_cuda(
     const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& pos_weight,
     int64_t reduction, bool compute_grad) {
   check_bce_inputs(input_in, target_in, weight, pos_weight, reduction);
-  const c10::cuda::CUDAGuard device_guard(input_in.device());
+  const cuda::DeviceGuard device_guard(input_in.device());
   const at::Tensor input = rows_with_unit_stride(input_in);
   const at::Tensor target = rows_with_unit_stride(target_in);
   const int64_t rows = input.size(0), cols = input.size(1);
@@ -112,12 +109,13 @@ std::tuple<at::Tensor, at::Tensor> bce_with_logits_forward_cuda(
         launch_bce<scalar_t>(input, target, weight, pos_weight, at::Tensor(), grad_scale, tiling,
                              elementwise_loss, grad_out, partials);
         if (reduction != kReductionNone) {
-          cuda::bce_with_logits_finish_kernel<cuda_t, acc_t>
-              <<<1, cuda::kBceFinishThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-                  partials.const_data_ptr<double>(), partials.numel(),
-                  reduction == kReductionMean ? numel : 1.0,
-                  reinterpret_cast<cuda_t*>(loss.mutable_data_ptr<scalar_t>()));
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          cuda::launch_kernel("bce_with_logits_finish_kernel",
+                              cuda::bce_with_logits_finish_kernel<cuda_t, acc_t>, 1,
+                              cuda::kBceFinishThreads, 0, cuda::current_stream(),
+                              partials.const_data_ptr<double>(), partials.numel(),
+                              reduction == kReductionMean ? numel : 1.0,
+                              reinterpret_cast<cuda_t*>(loss.mutable_data_ptr<scalar_t>()));
+          LOGITOPS_CHECK_LAUNCH();
         }
       });
   return {loss, grad};
@@ -129,7 +127,7 @@ at::Tensor bce_with_logits_backward_cuda(const at::Tensor& grad_loss_in, const a
                                          const std::optional<at::Tensor>& pos_weight,
                                          int64_t reduction) {
   check_bce_inputs(input_in, target_in, weight, pos_weight, reduction);
-  const c10::cuda::CUDAGuard device_guard(input_in.device());
+  const cuda::DeviceGuard device_guard(input_in.device());
   // The kernel dereferences it: a CPU tensor here would be a host pointer on the device.
   TORCH_CHECK_VALUE(grad_loss_in.device() == input_in.device(),
                     "logitops.bce_with_logits_backward: grad_loss is on ", grad_loss_in.device(),
@@ -155,7 +153,7 @@ at::Tensor bce_with_logits_backward_cuda(const at::Tensor& grad_loss_in, const a
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(logitops, CUDA, m) {
+TORCH_LIBRARY_IMPL(logitops, LOGITOPS_CUDA_DISPATCH_KEY, m) {
   m.impl("bce_with_logits_forward", &bce_with_logits_forward_cuda);
   m.impl("bce_with_logits_backward", &bce_with_logits_backward_cuda);
 }

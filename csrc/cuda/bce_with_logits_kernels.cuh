@@ -63,7 +63,7 @@ inline int bce_group_shift(int64_t col_tile) {
 // vectorized on, else N scalar loads.
 template <typename T, int N>
 __device__ __forceinline__ AlignedVector<T, N> load_vector(const T* p, bool aligned) {
-  if (aligned) return *reinterpret_cast<const AlignedVector<T, N>*>(p);
+  if (aligned) return *vector_pointer<const AlignedVector<T, N>>(p);
   AlignedVector<T, N> v;
 #pragma unroll
   for (int k = 0; k < N; ++k) v.val[k] = p[k];
@@ -73,7 +73,7 @@ __device__ __forceinline__ AlignedVector<T, N> load_vector(const T* p, bool alig
 template <typename T, int N>
 __device__ __forceinline__ void store_vector(T* p, const AlignedVector<T, N>& v, bool aligned) {
   if (aligned) {
-    *reinterpret_cast<AlignedVector<T, N>*>(p) = v;
+    *vector_pointer<AlignedVector<T, N>>(p) = v;
     return;
   }
 #pragma unroll

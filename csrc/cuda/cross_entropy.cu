@@ -8,13 +8,10 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/full.h>
 #include <ATen/ops/ones.h>
 #include <ATen/ops/sum.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -24,6 +21,7 @@
 #include "../ops_common.h"
 #include "cross_entropy_kernels.cuh"
 #include "cross_entropy_probs_kernels.cuh"
+#include "device_api.h"
 
 namespace logitops {
 namespace {
@@ -66,12 +64,13 @@ void launch_backward(const cuda::CrossEntropyArgs<typename CudaType<scalar_t>::t
   using cuda_t = typename CudaType<scalar_t>::type;
   if (args.num_rows == 0) return;
   const int threads = cuda::block_threads_for<cuda_t>(args.num_classes);
-  cuda::cross_entropy_backward_kernel<cuda_t, acc_t>
-      <<<row_grid(args.num_rows), threads, 0, at::cuda::getCurrentCUDAStream()>>>(
-          args, lse.const_data_ptr<acc_t>(), upstream.const_data_ptr<acc_t>(),
-          upstream_lse.defined() ? upstream_lse.const_data_ptr<acc_t>() : nullptr,
-          reinterpret_cast<cuda_t*>(grad.mutable_data_ptr<scalar_t>()));
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  cuda::launch_kernel("cross_entropy_backward_kernel",
+                      cuda::cross_entropy_backward_kernel<cuda_t, acc_t>, row_grid(args.num_rows),
+                      threads, 0, cuda::current_stream(), args, lse.const_data_ptr<acc_t>(),
+                      upstream.const_data_ptr<acc_t>(),
+                      upstream_lse.defined() ? upstream_lse.const_data_ptr<acc_t>() : nullptr,
+                      reinterpret_cast<cuda_t*>(grad.mutable_data_ptr<scalar_t>()));
+  LOGITOPS_CHECK_LAUNCH();
 }
 
 void check_on_device(const at::Tensor& t, const at::Tensor& logits, const char* name,
@@ -85,7 +84,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cross_entropy_forward
     const std::optional<at::Tensor>& weight, int64_t ignore_index, double label_smoothing,
     double z_loss, double softcap, int64_t reduction, bool compute_grad) {
   check_cross_entropy_inputs(logits_in, target_in, weight, reduction);
-  const c10::cuda::CUDAGuard device_guard(logits_in.device());
+  const cuda::DeviceGuard device_guard(logits_in.device());
   const at::Tensor logits = rows_with_unit_stride(logits_in);
   const at::Tensor target = target_in.contiguous();
   const int64_t num_rows = logits.size(0);
@@ -111,11 +110,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cross_entropy_forward
             make_args<scalar_t, acc_t>(logits, target, weight_acc, weight_total, ignore_index,
                                        label_smoothing, z_loss, softcap);
         const int threads = cuda::block_threads_for<cuda_t>(num_classes);
-        cuda::cross_entropy_forward_kernel<cuda_t, acc_t>
-            <<<row_grid(num_rows), threads, 0, at::cuda::getCurrentCUDAStream()>>>(
-                args, lse.mutable_data_ptr<acc_t>(), row_loss.mutable_data_ptr<acc_t>(),
-                row_weight.mutable_data_ptr<acc_t>());
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        cuda::launch_kernel("cross_entropy_forward_kernel",
+                            cuda::cross_entropy_forward_kernel<cuda_t, acc_t>, row_grid(num_rows),
+                            threads, 0, cuda::current_stream(), args, lse.mutable_data_ptr<acc_t>(),
+                            row_loss.mutable_data_ptr<acc_t>(),
+                            row_weight.mutable_data_ptr<acc_t>());
+        LOGITOPS_CHECK_LAUNCH();
       });
 
   // In double, like the CPU kernel; ATen's CUDA sum is deterministic.
@@ -148,7 +148,7 @@ at::Tensor cross_entropy_backward_cuda(const at::Tensor& grad_loss_in,
                                        int64_t ignore_index, double label_smoothing, double z_loss,
                                        double softcap, int64_t reduction) {
   check_cross_entropy_inputs(logits_in, target_in, weight, reduction);
-  const c10::cuda::CUDAGuard device_guard(logits_in.device());
+  const cuda::DeviceGuard device_guard(logits_in.device());
   const at::Tensor logits = rows_with_unit_stride(logits_in);
   const at::Tensor target = target_in.contiguous();
   const int64_t num_rows = logits.size(0);
@@ -218,14 +218,15 @@ void launch_probs_backward(
   using cuda_t = typename CudaType<scalar_t>::type;
   if (args.num_rows == 0) return;
   const int threads = cuda::block_threads_for<cuda_t>(args.num_classes);
-  cuda::cross_entropy_probs_backward_kernel<cuda_t, acc_t>
-      <<<row_grid(args.num_rows), threads, 0, at::cuda::getCurrentCUDAStream()>>>(
-          args, lse.const_data_ptr<acc_t>(),
-          coef_sum.defined() ? coef_sum.const_data_ptr<acc_t>() : nullptr,
-          upstream.const_data_ptr<acc_t>(),
-          upstream_lse.defined() ? upstream_lse.const_data_ptr<acc_t>() : nullptr,
-          reinterpret_cast<cuda_t*>(grad.mutable_data_ptr<scalar_t>()));
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  cuda::launch_kernel("cross_entropy_probs_backward_kernel",
+                      cuda::cross_entropy_probs_backward_kernel<cuda_t, acc_t>,
+                      row_grid(args.num_rows), threads, 0, cuda::current_stream(), args,
+                      lse.const_data_ptr<acc_t>(),
+                      coef_sum.defined() ? coef_sum.const_data_ptr<acc_t>() : nullptr,
+                      upstream.const_data_ptr<acc_t>(),
+                      upstream_lse.defined() ? upstream_lse.const_data_ptr<acc_t>() : nullptr,
+                      reinterpret_cast<cuda_t*>(grad.mutable_data_ptr<scalar_t>()));
+  LOGITOPS_CHECK_LAUNCH();
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_probs_forward_cuda(
@@ -233,7 +234,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_probs_forward_cuda(
     const std::optional<at::Tensor>& weight, double label_smoothing, double z_loss, double softcap,
     int64_t reduction, bool compute_grad) {
   check_cross_entropy_probs_inputs(logits_in, target_in, weight, reduction);
-  const c10::cuda::CUDAGuard device_guard(logits_in.device());
+  const cuda::DeviceGuard device_guard(logits_in.device());
   const at::Tensor logits = rows_with_unit_stride(logits_in);
   const at::Tensor target = rows_with_unit_stride(target_in);
   const int64_t num_rows = logits.size(0);
@@ -260,11 +261,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_probs_forward_cuda(
           const auto args = make_soft_args<scalar_t, acc_t>(logits, target, weight_acc,
                                                             label_smoothing, z_loss, softcap);
           const int threads = cuda::block_threads_for<cuda_t>(num_classes);
-          cuda::cross_entropy_probs_forward_kernel<cuda_t, acc_t>
-              <<<row_grid(num_rows), threads, 0, at::cuda::getCurrentCUDAStream()>>>(
-                  args, lse.mutable_data_ptr<acc_t>(), row_loss.mutable_data_ptr<acc_t>(),
-                  coef_sum.defined() ? coef_sum.mutable_data_ptr<acc_t>() : nullptr);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          cuda::launch_kernel("cross_entropy_probs_forward_kernel",
+                              cuda::cross_entropy_probs_forward_kernel<cuda_t, acc_t>,
+                              row_grid(num_rows), threads, 0, cuda::current_stream(), args,
+                              lse.mutable_data_ptr<acc_t>(), row_loss.mutable_data_ptr<acc_t>(),
+                              coef_sum.defined() ? coef_sum.mutable_data_ptr<acc_t>() : nullptr);
+          LOGITOPS_CHECK_LAUNCH();
           if (compute_grad) {
             // The fused gradient is that of the reduced loss for an upstream gradient of 1.
             const at::Tensor one = reduction == kReductionNone ? at::ones({num_rows}, acc_options)
@@ -289,7 +291,7 @@ at::Tensor cross_entropy_probs_backward_cuda(const at::Tensor& grad_loss_in,
                                              double z_loss, double softcap, int64_t reduction) {
   constexpr const char* kOp = "cross_entropy_probs_backward";
   check_cross_entropy_probs_inputs(logits_in, target_in, weight, reduction);
-  const c10::cuda::CUDAGuard device_guard(logits_in.device());
+  const cuda::DeviceGuard device_guard(logits_in.device());
   const at::Tensor logits = rows_with_unit_stride(logits_in);
   const at::Tensor target = rows_with_unit_stride(target_in);
   const int64_t num_rows = logits.size(0);
@@ -328,7 +330,7 @@ at::Tensor cross_entropy_probs_backward_cuda(const at::Tensor& grad_loss_in,
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(logitops, CUDA, m) {
+TORCH_LIBRARY_IMPL(logitops, LOGITOPS_CUDA_DISPATCH_KEY, m) {
   m.impl("cross_entropy_forward", &cross_entropy_forward_cuda);
   m.impl("cross_entropy_backward", &cross_entropy_backward_cuda);
   m.impl("cross_entropy_probs_forward", &cross_entropy_probs_forward_cuda);

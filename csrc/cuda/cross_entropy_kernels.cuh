@@ -162,7 +162,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm)
     };
     for (int64_t j = threadIdx.x; j < head; j += threads) accumulate_one(j);
     for (int64_t j = tail + threadIdx.x; j < num_classes; j += threads) accumulate_one(j);
-    const Vector* vectors = reinterpret_cast<const Vector*>(logits + head);
+    const Vector* vectors = vector_pointer<const Vector>(logits + head);
     // kUnroll loads in flight per thread before any math: the loop is bound by memory latency.
     int64_t v = threadIdx.x;
     for (; v + (kUnroll - 1) * threads < num_vectors; v += kUnroll * threads) {
@@ -280,7 +280,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm)
     auto load = [&](int64_t j) -> Vector {
       Vector raw{};
       if (constant_row) return raw;  // nothing to read
-      if (vector_loads) return *reinterpret_cast<const Vector*>(logits + j);
+      if (vector_loads) return *vector_pointer<const Vector>(logits + j);
 #pragma unroll
       for (int k = 0; k < kVec; ++k) raw.val[k] = logits[j + k];
       return raw;
@@ -291,7 +291,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm)
       for (int k = 0; k < kVec; ++k) {
         result.val[k] = from_acc<scalar_t>(element_grad(to_acc<acc_t>(raw.val[k]), j + k));
       }
-      *reinterpret_cast<Vector*>(out + j) = result;
+      *vector_pointer<Vector>(out + j) = result;
     };
     for (int64_t j = threadIdx.x; j < head; j += threads) write_one(j);
     for (int64_t j = tail + threadIdx.x; j < num_classes; j += threads) write_one(j);

@@ -37,7 +37,7 @@ struct SoftTargetArgs {
 template <typename scalar_t, int kVec>
 __device__ __forceinline__ AlignedVector<scalar_t, kVec> load_row_vector(const scalar_t* p,
                                                                          bool vector_load) {
-  if (vector_load) return *reinterpret_cast<const AlignedVector<scalar_t, kVec>*>(p);
+  if (vector_load) return *vector_pointer<const AlignedVector<scalar_t, kVec>>(p);
   AlignedVector<scalar_t, kVec> v;
 #pragma unroll
   for (int k = 0; k < kVec; ++k) v.val[k] = p[k];
@@ -124,7 +124,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm)
     };
     for (int64_t j = threadIdx.x; j < head; j += threads) accumulate_one(j);
     for (int64_t j = tail + threadIdx.x; j < num_classes; j += threads) accumulate_one(j);
-    const Vector* vectors = reinterpret_cast<const Vector*>(logits + head);
+    const Vector* vectors = vector_pointer<const Vector>(logits + head);
     // kUnroll vectors of each operand in flight per thread before any math: the loop is bound by
     // memory latency.
     int64_t v = threadIdx.x;
@@ -193,7 +193,7 @@ __device__ acc_t row_coef_sum(const SoftTargetArgs<scalar_t, acc_t>& args,
   };
   for (int64_t j = threadIdx.x; j < head; j += threads) accumulate_one(j);
   for (int64_t j = tail + threadIdx.x; j < num_classes; j += threads) accumulate_one(j);
-  const Vector* vectors = reinterpret_cast<const Vector*>(target + head);
+  const Vector* vectors = vector_pointer<const Vector>(target + head);
   int64_t v = threadIdx.x;
   for (; v + (kUnroll - 1) * threads < num_vectors; v += kUnroll * threads) {
     Vector batch[kUnroll];
@@ -285,7 +285,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm)
         result.val[k] =
             from_acc<scalar_t>(element_grad(to_acc<acc_t>(raw.val[k]), prob.val[k], j + k));
       }
-      *reinterpret_cast<Vector*>(out + j) = result;
+      *vector_pointer<Vector>(out + j) = result;
     };
     for (int64_t j = threadIdx.x; j < head; j += threads) write_one(j);
     for (int64_t j = tail + threadIdx.x; j < num_classes; j += threads) write_one(j);

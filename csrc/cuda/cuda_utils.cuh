@@ -2,13 +2,18 @@
 // deterministic block reduction. Torch-free, like the kernels that include it.
 #pragma once
 
+#ifdef LOGITOPS_CUDA_EMULATION
+#include "../emulation/cuda_emulation.h"  // the toolkit's headers, and the device side on the host
+#else
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#endif
 
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 
 // Declared rather than included so that this header stays torch-free; only the names are used.
 namespace c10 {
@@ -54,6 +59,32 @@ template <typename T, int N>
 struct alignas(sizeof(T) * N) AlignedVector {
   T val[N];
 };
+
+// p viewed as 16-byte vectors. Every vector access of the kernels goes through it, so that the
+// emulator can check its alignment (a misaligned vector access is an error on the GPU).
+template <typename Vector, typename T>
+__device__ __forceinline__ Vector* vector_pointer(T* p) {
+#ifdef LOGITOPS_CUDA_EMULATION
+  if (reinterpret_cast<uintptr_t>(p) % alignof(Vector) != 0) {
+    emulation::fail("misaligned " + std::to_string(sizeof(Vector)) + "-byte vector access");
+  }
+#endif
+  return reinterpret_cast<Vector*>(p);
+}
+
+// Launches kernel<<<grid, block, shared_memory, stream>>>(args...). Under emulation it runs on the
+// host, and `name` names the kernel in the emulator's errors.
+template <typename... Params, typename... Args>
+inline void launch_kernel(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block,
+                          size_t shared_memory, cudaStream_t stream, Args&&... args) {
+#ifdef LOGITOPS_CUDA_EMULATION
+  (void)stream;
+  emulation::launch(name, grid, block, shared_memory, [&] { kernel(args...); });
+#else
+  (void)name;
+  kernel<<<grid, block, shared_memory, stream>>>(std::forward<Args>(args)...);
+#endif
+}
 
 // ATen compiles CUDA code with the implicit __half / __nv_bfloat16 conversions disabled, so
 // conversions are spelled out. Narrowing rounds to nearest even, like c10::BFloat16 / c10::Half.

@@ -5,13 +5,10 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/full.h>
 #include <ATen/ops/ne.h>
 #include <ATen/ops/sum.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -19,6 +16,7 @@
 
 #include "../common/logit_math.h"
 #include "../ops_common.h"
+#include "device_api.h"
 #include "distillation_kernels.cuh"
 
 namespace logitops {
@@ -62,7 +60,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kl_div_logits_forward_cuda(
     const std::optional<at::Tensor>& target_in, int64_t ignore_index, double temperature,
     int64_t kind, double beta, int64_t reduction, bool compute_grad) {
   check_distill_inputs(student_in, teacher_in, target_in, temperature, kind, beta, reduction);
-  const c10::cuda::CUDAGuard device_guard(student_in.device());
+  const cuda::DeviceGuard device_guard(student_in.device());
   const at::Tensor student = rows_with_unit_stride(student_in);
   const at::Tensor teacher = rows_with_unit_stride(teacher_in);
   const at::Tensor target = target_in.has_value() ? target_in->contiguous() : at::Tensor();
@@ -85,13 +83,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kl_div_logits_forward_cuda(
           const auto args = make_distill_args<scalar_t, acc_t>(
               student, teacher, target, ignore_index, temperature, kind, beta);
           const int threads = cuda::distill_block_threads(cols);
-          cuda::distill_forward_kernel<cuda_t, acc_t>
-              <<<distill_grid(rows), threads, 0, at::cuda::getCurrentCUDAStream()>>>(
-                  args, row_count.const_data_ptr<acc_t>(), code == kReductionMean, temperature,
-                  row_loss.mutable_data_ptr<acc_t>(),
-                  compute_grad ? reinterpret_cast<cuda_t*>(grad.mutable_data_ptr<scalar_t>())
-                               : nullptr);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          cuda::launch_kernel("distill_forward_kernel", cuda::distill_forward_kernel<cuda_t, acc_t>,
+                              distill_grid(rows), threads, 0, cuda::current_stream(), args,
+                              row_count.const_data_ptr<acc_t>(), code == kReductionMean,
+                              temperature, row_loss.mutable_data_ptr<acc_t>(),
+                              compute_grad
+                                  ? reinterpret_cast<cuda_t*>(grad.mutable_data_ptr<scalar_t>())
+                                  : nullptr);
+          LOGITOPS_CHECK_LAUNCH();
         });
   }
 
@@ -109,7 +108,7 @@ at::Tensor kl_div_logits_backward_cuda(const at::Tensor& grad_loss, const at::Te
   TORCH_CHECK_VALUE(grad_loss.device() == student_in.device(),
                     "logitops.kl_div_logits_backward: grad_loss is on ", grad_loss.device(),
                     " but the logits on ", student_in.device());
-  const c10::cuda::CUDAGuard device_guard(student_in.device());
+  const cuda::DeviceGuard device_guard(student_in.device());
   const at::Tensor student = rows_with_unit_stride(student_in);
   const at::Tensor teacher = rows_with_unit_stride(teacher_in);
   const at::Tensor target = target_in.has_value() ? target_in->contiguous() : at::Tensor();
@@ -127,11 +126,12 @@ at::Tensor kl_div_logits_backward_cuda(const at::Tensor& grad_loss, const at::Te
           const auto args = make_distill_args<scalar_t, acc_t>(
               student, teacher, target, ignore_index, temperature, kind, beta);
           const int threads = cuda::distill_block_threads(cols);
-          cuda::distill_backward_kernel<cuda_t, acc_t>
-              <<<distill_grid(rows), threads, 0, at::cuda::getCurrentCUDAStream()>>>(
-                  args, upstream.const_data_ptr<acc_t>(), static_cast<acc_t>(temperature),
-                  reinterpret_cast<cuda_t*>(grad.mutable_data_ptr<scalar_t>()));
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          cuda::launch_kernel("distill_backward_kernel",
+                              cuda::distill_backward_kernel<cuda_t, acc_t>, distill_grid(rows),
+                              threads, 0, cuda::current_stream(), args,
+                              upstream.const_data_ptr<acc_t>(), static_cast<acc_t>(temperature),
+                              reinterpret_cast<cuda_t*>(grad.mutable_data_ptr<scalar_t>()));
+          LOGITOPS_CHECK_LAUNCH();
         });
   }
   return grad;
@@ -139,7 +139,7 @@ at::Tensor kl_div_logits_backward_cuda(const at::Tensor& grad_loss, const at::Te
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(logitops, CUDA, m) {
+TORCH_LIBRARY_IMPL(logitops, LOGITOPS_CUDA_DISPATCH_KEY, m) {
   m.impl("kl_div_logits_forward", &kl_div_logits_forward_cuda);
   m.impl("kl_div_logits_backward", &kl_div_logits_backward_cuda);
 }

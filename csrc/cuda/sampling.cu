@@ -4,10 +4,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -16,6 +13,7 @@
 
 #include "../common/sampling_math.h"
 #include "../ops_common.h"
+#include "device_api.h"
 #include "sampling_kernels.cuh"
 
 namespace logitops {
@@ -32,8 +30,8 @@ dim3 sampling_grid(int64_t num_rows) {
 // The kernels read every tensor from the device; the checks shared with the CPU are done.
 void check_sampling_devices(const at::Tensor& logits, const std::optional<at::Tensor>& bias,
                             std::initializer_list<const at::Tensor*> per_row) {
-  TORCH_CHECK_VALUE(logits.is_cuda(), "logitops: logits must be on a CUDA device, got ",
-                    logits.device());
+  TORCH_CHECK_VALUE(cuda::on_kernel_device(logits),
+                    "logitops: logits must be on a CUDA device, got ", logits.device());
   if (bias.has_value()) {
     TORCH_CHECK_VALUE(bias->device() == logits.device(), "logitops: logit_bias is on ",
                       bias->device(), " but logits on ", logits.device());
@@ -91,7 +89,7 @@ at::Tensor filter_logits_cuda(const at::Tensor& logits, const std::optional<at::
                               double filter_value, int64_t min_tokens_to_keep) {
   check_sampling_inputs(logits, bias, temperature, top_k, top_p, min_p, order);
   check_sampling_devices(logits, bias, {&temperature, &top_k, &top_p, &min_p});
-  const c10::cuda::CUDAGuard device_guard(logits.device());
+  const cuda::DeviceGuard device_guard(logits.device());
   const SamplingTensors in = prepare(logits, bias, temperature, top_k, top_p, min_p);
   const int64_t rows = logits.size(0), n = logits.size(1);
   at::Tensor out = at::empty({rows, n}, logits.options());  // contiguous, as on the CPU
@@ -102,12 +100,12 @@ at::Tensor filter_logits_cuda(const at::Tensor& logits, const std::optional<at::
         using cuda_t = typename CudaType<scalar_t>::type;
         // Rounded to the logits' dtype on the host, as the CPU kernel rounds it.
         const acc_t fill = static_cast<acc_t>(static_cast<scalar_t>(filter_value));
-        cuda::filter_logits_kernel<cuda_t, acc_t>
-            <<<sampling_grid(rows), cuda::sampling_block_threads(n), 0,
-               at::cuda::getCurrentCUDAStream()>>>(
-                make_args<scalar_t>(in, order), fill, min_tokens_to_keep,
-                reinterpret_cast<cuda_t*>(out.mutable_data_ptr<scalar_t>()));
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        cuda::launch_kernel("filter_logits_kernel", cuda::filter_logits_kernel<cuda_t, acc_t>,
+                            sampling_grid(rows), cuda::sampling_block_threads(n), 0,
+                            cuda::current_stream(), make_args<scalar_t>(in, order), fill,
+                            min_tokens_to_keep,
+                            reinterpret_cast<cuda_t*>(out.mutable_data_ptr<scalar_t>()));
+        LOGITOPS_CHECK_LAUNCH();
       });
   return out;
 }
@@ -123,7 +121,7 @@ std::tuple<at::Tensor, at::Tensor> sample_cuda(const at::Tensor& logits,
   TORCH_CHECK_VALUE(seeds.dim() == 1 && seeds.size(0) == rows && seeds.scalar_type() == at::kLong,
                     "logitops.sample: seed must be int64 [", rows, "]");
   check_sampling_devices(logits, bias, {&temperature, &top_k, &top_p, &min_p, &seeds});
-  const c10::cuda::CUDAGuard device_guard(logits.device());
+  const cuda::DeviceGuard device_guard(logits.device());
   const SamplingTensors in = prepare(logits, bias, temperature, top_k, top_p, min_p);
   const at::Tensor seed = seeds.contiguous();
   at::Tensor tokens = at::empty({rows}, logits.options().dtype(at::kLong));
@@ -134,19 +132,19 @@ std::tuple<at::Tensor, at::Tensor> sample_cuda(const at::Tensor& logits,
       at::kBFloat16, at::kHalf, logits.scalar_type(), "sample_cuda", [&] {
         using acc_t = at::opmath_type<scalar_t>;
         using cuda_t = typename CudaType<scalar_t>::type;
-        cuda::sample_kernel<cuda_t, acc_t>
-            <<<sampling_grid(rows), cuda::sampling_block_threads(logits.size(1)), 0,
-               at::cuda::getCurrentCUDAStream()>>>(
-                make_args<scalar_t>(in, order), seed.const_data_ptr<int64_t>(), per_row_seeds,
-                tokens.mutable_data_ptr<int64_t>(), logprobs.mutable_data_ptr<float>());
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        cuda::launch_kernel("sample_kernel", cuda::sample_kernel<cuda_t, acc_t>,
+                            sampling_grid(rows), cuda::sampling_block_threads(logits.size(1)), 0,
+                            cuda::current_stream(), make_args<scalar_t>(in, order),
+                            seed.const_data_ptr<int64_t>(), per_row_seeds,
+                            tokens.mutable_data_ptr<int64_t>(), logprobs.mutable_data_ptr<float>());
+        LOGITOPS_CHECK_LAUNCH();
       });
   return {tokens, logprobs};
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(logitops, CUDA, m) {
+TORCH_LIBRARY_IMPL(logitops, LOGITOPS_CUDA_DISPATCH_KEY, m) {
   m.impl("filter_logits", &filter_logits_cuda);
   m.impl("sample", &sample_cuda);
 }

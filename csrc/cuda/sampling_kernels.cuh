@@ -312,7 +312,10 @@ __device__ __forceinline__ void select_mass_digit(RadixScratch& s, bool first_pa
     removal = top_p_removal_mass<acc_t>(top_p, total);
     // p <= 0, or a NaN total (+inf logits): only the top group survives, as on the CPU.
     if (!top_p_cuts_inside(removal, total)) {
-      if (lane == 0) s.digit = kNoDigit;
+      if (lane == 0) {
+        s.digit = kNoDigit;
+        s.below = 0;  // read (unused) by the caller before it sees kNoDigit
+      }
       return;
     }
   } else {

@@ -3,16 +3,14 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <limits>
 
 #include "../ops_common.h"
+#include "device_api.h"
 #include "vocab_parallel_kernels.cuh"
 
 namespace logitops {
@@ -48,7 +46,7 @@ at::Tensor vocab_parallel_cross_entropy_stats_cuda(const at::Tensor& logits_in,
                                                    int64_t vocab_start) {
   check_vocab_parallel_inputs(logits_in, target_in, vocab_start, -1,
                               "vocab_parallel_cross_entropy_stats");
-  const c10::cuda::CUDAGuard device_guard(logits_in.device());
+  const cuda::DeviceGuard device_guard(logits_in.device());
   const at::Tensor logits = rows_with_unit_stride(logits_in);
   const at::Tensor target = target_in.contiguous();
   const int64_t num_rows = logits.size(0);
@@ -59,22 +57,24 @@ at::Tensor vocab_parallel_cross_entropy_stats_cuda(const at::Tensor& logits_in,
       at::kBFloat16, at::kHalf, logits.scalar_type(), "vocab_parallel_cross_entropy_stats", [&] {
         using acc_t = at::opmath_type<scalar_t>;
         using cuda_t = typename CudaType<scalar_t>::type;
-        cuda::vocab_parallel_stats_kernel<cuda_t, acc_t>
-            <<<row_grid(num_rows), row_threads(logits.size(1)), 0,
-               at::cuda::getCurrentCUDAStream()>>>(slice_args<scalar_t>(logits, target, vocab_start),
-                                                   stats.mutable_data_ptr<double>());
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        cuda::launch_kernel(
+            "vocab_parallel_stats_kernel", cuda::vocab_parallel_stats_kernel<cuda_t, acc_t>,
+            row_grid(num_rows), row_threads(logits.size(1)), 0, cuda::current_stream(),
+            slice_args<scalar_t>(logits, target, vocab_start), stats.mutable_data_ptr<double>());
+        LOGITOPS_CHECK_LAUNCH();
       });
   return stats;
 }
 
-at::Tensor vocab_parallel_cross_entropy_backward_cuda(
-    const at::Tensor& grad_rows_in, const at::Tensor& logits_in, const at::Tensor& target_in,
-    const at::Tensor& lse_in, int64_t vocab_start, int64_t num_classes, int64_t ignore_index,
-    double label_smoothing, double z_loss) {
+at::Tensor vocab_parallel_cross_entropy_backward_cuda(const at::Tensor& grad_rows_in,
+                                                      const at::Tensor& logits_in,
+                                                      const at::Tensor& target_in,
+                                                      const at::Tensor& lse_in, int64_t vocab_start,
+                                                      int64_t num_classes, int64_t ignore_index,
+                                                      double label_smoothing, double z_loss) {
   constexpr const char* kOp = "vocab_parallel_cross_entropy_backward";
   check_vocab_parallel_inputs(logits_in, target_in, vocab_start, num_classes, kOp);
-  const c10::cuda::CUDAGuard device_guard(logits_in.device());
+  const cuda::DeviceGuard device_guard(logits_in.device());
   const at::Tensor logits = rows_with_unit_stride(logits_in);
   const at::Tensor target = target_in.contiguous();
   const at::Tensor grad_rows = per_row_operand(grad_rows_in, logits, "grad_rows", kOp);
@@ -86,21 +86,21 @@ at::Tensor vocab_parallel_cross_entropy_backward_cuda(
       at::kBFloat16, at::kHalf, logits.scalar_type(), "vocab_parallel_cross_entropy_backward", [&] {
         using acc_t = at::opmath_type<scalar_t>;
         using cuda_t = typename CudaType<scalar_t>::type;
-        cuda::vocab_parallel_backward_kernel<cuda_t, acc_t>
-            <<<row_grid(num_rows), row_threads(logits.size(1)), 0,
-               at::cuda::getCurrentCUDAStream()>>>(
-                slice_args<scalar_t>(logits, target, vocab_start),
-                grad_rows.const_data_ptr<acc_t>(), lse.const_data_ptr<acc_t>(), num_classes,
-                ignore_index, static_cast<acc_t>(label_smoothing), static_cast<acc_t>(z_loss),
-                reinterpret_cast<cuda_t*>(grad.mutable_data_ptr<scalar_t>()));
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        cuda::launch_kernel(
+            "vocab_parallel_backward_kernel", cuda::vocab_parallel_backward_kernel<cuda_t, acc_t>,
+            row_grid(num_rows), row_threads(logits.size(1)), 0, cuda::current_stream(),
+            slice_args<scalar_t>(logits, target, vocab_start), grad_rows.const_data_ptr<acc_t>(),
+            lse.const_data_ptr<acc_t>(), num_classes, ignore_index,
+            static_cast<acc_t>(label_smoothing), static_cast<acc_t>(z_loss),
+            reinterpret_cast<cuda_t*>(grad.mutable_data_ptr<scalar_t>()));
+        LOGITOPS_CHECK_LAUNCH();
       });
   return grad;
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(logitops, CUDA, m) {
+TORCH_LIBRARY_IMPL(logitops, LOGITOPS_CUDA_DISPATCH_KEY, m) {
   m.impl("vocab_parallel_cross_entropy_stats", &vocab_parallel_cross_entropy_stats_cuda);
   m.impl("vocab_parallel_cross_entropy_backward", &vocab_parallel_cross_entropy_backward_cuda);
 }

@@ -6,10 +6,22 @@ import os
 
 import torch
 
+from .._loader import cuda_emulation_requested
+
 # Must match logitops::Reduction in csrc/common/logit_math.h.
 REDUCTION_CODES = {"none": 0, "mean": 1, "sum": 2}
 
 FLOATING_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+# Under CUDA emulation the ops on CPU tensors are the CUDA launchers (logitops._C_emulation), and
+# the Python layer takes the paths it takes for CUDA tensors, so that those are what runs.
+CUDA_EMULATION = cuda_emulation_requested()
+
+
+def runs_cpu_kernels(tensor: torch.Tensor) -> bool:
+    """Whether the ops on this tensor are the CPU kernels (a CPU tensor, without emulation)."""
+    return tensor.device.type == "cpu" and not CUDA_EMULATION
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -76,6 +88,6 @@ def scale_fused_gradient(fused_grad, grad_loss, reduction: int):
         return fused_grad * grad_loss.reshape(
             grad_loss.shape + (1,) * (fused_grad.dim() - grad_loss.dim())
         ).to(fused_grad.dtype)
-    if is_plain_eager_tensor(grad_loss) and grad_loss.device.type == "cpu" and bool(grad_loss == 1):
+    if is_plain_eager_tensor(grad_loss) and runs_cpu_kernels(grad_loss) and bool(grad_loss == 1):
         return fused_grad
     return fused_grad * grad_loss.to(fused_grad.dtype)

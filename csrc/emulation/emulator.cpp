@@ -1,0 +1,527 @@
+// The CUDA emulator's scheduler (see cuda_emulation.h): the threads of one block as fibers on the
+// calling OS thread, switched at barriers and warp intrinsics only.
+#include <algorithm>
+#include <cstdlib>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <sstream>
+#include <stdexcept>
+#include <vector>
+
+#include "cuda_emulation.h"
+
+#if !defined(__x86_64__)
+#include <ucontext.h>
+#endif
+
+#if defined(__SANITIZE_THREAD__)
+#define LOGITOPS_EMU_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define LOGITOPS_EMU_TSAN 1
+#endif
+#endif
+#if defined(__SANITIZE_ADDRESS__)
+#define LOGITOPS_EMU_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define LOGITOPS_EMU_ASAN 1
+#endif
+#endif
+
+#ifdef LOGITOPS_EMU_TSAN
+extern "C" {
+void* __tsan_get_current_fiber(void);
+void* __tsan_create_fiber(unsigned flags);
+void __tsan_destroy_fiber(void* fiber);
+void __tsan_switch_to_fiber(void* fiber, unsigned flags);
+void __tsan_acquire(void* addr);
+void __tsan_release(void* addr);
+}
+#endif
+#ifdef LOGITOPS_EMU_ASAN
+extern "C" {
+void __sanitizer_start_switch_fiber(void** fake_stack_save, const void* bottom, size_t size);
+void __sanitizer_finish_switch_fiber(void* fake_stack_save, const void** bottom_old,
+                                     size_t* size_old);
+}
+#endif
+
+#if defined(__x86_64__)
+// Saves the callee-saved registers on the current stack, stores its pointer in *from and resumes
+// the stack `to` (System V ABI: nothing else survives a call).
+extern "C" void logitops_emulation_switch(void** from, void* to);
+asm(R"(
+  .text
+  .globl logitops_emulation_switch
+  .hidden logitops_emulation_switch
+  .type logitops_emulation_switch, @function
+logitops_emulation_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size logitops_emulation_switch, .-logitops_emulation_switch
+)");
+#endif
+
+namespace logitops {
+namespace emulation {
+namespace {
+
+#ifdef LOGITOPS_EMU_ASAN
+constexpr size_t kStackBytes = 512 * 1024;
+#else
+constexpr size_t kStackBytes = 128 * 1024;
+#endif
+
+enum class State { kReady, kAtBarrier, kAtWarpOp, kDone };
+
+struct Fiber {
+  uint3 thread_idx{};
+  unsigned warp = 0, lane = 0;
+  State state = State::kReady;
+  char* stack = nullptr;
+#if defined(__x86_64__)
+  void* sp = nullptr;
+#else
+  ucontext_t context{};
+#endif
+  uint64_t exchanged[kWarpLanes] = {};  // the lanes' deposits of the last warp operation
+  unsigned barrier_generation = 0;
+#ifdef LOGITOPS_EMU_TSAN
+  void* tsan_fiber = nullptr;
+#endif
+#ifdef LOGITOPS_EMU_ASAN
+  void* fake_stack = nullptr;
+#endif
+};
+
+// A warp operation that some lanes of a warp have reached and the others of its mask have not.
+struct PendingWarpOp {
+  unsigned mask = 0;     // 0 for __activemask: whoever arrives before the block stalls
+  unsigned arrived = 0;  // lanes that have deposited
+  const char* what = nullptr;
+  uint64_t deposits[kWarpLanes] = {};
+};
+
+struct Block {
+  const char* kernel = nullptr;
+  uint3 block_idx{};
+  dim3 block_dim, grid_dim;
+  std::vector<Fiber>* fibers = nullptr;
+  std::vector<std::vector<PendingWarpOp>> warp_ops;  // per warp
+  size_t current = 0;
+  size_t done = 0;
+  size_t at_barrier = 0;
+  unsigned barrier_generation = 0;
+  std::string failure;
+#if defined(__x86_64__)
+  void* scheduler_sp = nullptr;
+#else
+  ucontext_t scheduler_context{};
+#endif
+#ifdef LOGITOPS_EMU_TSAN
+  void* scheduler_fiber = nullptr;
+  char barrier_token[2] = {};  // happens-before edges of __syncthreads, by generation parity
+  std::vector<char> warp_tokens;
+#endif
+#ifdef LOGITOPS_EMU_ASAN
+  void* fake_stack = nullptr;  // the scheduler's
+  const void* scheduler_stack_bottom = nullptr;
+  size_t scheduler_stack_size = 0;
+#endif
+};
+
+thread_local Block* g_block = nullptr;
+std::mutex g_launch_mutex;  // one launch at a time: __shared__ variables are function statics
+#ifdef LOGITOPS_EMU_TSAN
+char g_launch_token;  // orders the blocks of a launch, and the host code around it
+#endif
+
+Fiber& current_fiber() {
+  if (g_block == nullptr) throw std::logic_error("CUDA emulation: device code outside a kernel");
+  return (*g_block->fibers)[g_block->current];
+}
+
+std::string describe_thread(const Block& block, const Fiber& fiber) {
+  std::ostringstream out;
+  out << "kernel " << block.kernel << ", block (" << block.block_idx.x << ", " << block.block_idx.y
+      << ", " << block.block_idx.z << "), thread (" << fiber.thread_idx.x << ", "
+      << fiber.thread_idx.y << ", " << fiber.thread_idx.z << ")";
+  return out.str();
+}
+
+// Fiber -> scheduler.
+void yield_to_scheduler() {
+  Block& block = *g_block;
+  Fiber& fiber = current_fiber();
+#ifdef LOGITOPS_EMU_TSAN
+  __tsan_switch_to_fiber(block.scheduler_fiber, 1 /* __tsan_switch_to_fiber_no_sync */);
+#endif
+#ifdef LOGITOPS_EMU_ASAN
+  __sanitizer_start_switch_fiber(&fiber.fake_stack, block.scheduler_stack_bottom,
+                                 block.scheduler_stack_size);
+#endif
+#if defined(__x86_64__)
+  logitops_emulation_switch(&fiber.sp, block.scheduler_sp);
+#else
+  swapcontext(&fiber.context, &block.scheduler_context);
+#endif
+#ifdef LOGITOPS_EMU_ASAN
+  __sanitizer_finish_switch_fiber(fiber.fake_stack, nullptr, nullptr);
+#endif
+}
+
+[[noreturn]] void fiber_exit() {
+  Block& block = *g_block;
+  Fiber& fiber = current_fiber();
+  fiber.state = State::kDone;
+  ++block.done;
+#ifdef LOGITOPS_EMU_TSAN
+  __tsan_release(&g_launch_token);
+  __tsan_switch_to_fiber(block.scheduler_fiber, 1);
+#endif
+#ifdef LOGITOPS_EMU_ASAN
+  // nullptr: this stack is not coming back.
+  __sanitizer_start_switch_fiber(nullptr, block.scheduler_stack_bottom, block.scheduler_stack_size);
+#endif
+  void* unused = nullptr;
+#if defined(__x86_64__)
+  logitops_emulation_switch(&unused, block.scheduler_sp);
+#else
+  (void)unused;
+  setcontext(&block.scheduler_context);
+#endif
+  std::abort();  // never resumed
+}
+
+const std::function<void()>* g_body = nullptr;
+
+void fiber_main() {
+#ifdef LOGITOPS_EMU_ASAN
+  // A new fiber has no fake stack to restore; this learns the scheduler's stack bounds.
+  __sanitizer_finish_switch_fiber(nullptr, &g_block->scheduler_stack_bottom,
+                                  &g_block->scheduler_stack_size);
+#endif
+#ifdef LOGITOPS_EMU_TSAN
+  __tsan_acquire(&g_launch_token);
+#endif
+  try {
+    (*g_body)();
+  } catch (const std::exception& error) {
+    if (g_block->failure.empty()) g_block->failure = error.what();
+  } catch (...) {
+    if (g_block->failure.empty()) g_block->failure = "unknown exception";
+  }
+  fiber_exit();
+}
+
+#if defined(__x86_64__)
+extern "C" void logitops_emulation_fiber_entry() { fiber_main(); }
+#else
+void fiber_entry_ucontext() { fiber_main(); }
+#endif
+
+void prepare_fiber(Fiber& fiber, char* stack) {
+  fiber.stack = stack;
+#if defined(__x86_64__)
+  // The frame logitops_emulation_switch pops: six registers, then the entry as return address,
+  // above it a null return address for the entry itself (16-byte aligned, as after a call).
+  auto top = reinterpret_cast<uintptr_t>(stack + kStackBytes) & ~uintptr_t(15);
+  auto* slot = reinterpret_cast<void**>(top);
+  *--slot = nullptr;
+  *--slot = reinterpret_cast<void*>(&logitops_emulation_fiber_entry);
+  for (int k = 0; k < 6; ++k) *--slot = nullptr;
+  fiber.sp = slot;
+#else
+  getcontext(&fiber.context);
+  fiber.context.uc_stack.ss_sp = stack;
+  fiber.context.uc_stack.ss_size = kStackBytes;
+  fiber.context.uc_link = nullptr;
+  makecontext(&fiber.context, fiber_entry_ucontext, 0);
+#endif
+}
+
+// Scheduler -> fiber `index`, until it yields or exits.
+void resume(Block& block, size_t index) {
+  block.current = index;
+  Fiber& fiber = (*block.fibers)[index];
+#ifdef LOGITOPS_EMU_TSAN
+  __tsan_switch_to_fiber(fiber.tsan_fiber, 1);
+#endif
+#ifdef LOGITOPS_EMU_ASAN
+  __sanitizer_start_switch_fiber(&block.fake_stack, fiber.stack, kStackBytes);
+#endif
+#if defined(__x86_64__)
+  logitops_emulation_switch(&block.scheduler_sp, fiber.sp);
+#else
+  swapcontext(&block.scheduler_context, &fiber.context);
+#endif
+#ifdef LOGITOPS_EMU_ASAN
+  __sanitizer_finish_switch_fiber(block.fake_stack, nullptr, nullptr);
+#endif
+}
+
+void complete_warp_op(Block& block, unsigned warp, size_t op_index) {
+  PendingWarpOp op = block.warp_ops[warp][op_index];
+  block.warp_ops[warp].erase(block.warp_ops[warp].begin() + op_index);
+  auto& fibers = *block.fibers;
+  const size_t base = size_t(warp) * kWarpLanes;
+  for (unsigned lane = 0; lane < kWarpLanes; ++lane) {
+    if (!(op.arrived >> lane & 1u)) continue;
+    Fiber& fiber = fibers[base + lane];
+    std::memcpy(fiber.exchanged, op.deposits, sizeof(op.deposits));
+    if (op.mask == 0) fiber.exchanged[0] = op.arrived;  // __activemask's answer
+    fiber.state = State::kReady;
+  }
+}
+
+// When no fiber can run: an __activemask gathering completes with the lanes it has; otherwise
+// the block is stuck, and the message says where each waiting thread is.
+bool resolve_stall(Block& block) {
+  for (unsigned warp = 0; warp < block.warp_ops.size(); ++warp) {
+    auto& ops = block.warp_ops[warp];
+    for (size_t k = 0; k < ops.size(); ++k) {
+      if (ops[k].mask == 0) {
+        complete_warp_op(block, warp, k);
+        return true;
+      }
+    }
+  }
+  std::ostringstream out;
+  out << "kernel " << block.kernel << ", block (" << block.block_idx.x << ", " << block.block_idx.y
+      << ", " << block.block_idx.z << "): deadlock: ";
+  const size_t total = block.fibers->size();
+  if (block.at_barrier > 0) {
+    out << "__syncthreads reached by " << block.at_barrier << " of " << total << " threads ("
+        << block.done << " exited without reaching it)";
+  }
+  for (unsigned warp = 0; warp < block.warp_ops.size(); ++warp) {
+    for (const auto& op : block.warp_ops[warp]) {
+      out << (block.at_barrier > 0 ? "; " : "") << op.what << " in warp " << warp << " with mask 0x"
+          << std::hex << op.mask << " reached by lanes 0x" << op.arrived << std::dec << " only";
+    }
+  }
+  block.failure = out.str();
+  return false;
+}
+
+void run_block(Block& block, std::vector<Fiber>& fibers, char* stacks) {
+  const size_t total = fibers.size();
+  for (size_t k = 0; k < total; ++k) {
+    Fiber& fiber = fibers[k];
+    fiber.state = State::kReady;
+    fiber.barrier_generation = 0;
+    prepare_fiber(fiber, stacks + k * kStackBytes);
+  }
+  block.fibers = &fibers;
+  block.done = block.at_barrier = 0;
+  block.barrier_generation = 0;
+  block.warp_ops.assign((total + kWarpLanes - 1) / kWarpLanes, {});
+  while (block.done < total && block.failure.empty()) {
+    bool ran = false;
+    for (size_t k = 0; k < total && block.failure.empty(); ++k) {
+      if (fibers[k].state != State::kReady) continue;
+      resume(block, k);
+      ran = true;
+    }
+    if (!ran && block.failure.empty() && block.done < total && !resolve_stall(block)) break;
+  }
+}
+
+struct Pool {
+  std::vector<Fiber> fibers;
+  std::unique_ptr<char[]> stacks;
+  size_t capacity = 0;
+};
+
+Pool& pool_for(size_t threads) {
+  static Pool pool;
+  if (pool.capacity < threads) {
+    pool.stacks.reset(new char[threads * kStackBytes]);
+    pool.capacity = threads;
+  }
+  pool.fibers.assign(threads, Fiber{});
+  return pool;
+}
+
+void check_launch(const char* kernel, dim3 grid, dim3 block, size_t shared_memory) {
+  const uint64_t threads = uint64_t(block.x) * block.y * block.z;
+  std::ostringstream out;
+  out << "kernel " << kernel << ": invalid launch: ";
+  if (threads == 0 || threads > uint64_t(kMaxThreadsPerBlock)) {
+    out << "block of " << threads << " threads (1 to " << kMaxThreadsPerBlock << ")";
+  } else if (block.x % kWarpLanes != 0 || block.y != 1 || block.z != 1) {
+    out << "block (" << block.x << ", " << block.y << ", " << block.z
+        << ") is not a whole number of warps along x (the kernels' reductions rely on it)";
+  } else if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.x > 2147483647u || grid.y > 65535u ||
+             grid.z > 65535u) {
+    out << "grid (" << grid.x << ", " << grid.y << ", " << grid.z << ")";
+  } else if (shared_memory > kSharedMemoryPerBlock) {
+    out << shared_memory << " bytes of dynamic shared memory (at most " << kSharedMemoryPerBlock
+        << " without opting in)";
+  } else {
+    return;
+  }
+  throw std::invalid_argument(out.str());
+}
+
+}  // namespace
+
+const uint3& thread_index() { return current_fiber().thread_idx; }
+const uint3& block_index() { return g_block->block_idx; }
+const dim3& block_dim() { return g_block->block_dim; }
+const dim3& grid_dim() { return g_block->grid_dim; }
+unsigned lane_id() { return current_fiber().lane; }
+
+[[noreturn]] void fail(const std::string& message) {
+  if (g_block == nullptr) throw std::runtime_error("CUDA emulation: " + message);
+  throw std::runtime_error(describe_thread(*g_block, current_fiber()) + ": " + message);
+}
+
+void sync_block() {
+  Block& block = *g_block;
+  Fiber& fiber = current_fiber();
+  [[maybe_unused]] const unsigned generation = block.barrier_generation;
+#ifdef LOGITOPS_EMU_TSAN
+  __tsan_release(&block.barrier_token[generation & 1u]);
+#endif
+  if (++block.at_barrier == block.fibers->size()) {
+    // The last thread to arrive opens the barrier for everyone and goes on.
+    block.at_barrier = 0;
+    ++block.barrier_generation;
+    for (Fiber& other : *block.fibers) {
+      if (other.state == State::kAtBarrier) other.state = State::kReady;
+    }
+  } else {
+    fiber.state = State::kAtBarrier;
+    yield_to_scheduler();
+  }
+#ifdef LOGITOPS_EMU_TSAN
+  __tsan_acquire(&block.barrier_token[generation & 1u]);
+#endif
+}
+
+const uint64_t* warp_exchange(unsigned mask, uint64_t deposit, const char* what) {
+  Block& block = *g_block;
+  Fiber& fiber = current_fiber();
+  const unsigned bit = 1u << fiber.lane;
+  if (mask != 0 && !(mask & bit)) fail(std::string(what) + " called by a lane outside its mask");
+  const size_t warp_size =
+      std::min<size_t>(kWarpLanes, block.fibers->size() - fiber.warp * kWarpLanes);
+  const unsigned existing = warp_size == kWarpLanes ? ~0u : (1u << warp_size) - 1u;
+  if (mask & ~existing) fail(std::string(what) + " names lanes the block does not have");
+  auto& ops = block.warp_ops[fiber.warp];
+  PendingWarpOp* op = nullptr;
+  for (auto& candidate : ops) {
+    if (candidate.mask == mask) {
+      op = &candidate;
+    } else if (candidate.mask & mask) {
+      std::ostringstream out;
+      out << what << " with mask 0x" << std::hex << mask << " while lanes 0x" << candidate.arrived
+          << " wait in " << candidate.what << " with the overlapping mask 0x" << candidate.mask;
+      fail(out.str());
+    }
+  }
+  if (op == nullptr) {
+    ops.push_back(PendingWarpOp{mask, 0, what, {}});
+    op = &ops.back();
+  } else if (std::strcmp(op->what, what) != 0) {
+    fail(std::string(what) + " meets " + op->what + " of the same mask in other lanes (divergent)");
+  }
+  if (op->arrived & bit) fail(std::string(what) + " reached twice by one lane");
+  op->deposits[fiber.lane] = deposit;
+  op->arrived |= bit;
+#ifdef LOGITOPS_EMU_TSAN
+  __tsan_release(&block.warp_tokens[fiber.warp]);
+#endif
+  // __activemask completes at once when every lane of the warp that has not exited is there.
+  unsigned live = 0;
+  if (mask == 0) {
+    for (unsigned lane = 0; lane < warp_size; ++lane) {
+      if ((*block.fibers)[fiber.warp * kWarpLanes + lane].state != State::kDone) live |= 1u << lane;
+    }
+  }
+  if ((mask != 0 && op->arrived == mask) || (mask == 0 && op->arrived == live)) {
+    complete_warp_op(block, fiber.warp, size_t(op - ops.data()));
+  } else {
+    fiber.state = State::kAtWarpOp;
+    yield_to_scheduler();
+  }
+  if (fiber.state != State::kReady) fail(std::string(what) + ": resumed before completion");
+#ifdef LOGITOPS_EMU_TSAN
+  __tsan_acquire(&block.warp_tokens[fiber.warp]);
+#endif
+  return fiber.exchanged;
+}
+
+unsigned active_lanes() { return static_cast<unsigned>(warp_exchange(0u, 0, "__activemask")[0]); }
+
+int max_active_blocks(int block_threads, size_t dynamic_shared_memory) {
+  if (block_threads <= 0) return 0;
+  int blocks = std::min(kMaxBlocksPerSm, kMaxThreadsPerSm / block_threads);
+  if (dynamic_shared_memory > 0) {
+    blocks = std::min<int>(blocks, int(kSharedMemoryPerSm / dynamic_shared_memory));
+  }
+  return blocks;
+}
+
+void launch(const char* kernel_name, dim3 grid, dim3 block_dim, size_t dynamic_shared_memory,
+            const std::function<void()>& body) {
+  check_launch(kernel_name, grid, block_dim, dynamic_shared_memory);
+  std::lock_guard<std::mutex> lock(g_launch_mutex);
+  const size_t threads = size_t(block_dim.x) * block_dim.y * block_dim.z;
+  Pool& pool = pool_for(threads);
+  Block block;
+  block.kernel = kernel_name;
+  block.block_dim = block_dim;
+  block.grid_dim = grid;
+  for (size_t k = 0; k < threads; ++k) {
+    Fiber& fiber = pool.fibers[k];
+    fiber.thread_idx = {unsigned(k % block_dim.x), unsigned(k / block_dim.x % block_dim.y),
+                        unsigned(k / (size_t(block_dim.x) * block_dim.y))};
+    fiber.warp = unsigned(k / kWarpLanes);
+    fiber.lane = unsigned(k % kWarpLanes);
+  }
+#ifdef LOGITOPS_EMU_TSAN
+  block.scheduler_fiber = __tsan_get_current_fiber();
+  block.warp_tokens.assign((threads + kWarpLanes - 1) / kWarpLanes, 0);
+  for (auto& fiber : pool.fibers) fiber.tsan_fiber = __tsan_create_fiber(0);
+  __tsan_release(&g_launch_token);
+#endif
+  Block* outer = g_block;
+  const std::function<void()>* outer_body = g_body;
+  g_block = &block;
+  g_body = &body;
+  for (unsigned z = 0; z < grid.z && block.failure.empty(); ++z) {
+    for (unsigned y = 0; y < grid.y && block.failure.empty(); ++y) {
+      for (unsigned x = 0; x < grid.x && block.failure.empty(); ++x) {
+        block.block_idx = {x, y, z};
+        run_block(block, pool.fibers, pool.stacks.get());
+      }
+    }
+  }
+  g_block = outer;
+  g_body = outer_body;
+#ifdef LOGITOPS_EMU_TSAN
+  __tsan_acquire(&g_launch_token);
+  for (auto& fiber : pool.fibers) __tsan_destroy_fiber(fiber.tsan_fiber);
+#endif
+  if (!block.failure.empty()) throw std::runtime_error("CUDA emulation: " + block.failure);
+}
+
+}  // namespace emulation
+}  // namespace logitops
