@@ -60,10 +60,11 @@ constexpr size_t kSharedMemoryPerSm = 228 * 1024;
 constexpr size_t kSharedMemoryPerBlock = 48 * 1024;
 constexpr unsigned kWarpLanes = 32;
 
-const uint3& thread_index();
-const uint3& block_index();
-const dim3& block_dim();
-const dim3& grid_dim();
+// By value: under ThreadSanitizer, the emulator's own bookkeeping is invisible to it.
+uint3 thread_index();
+uint3 block_index();
+dim3 block_dim();
+dim3 grid_dim();
 
 // The block barrier (__syncthreads).
 void sync_block();
@@ -71,9 +72,14 @@ void sync_block();
 // The calling lane's index in its warp.
 unsigned lane_id();
 
-// One warp exchange: every lane of `mask` deposits 8 bytes and gets all 32 lanes' deposits back
-// (lanes outside the mask read as 0). `what` names the intrinsic for errors.
-const uint64_t* warp_exchange(unsigned mask, uint64_t deposit, const char* what);
+// One warp exchange: every lane of `mask` deposits 8 bytes; each gets a view of all 32 lanes'
+// deposits (lanes outside the mask read as 0) and of the lanes that took part, valid until the
+// lane's next warp operation. `what` names the intrinsic for errors.
+struct WarpView {
+  const uint64_t* deposits;
+  unsigned arrived;
+};
+WarpView warp_exchange(unsigned mask, uint64_t deposit, const char* what);
 
 // The lanes of the calling warp that have not exited (what __activemask can promise here).
 unsigned active_lanes();
@@ -116,7 +122,7 @@ inline void __syncthreads() { ::logitops::emulation::sync_block(); }
 template <typename T>
 T __shfl_sync(unsigned mask, T value, int src_lane, int width = 32) {
   namespace emu = ::logitops::emulation;
-  const uint64_t* lanes = emu::warp_exchange(mask, emu::to_word(value), "__shfl_sync");
+  const uint64_t* lanes = emu::warp_exchange(mask, emu::to_word(value), "__shfl_sync").deposits;
   const unsigned lane = emu::lane_id();
   const unsigned src = (lane & ~unsigned(width - 1)) + (unsigned(src_lane) % unsigned(width));
   if (!(mask >> src & 1u)) emu::fail("__shfl_sync reads a lane outside its mask");
@@ -126,7 +132,7 @@ T __shfl_sync(unsigned mask, T value, int src_lane, int width = 32) {
 template <typename T>
 T __shfl_up_sync(unsigned mask, T value, unsigned delta, int width = 32) {
   namespace emu = ::logitops::emulation;
-  const uint64_t* lanes = emu::warp_exchange(mask, emu::to_word(value), "__shfl_up_sync");
+  const uint64_t* lanes = emu::warp_exchange(mask, emu::to_word(value), "__shfl_up_sync").deposits;
   const unsigned lane = emu::lane_id();
   const unsigned in_segment = lane % unsigned(width);
   const unsigned src = in_segment >= delta ? lane - delta : lane;
@@ -137,7 +143,7 @@ T __shfl_up_sync(unsigned mask, T value, unsigned delta, int width = 32) {
 template <typename T>
 T __shfl_xor_sync(unsigned mask, T value, int lane_mask, int width = 32) {
   namespace emu = ::logitops::emulation;
-  const uint64_t* lanes = emu::warp_exchange(mask, emu::to_word(value), "__shfl_xor_sync");
+  const uint64_t* lanes = emu::warp_exchange(mask, emu::to_word(value), "__shfl_xor_sync").deposits;
   const unsigned lane = emu::lane_id();
   unsigned src = lane ^ unsigned(lane_mask);
   if (src / unsigned(width) != lane / unsigned(width)) src = lane;
@@ -147,7 +153,7 @@ T __shfl_xor_sync(unsigned mask, T value, int lane_mask, int width = 32) {
 
 inline unsigned __ballot_sync(unsigned mask, int predicate) {
   namespace emu = ::logitops::emulation;
-  const uint64_t* lanes = emu::warp_exchange(mask, predicate != 0, "__ballot_sync");
+  const uint64_t* lanes = emu::warp_exchange(mask, predicate != 0, "__ballot_sync").deposits;
   unsigned bits = 0;
   for (unsigned k = 0; k < emu::kWarpLanes; ++k) {
     if ((mask >> k & 1u) && lanes[k] != 0) bits |= 1u << k;
@@ -159,7 +165,7 @@ template <typename T>
 unsigned __match_any_sync(unsigned mask, T value) {
   namespace emu = ::logitops::emulation;
   const uint64_t word = emu::to_word(value);
-  const uint64_t* lanes = emu::warp_exchange(mask, word, "__match_any_sync");
+  const uint64_t* lanes = emu::warp_exchange(mask, word, "__match_any_sync").deposits;
   unsigned bits = 0;
   for (unsigned k = 0; k < emu::kWarpLanes; ++k) {
     if ((mask >> k & 1u) && lanes[k] == word) bits |= 1u << k;

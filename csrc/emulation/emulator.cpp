@@ -1,6 +1,7 @@
 // The CUDA emulator's scheduler (see cuda_emulation.h): the threads of one block as fibers on the
 // calling OS thread, switched at barriers and warp intrinsics only.
 #include <algorithm>
+#include <array>
 #include <cstdlib>
 #include <exception>
 #include <memory>
@@ -38,6 +39,8 @@ void __tsan_destroy_fiber(void* fiber);
 void __tsan_switch_to_fiber(void* fiber, unsigned flags);
 void __tsan_acquire(void* addr);
 void __tsan_release(void* addr);
+void __tsan_ignore_thread_begin(void);
+void __tsan_ignore_thread_end(void);
 }
 #endif
 #ifdef LOGITOPS_EMU_ASAN
@@ -81,6 +84,22 @@ namespace logitops {
 namespace emulation {
 namespace {
 
+// The emulator's own bookkeeping (fiber states, deposits, the scheduler's variables) is shared by
+// all fibers without the kernel's synchronization: ThreadSanitizer must not see it, only the
+// kernels' accesses and the happens-before edges that barriers and warp exchanges publish. A
+// scope never spans a fiber switch (the ignore count is per fiber).
+struct IgnoreScope {
+#ifdef LOGITOPS_EMU_TSAN
+  IgnoreScope() { __tsan_ignore_thread_begin(); }
+  ~IgnoreScope() { __tsan_ignore_thread_end(); }
+#else
+  IgnoreScope() {}  // user-provided: no unused-variable warnings for the scopes
+  ~IgnoreScope() {}
+#endif
+  IgnoreScope(const IgnoreScope&) = delete;
+  IgnoreScope& operator=(const IgnoreScope&) = delete;
+};
+
 #ifdef LOGITOPS_EMU_ASAN
 constexpr size_t kStackBytes = 512 * 1024;
 #else
@@ -99,7 +118,7 @@ struct Fiber {
 #else
   ucontext_t context{};
 #endif
-  uint64_t exchanged[kWarpLanes] = {};  // the lanes' deposits of the last warp operation
+  unsigned warp_op_generation = 0;  // of the warp operation it waits in, or last took part in
   unsigned barrier_generation = 0;
 #ifdef LOGITOPS_EMU_TSAN
   void* tsan_fiber = nullptr;
@@ -115,6 +134,7 @@ struct PendingWarpOp {
   unsigned arrived = 0;  // lanes that have deposited
   const char* what = nullptr;
   uint64_t deposits[kWarpLanes] = {};
+  unsigned generation = 0;  // the warp's count of operations when this one began
 };
 
 struct Block {
@@ -123,6 +143,10 @@ struct Block {
   dim3 block_dim, grid_dim;
   std::vector<Fiber>* fibers = nullptr;
   std::vector<std::vector<PendingWarpOp>> warp_ops;  // per warp
+  std::vector<unsigned> warp_generations;            // operations begun, per warp
+  // The last operations completed, per warp, by generation modulo 4: a lane reads its result
+  // right after it resumes, before any other fiber runs.
+  std::vector<std::array<PendingWarpOp, 4>> completed_warp_ops;
   size_t current = 0;
   size_t done = 0;
   size_t at_barrier = 0;
@@ -133,10 +157,12 @@ struct Block {
 #else
   ucontext_t scheduler_context{};
 #endif
+  // Addresses whose release / acquire publish the happens-before edges of __syncthreads (by
+  // generation parity) and of each warp's exchanges, for ThreadSanitizer.
+  char barrier_token[2] = {};
+  std::vector<char> warp_tokens;
 #ifdef LOGITOPS_EMU_TSAN
   void* scheduler_fiber = nullptr;
-  char barrier_token[2] = {};  // happens-before edges of __syncthreads, by generation parity
-  std::vector<char> warp_tokens;
 #endif
 #ifdef LOGITOPS_EMU_ASAN
   void* fake_stack = nullptr;  // the scheduler's
@@ -148,7 +174,10 @@ struct Block {
 thread_local Block* g_block = nullptr;
 std::mutex g_launch_mutex;  // one launch at a time: __shared__ variables are function statics
 #ifdef LOGITOPS_EMU_TSAN
-char g_launch_token;  // orders the blocks of a launch, and the host code around it
+// A block's threads start after everything before the block (host code, earlier blocks), and
+// everything after it waits for all of them to end; the threads of one block are not ordered.
+char g_block_start_token;
+char g_block_end_token;
 #endif
 
 Fiber& current_fiber() {
@@ -165,45 +194,57 @@ std::string describe_thread(const Block& block, const Fiber& fiber) {
 }
 
 // Fiber -> scheduler.
+// Called inside an IgnoreScope-free stretch: everything it reads is read before the switch.
 void yield_to_scheduler() {
-  Block& block = *g_block;
-  Fiber& fiber = current_fiber();
-#ifdef LOGITOPS_EMU_TSAN
-  __tsan_switch_to_fiber(block.scheduler_fiber, 1 /* __tsan_switch_to_fiber_no_sync */);
-#endif
+  Block* block;
+  Fiber* fiber;
+  {
+    IgnoreScope ignore;
+    block = g_block;
+    fiber = &current_fiber();
+  }
 #ifdef LOGITOPS_EMU_ASAN
-  __sanitizer_start_switch_fiber(&fiber.fake_stack, block.scheduler_stack_bottom,
-                                 block.scheduler_stack_size);
+  __sanitizer_start_switch_fiber(&fiber->fake_stack, block->scheduler_stack_bottom,
+                                 block->scheduler_stack_size);
+#endif
+#ifdef LOGITOPS_EMU_TSAN
+  __tsan_switch_to_fiber(block->scheduler_fiber, 1 /* __tsan_switch_to_fiber_no_sync */);
 #endif
 #if defined(__x86_64__)
-  logitops_emulation_switch(&fiber.sp, block.scheduler_sp);
+  logitops_emulation_switch(&fiber->sp, block->scheduler_sp);
 #else
-  swapcontext(&fiber.context, &block.scheduler_context);
+  swapcontext(&fiber->context, &block->scheduler_context);
 #endif
 #ifdef LOGITOPS_EMU_ASAN
-  __sanitizer_finish_switch_fiber(fiber.fake_stack, nullptr, nullptr);
+  __sanitizer_finish_switch_fiber(fiber->fake_stack, nullptr, nullptr);
 #endif
 }
 
 [[noreturn]] void fiber_exit() {
-  Block& block = *g_block;
-  Fiber& fiber = current_fiber();
-  fiber.state = State::kDone;
-  ++block.done;
+  Block* block;
+  {
+    IgnoreScope ignore;
+    block = g_block;
+    current_fiber().state = State::kDone;
+    ++block->done;
+  }
 #ifdef LOGITOPS_EMU_TSAN
-  __tsan_release(&g_launch_token);
-  __tsan_switch_to_fiber(block.scheduler_fiber, 1);
+  __tsan_release(&g_block_end_token);
 #endif
 #ifdef LOGITOPS_EMU_ASAN
   // nullptr: this stack is not coming back.
-  __sanitizer_start_switch_fiber(nullptr, block.scheduler_stack_bottom, block.scheduler_stack_size);
+  __sanitizer_start_switch_fiber(nullptr, block->scheduler_stack_bottom,
+                                 block->scheduler_stack_size);
+#endif
+#ifdef LOGITOPS_EMU_TSAN
+  __tsan_switch_to_fiber(block->scheduler_fiber, 1);
 #endif
   void* unused = nullptr;
 #if defined(__x86_64__)
-  logitops_emulation_switch(&unused, block.scheduler_sp);
+  logitops_emulation_switch(&unused, block->scheduler_sp);
 #else
   (void)unused;
-  setcontext(&block.scheduler_context);
+  setcontext(&block->scheduler_context);
 #endif
   std::abort();  // never resumed
 }
@@ -217,14 +258,24 @@ void fiber_main() {
                                   &g_block->scheduler_stack_size);
 #endif
 #ifdef LOGITOPS_EMU_TSAN
-  __tsan_acquire(&g_launch_token);
+  __tsan_acquire(&g_block_start_token);
 #endif
+  const std::function<void()>* body;
+  {
+    IgnoreScope ignore;
+    body = g_body;
+  }
+  std::string failure;
   try {
-    (*g_body)();
+    (*body)();
   } catch (const std::exception& error) {
-    if (g_block->failure.empty()) g_block->failure = error.what();
+    failure = error.what();
   } catch (...) {
-    if (g_block->failure.empty()) g_block->failure = "unknown exception";
+    failure = "unknown exception";
+  }
+  if (!failure.empty()) {
+    IgnoreScope ignore;
+    if (g_block->failure.empty()) g_block->failure = failure;
   }
   fiber_exit();
 }
@@ -259,14 +310,19 @@ void prepare_fiber(Fiber& fiber, char* stack) {
 void resume(Block& block, size_t index) {
   block.current = index;
   Fiber& fiber = (*block.fibers)[index];
-#ifdef LOGITOPS_EMU_TSAN
-  __tsan_switch_to_fiber(fiber.tsan_fiber, 1);
-#endif
 #ifdef LOGITOPS_EMU_ASAN
   __sanitizer_start_switch_fiber(&block.fake_stack, fiber.stack, kStackBytes);
 #endif
 #if defined(__x86_64__)
-  logitops_emulation_switch(&block.scheduler_sp, fiber.sp);
+  void* const target = fiber.sp;
+#endif
+#ifdef LOGITOPS_EMU_TSAN
+  // From here on this code runs as the fiber for ThreadSanitizer: only the (uninstrumented)
+  // assembly below touches memory.
+  __tsan_switch_to_fiber(fiber.tsan_fiber, 1);
+#endif
+#if defined(__x86_64__)
+  logitops_emulation_switch(&block.scheduler_sp, target);
 #else
   swapcontext(&block.scheduler_context, &fiber.context);
 #endif
@@ -276,16 +332,13 @@ void resume(Block& block, size_t index) {
 }
 
 void complete_warp_op(Block& block, unsigned warp, size_t op_index) {
-  PendingWarpOp op = block.warp_ops[warp][op_index];
+  auto& slot = block.completed_warp_ops[warp][block.warp_ops[warp][op_index].generation % 4];
+  slot = block.warp_ops[warp][op_index];
   block.warp_ops[warp].erase(block.warp_ops[warp].begin() + op_index);
   auto& fibers = *block.fibers;
   const size_t base = size_t(warp) * kWarpLanes;
   for (unsigned lane = 0; lane < kWarpLanes; ++lane) {
-    if (!(op.arrived >> lane & 1u)) continue;
-    Fiber& fiber = fibers[base + lane];
-    std::memcpy(fiber.exchanged, op.deposits, sizeof(op.deposits));
-    if (op.mask == 0) fiber.exchanged[0] = op.arrived;  // __activemask's answer
-    fiber.state = State::kReady;
+    if (slot.arrived >> lane & 1u) fibers[base + lane].state = State::kReady;
   }
 }
 
@@ -320,6 +373,7 @@ bool resolve_stall(Block& block) {
 }
 
 void run_block(Block& block, std::vector<Fiber>& fibers, char* stacks) {
+  IgnoreScope ignore;  // the scheduler's own work; resumed fibers keep their own count
   const size_t total = fibers.size();
   for (size_t k = 0; k < total; ++k) {
     Fiber& fiber = fibers[k];
@@ -331,6 +385,12 @@ void run_block(Block& block, std::vector<Fiber>& fibers, char* stacks) {
   block.done = block.at_barrier = 0;
   block.barrier_generation = 0;
   block.warp_ops.assign((total + kWarpLanes - 1) / kWarpLanes, {});
+  block.warp_generations.assign(block.warp_ops.size(), 0);
+  block.completed_warp_ops.resize(block.warp_ops.size());
+#ifdef LOGITOPS_EMU_TSAN
+  __tsan_acquire(&g_block_end_token);
+  __tsan_release(&g_block_start_token);
+#endif
   while (block.done < total && block.failure.empty()) {
     bool ran = false;
     for (size_t k = 0; k < total && block.failure.empty(); ++k) {
@@ -340,6 +400,9 @@ void run_block(Block& block, std::vector<Fiber>& fibers, char* stacks) {
     }
     if (!ran && block.failure.empty() && block.done < total && !resolve_stall(block)) break;
   }
+#ifdef LOGITOPS_EMU_TSAN
+  __tsan_acquire(&g_block_end_token);
+#endif
 }
 
 struct Pool {
@@ -381,41 +444,73 @@ void check_launch(const char* kernel, dim3 grid, dim3 block, size_t shared_memor
 
 }  // namespace
 
-const uint3& thread_index() { return current_fiber().thread_idx; }
-const uint3& block_index() { return g_block->block_idx; }
-const dim3& block_dim() { return g_block->block_dim; }
-const dim3& grid_dim() { return g_block->grid_dim; }
-unsigned lane_id() { return current_fiber().lane; }
+uint3 thread_index() {
+  IgnoreScope ignore;
+  return current_fiber().thread_idx;
+}
+uint3 block_index() {
+  IgnoreScope ignore;
+  return g_block->block_idx;
+}
+dim3 block_dim() {
+  IgnoreScope ignore;
+  return g_block->block_dim;
+}
+dim3 grid_dim() {
+  IgnoreScope ignore;
+  return g_block->grid_dim;
+}
+unsigned lane_id() {
+  IgnoreScope ignore;
+  return current_fiber().lane;
+}
 
 [[noreturn]] void fail(const std::string& message) {
-  if (g_block == nullptr) throw std::runtime_error("CUDA emulation: " + message);
-  throw std::runtime_error(describe_thread(*g_block, current_fiber()) + ": " + message);
+  std::string where;
+  {
+    IgnoreScope ignore;
+    if (g_block != nullptr) where = describe_thread(*g_block, current_fiber()) + ": ";
+  }
+  throw std::runtime_error((where.empty() ? "CUDA emulation: " : where) + message);
 }
 
 void sync_block() {
-  Block& block = *g_block;
-  Fiber& fiber = current_fiber();
-  [[maybe_unused]] const unsigned generation = block.barrier_generation;
-#ifdef LOGITOPS_EMU_TSAN
-  __tsan_release(&block.barrier_token[generation & 1u]);
-#endif
-  if (++block.at_barrier == block.fibers->size()) {
-    // The last thread to arrive opens the barrier for everyone and goes on.
-    block.at_barrier = 0;
-    ++block.barrier_generation;
-    for (Fiber& other : *block.fibers) {
-      if (other.state == State::kAtBarrier) other.state = State::kReady;
+  bool wait;
+  void* token;
+  {
+    IgnoreScope ignore;
+    Block& block = *g_block;
+    token = &block.barrier_token[block.barrier_generation & 1u];
+    wait = ++block.at_barrier != block.fibers->size();
+    if (wait) {
+      current_fiber().state = State::kAtBarrier;
+    } else {
+      // The last thread to arrive opens the barrier for everyone and goes on.
+      block.at_barrier = 0;
+      ++block.barrier_generation;
+      for (Fiber& other : *block.fibers) {
+        if (other.state == State::kAtBarrier) other.state = State::kReady;
+      }
     }
-  } else {
-    fiber.state = State::kAtBarrier;
-    yield_to_scheduler();
   }
 #ifdef LOGITOPS_EMU_TSAN
-  __tsan_acquire(&block.barrier_token[generation & 1u]);
+  __tsan_release(token);
+#endif
+  if (wait) yield_to_scheduler();
+#ifdef LOGITOPS_EMU_TSAN
+  __tsan_acquire(token);
+#else
+  (void)token;
 #endif
 }
 
-const uint64_t* warp_exchange(unsigned mask, uint64_t deposit, const char* what) {
+namespace {
+
+// Deposits the lane's word into its warp's pending operation; true when that completes the
+// operation (every lane's result copied), false when the lane must wait for the others. *token:
+// the operation's happens-before address (by the parity of its generation).
+bool deposit(unsigned mask, uint64_t word, const char* what, void** token) {
+  IgnoreScope ignore;
   Block& block = *g_block;
   Fiber& fiber = current_fiber();
   const unsigned bit = 1u << fiber.lane;
@@ -437,17 +532,16 @@ const uint64_t* warp_exchange(unsigned mask, uint64_t deposit, const char* what)
     }
   }
   if (op == nullptr) {
-    ops.push_back(PendingWarpOp{mask, 0, what, {}});
+    ops.push_back(PendingWarpOp{mask, 0, what, {}, block.warp_generations[fiber.warp]++});
     op = &ops.back();
   } else if (std::strcmp(op->what, what) != 0) {
     fail(std::string(what) + " meets " + op->what + " of the same mask in other lanes (divergent)");
   }
   if (op->arrived & bit) fail(std::string(what) + " reached twice by one lane");
-  op->deposits[fiber.lane] = deposit;
+  op->deposits[fiber.lane] = word;
   op->arrived |= bit;
-#ifdef LOGITOPS_EMU_TSAN
-  __tsan_release(&block.warp_tokens[fiber.warp]);
-#endif
+  *token = &block.warp_tokens[2 * fiber.warp + (op->generation & 1u)];
+  fiber.warp_op_generation = op->generation;
   // __activemask completes at once when every lane of the warp that has not exited is there.
   unsigned live = 0;
   if (mask == 0) {
@@ -457,18 +551,39 @@ const uint64_t* warp_exchange(unsigned mask, uint64_t deposit, const char* what)
   }
   if ((mask != 0 && op->arrived == mask) || (mask == 0 && op->arrived == live)) {
     complete_warp_op(block, fiber.warp, size_t(op - ops.data()));
-  } else {
-    fiber.state = State::kAtWarpOp;
-    yield_to_scheduler();
+    return true;
   }
-  if (fiber.state != State::kReady) fail(std::string(what) + ": resumed before completion");
-#ifdef LOGITOPS_EMU_TSAN
-  __tsan_acquire(&block.warp_tokens[fiber.warp]);
-#endif
-  return fiber.exchanged;
+  fiber.state = State::kAtWarpOp;
+  return false;
 }
 
-unsigned active_lanes() { return static_cast<unsigned>(warp_exchange(0u, 0, "__activemask")[0]); }
+}  // namespace
+
+WarpView warp_exchange(unsigned mask, uint64_t word, const char* what) {
+  void* token = nullptr;
+  // The others of the operation run only once this lane yields (or, if it completes the
+  // operation, goes on to its next one): releasing after the deposit is still in time.
+  const bool complete = deposit(mask, word, what, &token);
+#ifdef LOGITOPS_EMU_TSAN
+  __tsan_release(token);
+#endif
+  if (!complete) yield_to_scheduler();
+#ifdef LOGITOPS_EMU_TSAN
+  __tsan_acquire(token);
+#else
+  (void)token;
+#endif
+  IgnoreScope ignore;
+  const Fiber& fiber = current_fiber();
+  if (fiber.state != State::kReady) fail(std::string(what) + ": resumed before completion");
+  const PendingWarpOp& done = g_block->completed_warp_ops[fiber.warp][fiber.warp_op_generation % 4];
+  if (done.generation != fiber.warp_op_generation || std::strcmp(done.what, what) != 0) {
+    fail(std::string(what) + ": its result was overwritten by later operations of other lanes");
+  }
+  return {done.deposits, done.arrived};
+}
+
+unsigned active_lanes() { return warp_exchange(0u, 0, "__activemask").arrived; }
 
 int max_active_blocks(int block_threads, size_t dynamic_shared_memory) {
   if (block_threads <= 0) return 0;
@@ -483,6 +598,7 @@ void launch(const char* kernel_name, dim3 grid, dim3 block_dim, size_t dynamic_s
             const std::function<void()>& body) {
   check_launch(kernel_name, grid, block_dim, dynamic_shared_memory);
   std::lock_guard<std::mutex> lock(g_launch_mutex);
+  IgnoreScope ignore;  // the emulator's bookkeeping
   const size_t threads = size_t(block_dim.x) * block_dim.y * block_dim.z;
   Pool& pool = pool_for(threads);
   Block block;
@@ -496,11 +612,10 @@ void launch(const char* kernel_name, dim3 grid, dim3 block_dim, size_t dynamic_s
     fiber.warp = unsigned(k / kWarpLanes);
     fiber.lane = unsigned(k % kWarpLanes);
   }
+  block.warp_tokens.assign(2 * ((threads + kWarpLanes - 1) / kWarpLanes), 0);
 #ifdef LOGITOPS_EMU_TSAN
   block.scheduler_fiber = __tsan_get_current_fiber();
-  block.warp_tokens.assign((threads + kWarpLanes - 1) / kWarpLanes, 0);
   for (auto& fiber : pool.fibers) fiber.tsan_fiber = __tsan_create_fiber(0);
-  __tsan_release(&g_launch_token);
 #endif
   Block* outer = g_block;
   const std::function<void()>* outer_body = g_body;
@@ -517,7 +632,6 @@ void launch(const char* kernel_name, dim3 grid, dim3 block_dim, size_t dynamic_s
   g_block = outer;
   g_body = outer_body;
 #ifdef LOGITOPS_EMU_TSAN
-  __tsan_acquire(&g_launch_token);
   for (auto& fiber : pool.fibers) __tsan_destroy_fiber(fiber.tsan_fiber);
 #endif
   if (!block.failure.empty()) throw std::runtime_error("CUDA emulation: " + block.failure);
