@@ -72,6 +72,7 @@ def main(argv=None) -> list[harness.Measurement]:
                     reps=reps,
                     bytes_by_mode={"fwd": 2 * nbytes, "fwd+bwd": 3 * nbytes},
                 )
+                harness.checkpoint("bce_with_logits", device, results, copy_gbps, args.out)
     harness.finish(results, copy_gbps)
     harness.print_table(results)
     path = harness.write_json("bce_with_logits", device, results, copy_gbps, args.out)

@@ -115,6 +115,7 @@ def main(argv=None) -> list[harness.Measurement]:
                     bytes_by_mode={"fwd": nbytes, "fwd+bwd": 2 * nbytes},
                     clone_input=name == "liger",
                 )
+                harness.checkpoint("cross_entropy", device, results, copy_gbps, args.out)
                 gc.collect()
     harness.finish(results, copy_gbps)
     harness.print_table(results)

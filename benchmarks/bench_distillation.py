@@ -83,6 +83,7 @@ def main(argv=None) -> list[harness.Measurement]:
                     reps=reps,
                     bytes_by_mode={"fwd": 2 * nbytes, "fwd+bwd": 3 * nbytes},
                 )
+                harness.checkpoint("distillation", device, results, copy_gbps, args.out)
     harness.finish(results, copy_gbps)
     harness.print_table(results)
     path = harness.write_json("distillation", device, results, copy_gbps, args.out)

@@ -116,6 +116,7 @@ def main(argv=None) -> list[harness.Measurement]:
                     reps=reps,
                     bytes_by_mode={},
                 )
+                harness.checkpoint("linear_cross_entropy", device, results, copy_gbps, args.out)
                 weight.grad = None
                 gc.collect()
     harness.finish(results, copy_gbps)

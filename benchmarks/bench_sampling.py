@@ -135,6 +135,10 @@ def main(argv=None) -> list[harness.Measurement]:
                 )
                 m.extra["baseline"] = baseline
                 results.append(m)
+                # Bandwidths only: the ratios against the HF chain are filled in at the end.
+                harness.checkpoint(
+                    "sampling", device, results, copy_gbps, args.out, baseline_provider=None
+                )
     # Ratios against the HF chain of the same op (the harness compares with "torch").
     for m in results:
         if m.median_ms and "baseline" in m.extra:

@@ -411,5 +411,21 @@ def write_json(
     slug = meta["device_name"].replace(" ", "_").replace("(", "").replace(")", "").replace("/", "_")
     path = out_dir / f"{stamp}-{name}-{device}-{slug}.json"
     payload = {"meta": meta, "copy_gbps": copy_gbps, "results": [asdict(m) for m in results]}
-    path.write_text(json.dumps(payload, indent=1))
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=1))
+    tmp.replace(path)  # a reader (or a run killed mid-write) never sees half a file
     return path
+
+
+def checkpoint(
+    name: str,
+    device: str,
+    results: list[Measurement],
+    copy_gbps: float,
+    out_dir: Path | None = None,
+    baseline_provider: str | None = "torch",
+) -> Path:
+    """Writes the results so far (what `write_json` will write at the end, less any figures a
+    script adds last), so that a run killed at a deadline keeps every measurement it finished."""
+    finish(results, copy_gbps, baseline_provider)
+    return write_json(name, device, results, copy_gbps, out_dir)

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
@@ -133,3 +137,110 @@ def test_linear_cross_entropy_benchmark_writes_results(tmp_path):
         "linear_ce-fwd_bwd-bf16-H8-V50.png",
         "linear_ce-fwd_bwd-fp32-H8-V50.png",
     ]
+
+
+# --- benchmarks/gpu_check.sh: what it returns must fit the device tool's limits ---------------
+ROOT = Path(__file__).parents[1]
+OUT_LIMITS = {"files": 8, "bytes": 16 << 20, "folders_deep": 2}
+NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+def run_gpu_check(out: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHON": sys.executable}
+    env.pop("LOGITOPS_BENCH_DEADLINE", None)
+    return subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), str(out), "--device", "cpu"]
+        + ["--smoke", "--skip-build", "--skip-tests", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def check_out_limits(out: Path) -> dict:
+    """Every file under out within the limits; returns {relative path: payload or None}."""
+    files = [p for p in out.rglob("*") if p.is_file() or p.is_symlink()]
+    assert len(files) <= OUT_LIMITS["files"], files
+    for p in files:
+        rel = p.relative_to(out)
+        assert not p.is_symlink(), rel
+        assert len(rel.parts) - 1 <= OUT_LIMITS["folders_deep"], rel
+        assert all(set(part) <= NAME_CHARS for part in rel.parts), rel
+        assert p.stat().st_size <= OUT_LIMITS["bytes"], rel
+    return {str(p.relative_to(out)): p for p in files}
+
+
+def stage_statuses(out: Path) -> dict[str, str]:
+    state = json.loads((out / "stages.json").read_text())
+    return {s["name"]: s["status"] for s in state["stages"]}
+
+
+def test_gpu_check_on_the_cpu_returns_few_flat_files(tmp_path):
+    out = tmp_path / "out"
+    proc = run_gpu_check(out, "--budget", "300")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    files = check_out_limits(out)
+    assert set(files) == {
+        "summary.md",
+        "stages.json",
+        "logs.tar.gz",
+        "results/headline.json",
+        "results/benchmarks.json",
+    }
+    status = stage_statuses(out)
+    assert list(status)[:4] == ["build", "import", "headline_ce", "headline_sampling"]
+    assert status["build"].startswith("skipped (--skip-build")
+    for name in ("import", "headline_ce", "headline_sampling", "benchmarks"):
+        assert status[name] == "ok", status
+    for name in ("memcheck", "racecheck", "ncu"):
+        assert status[name] == "skipped (--device cpu)", status
+    assert status["tests"] == "skipped (--skip-tests)"
+
+    headline = json.loads((out / "results" / "headline.json").read_text())["files"]
+    rows = [r for payload in headline.values() for r in payload["results"]]
+    ce = [r for r in rows if r["op"] == "cross_entropy" and r["mode"] == "fwd+bwd"]
+    assert {r["provider"] for r in ce if r["median_ms"]} == {"logitops", "torch"}
+    assert all(r["gbps"] > 0 and r["fraction_of_copy"] > 0 for r in ce if r["median_ms"])
+    assert {r["shape"] for r in rows if r["op"] == "sample"} == {"1x1000", "4x1000"}
+    families = json.loads((out / "results" / "benchmarks.json").read_text())["files"]
+    for family in ("cross_entropy", "bce_with_logits", "sampling", "distillation"):
+        assert any(f"-{family}-cpu-" in name for name in families), (family, list(families))
+
+    summary = (out / "summary.md").read_text()
+    assert "## Headline" in summary and "| cross_entropy | fwd+bwd | 64x1000 | bf16 |" in summary
+    for tool in ("compute-sanitizer", "ncu"):  # where the script looks for them
+        cuda_home = os.environ.get("CUDA_HOME", "/usr/local/cuda")
+        places = [f"{cuda_home}/bin", "/usr/local/cuda/bin", "/usr/local/cuda/compute-sanitizer"]
+        found = shutil.which(tool) or any(Path(d, tool).exists() for d in places)
+        found = found or any(Path("/opt/nvidia").glob(f"nsight-compute/*/{tool}"))
+        assert (f"{tool}: not found" in summary) != bool(found), tool
+
+    with tarfile.open(files["logs.tar.gz"]) as tar:
+        names = set(tar.getnames())
+    for log in ("import", "headline_ce", "headline_sampling", "benchmarks"):
+        assert f"./logs/{log}.log" in names, sorted(names)
+    assert any(n.startswith("./raw/headline/") and n.endswith(".json") for n in names)
+
+
+def test_gpu_check_stage_cut_at_its_limit_keeps_earlier_results(tmp_path):
+    out = tmp_path / "out"
+    # One second cannot even import torch and logitops: both stages are cut mid-run.
+    proc = run_gpu_check(out, "--budget", "300", "--cap", "headline_sampling=1", "--cap",
+                         "benchmarks=1")  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    check_out_limits(out)
+    status = stage_statuses(out)
+    assert status["headline_ce"] == "ok"
+    assert status["headline_sampling"].startswith("cut at its 1s limit")
+    assert status["benchmarks"].startswith("cut at its 1s limit")
+    headline = json.loads((out / "results" / "headline.json").read_text())["files"]
+    assert [name for name in headline if "-cross_entropy-" in name]
+    assert "cut at its 1s limit" in (out / "summary.md").read_text()
+
+
+def test_gpu_check_rejects_unknown_arguments(tmp_path):
+    proc = run_gpu_check(tmp_path / "out", "--budget", "ten")
+    assert proc.returncode == 2 and "--budget" in proc.stdout
+    assert not (tmp_path / "out").exists()
