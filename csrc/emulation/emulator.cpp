@@ -48,6 +48,7 @@ extern "C" {
 void __sanitizer_start_switch_fiber(void** fake_stack_save, const void* bottom, size_t size);
 void __sanitizer_finish_switch_fiber(void* fake_stack_save, const void** bottom_old,
                                      size_t* size_old);
+void __asan_unpoison_memory_region(const volatile void* addr, size_t size);
 }
 #endif
 
@@ -171,7 +172,9 @@ struct Block {
 #endif
 };
 
-thread_local Block* g_block = nullptr;
+// The block being run. A plain global: launches hold g_launch_mutex, and a launch runs all its
+// fibers on the calling thread.
+Block* g_block = nullptr;
 std::mutex g_launch_mutex;  // one launch at a time: __shared__ variables are function statics
 #ifdef LOGITOPS_EMU_TSAN
 // A block's threads start after everything before the block (host code, earlier blocks), and
@@ -193,69 +196,115 @@ std::string describe_thread(const Block& block, const Fiber& fiber) {
   return out.str();
 }
 
-// Fiber -> scheduler.
-// Called inside an IgnoreScope-free stretch: everything it reads is read before the switch.
-void yield_to_scheduler() {
-  Block* block;
-  Fiber* fiber;
+// From the running fiber to the next ready fiber of the block (round robin), or to the scheduler
+// when none is ready (it then resolves a stall or ends the block). `from` is null when the running
+// fiber has exited: its stack is not coming back.
+void switch_away(Fiber* from) {
+  // Everything the switch needs is read here, inside the scope: after __tsan_switch_to_fiber this
+  // code counts as the target fiber's.
+  void* unused = nullptr;
+  [[maybe_unused]] void** save = &unused;
+  [[maybe_unused]] void* target_sp = nullptr;
+  [[maybe_unused]] const void* target_stack = nullptr;
+  [[maybe_unused]] size_t target_stack_size = 0;
+  [[maybe_unused]] void* target_tsan = nullptr;
+  [[maybe_unused]] void** fake_stack_save = nullptr;
+  [[maybe_unused]] void* fake_stack = nullptr;
+#if !defined(__x86_64__)
+  ucontext_t* target_context = nullptr;
+  ucontext_t* save_context = nullptr;
+#endif
   {
     IgnoreScope ignore;
-    block = g_block;
-    fiber = &current_fiber();
-  }
-#ifdef LOGITOPS_EMU_ASAN
-  __sanitizer_start_switch_fiber(&fiber->fake_stack, block->scheduler_stack_bottom,
-                                 block->scheduler_stack_size);
+    Block* block = g_block;
+    auto& fibers = *block->fibers;
+    const size_t n = fibers.size();
+    Fiber* to = nullptr;
+    if (block->failure.empty()) {
+      for (size_t step = 1; step <= n; ++step) {
+        const size_t k = (block->current + step) % n;
+        if (fibers[k].state == State::kReady) {
+          to = &fibers[k];
+          block->current = k;
+          break;
+        }
+      }
+    }
+#if defined(__x86_64__)
+    if (from != nullptr) save = &from->sp;
+    target_sp = to != nullptr ? to->sp : block->scheduler_sp;
+#else
+    target_context = to != nullptr ? &to->context : &block->scheduler_context;
+    save_context = from != nullptr ? &from->context : nullptr;
 #endif
 #ifdef LOGITOPS_EMU_TSAN
-  __tsan_switch_to_fiber(block->scheduler_fiber, 1 /* __tsan_switch_to_fiber_no_sync */);
-#endif
-#if defined(__x86_64__)
-  logitops_emulation_switch(&fiber->sp, block->scheduler_sp);
-#else
-  swapcontext(&fiber->context, &block->scheduler_context);
+    target_tsan = to != nullptr ? to->tsan_fiber : block->scheduler_fiber;
 #endif
 #ifdef LOGITOPS_EMU_ASAN
-  __sanitizer_finish_switch_fiber(fiber->fake_stack, nullptr, nullptr);
+    target_stack = to != nullptr ? to->stack : block->scheduler_stack_bottom;
+    target_stack_size = to != nullptr ? kStackBytes : block->scheduler_stack_size;
+    if (from != nullptr) fake_stack_save = &from->fake_stack;
+#endif
+  }
+#ifdef LOGITOPS_EMU_ASAN
+  __sanitizer_start_switch_fiber(fake_stack_save, target_stack, target_stack_size);
+#endif
+#ifdef LOGITOPS_EMU_TSAN
+  // The last access of an exited fiber: after everything it did, even on its stack.
+  if (from == nullptr) __tsan_release(&g_block_end_token);
+  __tsan_switch_to_fiber(target_tsan, 1 /* __tsan_switch_to_fiber_no_sync */);
+#endif
+#if defined(__x86_64__)
+  logitops_emulation_switch(save, target_sp);
+#else
+  if (save_context != nullptr) {
+    swapcontext(save_context, target_context);
+  } else {
+    setcontext(target_context);
+  }
+#endif
+  if (from == nullptr) std::abort();  // an exited fiber is never resumed
+#ifdef LOGITOPS_EMU_ASAN
+  {
+    IgnoreScope ignore;
+    fake_stack = from->fake_stack;
+  }
+  __sanitizer_finish_switch_fiber(fake_stack, nullptr, nullptr);
 #endif
 }
 
-[[noreturn]] void fiber_exit() {
-  Block* block;
+void yield_to_scheduler() {
+  Fiber* fiber;
   {
     IgnoreScope ignore;
-    block = g_block;
-    current_fiber().state = State::kDone;
-    ++block->done;
+    fiber = &current_fiber();
   }
-#ifdef LOGITOPS_EMU_TSAN
-  __tsan_release(&g_block_end_token);
-#endif
-#ifdef LOGITOPS_EMU_ASAN
-  // nullptr: this stack is not coming back.
-  __sanitizer_start_switch_fiber(nullptr, block->scheduler_stack_bottom,
-                                 block->scheduler_stack_size);
-#endif
-#ifdef LOGITOPS_EMU_TSAN
-  __tsan_switch_to_fiber(block->scheduler_fiber, 1);
-#endif
-  void* unused = nullptr;
-#if defined(__x86_64__)
-  logitops_emulation_switch(&unused, block->scheduler_sp);
-#else
-  (void)unused;
-  setcontext(&block->scheduler_context);
-#endif
-  std::abort();  // never resumed
+  switch_away(fiber);
+}
+
+[[noreturn]] void fiber_exit() {
+  {
+    IgnoreScope ignore;
+    current_fiber().state = State::kDone;
+    ++g_block->done;
+  }
+  switch_away(nullptr);  // it also publishes the fiber's end to the next block
+  std::abort();
 }
 
 const std::function<void()>* g_body = nullptr;
 
 void fiber_main() {
 #ifdef LOGITOPS_EMU_ASAN
-  // A new fiber has no fake stack to restore; this learns the scheduler's stack bounds.
-  __sanitizer_finish_switch_fiber(nullptr, &g_block->scheduler_stack_bottom,
-                                  &g_block->scheduler_stack_size);
+  // A new fiber has no fake stack to restore. The first one is started by the scheduler: that
+  // tells the scheduler's stack bounds.
+  const void* old_bottom = nullptr;
+  size_t old_size = 0;
+  __sanitizer_finish_switch_fiber(nullptr, &old_bottom, &old_size);
+  if (g_block->scheduler_stack_bottom == nullptr) {
+    g_block->scheduler_stack_bottom = old_bottom;
+    g_block->scheduler_stack_size = old_size;
+  }
 #endif
 #ifdef LOGITOPS_EMU_TSAN
   __tsan_acquire(&g_block_start_token);
@@ -265,17 +314,20 @@ void fiber_main() {
     IgnoreScope ignore;
     body = g_body;
   }
-  std::string failure;
-  try {
-    (*body)();
-  } catch (const std::exception& error) {
-    failure = error.what();
-  } catch (...) {
-    failure = "unknown exception";
-  }
-  if (!failure.empty()) {
-    IgnoreScope ignore;
-    if (g_block->failure.empty()) g_block->failure = failure;
+  {
+    // Scoped: fiber_exit never returns, so nothing may be left to destroy in this frame.
+    std::string failure;
+    try {
+      (*body)();
+    } catch (const std::exception& error) {
+      failure = error.what();
+    } catch (...) {
+      failure = "unknown exception";
+    }
+    if (!failure.empty()) {
+      IgnoreScope ignore;
+      if (g_block->failure.empty()) g_block->failure = failure;
+    }
   }
   fiber_exit();
 }
@@ -288,6 +340,10 @@ void fiber_entry_ucontext() { fiber_main(); }
 
 void prepare_fiber(Fiber& fiber, char* stack) {
   fiber.stack = stack;
+#ifdef LOGITOPS_EMU_ASAN
+  // The frames of an earlier fiber on this stack ended without unwinding: clear their redzones.
+  __asan_unpoison_memory_region(stack, kStackBytes);
+#endif
 #if defined(__x86_64__)
   // The frame logitops_emulation_switch pops: six registers, then the entry as return address,
   // above it a null return address for the entry itself (16-byte aligned, as after a call).
