@@ -1,7 +1,13 @@
 import pytest
 import torch
 
+import logitops
+
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+# LOGITOPS_CUDA_EMULATION=1: the ops on CPU tensors are the CUDA launchers and kernels run by the
+# emulator (csrc/emulation), one fiber per CUDA thread. Tests marked emulation_skip(reason) are
+# too large for it; a few others scale their sizes down (EMULATION_SCALE).
+EMULATION = bool(logitops.build_info()["cuda_emulation"])
 DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
 
 # (rtol, atol) of a logitops result against the float64 oracle, per input dtype. Half-precision
@@ -24,6 +30,10 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip_cuda)
+        marker = item.get_closest_marker("emulation_skip")
+        if EMULATION and marker is not None:
+            reason = marker.args[0] if marker.args else marker.kwargs.get("reason", "")
+            item.add_marker(pytest.mark.skip(reason=f"too large for CUDA emulation: {reason}"))
 
 
 def assert_close(actual, expected, dtype, *, scale=1.0, what=""):

@@ -20,6 +20,8 @@ import bench_sampling  # noqa: E402
 import plot  # noqa: E402
 import pytest  # noqa: E402
 
+pytestmark = pytest.mark.emulation_skip("benchmark shapes (the scripts time the kernels)")
+
 
 def test_cross_entropy_benchmark_writes_results(tmp_path, capsys):
     results = bench_cross_entropy.main(

@@ -20,6 +20,11 @@ from logitops.calibration import (
     reliability_diagram,
 )
 
+EMULATION_FIT = (
+    "iterative fits (LBFGS) call the cross-entropy kernel hundreds of times on thousands of rows;"
+    " the kernel itself is covered by test_cross_entropy"
+)
+
 NORMS = ["l1", "max", "l2"]
 
 
@@ -276,6 +281,7 @@ def sample_labels(logits, temperature, generator):
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
+@pytest.mark.emulation_skip(EMULATION_FIT)
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("t_true", [0.5, 2.5])
 @pytest.mark.parametrize("binary", [False, True], ids=["C10", "binary"])
@@ -290,6 +296,7 @@ def test_temperature_recovered(device, t_true, binary):
     assert nll(scaler(z), labels) <= nll(z, labels)
 
 
+@pytest.mark.emulation_skip(EMULATION_FIT)
 @pytest.mark.parametrize("init", [1e-4, 0.02, 50.0, 1e4])
 def test_temperature_stays_positive_from_far_away(init):
     generator = torch.Generator().manual_seed(7)
@@ -302,6 +309,7 @@ def test_temperature_stays_positive_from_far_away(init):
         assert abs(scaler.temperature - 2.0) / 2.0 < 0.05
 
 
+@pytest.mark.emulation_skip(EMULATION_FIT)
 def test_fit_leaves_caller_alone():
     model = torch.nn.Linear(6, 4)
     x = torch.randn(300, 6)
@@ -320,6 +328,7 @@ def test_fit_leaves_caller_alone():
     assert leaf.grad is None and model.weight.grad is None and model.bias.grad is None
 
 
+@pytest.mark.emulation_skip(EMULATION_FIT)
 def test_fit_under_no_grad_and_inference_mode():
     z = torch.randn(2000, 5) * 4
     labels = torch.randint(0, 5, (2000,))  # random labels: over-confident logits, T > 1
@@ -350,6 +359,7 @@ def test_forward_dtype_and_argmax():
     assert restored.temperature == pytest.approx(2.0)
 
 
+@pytest.mark.emulation_skip(EMULATION_FIT)
 def test_vector_scaling_reduces_nll():
     generator = torch.Generator().manual_seed(3)
     c = 8
@@ -369,6 +379,7 @@ def test_vector_scaling_reduces_nll():
     torch.testing.assert_close(bias - bias.mean(), true_bias - true_bias.mean(), atol=0.15, rtol=0)
 
 
+@pytest.mark.emulation_skip(EMULATION_FIT)
 def test_platt_scaling_binary():
     generator = torch.Generator().manual_seed(5)
     z = torch.randn(20000, generator=generator) * 2

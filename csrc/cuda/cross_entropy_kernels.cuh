@@ -162,7 +162,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm)
     };
     for (int64_t j = threadIdx.x; j < head; j += threads) accumulate_one(j);
     for (int64_t j = tail + threadIdx.x; j < num_classes; j += threads) accumulate_one(j);
-    const Vector* vectors = vector_pointer<const Vector>(logits + head);
+    const auto vectors = vector_pointer<const Vector>(logits + head);
     // kUnroll loads in flight per thread before any math: the loop is bound by memory latency.
     int64_t v = threadIdx.x;
     for (; v + (kUnroll - 1) * threads < num_vectors; v += kUnroll * threads) {

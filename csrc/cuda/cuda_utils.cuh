@@ -61,16 +61,32 @@ struct alignas(sizeof(T) * N) AlignedVector {
 };
 
 // p viewed as 16-byte vectors. Every vector access of the kernels goes through it, so that the
-// emulator can check its alignment (a misaligned vector access is an error on the GPU).
+// emulator can check the alignment of each access (a misaligned one is an error on the GPU);
+// forming a pointer that is never dereferenced is fine, as on the GPU.
+#ifdef LOGITOPS_CUDA_EMULATION
+template <typename Vector>
+struct CheckedVectors {
+  Vector* base;
+  Vector& operator[](int64_t i) const { return *check(base + i); }
+  Vector& operator*() const { return *check(base); }
+  static Vector* check(Vector* p) {
+    if (reinterpret_cast<uintptr_t>(p) % alignof(Vector) != 0) {
+      emulation::fail("misaligned " + std::to_string(sizeof(Vector)) + "-byte vector access");
+    }
+    return p;
+  }
+};
+
+template <typename Vector, typename T>
+CheckedVectors<Vector> vector_pointer(T* p) {
+  return {reinterpret_cast<Vector*>(p)};
+}
+#else
 template <typename Vector, typename T>
 __device__ __forceinline__ Vector* vector_pointer(T* p) {
-#ifdef LOGITOPS_CUDA_EMULATION
-  if (reinterpret_cast<uintptr_t>(p) % alignof(Vector) != 0) {
-    emulation::fail("misaligned " + std::to_string(sizeof(Vector)) + "-byte vector access");
-  }
-#endif
   return reinterpret_cast<Vector*>(p);
 }
+#endif
 
 // Launches kernel<<<grid, block, shared_memory, stream>>>(args...). Under emulation it runs on the
 // host, and `name` names the kernel in the emulator's errors.
@@ -82,7 +98,10 @@ inline void launch_kernel(const char* name, void (*kernel)(Params...), dim3 grid
   emulation::launch(name, grid, block, shared_memory, [&] { kernel(args...); });
 #else
   (void)name;
+  // clang-format does not know the launch syntax.
+  // clang-format off
   kernel<<<grid, block, shared_memory, stream>>>(std::forward<Args>(args)...);
+  // clang-format on
 #endif
 }
 

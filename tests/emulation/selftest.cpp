@@ -45,6 +45,14 @@ void misaligned_kernel(const float* in, float* out) {
   out[threadIdx.x] = v.val[0];
 }
 
+// Forms a misaligned vector pointer and never dereferences it: fine on the GPU, fine here.
+void unused_misaligned_kernel(const float* in, float* out) {
+  using Vector = cuda::AlignedVector<float, 4>;
+  const auto vectors = cuda::vector_pointer<const Vector>(in + 1);
+  (void)vectors;
+  out[threadIdx.x] = in[0];
+}
+
 void warp_ops_kernel(unsigned* out) {
   const unsigned lane = threadIdx.x % 32;
   unsigned sum = lane;
@@ -179,6 +187,14 @@ int main(int argc, char** argv) {
                  [&] { misaligned_kernel(in, result.data()); });
         },
         "kernel misaligned_kernel, block (0, 0, 0), thread (0, 0, 0): misaligned 16-byte vector");
+  }
+  if (which == "unused_misaligned") {
+    alignas(16) float in[8] = {};
+    std::vector<float> result(kThreads, 1.f);
+    launch("unused_misaligned_kernel", dim3(1), dim3(kThreads), 0,
+           [&] { unused_misaligned_kernel(in, result.data()); });
+    std::printf(result[5] == 0.f ? "ok\n" : "wrong\n");
+    return result[5] == 0.f ? 0 : 1;
   }
   if (which == "launch_limits") {
     return expect_error([&] { launch("too_big", dim3(1), dim3(2048), 0, [] {}); },
