@@ -80,6 +80,17 @@ def _capped(logits: Tensor, softcap: float) -> Tensor:
     return softcap * torch.tanh(z / softcap) if softcap > 0 else z
 
 
+def _log_softmax(logits: Tensor, softcap: float) -> tuple[Tensor, Tensor]:
+    """(log-probabilities, lse) of the capped logits, in the accumulation dtype."""
+    z = _capped(logits, softcap)
+    lse = torch.logsumexp(z, dim=-1)
+    return z - lse.unsqueeze(-1), lse
+
+
+def _add_z_loss(row_loss: Tensor, lse: Tensor, z_loss: float) -> Tensor:
+    return row_loss + z_loss * lse * lse if z_loss > 0 else row_loss
+
+
 def _reduce(row_loss: Tensor, reduction: int, denominator: Tensor) -> Tensor:
     if reduction == 0:
         return row_loss
@@ -98,14 +109,13 @@ def cross_entropy(
     reduction: int,
 ) -> tuple[Tensor, Tensor]:
     """(loss, lse) of ``cross_entropy_forward``: logits [N, C], int64 target [N]."""
-    z = _capped(logits, softcap)
-    lse = torch.logsumexp(z, dim=-1)
-    log_probs = z - lse.unsqueeze(-1)
+    log_probs, lse = _log_softmax(logits, softcap)
+    num_classes = log_probs.shape[-1]
     valid = target != ignore_index
     # Out-of-range targets give NaN rows, as the kernels do when the range check is skipped.
-    in_range = (target >= 0) & (target < z.shape[-1])
+    in_range = (target >= 0) & (target < num_classes)
     safe_target = torch.where(valid & in_range, target, torch.zeros_like(target))
-    class_weight = None if weight is None else weight.to(z.dtype)
+    class_weight = None if weight is None else weight.to(lse.dtype)
     target_weight = (
         torch.ones_like(lse) if class_weight is None else class_weight.gather(0, safe_target)
     )
@@ -114,10 +124,8 @@ def cross_entropy(
     row = (1.0 - label_smoothing) * target_weight * nll
     if label_smoothing > 0:
         weighted = log_probs if class_weight is None else log_probs * class_weight
-        row = row - label_smoothing / z.shape[-1] * weighted.sum(-1)
-    if z_loss > 0:
-        row = row + z_loss * lse * lse
-    row = torch.where(valid, row, torch.zeros_like(row))
+        row = row - label_smoothing / num_classes * weighted.sum(-1)
+    row = torch.where(valid, _add_z_loss(row, lse, z_loss), torch.zeros_like(row))
     row = torch.where(valid & ~in_range, torch.full_like(row, math.nan), row)
     loss = _reduce(row, reduction, target_weight.sum())
     return loss.to(logits.dtype), lse
@@ -133,18 +141,14 @@ def cross_entropy_probs(
     reduction: int,
 ) -> tuple[Tensor, Tensor]:
     """(loss, lse) of ``cross_entropy_probs_forward``: logits and probabilities [N, C]."""
-    z = _capped(logits, softcap)
-    lse = torch.logsumexp(z, dim=-1)
-    log_probs = z - lse.unsqueeze(-1)
-    coef = (1.0 - label_smoothing) * target.to(z.dtype) + label_smoothing / z.shape[-1]
+    log_probs, lse = _log_softmax(logits, softcap)
+    coef = (1.0 - label_smoothing) * target.to(lse.dtype) + label_smoothing / log_probs.shape[-1]
     if weight is not None:
-        coef = coef * weight.to(z.dtype)
+        coef = coef * weight.to(lse.dtype)
     # A zero coefficient contributes nothing, even on a -inf logit (the kernels' rule).
     terms = torch.where(coef != 0, coef * log_probs, torch.zeros_like(log_probs))
-    row = -terms.sum(-1)
-    if z_loss > 0:
-        row = row + z_loss * lse * lse
-    loss = _reduce(row, reduction, torch.tensor(float(z.shape[0]), dtype=z.dtype))
+    row = _add_z_loss(-terms.sum(-1), lse, z_loss)
+    loss = _reduce(row, reduction, torch.tensor(float(lse.shape[0]), dtype=lse.dtype))
     return loss.to(logits.dtype), lse
 
 
