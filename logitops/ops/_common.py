@@ -60,23 +60,17 @@ def validate_cuda_targets_enabled() -> bool:
 
 def is_plain_eager_tensor(tensor: torch.Tensor) -> bool:
     """True when reading the tensor's value on the host is safe: not under torch.compile,
-    make_fx, fake or functional tracing, not vmap-batched, and not a tensor subclass."""
+    make_fx, fake or functional tracing, not torch.func-wrapped, and not a tensor subclass.
+    (The legacy vmap of batched gradients never gets here: needs_composite_backward routes it.)"""
     if torch.compiler.is_compiling() or type(tensor) is not torch.Tensor:
         return False
     if torch._C._functorch.is_functorch_wrapped_tensor(tensor):
         return False
-    if _has_legacy_batched_key(tensor):
-        return False  # the legacy vmap of batched gradients
     key = torch._C._TorchDispatchModeKey
     for mode in (key.PROXY, key.FAKE, key.FUNCTIONAL):
         if torch._C._get_dispatch_mode(mode) is not None:
             return False
     return True
-
-
-def _has_legacy_batched_key(tensor: torch.Tensor) -> bool:
-    # The legacy vmap's key is not in the Python DispatchKey enum; its set prints it.
-    return "Batched" in str(torch._C._dispatch_keys(tensor))
 
 
 def scale_fused_gradient(fused_grad, grad_loss, reduction: int):

@@ -302,9 +302,7 @@ def _probs_target_gradient(grad_loss, logits, weight, lse, label_smoothing, soft
     lse term does not depend on the target). Rarely needed (trained soft targets), so composed
     from torch ops over the saved lse."""
     acc = lse.dtype
-    z = logits.to(acc)
-    if softcap > 0:
-        z = softcap * torch.tanh(z / softcap)
+    z = _composite.capped(logits, softcap)
     grad = (z - lse.unsqueeze(-1)) * -(1.0 - label_smoothing)
     if weight is not None:
         grad = grad * weight.to(acc)
