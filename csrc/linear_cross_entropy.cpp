@@ -136,7 +136,7 @@ struct LinearGradients {
   // The weight and bias gradients in `dtype`, times device_scale when defined: one pass over
   // each float32 accumulator, which is freed with this object.
   std::tuple<at::Tensor, at::Tensor, at::Tensor> finish(at::ScalarType dtype,
-                                                         const at::Tensor& device_scale) {
+                                                        const at::Tensor& device_scale) {
     auto convert = [&](const at::Tensor& acc) {
       if (!device_scale.defined()) return acc.to(dtype);
       at::Tensor out = at::empty(acc.sizes(), acc.options().dtype(dtype));
@@ -190,8 +190,8 @@ ForwardResult linear_cross_entropy_forward_impl(
   const auto acc_options = input.options().dtype(acc_dtype);
   // The CPU kernel writes the gradient in the forward's sweep; CUDA recomputes it from the lse.
   const bool fuse = compute_grad && input.device().is_cpu();
-  const at::Tensor total_weight = target_weight_total(target, weight, ignore_index,
-                                                      linear_weight.size(0), acc_dtype);
+  const at::Tensor total_weight =
+      target_weight_total(target, weight, ignore_index, linear_weight.size(0), acc_dtype);
   // The chunks' gradients are of their summed loss (an upstream gradient of 1 per row). The
   // mean's 1 / total stays out of the half-precision logit gradient, where it could underflow:
   // on the CPU it is folded into the matmuls (alpha, a host scalar); on CUDA it scales the rows of
@@ -204,8 +204,8 @@ ForwardResult linear_cross_entropy_forward_impl(
       const double total = total_weight.item<double>();  // a CPU tensor: no device sync
       host_scale = total != 0.0 ? 1.0 / total : 0.0;
     } else {
-      device_scale = at::where(total_weight != 0, at::reciprocal(total_weight),
-                               at::zeros_like(total_weight));
+      device_scale =
+          at::where(total_weight != 0, at::reciprocal(total_weight), at::zeros_like(total_weight));
     }
   }
 
@@ -213,8 +213,8 @@ ForwardResult linear_cross_entropy_forward_impl(
   // The loss is returned in the accumulation dtype (the Python layer rounds it to the input's
   // dtype, except under autocast, whose cross-entropy is a float32 op): a scalar loss keeps the
   // float32 sum's digits.
-  at::Tensor row_loss = reduction == kReductionNone ? at::empty({num_rows}, acc_options)
-                                                    : at::Tensor();
+  at::Tensor row_loss =
+      reduction == kReductionNone ? at::empty({num_rows}, acc_options) : at::Tensor();
   at::Tensor loss_sum = at::zeros({}, acc_options);
   std::optional<LinearGradients> grads;
   if (compute_grad) grads.emplace(input, linear_weight, linear_bias.has_value());
@@ -238,8 +238,8 @@ ForwardResult linear_cross_entropy_forward_impl(
     if (compute_grad) {
       if (!fuse) {
         grad = cross_entropy_backward_op().call(one, std::nullopt, logits, t, weight, chunk_lse,
-                                                chunk_total, ignore_index, label_smoothing,
-                                                z_loss, softcap, kReductionSum);
+                                                chunk_total, ignore_index, label_smoothing, z_loss,
+                                                softcap, kReductionSum);
       }
       // float32 logits: their gradient is rounded to the operands' dtype for the matmuls.
       grads->add(start, x, linear_weight, grad.to(input.scalar_type()), host_scale, device_scale);
@@ -253,8 +253,12 @@ ForwardResult linear_cross_entropy_forward_impl(
     loss = reduction == kReductionMean ? loss_sum / total_weight : loss_sum;
   }
   if (!compute_grad) {
-    return {loss, lse, total_weight, at::empty({0}, input.options()),
-            at::empty({0}, linear_weight.options()), at::empty({0}, input.options())};
+    return {loss,
+            lse,
+            total_weight,
+            at::empty({0}, input.options()),
+            at::empty({0}, linear_weight.options()),
+            at::empty({0}, input.options())};
   }
   // Rounded once to the parameters' dtypes; the float32 accumulators are freed here.
   auto [grad_input, grad_weight, grad_bias] = grads->finish(input.scalar_type(), device_scale);
@@ -273,8 +277,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_backward_imp
   const int64_t num_rows = input.size(0);
   const auto acc_dtype = accumulation_dtype(input.scalar_type());
   TORCH_CHECK_VALUE(grad_rows.dim() == 1 && grad_rows.size(0) == num_rows,
-                    "logitops.linear_cross_entropy_backward: grad_rows must have shape [",
-                    num_rows, "], got ", grad_rows.sizes());
+                    "logitops.linear_cross_entropy_backward: grad_rows must have shape [", num_rows,
+                    "], got ", grad_rows.sizes());
   TORCH_CHECK_VALUE(lse_in.dim() == 1 && lse_in.size(0) == num_rows,
                     "logitops.linear_cross_entropy_backward: lse must have shape [", num_rows,
                     "], got ", lse_in.sizes());
@@ -296,11 +300,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_backward_imp
 }
 
 template <bool Float32Logits>
-ForwardResult linear_cross_entropy_forward(
-    const at::Tensor& input, const at::Tensor& linear_weight,
-    const std::optional<at::Tensor>& linear_bias, const at::Tensor& target,
-    const std::optional<at::Tensor>& weight, int64_t ignore_index, double label_smoothing,
-    double z_loss, double softcap, int64_t reduction, int64_t chunk_size, bool compute_grad) {
+ForwardResult linear_cross_entropy_forward(const at::Tensor& input, const at::Tensor& linear_weight,
+                                           const std::optional<at::Tensor>& linear_bias,
+                                           const at::Tensor& target,
+                                           const std::optional<at::Tensor>& weight,
+                                           int64_t ignore_index, double label_smoothing,
+                                           double z_loss, double softcap, int64_t reduction,
+                                           int64_t chunk_size, bool compute_grad) {
   return linear_cross_entropy_forward_impl(input, linear_weight, linear_bias, target, weight,
                                            ignore_index, label_smoothing, z_loss, softcap,
                                            reduction, chunk_size, compute_grad, Float32Logits);

@@ -3,8 +3,8 @@
 #include <ATen/Dispatch.h>
 #include <ATen/ops/div.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/sum.h>
 #include <ATen/ops/from_blob.h>
+#include <ATen/ops/sum.h>
 #include <c10/util/irange.h>
 
 #include <cstdlib>
@@ -82,8 +82,8 @@ void check_vocab_parallel_inputs(const at::Tensor& logits, const at::Tensor& tar
   TORCH_CHECK_VALUE(vocab_start >= 0, "logitops.", op, ": vocab_start must be >= 0, got ",
                     vocab_start);
   if (num_classes >= 0) {
-    TORCH_CHECK_VALUE(vocab_start + logits.size(1) <= num_classes, "logitops.", op,
-                      ": the slice [", vocab_start, ", ", vocab_start + logits.size(1),
+    TORCH_CHECK_VALUE(vocab_start + logits.size(1) <= num_classes, "logitops.", op, ": the slice [",
+                      vocab_start, ", ", vocab_start + logits.size(1),
                       ") does not fit in num_classes = ", num_classes);
   }
 }
@@ -93,8 +93,8 @@ at::Tensor per_row_operand(const at::Tensor& t, const at::Tensor& logits, const 
   const auto acc = accumulation_dtype(logits.scalar_type());
   TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == logits.size(0), "logitops.", op, ": ", name,
                     " must have shape [", logits.size(0), "], got ", t.sizes());
-  TORCH_CHECK_TYPE(t.scalar_type() == acc, "logitops.", op, ": ", name, " must be ", acc,
-                   ", got ", t.scalar_type());
+  TORCH_CHECK_TYPE(t.scalar_type() == acc, "logitops.", op, ": ", name, " must be ", acc, ", got ",
+                   t.scalar_type());
   TORCH_CHECK_VALUE(t.device() == logits.device(), "logitops.", op, ": ", name, " is on ",
                     t.device(), " but logits on ", logits.device());
   return t.contiguous();
@@ -143,16 +143,15 @@ void check_sampling_inputs(const at::Tensor& logits, const std::optional<at::Ten
   if (bias.has_value()) {
     // The filters compute in float32 (float64 for float64 logits), the bias included.
     const at::ScalarType acc = logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-    TORCH_CHECK_VALUE(bias->scalar_type() == acc, "logitops: logit_bias must be ", acc,
-                      " for ", logits.scalar_type(), " logits");
+    TORCH_CHECK_VALUE(bias->scalar_type() == acc, "logitops: logit_bias must be ", acc, " for ",
+                      logits.scalar_type(), " logits");
     TORCH_CHECK_VALUE(bias->dim() == 2 && bias->size(1) == logits.size(1) &&
                           (bias->size(0) == rows || bias->size(0) == 1),
                       "logitops: logit_bias must be [1 or batch, vocab], got ", bias->sizes());
   }
   for (const auto* t : {&temperature, &top_p, &min_p}) {
     TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == rows && t->scalar_type() == at::kDouble,
-                      "logitops: per-row temperature / top_p / min_p must be float64 [", rows,
-                      "]");
+                      "logitops: per-row temperature / top_p / min_p must be float64 [", rows, "]");
   }
   TORCH_CHECK_VALUE(top_k.dim() == 1 && top_k.size(0) == rows && top_k.scalar_type() == at::kLong,
                     "logitops: per-row top_k must be int64 [", rows, "]");

@@ -199,7 +199,8 @@ LOGITOPS_HD acc_t cross_entropy_grad(const CrossEntropyRow<acc_t>& row, acc_t up
 template <typename acc_t>
 LOGITOPS_HD acc_t soft_target_coef(acc_t prob, acc_t class_weight, acc_t label_smoothing,
                                    int64_t num_classes) {
-  return class_weight * ((acc_t(1) - label_smoothing) * prob + label_smoothing / acc_t(num_classes));
+  return class_weight *
+         ((acc_t(1) - label_smoothing) * prob + label_smoothing / acc_t(num_classes));
 }
 
 // a_c (z_c - shift), shift = logit_sum_shift(the row's first logit): B is accumulated shifted.
@@ -231,7 +232,8 @@ LOGITOPS_HD acc_t soft_target_grad(acc_t prob, acc_t coef, acc_t coef_sum, acc_t
 // already divided by the temperature, for one element j with lp = t_j - lse_t, lq = s_j - lse_s:
 //   forward KL(P || Q):   term = p (lp - lq)
 //   reverse KL(Q || P):   term = q (lq - lp)
-//   JSD_beta:             term = beta p (lp - lm) + (1 - beta) q (lq - lm), M = beta P + (1 - beta) Q,
+//   JSD_beta:             term = beta p (lp - lm) + (1 - beta) q (lq - lm), M = beta P + (1 - beta)
+//   Q,
 //                         lm = log M_j computed in log space (no log of an underflowed mixture).
 // The row's loss is sum_j term. Its gradient with respect to s is q_j (g_j - S), S = sum_i q_i g_i,
 // where q g is: -p (forward; then S = -1), q (lq - lp) (reverse), (1 - beta) q (lq - lm) (JSD).
@@ -240,9 +242,9 @@ enum DivergenceKind : int64_t { kForwardKl = 0, kReverseKl = 1, kJsd = 2 };
 
 template <typename acc_t>
 struct DivergenceTerm {
-  acc_t loss;    // the element's share of the row's divergence
-  acc_t q_g;     // q_j * g_j
-  acc_t q;       // q_j
+  acc_t loss;  // the element's share of the row's divergence
+  acc_t q_g;   // q_j * g_j
+  acc_t q;     // q_j
 };
 
 // The log-softmax of a teacher row t and a student row s from their log-sum-exp states, with
@@ -271,8 +273,8 @@ LOGITOPS_HD LogSoftmaxPair<acc_t> log_softmax_pair(LseState<acc_t> teacher,
   out.log_sum_t = finite_t ? std::log(teacher.sum) : acc_t(0);
   out.max_s = finite_s ? student.max : lse_finalize(student);
   out.log_sum_s = finite_s ? std::log(student.sum) : acc_t(0);
-  out.log_sum_ratio = (finite_t && finite_s) ? std::log(teacher.sum / student.sum)
-                                             : out.log_sum_t - out.log_sum_s;
+  out.log_sum_ratio =
+      (finite_t && finite_s) ? std::log(teacher.sum / student.sum) : out.log_sum_t - out.log_sum_s;
   return out;
 }
 
@@ -302,8 +304,7 @@ LOGITOPS_HD DivergenceTerm<acc_t> divergence_term(int64_t kind, acc_t beta, acc_
     out.q_g = out.loss;
   } else {
     const acc_t log_beta = std::log(beta), log_rest = std::log(acc_t(1) - beta);
-    const acc_t from_p =
-        p > acc_t(0) ? -beta * p * log_add_exp(log_beta, log_rest - d) : acc_t(0);
+    const acc_t from_p = p > acc_t(0) ? -beta * p * log_add_exp(log_beta, log_rest - d) : acc_t(0);
     const acc_t from_q =
         q > acc_t(0) ? -(acc_t(1) - beta) * q * log_add_exp(log_beta + d, log_rest) : acc_t(0);
     out.loss = from_p + from_q;

@@ -89,10 +89,10 @@ LOGITOPS_HD Philox4x32 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint
 // (0, 1) at 2^-53 resolution, in double, so even tokens of probability 1e-12 stay reachable
 // (fp32 noise floors at 2^-24; vLLM #43150).
 LOGITOPS_HD double exponential_noise(uint64_t seed, uint64_t stream, uint64_t index) {
-  const Philox4x32 r = philox4x32_10(
-      static_cast<uint32_t>(index), static_cast<uint32_t>(index >> 32),
-      static_cast<uint32_t>(stream), static_cast<uint32_t>(stream >> 32),
-      static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+  const Philox4x32 r =
+      philox4x32_10(static_cast<uint32_t>(index), static_cast<uint32_t>(index >> 32),
+                    static_cast<uint32_t>(stream), static_cast<uint32_t>(stream >> 32),
+                    static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
   const uint64_t bits = (static_cast<uint64_t>(r.v[0]) << 32 | r.v[1]) >> 11;  // 53 bits
   const double u = (static_cast<double>(bits) + 0.5) * 0x1.0p-53;
   return -std::log(u);

@@ -139,10 +139,13 @@ template <typename scalar_t, typename acc_t>
 BceContext<scalar_t, acc_t> make_bce_context(const at::Tensor& input, const at::Tensor& target,
                                              const std::optional<at::Tensor>& weight,
                                              const std::optional<at::Tensor>& pos_weight) {
-  return {input.const_data_ptr<scalar_t>(), target.const_data_ptr<scalar_t>(), input.stride(0),
-          target.stride(0), strided<acc_t>(weight), strided<acc_t>(pos_weight)};
+  return {input.const_data_ptr<scalar_t>(),
+          target.const_data_ptr<scalar_t>(),
+          input.stride(0),
+          target.stride(0),
+          strided<acc_t>(weight),
+          strided<acc_t>(pos_weight)};
 }
-
 
 std::tuple<at::Tensor, at::Tensor> bce_with_logits_forward_cpu(
     const at::Tensor& input_in, const at::Tensor& target_in,
@@ -153,9 +156,8 @@ std::tuple<at::Tensor, at::Tensor> bce_with_logits_forward_cpu(
   const at::Tensor target = rows_with_unit_stride(target_in);
   const int64_t rows = input.size(0), cols = input.size(1);
   const auto acc_dtype = accumulation_dtype(input.scalar_type());
-  at::Tensor loss_rows = reduction == kReductionNone
-                             ? empty_cpu_output({rows, cols}, input.options())
-                             : at::Tensor();
+  at::Tensor loss_rows =
+      reduction == kReductionNone ? empty_cpu_output({rows, cols}, input.options()) : at::Tensor();
   at::Tensor grad = compute_grad ? empty_cpu_output({rows, cols}, input.options())
                                  : at::empty({0}, input.options());
   at::Tensor loss;
@@ -199,7 +201,8 @@ std::tuple<at::Tensor, at::Tensor> bce_with_logits_forward_cpu(
           double total = 0;
           for (const double p : partial) total += p;
           if (reduction == kReductionMean) total /= numel;  // 0 / 0 = NaN for empty input
-          loss = at::empty({}, input.options().dtype(acc_dtype)).fill_(total).to(input.scalar_type());
+          loss =
+              at::empty({}, input.options().dtype(acc_dtype)).fill_(total).to(input.scalar_type());
         }
       });
   return {loss, grad};
@@ -224,22 +227,22 @@ at::Tensor bce_with_logits_backward_cpu(const at::Tensor& grad_loss_in, const at
         const auto ctx = make_bce_context<scalar_t, acc_t>(input, target, weight, pos_weight);
         const auto up = strided<acc_t>(std::optional<at::Tensor>(upstream));
         scalar_t* grad_ptr = grad.mutable_data_ptr<scalar_t>();
-        for_each_tile<acc_t>(
-            make_tiling(rows, cols, kTileElems), [&](int64_t r, int64_t c, int64_t n) {
-              acc_t scratch[6 * kChunk];
-              const auto ch = ctx.load(r, c, n, scratch);
-              const acc_t* g = up.chunk(r, c, n, scratch + 4 * kChunk);
-              acc_t* out = scratch + 5 * kChunk;
-              bce_chunk<acc_t>(ch.z, ch.y, ch.w, ch.pw, n, acc_t(1), nullptr, out);
-              using Vec = Vectorized<acc_t>;
-              int64_t j = 0;
-              for (; j + Vec::size() <= n; j += Vec::size()) {
-                (Vec::loadu(out + j) * Vec::loadu(g + j)).store(out + j);
-              }
-              for (; j < n; ++j) out[j] *= g[j];
-              store_from_acc(out, grad_ptr + r * cols + c, n);
-              return acc_t(0);
-            });
+        for_each_tile<acc_t>(make_tiling(rows, cols, kTileElems),
+                             [&](int64_t r, int64_t c, int64_t n) {
+                               acc_t scratch[6 * kChunk];
+                               const auto ch = ctx.load(r, c, n, scratch);
+                               const acc_t* g = up.chunk(r, c, n, scratch + 4 * kChunk);
+                               acc_t* out = scratch + 5 * kChunk;
+                               bce_chunk<acc_t>(ch.z, ch.y, ch.w, ch.pw, n, acc_t(1), nullptr, out);
+                               using Vec = Vectorized<acc_t>;
+                               int64_t j = 0;
+                               for (; j + Vec::size() <= n; j += Vec::size()) {
+                                 (Vec::loadu(out + j) * Vec::loadu(g + j)).store(out + j);
+                               }
+                               for (; j < n; ++j) out[j] *= g[j];
+                               store_from_acc(out, grad_ptr + r * cols + c, n);
+                               return acc_t(0);
+                             });
       });
   return grad;
 }

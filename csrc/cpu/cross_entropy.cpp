@@ -182,18 +182,16 @@ RowContext<scalar_t, acc_t> make_context(const at::Tensor& logits, const at::Ten
   return ctx;
 }
 
-
 // Validates every target (one O(N) sweep) and returns sum of w[target] over non-ignored rows:
 // the normalizer of reduction="mean". Summed in double, in row order, so it is reproducible.
 template <typename acc_t>
-double validate_and_total_weight(const at::Tensor& target, const acc_t* weight,
-                                 int64_t num_classes, int64_t ignore_index) {
+double validate_and_total_weight(const at::Tensor& target, const acc_t* weight, int64_t num_classes,
+                                 int64_t ignore_index) {
   const int64_t* t = target.const_data_ptr<int64_t>();
   double total = 0;
   for (const auto i : c10::irange(target.size(0))) {
-    TORCH_CHECK_INDEX(target_is_valid(t[i], num_classes, ignore_index),
-                      "cross_entropy: target[", i, "] = ", t[i],
-                      " is out of range; expected a class index in [0, ", num_classes,
+    TORCH_CHECK_INDEX(target_is_valid(t[i], num_classes, ignore_index), "cross_entropy: target[", i,
+                      "] = ", t[i], " is out of range; expected a class index in [0, ", num_classes,
                       ") or ignore_index (", ignore_index, ")");
     if (t[i] != ignore_index) total += weight != nullptr ? double(weight[t[i]]) : 1.0;
   }
@@ -201,9 +199,9 @@ double validate_and_total_weight(const at::Tensor& target, const acc_t* weight,
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cross_entropy_forward_cpu(
-    const at::Tensor& logits_in, const at::Tensor& target_in, const std::optional<at::Tensor>& weight,
-    int64_t ignore_index, double label_smoothing, double z_loss, double softcap, int64_t reduction,
-    bool compute_grad) {
+    const at::Tensor& logits_in, const at::Tensor& target_in,
+    const std::optional<at::Tensor>& weight, int64_t ignore_index, double label_smoothing,
+    double z_loss, double softcap, int64_t reduction, bool compute_grad) {
   check_cross_entropy_inputs(logits_in, target_in, weight, reduction);
   const at::Tensor logits = rows_with_unit_stride(logits_in);
   const at::Tensor target = target_in.contiguous();
@@ -224,8 +222,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cross_entropy_forward
       at::kBFloat16, at::kHalf, logits.scalar_type(), "cross_entropy_forward_cpu", [&] {
         using acc_t = at::opmath_type<scalar_t>;
         const auto ctx = make_context<scalar_t, acc_t>(logits, target, weight_acc, args);
-        const double total = validate_and_total_weight<acc_t>(target, ctx.weight, num_classes,
-                                                              ignore_index);
+        const double total =
+            validate_and_total_weight<acc_t>(target, ctx.weight, num_classes, ignore_index);
         total_weight.fill_(total);
         // The fused gradient is that of the reduced loss for an upstream gradient of 1.
         const acc_t upstream = reduction == kReductionMean ? acc_t(1.0 / total) : acc_t(1);
@@ -272,8 +270,8 @@ at::Tensor cross_entropy_backward_cpu(const at::Tensor& grad_loss_in,
   const auto acc_dtype = accumulation_dtype(logits.scalar_type());
   const at::Tensor weight_acc =
       weight.has_value() ? weight->to(acc_dtype).contiguous() : at::Tensor();
-  const at::Tensor grad_loss = upstream_per_row(grad_loss_in, total_weight, reduction, num_rows,
-                                                acc_dtype);
+  const at::Tensor grad_loss =
+      upstream_per_row(grad_loss_in, total_weight, reduction, num_rows, acc_dtype);
   const at::Tensor grad_lse = grad_lse_in.has_value() && grad_lse_in->defined()
                                   ? grad_lse_in->to(acc_dtype).contiguous()
                                   : at::Tensor();
@@ -426,8 +424,8 @@ SoftRowContext<scalar_t, acc_t> make_soft_context(const at::Tensor& logits,
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_probs_forward_cpu(
     const at::Tensor& logits_in, const at::Tensor& target_in,
-    const std::optional<at::Tensor>& weight, double label_smoothing, double z_loss,
-    double softcap, int64_t reduction, bool compute_grad) {
+    const std::optional<at::Tensor>& weight, double label_smoothing, double z_loss, double softcap,
+    int64_t reduction, bool compute_grad) {
   check_cross_entropy_probs_inputs(logits_in, target_in, weight, reduction);
   const at::Tensor logits = rows_with_unit_stride(logits_in);
   const at::Tensor target = rows_with_unit_stride(target_in);
@@ -469,11 +467,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_probs_forward_cpu(
   return {reduce_row_loss(row_loss, count, reduction, logits.scalar_type()), lse, grad};
 }
 
-at::Tensor cross_entropy_probs_backward_cpu(
-    const at::Tensor& grad_loss_in, const std::optional<at::Tensor>& grad_lse_in,
-    const at::Tensor& logits_in, const at::Tensor& target_in,
-    const std::optional<at::Tensor>& weight, const at::Tensor& lse_in, double label_smoothing,
-    double z_loss, double softcap, int64_t reduction) {
+at::Tensor cross_entropy_probs_backward_cpu(const at::Tensor& grad_loss_in,
+                                            const std::optional<at::Tensor>& grad_lse_in,
+                                            const at::Tensor& logits_in,
+                                            const at::Tensor& target_in,
+                                            const std::optional<at::Tensor>& weight,
+                                            const at::Tensor& lse_in, double label_smoothing,
+                                            double z_loss, double softcap, int64_t reduction) {
   check_cross_entropy_probs_inputs(logits_in, target_in, weight, reduction);
   const at::Tensor logits = rows_with_unit_stride(logits_in);
   const at::Tensor target = rows_with_unit_stride(target_in);
@@ -482,13 +482,15 @@ at::Tensor cross_entropy_probs_backward_cpu(
   const at::Tensor weight_acc =
       weight.has_value() ? weight->to(acc_dtype).contiguous() : at::Tensor();
   const at::Tensor count = at::empty({}, logits.options().dtype(acc_dtype)).fill_(double(num_rows));
-  const at::Tensor grad_loss = upstream_per_row(grad_loss_in, count, reduction, num_rows, acc_dtype);
+  const at::Tensor grad_loss =
+      upstream_per_row(grad_loss_in, count, reduction, num_rows, acc_dtype);
   const at::Tensor grad_lse = grad_lse_in.has_value() && grad_lse_in->defined()
                                   ? grad_lse_in->to(acc_dtype).contiguous()
                                   : at::Tensor();
   const at::Tensor lse = lse_in.to(acc_dtype).contiguous();
-  TORCH_CHECK_VALUE(lse.numel() == num_rows, "logitops.cross_entropy_probs_backward: lse must have ",
-                    num_rows, " elements, got ", lse.numel());
+  TORCH_CHECK_VALUE(lse.numel() == num_rows,
+                    "logitops.cross_entropy_probs_backward: lse must have ", num_rows,
+                    " elements, got ", lse.numel());
   TORCH_CHECK_VALUE(!grad_lse.defined() || grad_lse.numel() == num_rows,
                     "logitops.cross_entropy_probs_backward: grad_lse must have ", num_rows,
                     " elements, got ", grad_lse.numel());

@@ -111,8 +111,8 @@ struct DistillContext {
         if (grad != nullptr) (vscale * (fast_exp(sj - vlog_sum_s) - p)).store(g + j);
       }
       for (; j < n; ++j) {
-        const auto term = divergence_term(kind, beta, logs.lp(t[j]), logs.lq(s[j]),
-                                          logs.lp_minus_lq(t[j], s[j]));
+        const auto term =
+            divergence_term(kind, beta, logs.lp(t[j]), logs.lq(s[j]), logs.lp_minus_lq(t[j], s[j]));
         loss += term.loss;
         g[j] = divergence_grad(term, acc_t(-1), scale);
       }
@@ -125,9 +125,9 @@ struct DistillContext {
 template <typename scalar_t, typename acc_t>
 DistillContext<scalar_t, acc_t> make_distill_context(const at::Tensor& student,
                                                      const at::Tensor& teacher,
-                                                     const at::Tensor& target,
-                                                     int64_t ignore_index, double temperature,
-                                                     int64_t kind, double beta) {
+                                                     const at::Tensor& target, int64_t ignore_index,
+                                                     double temperature, int64_t kind,
+                                                     double beta) {
   return {student.const_data_ptr<scalar_t>(),
           teacher.const_data_ptr<scalar_t>(),
           student.stride(0),
@@ -149,9 +149,7 @@ int64_t counted_rows(const at::Tensor& target, int64_t rows, int64_t ignore_inde
 }
 
 // The per-row upstream gradient of the reduced loss.
-double row_upstream(int64_t reduction, double count) {
-  return reduction == 1 ? 1.0 / count : 1.0;
-}
+double row_upstream(int64_t reduction, double count) { return reduction == 1 ? 1.0 / count : 1.0; }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> kl_div_logits_forward_cpu(
     const at::Tensor& student_in, const at::Tensor& teacher_in,
@@ -170,9 +168,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kl_div_logits_forward_cpu(
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kBFloat16, at::kHalf, student.scalar_type(), "kl_div_logits_forward_cpu", [&] {
         using acc_t = at::opmath_type<scalar_t>;
-        const auto ctx = make_distill_context<scalar_t, acc_t>(student, teacher, target,
-                                                               ignore_index, temperature, kind,
-                                                               beta);
+        const auto ctx = make_distill_context<scalar_t, acc_t>(
+            student, teacher, target, ignore_index, temperature, kind, beta);
         // d loss / d student = upstream * d loss / d (student / T) / T.
         const acc_t scale = acc_t(row_upstream(reduction, count) / temperature);
         acc_t* loss_out = row_loss.mutable_data_ptr<acc_t>();
@@ -183,8 +180,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kl_div_logits_forward_cpu(
           for (int64_t i = b; i < e; ++i) {
             if (ctx.ignored(i)) {
               loss_out[i] = 0;
-              if (grad_out != nullptr) std::fill(grad_out + i * cols, grad_out + (i + 1) * cols,
-                                                 scalar_t(0));
+              if (grad_out != nullptr)
+                std::fill(grad_out + i * cols, grad_out + (i + 1) * cols, scalar_t(0));
               continue;
             }
             loss_out[i] = ctx.row(i, scale, grad_out != nullptr ? grad_out + i * cols : nullptr,
@@ -194,8 +191,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kl_div_logits_forward_cpu(
       });
   const at::Tensor row_count = at::empty({}, student.options().dtype(acc_dtype)).fill_(count);
   // batchmean divides the sum by the counted rows: the same normalizer as reduction "mean".
-  const int64_t code = reduction == 0 ? kReductionNone
-                                      : (reduction == 1 ? kReductionMean : kReductionSum);
+  const int64_t code =
+      reduction == 0 ? kReductionNone : (reduction == 1 ? kReductionMean : kReductionSum);
   return {reduce_row_loss(row_loss, row_count, code, student.scalar_type()), row_count, grad};
 }
 
@@ -210,16 +207,15 @@ at::Tensor kl_div_logits_backward_cpu(const at::Tensor& grad_loss, const at::Ten
   const at::Tensor target = target_in.has_value() ? target_in->contiguous() : at::Tensor();
   const int64_t rows = student.size(0), cols = student.size(1);
   const auto acc_dtype = accumulation_dtype(student.scalar_type());
-  const int64_t code = reduction == 0 ? kReductionNone
-                                      : (reduction == 1 ? kReductionMean : kReductionSum);
+  const int64_t code =
+      reduction == 0 ? kReductionNone : (reduction == 1 ? kReductionMean : kReductionSum);
   const at::Tensor upstream = upstream_per_row(grad_loss, row_count, code, rows, acc_dtype);
   at::Tensor grad = empty_cpu_output({rows, cols}, student.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kBFloat16, at::kHalf, student.scalar_type(), "kl_div_logits_backward_cpu", [&] {
         using acc_t = at::opmath_type<scalar_t>;
-        const auto ctx = make_distill_context<scalar_t, acc_t>(student, teacher, target,
-                                                               ignore_index, temperature, kind,
-                                                               beta);
+        const auto ctx = make_distill_context<scalar_t, acc_t>(
+            student, teacher, target, ignore_index, temperature, kind, beta);
         const acc_t* up = upstream.const_data_ptr<acc_t>();
         scalar_t* grad_out = grad.mutable_data_ptr<scalar_t>();
         at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / cols), [&](int64_t b, int64_t e) {

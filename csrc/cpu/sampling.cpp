@@ -134,8 +134,8 @@ acc_t top_p_threshold(const acc_t* z, int64_t n, double row_max, double p, acc_t
 
 // The row's keep threshold for the given order; -inf keeps everything. z must be NaN-free.
 template <typename acc_t>
-acc_t row_threshold(const acc_t* z, int64_t n, double row_max, const RowFilter& f,
-                    int64_t order, int64_t min_tokens_to_keep, std::vector<acc_t>& scratch) {
+acc_t row_threshold(const acc_t* z, int64_t n, double row_max, const RowFilter& f, int64_t order,
+                    int64_t min_tokens_to_keep, std::vector<acc_t>& scratch) {
   constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
   if (row_max == -std::numeric_limits<double>::infinity()) return kNegInf;  // nothing to rank
 
@@ -193,8 +193,8 @@ bool scaled_row(const scalar_t* x, const acc_t* bias, double temperature, int64_
       scale(hi, j + Vec::size());
     }
   }
-  double m = at::vec::vec_reduce_all<acc_t>(
-      [](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, vmax);
+  double m =
+      at::vec::vec_reduce_all<acc_t>([](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, vmax);
   bool has_nan = m != m;
   for (; j < n; ++j) {
     const acc_t v = scaled_logit(static_cast<acc_t>(x[j]), bias, j, t, divide);
@@ -223,7 +223,7 @@ void write_filtered(const acc_t* z, int64_t n, acc_t tau, scalar_t fill, scalar_
 
 struct SamplingInputs {
   const at::Tensor logits;
-  const at::Tensor bias;  // [V] or [B, V] or undefined
+  const at::Tensor bias;                              // [V] or [B, V] or undefined
   const at::Tensor temperature, top_k, top_p, min_p;  // [B] each (float64; top_k int64)
 };
 
@@ -239,8 +239,12 @@ at::Tensor filter_logits_cpu(const at::Tensor& logits_in, const std::optional<at
   check_sampling_inputs(logits_in, bias_in, temperature, top_k, top_p, min_p, order);
   const at::Tensor logits = logits_in.contiguous();
   const at::Tensor bias = bias_in.has_value() ? bias_in->contiguous() : at::Tensor();
-  const SamplingInputs in{logits, bias, temperature.contiguous(), top_k.contiguous(),
-                          top_p.contiguous(), min_p.contiguous()};
+  const SamplingInputs in{logits,
+                          bias,
+                          temperature.contiguous(),
+                          top_k.contiguous(),
+                          top_p.contiguous(),
+                          min_p.contiguous()};
   const int64_t rows = logits.size(0), n = logits.size(1);
   at::Tensor out = at::empty_like(logits);
   AT_DISPATCH_FLOATING_TYPES_AND2(
@@ -257,8 +261,8 @@ at::Tensor filter_logits_cpu(const at::Tensor& logits_in, const std::optional<at
             const RowFilter f = row_filter(in, i);
             scalar_t* yi = y + i * n;
             double row_max;
-            if (!scaled_row(x + i * n, b != nullptr ? b + i * bias_stride : nullptr,
-                            f.temperature, n, z.data(), row_max)) {
+            if (!scaled_row(x + i * n, b != nullptr ? b + i * bias_stride : nullptr, f.temperature,
+                            n, z.data(), row_max)) {
               std::fill(yi, yi + n, static_cast<scalar_t>(NAN));  // documented: NaN in, NaN out
               continue;
             }
@@ -271,18 +275,24 @@ at::Tensor filter_logits_cpu(const at::Tensor& logits_in, const std::optional<at
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor> sample_cpu(
-    const at::Tensor& logits_in, const std::optional<at::Tensor>& bias_in,
-    const at::Tensor& temperature, const at::Tensor& top_k, const at::Tensor& top_p,
-    const at::Tensor& min_p, int64_t order, const at::Tensor& seeds, bool per_row_seeds) {
+std::tuple<at::Tensor, at::Tensor> sample_cpu(const at::Tensor& logits_in,
+                                              const std::optional<at::Tensor>& bias_in,
+                                              const at::Tensor& temperature,
+                                              const at::Tensor& top_k, const at::Tensor& top_p,
+                                              const at::Tensor& min_p, int64_t order,
+                                              const at::Tensor& seeds, bool per_row_seeds) {
   check_sampling_inputs(logits_in, bias_in, temperature, top_k, top_p, min_p, order);
   const int64_t rows = logits_in.size(0), n = logits_in.size(1);
   TORCH_CHECK_VALUE(seeds.dim() == 1 && seeds.size(0) == rows && seeds.scalar_type() == at::kLong,
                     "logitops.sample: seed must be int64 [", rows, "]");
   const at::Tensor logits = logits_in.contiguous();
   const at::Tensor bias = bias_in.has_value() ? bias_in->contiguous() : at::Tensor();
-  const SamplingInputs in{logits, bias, temperature.contiguous(), top_k.contiguous(),
-                          top_p.contiguous(), min_p.contiguous()};
+  const SamplingInputs in{logits,
+                          bias,
+                          temperature.contiguous(),
+                          top_k.contiguous(),
+                          top_p.contiguous(),
+                          min_p.contiguous()};
   const at::Tensor seed = seeds.contiguous();
   at::Tensor tokens = at::empty({rows}, logits.options().dtype(at::kLong));
   at::Tensor logprobs = at::empty({rows}, logits.options().dtype(at::kFloat));

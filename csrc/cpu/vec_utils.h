@@ -4,13 +4,13 @@
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
-#include "../common/logit_math.h"
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <type_traits>
+
+#include "../common/logit_math.h"
 
 namespace logitops {
 
@@ -145,8 +145,8 @@ LseState<acc_t> lse_block(const acc_t* z, int64_t n, LseState<acc_t> state) {
   Vec vmax(kNegInf);
   int64_t i = 0;
   for (; i + Vec::size() <= n; i += Vec::size()) vmax = at::vec::maximum(vmax, Vec::loadu(z + i));
-  acc_t block_max = at::vec::vec_reduce_all<acc_t>(
-      [](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, vmax);
+  acc_t block_max =
+      at::vec::vec_reduce_all<acc_t>([](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, vmax);
   for (int64_t j = i; j < n; ++j) {
     // NaN-propagating scalar max, like at::vec::maximum.
     if (z[j] != z[j] || z[j] > block_max) block_max = z[j];

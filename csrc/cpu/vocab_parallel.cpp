@@ -74,7 +74,8 @@ at::Tensor vocab_parallel_cross_entropy_stats_cpu(const at::Tensor& logits_in,
           for (int64_t i = begin; i < end; ++i) {
             const scalar_t* row = data + i * row_stride;
             LseState<acc_t> state = lse_empty<acc_t>();
-            // sum_j z_j = sum_j (z_j - shift) + n * shift: small terms in acc_t, the rest in double.
+            // sum_j z_j = sum_j (z_j - shift) + n * shift: small terms in acc_t, the rest in
+            // double.
             const acc_t shift =
                 local_classes > 0 ? logit_sum_shift(static_cast<acc_t>(row[0])) : acc_t(0);
             double sum = double(shift) * double(local_classes);
@@ -95,10 +96,12 @@ at::Tensor vocab_parallel_cross_entropy_stats_cpu(const at::Tensor& logits_in,
   return stats;
 }
 
-at::Tensor vocab_parallel_cross_entropy_backward_cpu(
-    const at::Tensor& grad_rows_in, const at::Tensor& logits_in, const at::Tensor& target_in,
-    const at::Tensor& lse_in, int64_t vocab_start, int64_t num_classes, int64_t ignore_index,
-    double label_smoothing, double z_loss) {
+at::Tensor vocab_parallel_cross_entropy_backward_cpu(const at::Tensor& grad_rows_in,
+                                                     const at::Tensor& logits_in,
+                                                     const at::Tensor& target_in,
+                                                     const at::Tensor& lse_in, int64_t vocab_start,
+                                                     int64_t num_classes, int64_t ignore_index,
+                                                     double label_smoothing, double z_loss) {
   constexpr const char* kOp = "vocab_parallel_cross_entropy_backward";
   check_vocab_parallel_inputs(logits_in, target_in, vocab_start, num_classes, kOp);
   const at::Tensor logits = rows_with_unit_stride(logits_in);
@@ -128,12 +131,13 @@ at::Tensor vocab_parallel_cross_entropy_backward_cpu(
             scalar_t* out_row = grad_out + i * local_classes;
             const acc_t row_lse = lse_ptr[i];
             // Without class weights W = C, and the target's weight is 1.
-            const auto coef = t[i] == ignore_index
-                                  ? cross_entropy_ignored_row<acc_t>()
-                                  : cross_entropy_row(row_lse, acc_t(1), acc_t(num_classes), eps,
-                                                      num_classes, z);
+            const auto coef =
+                t[i] == ignore_index
+                    ? cross_entropy_ignored_row<acc_t>()
+                    : cross_entropy_row(row_lse, acc_t(1), acc_t(num_classes), eps, num_classes, z);
             // Zero coefficients stay zero for an infinite upstream, as in cross_entropy_grad.
-            const acc_t prob_scale = coef.grad_scale == acc_t(0) ? acc_t(0) : up[i] * coef.grad_scale;
+            const acc_t prob_scale =
+                coef.grad_scale == acc_t(0) ? acc_t(0) : up[i] * coef.grad_scale;
             const acc_t smooth = coef.smooth_coef == acc_t(0) ? acc_t(0) : up[i] * coef.smooth_coef;
             if (prob_scale == acc_t(0) && smooth == acc_t(0) && coef.target_coef == acc_t(0)) {
               std::fill(out_row, out_row + local_classes, scalar_t(0));
@@ -155,8 +159,8 @@ at::Tensor vocab_parallel_cross_entropy_backward_cpu(
                 (fast_exp(Vec::loadu(zb + j) - vlse) * vscale - vsmooth).store(out + j);
               }
               for (; j < n; ++j) {
-                out[j] = cross_entropy_grad(coef, up[i], acc_t(0), exp_shift(zb[j], row_lse),
-                                            false, acc_t(1));
+                out[j] = cross_entropy_grad(coef, up[i], acc_t(0), exp_shift(zb[j], row_lse), false,
+                                            acc_t(1));
               }
               if (local_target >= start && local_target < start + n &&
                   coef.target_coef != acc_t(0)) {

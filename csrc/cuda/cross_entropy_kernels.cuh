@@ -197,8 +197,8 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm)
         const auto coef = cross_entropy_row(lse, row_weight, weight_total, args.label_smoothing,
                                             num_classes, args.z_loss);
         const acc_t target_logit = softcap_value(to_acc<acc_t>(logits[t]), args.softcap);
-        loss = cross_entropy_row_loss(coef, part.lse, target_logit, weight_total,
-                                      part.weighted_sum, shift, args.z_loss);
+        loss = cross_entropy_row_loss(coef, part.lse, target_logit, weight_total, part.weighted_sum,
+                                      shift, args.z_loss);
       }
       loss_out[row] = loss;
       row_weight_out[row] = row_weight;

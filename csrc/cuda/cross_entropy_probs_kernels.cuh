@@ -93,9 +93,9 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm)
     SoftRowPartial<acc_t> part{lse_empty<acc_t>(), acc_t(0), acc_t(0)};
     // B relative to the row's first logit (one cached load per thread). fp64 has digits to
     // spare, and without the shift its kernel fits the 64 registers of __launch_bounds__.
-    const acc_t shift = sizeof(acc_t) == 8
-                            ? acc_t(0)
-                            : logit_sum_shift(softcap_value(to_acc<acc_t>(logits[0]), args.softcap));
+    const acc_t shift =
+        sizeof(acc_t) == 8 ? acc_t(0)
+                           : logit_sum_shift(softcap_value(to_acc<acc_t>(logits[0]), args.softcap));
 
     // Adds N consecutive classes starting at j.
     auto accumulate = [&](const auto& raw, const auto& prob, int64_t j) {

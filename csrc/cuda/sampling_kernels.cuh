@@ -85,7 +85,7 @@ struct SamplingArgs {
   const acc_t* bias;        // [1 or num_rows, vocab] in acc_t, unit stride; nullptr if absent
   int64_t bias_row_stride;  // 0 when one bias row is broadcast
   int64_t num_rows;
-  int64_t vocab;             // < 2^32: histogram counts are 32-bit
+  int64_t vocab;              // < 2^32: histogram counts are 32-bit
   const double* temperature;  // [num_rows] each, contiguous
   const int64_t* top_k;
   const double* top_p;

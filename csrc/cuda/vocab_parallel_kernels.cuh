@@ -71,11 +71,9 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm)
     const int64_t t = args.target[row];
     const acc_t lse = lse_in[row];
     const acc_t up = upstream[row];
-    const auto coef =
-        t == ignore_index
-            ? cross_entropy_ignored_row<acc_t>()
-            : cross_entropy_row(lse, acc_t(1), acc_t(num_classes), label_smoothing, num_classes,
-                                z_loss);
+    const auto coef = t == ignore_index ? cross_entropy_ignored_row<acc_t>()
+                                        : cross_entropy_row(lse, acc_t(1), acc_t(num_classes),
+                                                            label_smoothing, num_classes, z_loss);
     // The same tests, in the same order, as the CPU kernel: zero coefficients stay zero for an
     // infinite upstream (a mean over no rows divides by 0).
     const acc_t prob_scale = coef.grad_scale == acc_t(0) ? acc_t(0) : up * coef.grad_scale;
