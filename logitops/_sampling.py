@@ -14,8 +14,8 @@ from numbers import Integral, Real
 import torch
 from torch import Tensor
 
+from ._validation import check_floating, check_same_device
 from .ops import sampling as _ops
-from .ops._common import check_floating, check_same_device
 
 ORDERS = tuple(_ops.ORDER_CODES)
 

@@ -29,7 +29,8 @@ import torch
 from torch import Tensor
 
 from . import functional as F
-from .ops._common import accumulation_dtype, check_floating
+from ._validation import check_floating
+from .ops._common import accumulation_dtype
 
 __all__ = [
     "TemperatureScaler",

@@ -24,21 +24,18 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ._linear_cross_entropy import (
-    _chunks,
-    _Gradients,
-    check_linear_arguments,
-    default_chunk_size,
-)
-from .ops import vocab_parallel as _ops
-from .ops._common import (
+from ._linear_cross_entropy import _chunks, _Gradients, default_chunk_size
+from ._validation import (
     FLOATING_DTYPES,
-    accumulation_dtype,
+    check_cross_entropy_options,
     check_floating,
+    check_linear_arguments,
     check_same_device,
-    reduction_code,
+    check_target_range,
     validate_cuda_targets_enabled,
 )
+from .ops import vocab_parallel as _ops
+from .ops._common import accumulation_dtype, reduction_code
 
 __all__ = [
     "VocabLayout",
@@ -176,16 +173,14 @@ def _check_common(target: Tensor, lead_shape, reference: Tensor, options: _Optio
             f"dimension), got {tuple(target.shape)}"
         )
     check_same_device("target", target, reference)
-    from .functional import _check_options  # the checks of cross_entropy
-
-    _check_options(options.label_smoothing, options.z_loss, None)
+    check_cross_entropy_options(options.label_smoothing, options.z_loss, None)
 
 
 def _check_target_range(target: Tensor, num_classes: int, ignore_index: int) -> None:
     if target.device.type == "cpu" or validate_cuda_targets_enabled():
-        from .functional import _check_target_range as check  # shared with cross_entropy
-
-        check(target, num_classes, ignore_index, prefix="", expected="a global class id")
+        check_target_range(
+            target, num_classes, ignore_index, prefix="", expected="a global class id"
+        )
 
 
 def _combine(

@@ -5,24 +5,27 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import _reduction as _Reduction
 
-from ._linear_cross_entropy import linear_cross_entropy
+from ._linear_cross_entropy import default_chunk_size
 from ._sampling import filter_logits, sample
+from ._validation import (
+    check_cross_entropy_options,
+    check_floating,
+    check_linear_arguments,
+    check_same_device,
+    check_target_range,
+    is_finite,
+    validate_cuda_targets_enabled,
+)
 from .ops import _composite
 from .ops import bce_with_logits as _bce_ops
 from .ops import cross_entropy as _ce_ops
 from .ops import distillation as _distill_ops
-from .ops._common import (
-    accumulation_dtype,
-    check_floating,
-    check_same_device,
-    is_plain_eager_tensor,
-    reduction_code,
-    runs_cpu_kernels,
-    validate_cuda_targets_enabled,
-)
+from .ops import linear_cross_entropy as _lce_ops
+from .ops._common import accumulation_dtype, reduction_code, runs_cpu_kernels
 
 __all__ = [
     "binary_cross_entropy_with_logits",
@@ -96,7 +99,7 @@ def cross_entropy(
     if weight is not None:
         check_floating("weight", weight)
         check_same_device("weight", weight, input)
-    _check_options(label_smoothing, z_loss, softcap)
+    check_cross_entropy_options(label_smoothing, z_loss, softcap)
 
     class_dim = 0 if input.dim() == 1 else 1
     num_classes = input.shape[class_dim]
@@ -146,7 +149,7 @@ def cross_entropy(
             )
         target_1d = target.reshape(-1).to(torch.int64)
         if not runs_cpu_kernels(input) and validate_cuda_targets_enabled():
-            _check_target_range(target_1d, num_classes, ignore_index)
+            check_target_range(target_1d, num_classes, ignore_index)
         options = (weight, int(ignore_index), float(label_smoothing), float(z_loss), cap, code)
         if _composite.transforms_active(input, weight):
             loss, lse = _composite.cross_entropy(logits_2d, target_1d, *options)
@@ -161,42 +164,6 @@ def cross_entropy(
     if return_lse:
         return loss, lse.reshape(out_shape)
     return loss
-
-
-def _is_finite(value: float) -> bool:
-    # Comparisons rather than math.isfinite: dynamo traces them when torch.compile(dynamic=True)
-    # turns Python floats into symbolic ones.
-    return value == value and value != math.inf and value != -math.inf
-
-
-def _check_options(label_smoothing: float, z_loss: float, softcap: float | None) -> None:
-    if not (0.0 <= float(label_smoothing) <= 1.0):
-        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
-    if not (_is_finite(z_loss) and float(z_loss) >= 0.0):
-        raise ValueError(f"z_loss must be a finite number >= 0, got {z_loss}")
-    if softcap is not None and not (_is_finite(softcap) and float(softcap) > 0.0):
-        raise ValueError(f"softcap must be None or a finite number > 0, got {softcap}")
-
-
-def _check_target_range(
-    target: Tensor,
-    num_classes: int,
-    ignore_index: int,
-    *,
-    prefix: str = "cross_entropy: ",
-    expected: str = "a class index",
-) -> None:
-    if not is_plain_eager_tensor(target):
-        return  # traced (torch.compile): no host sync; the kernels write NaN for a bad target
-    if target.is_cuda and torch.cuda.is_current_stream_capturing():
-        return  # a sync would break the CUDA graph capture; the kernels write NaN instead
-    bad = ((target < 0) | (target >= num_classes)) & (target != ignore_index)
-    if bool(bad.any()):  # one host sync; LOGITOPS_VALIDATE_TARGETS=0 skips it
-        position = int(bad.nonzero()[0, 0])
-        raise IndexError(
-            f"{prefix}target[{position}] = {int(target[position])} is out of range; "
-            f"expected {expected} in [0, {num_classes}) or ignore_index ({ignore_index})"
-        )
 
 
 def _fuse_gradient(input: Tensor) -> bool:
@@ -380,7 +347,7 @@ def kl_div_with_logits(
         )
     if student_logits.dim() == 0 or student_logits.shape[-1] == 0:
         raise ValueError("student_logits must be [..., vocab] with a non-empty vocabulary")
-    if not (_is_finite(temperature) and float(temperature) > 0):
+    if not (is_finite(temperature) and float(temperature) > 0):
         raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
     if kind not in _distill_ops.KIND_CODES:
         raise ValueError(f"kind must be 'forward', 'reverse' or 'jsd', got {kind!r}")
@@ -465,3 +432,192 @@ def distillation_loss(
         student_logits.reshape(-1, vocab), target.reshape(-1), ignore_index=ignore_index
     )
     return alpha * hard + (1 - alpha) * soft
+
+
+def _autocast_dtype(input: Tensor) -> torch.dtype | None:
+    """The dtype autocast runs ``F.linear`` in for this input (None when autocast is off on its
+    device, or the input is float64, which autocast leaves alone)."""
+    device_type = input.device.type
+    if input.dtype == torch.float64 or not torch.is_autocast_enabled(device_type):
+        return None
+    return torch.get_autocast_dtype(device_type)
+
+
+def _options_chunk_size(options) -> int | None:
+    """The token chunk of a ``torch.nn.LinearCrossEntropyOptions`` (its other fields configure
+    torch's own chunked implementation and have no counterpart here)."""
+    if options is None:
+        return None
+    size = getattr(options, "batch_chunk_size", None)
+    return size if isinstance(size, int) and not isinstance(size, bool) else None
+
+
+def linear_cross_entropy(
+    input: Tensor,
+    linear_weight: Tensor,
+    target: Tensor,
+    *,
+    linear_bias: Tensor | None = None,
+    weight: Tensor | None = None,
+    reduction: str = "mean",
+    ignore_index: int | None = None,
+    label_smoothing: float = 0.0,
+    options=None,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    chunk_size: int | None = None,
+) -> Tensor:
+    r"""``cross_entropy(linear(input, linear_weight, linear_bias), target, ...)`` without ever
+    holding the [N, V] logits: chunks of ``chunk_size`` tokens (default: about 64 MiB of logits
+    each).
+
+    The signature and defaults are those of :func:`torch.nn.functional.linear_cross_entropy`
+    (``ignore_index=None`` means -100 for class indices; ``options``, a
+    ``torch.nn.LinearCrossEntropyOptions``, only contributes its ``batch_chunk_size`` as the
+    chunk size), plus ``z_loss`` and ``softcap`` as in :func:`logitops.cross_entropy` and
+    ``chunk_size``. ``input`` is [..., H] with class-index ``target`` [...], ``linear_weight``
+    [V, H], ``linear_bias`` [V]. PyTorch's other forms run unfused (``linear`` then
+    :func:`logitops.cross_entropy`): class-probability targets [..., V], and K-dimensional heads
+    ``linear_weight`` [V, d1, ..., dK, H] with input [N, H]. So do ``torch.func`` transforms and
+    forward-mode AD, through differentiable ATen ops; a backward with ``create_graph=True``
+    recomputes through them. Under ``torch.autocast`` the matmuls run in the autocast dtype and
+    the loss is float32, as ``F.linear`` followed by ``F.cross_entropy``.
+
+    Examples
+    --------
+    >>> hidden = torch.randn(1024, 256, requires_grad=True)
+    >>> lm_head = torch.randn(32000, 256, requires_grad=True)
+    >>> loss = logitops.linear_cross_entropy(hidden, lm_head, torch.randint(0, 32000, (1024,)))
+    >>> loss.backward()
+    """
+    code = reduction_code(reduction)
+    if chunk_size is None:
+        chunk_size = _options_chunk_size(options)
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    if isinstance(linear_weight, Tensor) and linear_weight.dim() > 2:
+        return _unfused(
+            input, linear_weight, target, linear_bias, weight, reduction, ignore_index,
+            label_smoothing, z_loss, softcap,
+        )  # fmt: skip
+    check_linear_arguments(input, linear_weight, linear_bias)
+    check_same_device("target", target, input)
+    vocab = linear_weight.shape[0]
+    if target.is_floating_point() and target.shape == (*input.shape[:-1], vocab):
+        return _unfused(
+            input, linear_weight, target, linear_bias, weight, reduction, ignore_index,
+            label_smoothing, z_loss, softcap,
+        )  # fmt: skip
+    if target.is_floating_point() or target.dtype == torch.bool or target.shape != input.shape[:-1]:
+        raise ValueError(
+            f"target must be integer class indices of shape {tuple(input.shape[:-1])} or "
+            f"class probabilities of shape {(*input.shape[:-1], vocab)}, got {target.dtype} "
+            f"{tuple(target.shape)}"
+        )
+    if weight is not None:
+        check_floating("weight", weight)
+        if weight.shape != (vocab,):
+            raise ValueError(f"weight must be [{vocab}], got {tuple(weight.shape)}")
+    check_cross_entropy_options(label_smoothing, z_loss, softcap)
+    ignore_index = -100 if ignore_index is None else int(ignore_index)
+    cap = 0.0 if softcap is None else float(softcap)
+    lead = input.shape[:-1]
+    # Autocast: the matmul in the autocast dtype, the cross-entropy (an fp32 op) on those logits
+    # with a float32 loss, as F.linear followed by F.cross_entropy.
+    cast = _autocast_dtype(input)
+    dtype = input.dtype if cast is None else cast
+    x = input.reshape(-1, input.shape[-1]).to(dtype)
+    w = linear_weight.to(dtype)
+    b = None if linear_bias is None else linear_bias.to(dtype)
+    t = target.reshape(-1).to(torch.int64)
+    if _composite.transforms_active(input, linear_weight, linear_bias):
+        # torch.func transforms and forward-mode tangents: differentiable ATen ops throughout.
+        with _lce_ops.autocast_disabled(x.device.type):
+            logits = F.linear(x, w, b)
+            if cast is not None:
+                logits = logits.float()
+            out, _ = _composite.cross_entropy(
+                logits, t, weight, ignore_index, float(label_smoothing), float(z_loss), cap, code
+            )
+        return out.reshape(lead) if code == 0 else out
+    if chunk_size is None:
+        # under autocast each chunk's logits are also held in float32
+        chunk_size = default_chunk_size(
+            x.shape[0], vocab, 4 if cast is not None else x.element_size()
+        )
+    if not runs_cpu_kernels(x) and validate_cuda_targets_enabled():
+        check_target_range(t, vocab, ignore_index)
+    needs_grad = torch.is_grad_enabled() and any(
+        v is not None and v.requires_grad for v in (input, linear_weight, linear_bias)
+    )
+    with _lce_ops.autocast_disabled(x.device.type):
+        out = _lce_ops.linear_cross_entropy_forward(
+            x,
+            w,
+            b,
+            t,
+            weight,
+            ignore_index,
+            float(label_smoothing),
+            float(z_loss),
+            cap,
+            code,
+            int(chunk_size),
+            needs_grad and code != 0,
+            float32_logits=cast is not None,
+        )[0]
+    # The op's loss is in the accumulation dtype: float32 under autocast, as its cross-entropy.
+    out = out.to(input.dtype if cast is None else torch.float32)
+    return out.reshape(lead) if code == 0 else out
+
+
+def _unfused(
+    input, linear_weight, target, linear_bias, weight, reduction, ignore_index,
+    label_smoothing, z_loss, softcap,
+):  # fmt: skip
+    """PyTorch's forms without a fused path: the logits materialized by ``F.linear`` (in the
+    autocast dtype under autocast, then float32), then :func:`logitops.cross_entropy`."""
+    check_floating("input", input)
+    check_floating("linear_weight", linear_weight)
+    if input.dim() not in (1, 2) or input.shape[-1] != linear_weight.shape[-1]:
+        raise ValueError(
+            f"linear_weight must be [vocab, ..., {input.shape[-1] if input.dim() else '?'}] for "
+            f"input of shape {tuple(input.shape)}, got {tuple(linear_weight.shape)}"
+        )
+    num_classes, out_features = linear_weight.shape[0], tuple(linear_weight.shape[1:-1])
+    if out_features and input.dim() != 2:
+        raise ValueError(
+            f"a K-dimensional linear_weight {tuple(linear_weight.shape)} needs input [N, "
+            f"{input.shape[-1]}], got {tuple(input.shape)}"
+        )
+    if linear_bias is not None and tuple(linear_bias.shape) != (num_classes, *out_features):
+        raise ValueError(
+            f"linear_bias must be {(num_classes, *out_features)}, got {tuple(linear_bias.shape)}"
+        )
+    logits_shape = (*input.shape[:-1], num_classes, *out_features)
+    if target.is_floating_point() and tuple(target.shape) == logits_shape:
+        if ignore_index is not None:
+            raise ValueError(
+                "ignore_index cannot be specified when target contains probabilities, got "
+                f"ignore_index={ignore_index}"
+            )
+    elif ignore_index is None:
+        ignore_index = -100
+    cast = _autocast_dtype(input)
+    dtype = input.dtype if cast is None else cast
+    flat_weight = linear_weight.reshape(-1, linear_weight.shape[-1]).to(dtype)
+    flat_bias = None if linear_bias is None else linear_bias.reshape(-1).to(dtype)
+    with _lce_ops.autocast_disabled(input.device.type):
+        logits = F.linear(input.to(dtype), flat_weight, flat_bias).reshape(logits_shape)
+        if cast is not None:
+            logits = logits.float()
+        return cross_entropy(
+            logits,
+            target,
+            weight,
+            ignore_index=-100 if ignore_index is None else ignore_index,
+            reduction=reduction,
+            label_smoothing=label_smoothing,
+            z_loss=z_loss,
+            softcap=softcap,
+        )

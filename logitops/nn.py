@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from . import functional as F
+from ._validation import check_cross_entropy_options
 
 __all__ = [
     "BCEWithLogitsLoss",
@@ -40,7 +41,7 @@ class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
         softcap: float | None = None,
     ) -> None:
         super().__init__(weight, size_average, ignore_index, reduce, reduction, label_smoothing)
-        F._check_options(label_smoothing, z_loss, softcap)
+        check_cross_entropy_options(label_smoothing, z_loss, softcap)
         self.z_loss = z_loss
         self.softcap = softcap
 

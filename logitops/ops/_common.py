@@ -1,8 +1,8 @@
-"""Helpers shared by the op wrappers: reduction codes, dtype rules, argument checks."""
+"""Op-level helpers shared by the op wrappers: reduction codes, dtype rules, which kernels run,
+the tracing probe and the scaling of forward-computed gradients. The user-facing argument checks
+are in logitops._validation."""
 
 from __future__ import annotations
-
-import os
 
 import torch
 
@@ -10,8 +10,6 @@ from .._loader import cuda_emulation_requested
 
 # Must match logitops::Reduction in csrc/common/logit_math.h.
 REDUCTION_CODES = {"none": 0, "mean": 1, "sum": 2}
-
-FLOATING_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
 # Under CUDA emulation the ops on CPU tensors are the CUDA launchers (logitops._C_emulation), and
@@ -32,30 +30,6 @@ def reduction_code(reduction: str) -> int:
     if reduction not in REDUCTION_CODES:
         raise ValueError(f"reduction must be one of 'none', 'mean', 'sum', got {reduction!r}")
     return REDUCTION_CODES[reduction]
-
-
-def check_floating(name: str, tensor: torch.Tensor) -> None:
-    if not isinstance(tensor, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
-    if tensor.dtype not in FLOATING_DTYPES:
-        raise TypeError(f"{name} must be float32, float64, bfloat16 or float16, got {tensor.dtype}")
-
-
-def check_same_device(name: str, tensor: torch.Tensor, reference: torch.Tensor) -> None:
-    if tensor.device != reference.device:
-        raise ValueError(
-            f"{name} is on {tensor.device} but input is on {reference.device}; "
-            "move them to the same device"
-        )
-
-
-def validate_cuda_targets_enabled() -> bool:
-    """Whether CUDA class-index targets are range-checked before the kernel (one host sync).
-
-    The kernels never read out of bounds for a bad target (they write NaN for that row), so
-    turning this off with LOGITOPS_VALIDATE_TARGETS=0 trades the exception for no sync.
-    """
-    return os.environ.get("LOGITOPS_VALIDATE_TARGETS", "1") not in ("0", "false", "off")
 
 
 def is_plain_eager_tensor(tensor: torch.Tensor) -> bool:

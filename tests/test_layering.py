@@ -1,0 +1,120 @@
+"""The Python layers point one way: ops -> functional -> nn / processors / distributed /
+calibration. Every submodule imports on its own, in any order, and no module below the public
+layers imports logitops.functional (which would close an import cycle)."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import logitops
+
+PACKAGE = Path(logitops.__file__).parent
+
+# The layers above functional: they may import it. Everything else under logitops must not.
+ABOVE_FUNCTIONAL = {
+    "logitops",
+    "logitops.nn",
+    "logitops.processors",
+    "logitops.distributed",
+    "logitops.calibration",
+}
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+MODULES = sorted(
+    _module_name(path) for path in PACKAGE.rglob("*.py") if "__pycache__" not in path.parts
+)
+
+
+def _imported_modules(source: str, module: str, is_package: bool) -> list[tuple[int, str]]:
+    """(line, absolute module) of every import in ``source``, function-local ones included; for
+    ``from X import name`` both X and X.name (name may be a submodule)."""
+    package = module if is_package else module.rpartition(".")[0]
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module
+            found.append((node.lineno, target))
+            found += [(node.lineno, f"{target}.{alias.name}") for alias in node.names]
+    return found
+
+
+def _imports_functional(source: str, module: str, is_package: bool) -> list[str]:
+    return [
+        f"line {line}: {target}"
+        for line, target in _imported_modules(source, module, is_package)
+        if target == "logitops.functional" or target.startswith("logitops.functional.")
+    ]
+
+
+def test_every_module_is_found():
+    assert {"logitops._validation", "logitops.ops._common", "logitops.nn"} <= set(MODULES)
+    assert any(m.startswith("logitops.functional") for m in MODULES)
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_only_the_upper_layers_import_functional(module):
+    if module in ABOVE_FUNCTIONAL or module.startswith("logitops.functional"):
+        return
+    path = PACKAGE.parent / (module.replace(".", "/") + ".py")
+    is_package = not path.exists()
+    if is_package:
+        path = PACKAGE.parent / module.replace(".", "/") / "__init__.py"
+    offending = _imports_functional(path.read_text(), module, is_package)
+    assert not offending, f"{module} imports logitops.functional: {offending}"
+
+
+@pytest.mark.parametrize(
+    "module,source",
+    [
+        ("logitops._chunking", "from .functional import cross_entropy\n"),
+        ("logitops._chunking", "from . import functional as lf\n"),
+        ("logitops._chunking", "def f():\n    from .functional import _helper\n"),
+        ("logitops.ops.sampling", "from ..functional.sampling import sample\n"),
+        ("logitops.ops", "from ..functional import sample\n"),
+        ("logitops.ops._common", "import logitops.functional\n"),
+        ("logitops.ops._common", "from logitops import functional\n"),
+    ],
+)
+def test_the_check_finds_relative_absolute_and_local_imports(module, source):
+    is_package = module == "logitops.ops"
+    assert _imports_functional(source, module, is_package)
+
+
+def test_the_check_passes_unrelated_imports():
+    source = (
+        "from .ops import cross_entropy\nfrom . import _validation\nimport torch.nn.functional\n"
+    )
+    assert not _imports_functional(source, "logitops._chunking", is_package=False)
+
+
+def _import_in_order(order: list[str]) -> subprocess.CompletedProcess:
+    code = "import importlib\n" + "".join(f"importlib.import_module({m!r})\n" for m in order)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("first", MODULES)
+def test_each_module_imports_first_in_a_fresh_interpreter(first):
+    """Each module first, then the others in reverse order: no order depends on another
+    module having been imported before."""
+    rest = [m for m in reversed(MODULES) if m != first]
+    result = _import_in_order([first, *rest])
+    assert result.returncode == 0, result.stderr
