@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ._linear_cross_entropy import _chunks, _Gradients, default_chunk_size
+from ._chunking import LinearGradients, chunks, default_chunk_size
 from ._validation import (
     FLOATING_DTYPES,
     check_cross_entropy_options,
@@ -364,9 +364,9 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
         num_rows = input.shape[0]
         acc = accumulation_dtype(input.dtype)
         needs_grad = needs_grad and code != 0
-        grads = _Gradients(input, weight, bias is not None) if needs_grad else None
+        grads = LinearGradients(input, weight, bias is not None) if needs_grad else None
         row_losses, lses = [], []
-        for start, end in _chunks(num_rows, chunk_size):
+        for start, end in chunks(num_rows, chunk_size):
             x, t = input[start:end], target[start:end]
             logits = F.linear(x, weight, bias)
             stats = _ops.vocab_parallel_cross_entropy_stats(logits, t, layout.vocab_start)
@@ -399,8 +399,8 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
         layout, options = ctx.layout, ctx.options
         if options.reduction == 0:
             upstream = _rows_upstream(grad_out, count, 0, input.shape[0], lse.dtype)
-            grads = _Gradients(input, weight, bias is not None)
-            for start, end in _chunks(input.shape[0], ctx.chunk_size):
+            grads = LinearGradients(input, weight, bias is not None)
+            for start, end in chunks(input.shape[0], ctx.chunk_size):
                 x, t = input[start:end], target[start:end]
                 logits = F.linear(x, weight, bias)
                 grad = _slice_grad(upstream[start:end], logits, t, lse[start:end], layout, options)

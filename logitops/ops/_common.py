@@ -22,6 +22,13 @@ def runs_cpu_kernels(tensor: torch.Tensor) -> bool:
     return tensor.device.type == "cpu" and not CUDA_EMULATION
 
 
+def fuse_gradient(input: torch.Tensor) -> bool:
+    """Whether the forward should also write the gradient (read the logits once): when one will
+    be needed, on the CPU. On CUDA the backward recomputes it from the saved lse instead, because
+    skipping the multiplication by the upstream gradient there would need a host sync."""
+    return input.requires_grad and torch.is_grad_enabled() and runs_cpu_kernels(input)
+
+
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 

@@ -1,4 +1,5 @@
-"""Logit filtering and sampling (re-exported by logitops.functional and logitops).
+"""Logit filtering and sampling: filter_logits, its shorthands top_k_filter, top_p_filter and
+min_p_filter, and sample (ops.sampling).
 
 Semantics (see the README): every filter keeps the tokens whose (biased, temperature-scaled)
 logit is at least a per-row threshold, so ties at a cut are kept together. Whatever the logits'
@@ -14,10 +15,12 @@ from numbers import Integral, Real
 import torch
 from torch import Tensor
 
-from ._validation import check_floating, check_same_device
-from .ops import sampling as _ops
+from .._validation import check_floating, check_same_device
+from ..ops import sampling as _sampling_ops
 
-ORDERS = tuple(_ops.ORDER_CODES)
+__all__ = ["filter_logits", "min_p_filter", "sample", "top_k_filter", "top_p_filter"]
+
+ORDERS = tuple(_sampling_ops.ORDER_CODES)
 
 
 def _as_2d(logits: Tensor) -> tuple[Tensor, bool]:
@@ -107,9 +110,9 @@ def _bias(logit_bias: Tensor | None, logits: Tensor) -> Tensor | None:
 
 
 def _order(order: str) -> int:
-    if order not in _ops.ORDER_CODES:
+    if order not in _sampling_ops.ORDER_CODES:
         raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
-    return _ops.ORDER_CODES[order]
+    return _sampling_ops.ORDER_CODES[order]
 
 
 def _min_tokens(min_tokens_to_keep) -> int:
@@ -181,7 +184,7 @@ def filter_logits(
     """
     logits2d, squeeze = _as_2d(logits)
     temp, k, p, mp = _parameters(logits2d, temperature, top_k, top_p, min_p, greedy_ok=False)
-    out = _ops.filter_logits(
+    out = _sampling_ops.filter_logits(
         logits2d,
         _bias(logit_bias, logits2d),
         temp,
@@ -256,9 +259,51 @@ def sample(
             -(2**63), 2**63 - 1, (1,), generator=generator, device=device, dtype=torch.int64
         )
         seeds = key.to(logits2d.device).expand(rows).contiguous()
-    tokens, logprobs = _ops.sample(
+    tokens, logprobs = _sampling_ops.sample(
         logits2d, _bias(logit_bias, logits2d), temp, k, p, mp, _order(order), seeds, per_row
     )
     if squeeze:
         tokens, logprobs = tokens.squeeze(0), logprobs.squeeze(0)
     return (tokens, logprobs) if return_logprobs else tokens
+
+
+def top_k_filter(
+    logits: Tensor,
+    k: int | Tensor,
+    *,
+    filter_value: float = -math.inf,
+    min_tokens_to_keep: int = 1,
+) -> Tensor:
+    """Keeps the k largest logits of each row and every logit tied with the k-th (HF's
+    ``TopKLogitsWarper``); ``k >= vocab`` keeps all. See :func:`filter_logits`."""
+    return filter_logits(
+        logits, top_k=k, filter_value=filter_value, min_tokens_to_keep=min_tokens_to_keep
+    )
+
+
+def top_p_filter(
+    logits: Tensor,
+    p: float | Tensor,
+    *,
+    filter_value: float = -math.inf,
+    min_tokens_to_keep: int = 1,
+) -> Tensor:
+    """Nucleus filtering (HF's ``TopPLogitsWarper``): removes the tokens whose ascending
+    cumulative probability is <= 1 - p. See :func:`filter_logits`."""
+    return filter_logits(
+        logits, top_p=p, filter_value=filter_value, min_tokens_to_keep=min_tokens_to_keep
+    )
+
+
+def min_p_filter(
+    logits: Tensor,
+    min_p: float | Tensor,
+    *,
+    filter_value: float = -math.inf,
+    min_tokens_to_keep: int = 1,
+) -> Tensor:
+    """Keeps tokens with probability >= min_p times the row's largest (HF's
+    ``MinPLogitsWarper``). See :func:`filter_logits`."""
+    return filter_logits(
+        logits, min_p=min_p, filter_value=filter_value, min_tokens_to_keep=min_tokens_to_keep
+    )

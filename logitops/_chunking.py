@@ -1,13 +1,17 @@
 """The chunk machinery of the vocabulary-parallel linear cross-entropy (logitops.distributed):
-token chunks and the linear layer's gradients accumulated chunk by chunk. The single-device
-op does the same in C++ (csrc/linear_cross_entropy.cpp)."""
+token chunks and the linear layer's gradients accumulated chunk by chunk. (The single-device
+op runs its own loop in C++, csrc/linear_cross_entropy.cpp.)"""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
 
 from .ops._common import accumulation_dtype
+
+__all__ = ["LinearGradients", "chunks", "default_chunk_size"]
 
 
 def default_chunk_size(num_tokens: int, vocab: int, element_size: int) -> int:
@@ -15,16 +19,22 @@ def default_chunk_size(num_tokens: int, vocab: int, element_size: int) -> int:
     return max(1, min(num_tokens, (64 << 20) // max(1, vocab * element_size)))
 
 
-def _chunks(num_tokens: int, chunk_size: int):
+def chunks(num_tokens: int, chunk_size: int) -> Iterator[tuple[int, int]]:
+    """(start, end) of each chunk of ``chunk_size`` tokens, the last one possibly shorter."""
     for start in range(0, num_tokens, chunk_size):
         yield start, min(num_tokens, start + chunk_size)
 
 
-class _Gradients:
+class LinearGradients:
     """dX, dW and db of the linear layer, filled chunk by chunk from the logits' gradient
-    (weight and bias in float32 for half-precision inputs). The chunk loop of the vocabulary-
-    parallel variant (logitops.distributed) uses it; the single-device op does the same in C++
-    (csrc/linear_cross_entropy.cpp)."""
+    (weight and bias accumulated in float32 for half-precision inputs).
+
+    Twin of ``LinearGradients`` in csrc/linear_cross_entropy.cpp, which the single-device op
+    uses; this one serves the vocabulary-parallel chunk loop (logitops.distributed), whose
+    per-chunk statistics and gradient come from other ops and a collective, so it cannot drive
+    the C++ loop. The C++ one also folds an upstream scale into the accumulation; for a scale
+    of 1 both give the same gradients (tests/test_chunking.py pins them).
+    """
 
     def __init__(self, input: Tensor, linear_weight: Tensor, with_bias: bool) -> None:
         self.acc = accumulation_dtype(input.dtype)

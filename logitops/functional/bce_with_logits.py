@@ -1,0 +1,103 @@
+"""binary_cross_entropy_with_logits (ops.bce_with_logits)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.nn import _reduction as _Reduction
+
+from .._validation import check_floating, check_same_device
+from ..ops import _composite
+from ..ops import bce_with_logits as _bce_ops
+from ..ops._common import accumulation_dtype, fuse_gradient, reduction_code
+
+__all__ = ["binary_cross_entropy_with_logits"]
+
+
+def binary_cross_entropy_with_logits(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    size_average: bool | None = None,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+    pos_weight: Tensor | None = None,
+) -> Tensor:
+    r"""Binary cross-entropy of logits, fused; a drop-in for
+    :func:`torch.nn.functional.binary_cross_entropy_with_logits`.
+
+    ``loss = -w * [pos_weight * y * log(sigmoid(z)) + (1 - y) * log(1 - sigmoid(z))]``, computed
+    in the stable form ``(1 - y) z + (1 + (pos_weight - 1) y) softplus(-z)``: finite loss and
+    gradient for logits of any finite size, with or without ``pos_weight``.
+
+    Parameters
+    ----------
+    input : Tensor
+        Logits of any shape, float32 / float64 / bfloat16 / float16.
+    target : Tensor
+        Same shape, floating (soft labels allowed).
+    weight : Tensor, optional
+        Broadcast to the input's shape (read with stride 0, never copied to full size).
+    pos_weight : Tensor, optional
+        Weight of positive examples, broadcast along the last (class) dimension.
+    reduction : {"mean", "sum", "none"}
+
+    Examples
+    --------
+    >>> logits = torch.randn(4, 8, requires_grad=True)
+    >>> labels = torch.randint(0, 2, (4, 8)).float()
+    >>> pos_weight = torch.full((8,), 3.0)
+    >>> loss = logitops.binary_cross_entropy_with_logits(logits, labels, pos_weight=pos_weight)
+    >>> loss.backward()
+    """
+    if size_average is not None or reduce is not None:
+        reduction = _Reduction.legacy_get_string(size_average, reduce)
+    code = reduction_code(reduction)
+    check_floating("input", input)
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
+    if not target.is_floating_point():
+        raise TypeError(
+            f"target must be a floating-point tensor of probabilities, got {target.dtype}"
+        )
+    if target.shape != input.shape:
+        raise ValueError(
+            f"target must have the input's shape {tuple(input.shape)}, got {tuple(target.shape)}"
+        )
+    check_same_device("target", target, input)
+    acc = accumulation_dtype(input.dtype)
+    cols = input.shape[-1] if input.dim() > 0 else 1
+    rows = input.numel() // cols if cols > 0 else 0
+    broadcast = {}
+    for name, tensor in (("weight", weight), ("pos_weight", pos_weight)):
+        if tensor is None:
+            broadcast[name] = None
+            continue
+        check_floating(name, tensor)
+        check_same_device(name, tensor, input)
+        try:
+            shape = torch.broadcast_shapes(tensor.shape, input.shape)
+        except RuntimeError:
+            shape = None
+        if shape != input.shape:
+            raise ValueError(
+                f"{name} of shape {tuple(tensor.shape)} cannot be broadcast to the input's shape "
+                f"{tuple(input.shape)}"
+            )
+        # A view with stride 0 along broadcast dimensions; reshape copies only for layouts that
+        # cannot be expressed as [rows, cols] strides (rare: e.g. a weight varying along a
+        # middle dimension only).
+        broadcast[name] = tensor.to(acc).expand(input.shape).reshape(rows, cols)
+    operands = (
+        input.reshape(rows, cols),
+        target.reshape(rows, cols).to(input.dtype),
+        broadcast["weight"],
+        broadcast["pos_weight"],
+        code,
+    )
+    if _composite.transforms_active(input, target, weight, pos_weight):
+        loss = _composite.bce_with_logits(*operands)
+    else:
+        # reduction "none" recomputes in the backward: its upstream gradient is a full tensor.
+        loss, _ = _bce_ops.bce_with_logits_forward(*operands, code != 0 and fuse_gradient(input))
+    return loss.reshape(input.shape) if code == 0 else loss

@@ -1,0 +1,144 @@
+"""kl_div_with_logits and distillation_loss (ops.distillation)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .._validation import check_floating, check_same_device, is_finite
+from ..ops import _composite
+from ..ops import distillation as _distill_ops
+from ..ops._common import fuse_gradient
+from .cross_entropy import cross_entropy
+
+__all__ = ["distillation_loss", "kl_div_with_logits"]
+
+
+def kl_div_with_logits(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    *,
+    temperature: float = 1.0,
+    kind: str = "forward",
+    beta: float = 0.5,
+    ignore_index: int = -100,
+    target: Tensor | None = None,
+    reduction: str = "batchmean",
+) -> Tensor:
+    r"""Divergence between the teacher's and the student's softmax at temperature T, fused: one
+    kernel reads both logit rows and writes the student's gradient; the teacher gets none.
+
+    With P = softmax(teacher / T) and Q = softmax(student / T), per row:
+
+    - ``kind="forward"``: KL(P || Q) = sum P (log P - log Q) (what ``F.kl_div(log Q, P)`` gives);
+    - ``kind="reverse"``: KL(Q || P);
+    - ``kind="jsd"``: beta KL(P || M) + (1 - beta) KL(Q || M), M = beta P + (1 - beta) Q, with
+      log M computed in log space; beta = 0 and beta = 1 are exactly the forward and reverse KL.
+
+    Rows (all leading dimensions flattened) whose ``target`` equals ``ignore_index`` add nothing
+    and are not counted. ``reduction``: ``"batchmean"`` (the sum divided by the number of
+    counted rows: ``KLDivLoss``'s batchmean for 2-D input; torch divides by ``input.size(0)``,
+    i.e. by V for 1-D and by B for [B, T, V] input), ``"sum"`` or ``"none"`` (per row). No T^2
+    factor here: see :func:`distillation_loss`.
+
+    Examples
+    --------
+    >>> student = torch.randn(8, 1000, requires_grad=True)
+    >>> teacher = torch.randn(8, 1000)
+    >>> logitops.functional.kl_div_with_logits(student, teacher, temperature=2.0).backward()
+    """
+    check_floating("student_logits", student_logits)
+    check_floating("teacher_logits", teacher_logits)
+    check_same_device("teacher_logits", teacher_logits, student_logits)
+    if teacher_logits.shape != student_logits.shape:
+        raise ValueError(
+            f"teacher_logits must have the student's shape {tuple(student_logits.shape)}, got "
+            f"{tuple(teacher_logits.shape)}"
+        )
+    if student_logits.dim() == 0 or student_logits.shape[-1] == 0:
+        raise ValueError("student_logits must be [..., vocab] with a non-empty vocabulary")
+    if not (is_finite(temperature) and float(temperature) > 0):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+    if kind not in _distill_ops.KIND_CODES:
+        raise ValueError(f"kind must be 'forward', 'reverse' or 'jsd', got {kind!r}")
+    if not (0.0 <= float(beta) <= 1.0):
+        raise ValueError(f"beta must be in [0, 1], got {beta}")
+    if reduction not in _distill_ops.DISTILL_REDUCTIONS:
+        raise ValueError(f"reduction must be 'batchmean', 'sum' or 'none', got {reduction!r}")
+    if kind == "jsd" and float(beta) in (0.0, 1.0):
+        kind = "forward" if float(beta) == 0.0 else "reverse"
+    vocab = student_logits.shape[-1]
+    lead = student_logits.shape[:-1]
+    target_1d = None
+    if target is not None:
+        if not isinstance(target, torch.Tensor) or target.is_floating_point():
+            raise TypeError("target must be an integer tensor of class indices (or None)")
+        if target.shape != lead:
+            raise ValueError(f"target must have shape {tuple(lead)}, got {tuple(target.shape)}")
+        check_same_device("target", target, student_logits)
+        target_1d = target.reshape(-1).to(torch.int64)
+    student_2d = student_logits.reshape(-1, vocab)
+    code = _distill_ops.DISTILL_REDUCTIONS[reduction]
+    operands = (
+        student_2d,
+        teacher_logits.detach().reshape(-1, vocab).to(student_logits.dtype),
+        target_1d,
+        int(ignore_index),
+        float(temperature),
+        _distill_ops.KIND_CODES[kind],
+        float(beta),
+        code,
+    )
+    if _composite.transforms_active(student_logits):
+        loss = _composite.kl_div_logits(*operands)
+    else:
+        loss, _, _ = _distill_ops.kl_div_logits_forward(*operands, fuse_gradient(student_logits))
+    return loss.reshape(lead) if code == 0 else loss
+
+
+def distillation_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    target: Tensor | None = None,
+    *,
+    temperature: float = 2.0,
+    alpha: float = 0.5,
+    kind: str = "forward",
+    beta: float = 0.5,
+    ignore_index: int = -100,
+) -> Tensor:
+    r"""Knowledge distillation (Hinton, Vinyals and Dean 2015):
+
+    ``alpha * cross_entropy(student, target) + (1 - alpha) * T**2 * kl_div_with_logits(student,
+    teacher, temperature=T)``
+
+    The cross-entropy is at temperature 1 over the non-ignored targets (mean); the soft term is
+    the divergence at temperature T (batchmean over the rows whose target is not ignored) times
+    T**2, which keeps its gradients the same size as T changes. Without ``target``, the soft term
+    alone: ``T**2 * kl_div_with_logits(...)`` over every row.
+
+    Examples
+    --------
+    >>> student = torch.randn(8, 100, requires_grad=True)
+    >>> loss = logitops.functional.distillation_loss(student, torch.randn(8, 100),
+    ...                                              torch.randint(0, 100, (8,)))
+    """
+    if not (0.0 <= float(alpha) <= 1.0):
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    soft = kl_div_with_logits(
+        student_logits,
+        teacher_logits,
+        temperature=temperature,
+        kind=kind,
+        beta=beta,
+        ignore_index=ignore_index,
+        target=target,
+    )
+    soft = soft * (float(temperature) ** 2)
+    if target is None:
+        return soft
+    vocab = student_logits.shape[-1]
+    hard = cross_entropy(
+        student_logits.reshape(-1, vocab), target.reshape(-1), ignore_index=ignore_index
+    )
+    return alpha * hard + (1 - alpha) * soft
