@@ -35,7 +35,14 @@ from ._validation import (
     validate_cuda_targets_enabled,
 )
 from .ops import vocab_parallel as _ops
-from .ops._common import accumulation_dtype, reduction_code
+from .ops._common import (
+    REDUCTION_NONE,
+    accumulation_dtype,
+    reduce_rows,
+    reduction_code,
+    rows_upstream,
+    upstream_scale,
+)
 
 __all__ = [
     "VocabLayout",
@@ -215,23 +222,6 @@ def _invalid_targets(target: Tensor, layout: VocabLayout, options: _Options) -> 
     return out_of_range & (target != options.ignore_index)
 
 
-def _reduce(row_loss: Tensor, count: Tensor, code: int, dtype: torch.dtype) -> Tensor:
-    if code == 0:
-        return row_loss.to(dtype)
-    total = row_loss.sum()
-    return (total / count if code == 1 else total).to(dtype)
-
-
-def _rows_upstream(grad_out: Tensor, count: Tensor, code: int, num_rows: int, acc) -> Tensor:
-    """Each row's upstream gradient: grad_out itself (none), broadcast (sum), / count (mean)."""
-    if code == 0:
-        return grad_out.reshape(num_rows).to(acc).contiguous()
-    scale = grad_out.to(acc)
-    if code == 1:
-        scale = scale / count.to(acc)
-    return scale.expand(num_rows).contiguous()
-
-
 def _slice_grad(
     grad_rows: Tensor, logits: Tensor, target: Tensor, lse: Tensor, layout: VocabLayout, options
 ) -> Tensor:
@@ -260,7 +250,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         count = (target != options.ignore_index).sum()
         ctx.layout, ctx.options = layout, options
         ctx.save_for_backward(logits, target, lse, count)
-        return _reduce(row_loss, count, options.reduction, logits.dtype)
+        return reduce_rows(row_loss, options.reduction, count).to(logits.dtype)
 
     @staticmethod
     @once_differentiable
@@ -269,9 +259,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         layout, options = ctx.layout, ctx.options
         grad = None
         if ctx.needs_input_grad[0]:
-            upstream = _rows_upstream(
-                grad_out, count, options.reduction, logits.shape[0], lse.dtype
-            )
+            upstream = rows_upstream(grad_out, options.reduction, count, logits.shape[0], lse.dtype)
             grad = _slice_grad(upstream, logits, target, lse, layout, options)
         return grad, None, None, None, None
 
@@ -388,7 +376,7 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
         ctx.layout, ctx.options, ctx.chunk_size, ctx.group = layout, options, chunk_size, group
         saved = (grads.input, grads.weight, grads.bias) if grads is not None else (None,) * 3
         ctx.save_for_backward(input, weight, bias, target, lse, count, *saved)
-        return _reduce(row_loss, count, code, input.dtype)
+        return reduce_rows(row_loss, code, count).to(input.dtype)
 
     @staticmethod
     @once_differentiable
@@ -398,7 +386,7 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
         )
         layout, options = ctx.layout, ctx.options
         if options.reduction == 0:
-            upstream = _rows_upstream(grad_out, count, 0, input.shape[0], lse.dtype)
+            upstream = rows_upstream(grad_out, REDUCTION_NONE, count, input.shape[0], lse.dtype)
             grads = LinearGradients(input, weight, bias is not None)
             for start, end in chunks(input.shape[0], ctx.chunk_size):
                 x, t = input[start:end], target[start:end]
@@ -408,10 +396,8 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
             grad_input = _all_reduce_sum(grads.input, layout, ctx.group)
             grad_weight, grad_bias = grads.weight, grads.bias
         else:
-            scale = grad_out.to(grad_weight.dtype)
-            if options.reduction == 1:
-                # A mean over no row is NaN; its gradient is 0, as cross_entropy's.
-                scale = torch.where(count != 0, scale / count.to(scale.dtype), 0.0)
+            # A mean over no row is NaN; its gradient is 0, as cross_entropy's.
+            scale = upstream_scale(grad_out, options.reduction, count, grad_weight.dtype)
             # In float32: 1 / count rounded to fp16 is subnormal past 16384 rows.
             grad_input = (grad_input.to(scale.dtype) * scale).to(grad_input.dtype)
             grad_weight = grad_weight * scale

@@ -10,6 +10,9 @@ from .._loader import cuda_emulation_requested
 
 # Must match logitops::Reduction in csrc/common/logit_math.h.
 REDUCTION_CODES = {"none": 0, "mean": 1, "sum": 2}
+REDUCTION_NONE = REDUCTION_CODES["none"]
+REDUCTION_MEAN = REDUCTION_CODES["mean"]  # also distillation's batchmean: the same operation
+REDUCTION_SUM = REDUCTION_CODES["sum"]
 
 
 # Under CUDA emulation the ops on CPU tensors are the CUDA launchers (logitops._C_emulation), and
@@ -37,6 +40,42 @@ def reduction_code(reduction: str) -> int:
     if reduction not in REDUCTION_CODES:
         raise ValueError(f"reduction must be one of 'none', 'mean', 'sum', got {reduction!r}")
     return REDUCTION_CODES[reduction]
+
+
+def reduce_rows(row_loss: torch.Tensor, reduction: int, denominator: torch.Tensor) -> torch.Tensor:
+    """The loss from per-row losses (the Python twin of reduce_row_loss in csrc/): the rows
+    themselves (none), their sum (sum), or their sum / ``denominator`` (mean: the total target
+    weight or the number of counted rows; NaN for a mean over none)."""
+    if reduction == REDUCTION_NONE:
+        return row_loss
+    total = row_loss.sum()
+    return total / denominator if reduction == REDUCTION_MEAN else total
+
+
+def upstream_scale(
+    grad_loss: torch.Tensor, reduction: int, denominator: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
+    """For a scalar reduction, every row's upstream gradient in ``dtype``: ``grad_loss`` (sum)
+    or ``grad_loss / denominator`` (mean; 0 for a mean over no row, as cross_entropy's)."""
+    scale = grad_loss.to(dtype)
+    if reduction == REDUCTION_MEAN:
+        scale = torch.where(denominator != 0, scale / denominator.to(dtype), 0.0)
+    return scale
+
+
+def rows_upstream(
+    grad_loss: torch.Tensor,
+    reduction: int,
+    denominator: torch.Tensor,
+    num_rows: int,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """Each row's upstream gradient, [num_rows] contiguous in ``dtype``, from the upstream
+    gradient of the reduced loss (the Python twin of upstream_per_row in csrc/): ``grad_loss``
+    itself for reduction none, else :func:`upstream_scale` broadcast to every row."""
+    if reduction == REDUCTION_NONE:
+        return grad_loss.reshape(num_rows).to(dtype).contiguous()
+    return upstream_scale(grad_loss, reduction, denominator, dtype).expand(num_rows).contiguous()
 
 
 def is_plain_eager_tensor(tensor: torch.Tensor) -> bool:

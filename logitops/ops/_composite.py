@@ -21,7 +21,7 @@ import torch
 import torch.autograd.forward_ad as _fwad
 from torch import Tensor
 
-from ._common import accumulation_dtype
+from ._common import accumulation_dtype, reduce_rows
 
 __all__ = [
     "bce_with_logits",
@@ -92,13 +92,6 @@ def _add_z_loss(row_loss: Tensor, lse: Tensor, z_loss: float) -> Tensor:
     return row_loss + z_loss * lse * lse if z_loss > 0 else row_loss
 
 
-def _reduce(row_loss: Tensor, reduction: int, denominator: Tensor) -> Tensor:
-    if reduction == 0:
-        return row_loss
-    total = row_loss.sum()
-    return total / denominator if reduction == 1 else total
-
-
 def cross_entropy(
     logits: Tensor,
     target: Tensor,
@@ -128,7 +121,7 @@ def cross_entropy(
         row = row - label_smoothing / num_classes * weighted.sum(-1)
     row = torch.where(valid, _add_z_loss(row, lse, z_loss), torch.zeros_like(row))
     row = torch.where(valid & ~in_range, torch.full_like(row, math.nan), row)
-    loss = _reduce(row, reduction, target_weight.sum())
+    loss = reduce_rows(row, reduction, target_weight.sum())
     return loss.to(logits.dtype), lse
 
 
@@ -149,7 +142,7 @@ def cross_entropy_probs(
     # A zero coefficient contributes nothing, even on a -inf logit (the kernels' rule).
     terms = torch.where(coef != 0, coef * log_probs, torch.zeros_like(log_probs))
     row = _add_z_loss(-terms.sum(-1), lse, z_loss)
-    loss = _reduce(row, reduction, torch.tensor(float(lse.shape[0]), dtype=lse.dtype))
+    loss = reduce_rows(row, reduction, torch.tensor(float(lse.shape[0]), dtype=lse.dtype))
     return loss.to(logits.dtype), lse
 
 
@@ -207,7 +200,7 @@ def kl_div_logits(
         count = counted.sum().to(acc)
     else:
         count = torch.tensor(float(row.shape[0]), dtype=acc, device=row.device)
-    return _reduce(row, reduction, count).to(student.dtype)
+    return reduce_rows(row, reduction, count).to(student.dtype)
 
 
 def is_batched(tensor: Tensor | None) -> bool:

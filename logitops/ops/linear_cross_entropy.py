@@ -10,7 +10,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import _composite
-from ._common import REDUCTION_CODES, accumulation_dtype, scale_fused_gradient
+from ._common import (
+    REDUCTION_NONE,
+    accumulation_dtype,
+    rows_upstream,
+    scale_fused_gradient,
+)
 
 __all__ = [
     "linear_cross_entropy_backward",
@@ -151,10 +156,10 @@ def _forward_fake(
 ):
     torch._check(input.dim() == 2, lambda: "input must be 2-D")
     torch._check(linear_weight.dim() == 2 and linear_weight.shape[1] == input.shape[1])
-    torch._check(not (compute_grad and reduction == REDUCTION_CODES["none"]))
+    torch._check(not (compute_grad and reduction == REDUCTION_NONE))
     acc = accumulation_dtype(input.dtype)
     num_rows = input.shape[0]
-    loss = input.new_empty((num_rows,) if reduction == REDUCTION_CODES["none"] else (), dtype=acc)
+    loss = input.new_empty((num_rows,) if reduction == REDUCTION_NONE else (), dtype=acc)
     lse = input.new_empty((num_rows,), dtype=acc)
     total_weight = input.new_empty((), dtype=acc)
     if compute_grad:
@@ -261,15 +266,11 @@ def _fused_backward(
 ):  # fmt: skip
     ignore_index, label_smoothing, z_loss, softcap, reduction, chunk_size = ctx.options
     acc = lse.dtype
-    if reduction == REDUCTION_CODES["none"] or grad_weight.numel() != linear_weight.numel():
+    if reduction == REDUCTION_NONE or grad_weight.numel() != linear_weight.numel():
         # Per-row upstream gradients, or a forward that computed no gradients: recompute.
-        grad_rows = grad_loss.to(acc)
-        if reduction != REDUCTION_CODES["none"]:
-            if reduction == REDUCTION_CODES["mean"]:
-                grad_rows = torch.where(total_weight != 0, grad_rows / total_weight, 0.0)
-            grad_rows = grad_rows.expand(input.shape[0])
+        grad_rows = rows_upstream(grad_loss, reduction, total_weight, input.shape[0], acc)
         grad_input, grad_weight, grad_bias = linear_cross_entropy_backward(
-            grad_rows.contiguous(),
+            grad_rows,
             input,
             linear_weight,
             linear_bias,
