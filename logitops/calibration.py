@@ -28,7 +28,7 @@ import os
 import torch
 from torch import Tensor
 
-from . import functional as F
+from . import functional as lf
 from ._validation import check_floating
 from .ops._common import accumulation_dtype
 
@@ -199,8 +199,8 @@ class _LogitScaler(torch.nn.Module):
 
 def _nll(scaled: Tensor, labels: Tensor, binary: bool) -> Tensor:
     if binary:
-        return F.binary_cross_entropy_with_logits(scaled, labels)
-    return F.cross_entropy(scaled, labels)
+        return lf.binary_cross_entropy_with_logits(scaled, labels)
+    return lf.cross_entropy(scaled, labels)
 
 
 class TemperatureScaler(_LogitScaler):

@@ -34,7 +34,7 @@ from ._validation import (
     check_target_range,
     validate_cuda_targets_enabled,
 )
-from .ops import vocab_parallel as _ops
+from .ops import vocab_parallel as _vp_ops
 from .ops._common import (
     REDUCTION_NONE,
     accumulation_dtype,
@@ -228,7 +228,7 @@ def _slice_grad(
     """This rank's slice of the gradient of the per-row losses, for per-row upstream gradients;
     NaN on the rows whose target is on no rank."""
     grad_rows = torch.where(_invalid_targets(target, layout, options), torch.nan, grad_rows)
-    return _ops.vocab_parallel_cross_entropy_backward(
+    return _vp_ops.vocab_parallel_cross_entropy_backward(
         grad_rows,
         logits,
         target,
@@ -244,7 +244,7 @@ def _slice_grad(
 class _VocabParallelCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, target, layout, group, options):
-        stats = _ops.vocab_parallel_cross_entropy_stats(logits, target, layout.vocab_start)
+        stats = _vp_ops.vocab_parallel_cross_entropy_stats(logits, target, layout.vocab_start)
         acc = accumulation_dtype(logits.dtype)
         lse, row_loss = _combine(stats, target, layout, group, options, acc)
         count = (target != options.ignore_index).sum()
@@ -332,7 +332,7 @@ def vocab_parallel_cross_entropy(
     # Every rank holds the same targets, so every rank raises alike.
     _check_target_range(target_1d, layout.num_classes, options.ignore_index)
     out = _VocabParallelCrossEntropy.apply(logits_2d, target_1d, layout, group, options)
-    return out.reshape(target.shape) if options.reduction == 0 else out
+    return out.reshape(target.shape) if options.reduction == REDUCTION_NONE else out
 
 
 def _all_reduce_sum(tensor: Tensor, layout: VocabLayout, group) -> Tensor:
@@ -351,13 +351,13 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
         code = options.reduction
         num_rows = input.shape[0]
         acc = accumulation_dtype(input.dtype)
-        needs_grad = needs_grad and code != 0
+        needs_grad = needs_grad and code != REDUCTION_NONE
         grads = LinearGradients(input, weight, bias is not None) if needs_grad else None
         row_losses, lses = [], []
         for start, end in chunks(num_rows, chunk_size):
             x, t = input[start:end], target[start:end]
             logits = F.linear(x, weight, bias)
-            stats = _ops.vocab_parallel_cross_entropy_stats(logits, t, layout.vocab_start)
+            stats = _vp_ops.vocab_parallel_cross_entropy_stats(logits, t, layout.vocab_start)
             lse, row_loss = _combine(stats, t, layout, group, options, acc)
             row_losses.append(row_loss)
             lses.append(lse)
@@ -385,7 +385,7 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
             ctx.saved_tensors
         )
         layout, options = ctx.layout, ctx.options
-        if options.reduction == 0:
+        if options.reduction == REDUCTION_NONE:
             upstream = rows_upstream(grad_out, REDUCTION_NONE, count, input.shape[0], lse.dtype)
             grads = LinearGradients(input, weight, bias is not None)
             for start, end in chunks(input.shape[0], ctx.chunk_size):
@@ -486,4 +486,4 @@ def vocab_parallel_linear_cross_entropy(
         chunk_size,
         needs_grad,
     )
-    return out.reshape(target.shape) if options.reduction == 0 else out
+    return out.reshape(target.shape) if options.reduction == REDUCTION_NONE else out

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import functional as F
+from . import functional as lf
 from ._validation import check_cross_entropy_options
 
 __all__ = [
@@ -46,7 +46,7 @@ class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
         self.softcap = softcap
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        return F.cross_entropy(
+        return lf.cross_entropy(
             input,
             target,
             weight=self.weight,
@@ -79,7 +79,7 @@ class BCEWithLogitsLoss(torch.nn.BCEWithLogitsLoss):
     """
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        return F.binary_cross_entropy_with_logits(
+        return lf.binary_cross_entropy_with_logits(
             input, target, self.weight, reduction=self.reduction, pos_weight=self.pos_weight
         )
 
@@ -110,7 +110,7 @@ class Sampler(torch.nn.Module):
         generator: torch.Generator | None = None,
         return_logprobs: bool = False,
     ):
-        return F.sample(
+        return lf.sample(
             logits,
             temperature=self.temperature,
             top_k=self.top_k,
@@ -155,7 +155,7 @@ class DistillationLoss(torch.nn.Module):
     def forward(
         self, student_logits: Tensor, teacher_logits: Tensor, target: Tensor | None = None
     ) -> Tensor:
-        return F.distillation_loss(
+        return lf.distillation_loss(
             student_logits,
             teacher_logits,
             target,
@@ -210,7 +210,7 @@ class LinearCrossEntropyLoss(torch.nn.Module):
         target: Tensor,
         linear_bias: Tensor | None = None,
     ) -> Tensor:
-        return F.linear_cross_entropy(
+        return lf.linear_cross_entropy(
             input,
             linear_weight,
             target,

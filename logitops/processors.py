@@ -8,7 +8,7 @@ import math
 import torch
 from torch import Tensor
 
-from . import functional as F
+from . import functional as lf
 
 __all__ = [
     "LogitsFilter",
@@ -75,10 +75,10 @@ class LogitsFilter:
         if lengths:
             rows = lengths.pop()
             device = tensors[0].device
-        F.filter_logits(torch.zeros(rows, vocab, device=device), **self.kwargs)
+        lf.filter_logits(torch.zeros(rows, vocab, device=device), **self.kwargs)
 
     def __call__(self, input_ids: Tensor | None, scores: Tensor) -> Tensor:
-        return F.filter_logits(scores, **self.kwargs)
+        return lf.filter_logits(scores, **self.kwargs)
 
 
 class TemperatureLogitsWarper(LogitsFilter):

@@ -9,7 +9,7 @@ from torch.nn import _reduction as _Reduction
 from .._validation import check_floating, check_same_device
 from ..ops import _composite
 from ..ops import bce_with_logits as _bce_ops
-from ..ops._common import accumulation_dtype, fuse_gradient, reduction_code
+from ..ops._common import REDUCTION_NONE, accumulation_dtype, compute_grad, reduction_code
 
 __all__ = ["binary_cross_entropy_with_logits"]
 
@@ -99,5 +99,7 @@ def binary_cross_entropy_with_logits(
         loss = _composite.bce_with_logits(*operands)
     else:
         # reduction "none" recomputes in the backward: its upstream gradient is a full tensor.
-        loss, _ = _bce_ops.bce_with_logits_forward(*operands, code != 0 and fuse_gradient(input))
-    return loss.reshape(input.shape) if code == 0 else loss
+        loss, _ = _bce_ops.bce_with_logits_forward(
+            *operands, code != REDUCTION_NONE and compute_grad(input)
+        )
+    return loss.reshape(input.shape) if code == REDUCTION_NONE else loss

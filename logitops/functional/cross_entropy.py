@@ -15,7 +15,7 @@ from .._validation import (
 )
 from ..ops import _composite
 from ..ops import cross_entropy as _ce_ops
-from ..ops._common import fuse_gradient, reduction_code, runs_cpu_kernels
+from ..ops._common import REDUCTION_NONE, compute_grad, reduction_code, runs_cpu_kernels
 
 __all__ = ["cross_entropy"]
 
@@ -113,7 +113,7 @@ def cross_entropy(
             loss, lse = _composite.cross_entropy_probs(logits_2d, probs_2d, *options)
         else:
             loss, lse, _ = _ce_ops.cross_entropy_probs_forward(
-                logits_2d, probs_2d, *options, fuse_gradient(input)
+                logits_2d, probs_2d, *options, compute_grad(input)
             )
     else:
         if target.dtype == torch.bool or target.is_complex():
@@ -134,11 +134,11 @@ def cross_entropy(
             loss, lse = _composite.cross_entropy(logits_2d, target_1d, *options)
         else:
             loss, lse, _, _ = _ce_ops.cross_entropy_forward(
-                logits_2d, target_1d, *options, fuse_gradient(input)
+                logits_2d, target_1d, *options, compute_grad(input)
             )
 
     out_shape = input.shape[:class_dim] + input.shape[class_dim + 1 :]
-    if code == 0:
+    if code == REDUCTION_NONE:
         loss = loss.reshape(out_shape)
     if return_lse:
         return loss, lse.reshape(out_shape)

@@ -8,7 +8,7 @@ from torch import Tensor
 from .._validation import check_floating, check_same_device, is_finite
 from ..ops import _composite
 from ..ops import distillation as _distill_ops
-from ..ops._common import fuse_gradient
+from ..ops._common import REDUCTION_NONE, compute_grad
 from .cross_entropy import cross_entropy
 
 __all__ = ["distillation_loss", "kl_div_with_logits"]
@@ -92,8 +92,8 @@ def kl_div_with_logits(
     if _composite.transforms_active(student_logits):
         loss = _composite.kl_div_logits(*operands)
     else:
-        loss, _, _ = _distill_ops.kl_div_logits_forward(*operands, fuse_gradient(student_logits))
-    return loss.reshape(lead) if code == 0 else loss
+        loss, _, _ = _distill_ops.kl_div_logits_forward(*operands, compute_grad(student_logits))
+    return loss.reshape(lead) if code == REDUCTION_NONE else loss
 
 
 def distillation_loss(

@@ -27,7 +27,7 @@ from .._validation import (
 )
 from ..ops import _composite
 from ..ops import linear_cross_entropy as _lce_ops
-from ..ops._common import reduction_code, runs_cpu_kernels
+from ..ops._common import REDUCTION_NONE, reduction_code, runs_cpu_kernels
 from .cross_entropy import cross_entropy
 
 __all__ = ["linear_cross_entropy"]
@@ -138,7 +138,7 @@ def linear_cross_entropy(
             out, _ = _composite.cross_entropy(
                 logits, t, weight, ignore_index, float(label_smoothing), float(z_loss), cap, code
             )
-        return out.reshape(lead) if code == 0 else out
+        return out.reshape(lead) if code == REDUCTION_NONE else out
     if chunk_size is None:
         # under autocast each chunk's logits are also held in float32
         chunk_size = default_chunk_size(
@@ -162,12 +162,12 @@ def linear_cross_entropy(
             cap,
             code,
             int(chunk_size),
-            needs_grad and code != 0,
+            needs_grad and code != REDUCTION_NONE,
             float32_logits=cast is not None,
         )[0]
     # The op's loss is in the accumulation dtype: float32 under autocast, as its cross-entropy.
     out = out.to(input.dtype if cast is None else torch.float32)
-    return out.reshape(lead) if code == 0 else out
+    return out.reshape(lead) if code == REDUCTION_NONE else out
 
 
 def _unfused(

@@ -14,6 +14,11 @@ REDUCTION_NONE = REDUCTION_CODES["none"]
 REDUCTION_MEAN = REDUCTION_CODES["mean"]  # also distillation's batchmean: the same operation
 REDUCTION_SUM = REDUCTION_CODES["sum"]
 
+# Must match logitops::DivergenceKind in csrc/common/logit_math.h.
+KIND_CODES = {"forward": 0, "reverse": 1, "jsd": 2}
+# kl_div_with_logits' reductions: batchmean is the mean over the counted rows.
+DISTILL_REDUCTIONS = {"none": REDUCTION_NONE, "batchmean": REDUCTION_MEAN, "sum": REDUCTION_SUM}
+
 
 # Under CUDA emulation the ops on CPU tensors are the CUDA launchers (logitops._C_emulation), and
 # the Python layer takes the paths it takes for CUDA tensors, so that those are what runs.
@@ -25,10 +30,11 @@ def runs_cpu_kernels(tensor: torch.Tensor) -> bool:
     return tensor.device.type == "cpu" and not CUDA_EMULATION
 
 
-def fuse_gradient(input: torch.Tensor) -> bool:
-    """Whether the forward should also write the gradient (read the logits once): when one will
-    be needed, on the CPU. On CUDA the backward recomputes it from the saved lse instead, because
-    skipping the multiplication by the upstream gradient there would need a host sync."""
+def compute_grad(input: torch.Tensor) -> bool:
+    """The forward ops' ``compute_grad`` argument for this input: whether the forward also writes
+    the gradient (reading the logits once), which it does when one will be needed, on the CPU.
+    On CUDA the backward recomputes it from the saved lse instead, because skipping the
+    multiplication by the upstream gradient there would need a host sync."""
     return input.requires_grad and torch.is_grad_enabled() and runs_cpu_kernels(input)
 
 
@@ -93,15 +99,18 @@ def is_plain_eager_tensor(tensor: torch.Tensor) -> bool:
     return True
 
 
-def scale_fused_gradient(fused_grad, grad_loss, reduction: int):
-    """A forward-fused gradient (d loss / d input for an upstream gradient of 1) times the
+def scale_forward_grad(
+    forward_grad: torch.Tensor, grad_loss: torch.Tensor, reduction: int
+) -> torch.Tensor:
+    """The gradient a forward computed (``compute_grad``: d loss / d input for an upstream
+    gradient of 1) times the
     upstream gradient. Returned as is when the upstream is 1 (the usual `loss.backward()` on
     the CPU, where checking is free), which saves a pass over the input's size; autograd copies
     it before accumulating if it is still saved for a retained graph."""
-    if reduction == REDUCTION_CODES["none"]:
-        return fused_grad * grad_loss.reshape(
-            grad_loss.shape + (1,) * (fused_grad.dim() - grad_loss.dim())
-        ).to(fused_grad.dtype)
+    if reduction == REDUCTION_NONE:
+        return forward_grad * grad_loss.reshape(
+            grad_loss.shape + (1,) * (forward_grad.dim() - grad_loss.dim())
+        ).to(forward_grad.dtype)
     if is_plain_eager_tensor(grad_loss) and runs_cpu_kernels(grad_loss) and bool(grad_loss == 1):
-        return fused_grad
-    return fused_grad * grad_loss.to(fused_grad.dtype)
+        return forward_grad
+    return forward_grad * grad_loss.to(forward_grad.dtype)

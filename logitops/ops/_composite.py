@@ -21,7 +21,7 @@ import torch
 import torch.autograd.forward_ad as _fwad
 from torch import Tensor
 
-from ._common import accumulation_dtype, reduce_rows
+from ._common import KIND_CODES, REDUCTION_CODES, accumulation_dtype, reduce_rows
 
 __all__ = [
     "bce_with_logits",
@@ -160,7 +160,7 @@ def bce_with_logits(
         target.to(acc),
         weight=weight,
         pos_weight=pos_weight,
-        reduction=("none", "mean", "sum")[reduction],
+        reduction={code: name for name, code in REDUCTION_CODES.items()}[reduction],
     )
     return loss.to(input.dtype)
 
@@ -182,9 +182,9 @@ def kl_div_logits(
     log_p = torch.log_softmax(teacher.to(acc) / temperature, dim=-1)
     p, q = log_p.exp(), log_q.exp()
     zero = torch.zeros_like(log_q)
-    if kind == 0:
+    if kind == KIND_CODES["forward"]:
         terms = torch.where(p > 0, p * (log_p - log_q), zero)
-    elif kind == 1:
+    elif kind == KIND_CODES["reverse"]:
         terms = torch.where(q > 0, q * (log_q - log_p), zero)
     else:
         log_m = torch.logsumexp(

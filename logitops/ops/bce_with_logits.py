@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from . import _composite
-from ._common import scale_fused_gradient
+from ._common import REDUCTION_MEAN, REDUCTION_NONE, scale_forward_grad
 
 __all__ = ["bce_with_logits_forward", "bce_with_logits_backward"]
 
@@ -44,7 +44,7 @@ def bce_with_logits_backward(
 def _bce_forward_fake(input, target, weight, pos_weight, reduction, compute_grad):
     torch._check(input.dim() == 2, lambda: "input must be 2-D")
     torch._check(target.shape == input.shape, lambda: "target must have the input's shape")
-    loss = input.new_empty(input.shape if reduction == 0 else ())
+    loss = input.new_empty(input.shape if reduction == REDUCTION_NONE else ())
     grad = input.new_empty(input.shape if compute_grad else (0,))
     return loss, grad
 
@@ -56,16 +56,16 @@ def _bce_backward_fake(grad_loss, input, target, weight, pos_weight, reduction):
 
 
 def _setup_context(ctx, inputs, output):
-    input, target, weight, pos_weight, reduction, fused = inputs
+    input, target, weight, pos_weight, reduction, compute_grad = inputs
     ctx.save_for_backward(input, target, weight, pos_weight, output[1])
     ctx.reduction = reduction
-    ctx.fused = fused
+    ctx.compute_grad = compute_grad
     ctx.mark_non_differentiable(output[1])
     ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, grad_loss, _grad_grad):
-    input, target, weight, pos_weight, fused_grad = ctx.saved_tensors
+    input, target, weight, pos_weight, forward_grad = ctx.saved_tensors
     if grad_loss is None:
         return (None,) * 6
     if _composite.needs_composite_backward(input, target, upstream=(grad_loss,)):
@@ -78,8 +78,8 @@ def _backward(ctx, grad_loss, _grad_grad):
         return grad_input, grad_target, None, None, None, None
     grad_input = grad_target = None
     if ctx.needs_input_grad[0]:
-        if ctx.fused and ctx.reduction != 0:
-            grad_input = scale_fused_gradient(fused_grad, grad_loss, ctx.reduction)
+        if ctx.compute_grad and ctx.reduction != REDUCTION_NONE:
+            grad_input = scale_forward_grad(forward_grad, grad_loss, ctx.reduction)
         else:
             grad_input = bce_with_logits_backward(
                 grad_loss, input, target, weight, pos_weight, ctx.reduction
@@ -99,7 +99,7 @@ def _target_gradient(grad_loss, input, weight, pos_weight, reduction):
     if weight is not None:
         g = g * weight
     g = g * grad_loss
-    if reduction == 1:
+    if reduction == REDUCTION_MEAN:
         g = g / max(1, input.numel())
     return g.to(input.dtype)
 

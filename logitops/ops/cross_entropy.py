@@ -6,7 +6,12 @@ import torch
 from torch import Tensor
 
 from . import _composite
-from ._common import accumulation_dtype, scale_fused_gradient
+from ._common import (
+    REDUCTION_MEAN,
+    REDUCTION_NONE,
+    accumulation_dtype,
+    scale_forward_grad,
+)
 
 __all__ = [
     "cross_entropy_backward",
@@ -91,7 +96,7 @@ def _cross_entropy_forward_fake(
     torch._check(target.dim() == 1 and target.shape[0] == logits.shape[0])
     num_rows, num_classes = logits.shape
     acc = accumulation_dtype(logits.dtype)
-    loss = logits.new_empty((num_rows,) if reduction == 0 else ())
+    loss = logits.new_empty((num_rows,) if reduction == REDUCTION_NONE else ())
     lse = logits.new_empty((num_rows,), dtype=acc)
     total_weight = logits.new_empty((), dtype=acc)
     grad = logits.new_empty((num_rows, num_classes) if compute_grad else (0,))
@@ -118,19 +123,27 @@ def _cross_entropy_backward_fake(
 
 
 def _setup_context(ctx, inputs, output):
-    logits, target, weight, ignore_index, label_smoothing, z_loss, softcap, reduction, fused = (
-        inputs
-    )
+    (
+        logits,
+        target,
+        weight,
+        ignore_index,
+        label_smoothing,
+        z_loss,
+        softcap,
+        reduction,
+        compute_grad,
+    ) = inputs
     _, lse, total_weight, grad = output
     ctx.save_for_backward(logits, target, weight, lse, total_weight, grad)
     ctx.options = (ignore_index, label_smoothing, z_loss, softcap, reduction)
-    ctx.fused = fused
+    ctx.compute_grad = compute_grad
     ctx.mark_non_differentiable(total_weight, grad)
     ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, grad_loss, grad_lse, _grad_total_weight, _grad_grad):
-    logits, target, weight, lse, total_weight, fused_grad = ctx.saved_tensors
+    logits, target, weight, lse, total_weight, forward_grad = ctx.saved_tensors
     ignore_index, label_smoothing, z_loss, softcap, reduction = ctx.options
     if grad_loss is None and grad_lse is None:
         return (None,) * 9
@@ -143,11 +156,15 @@ def _backward(ctx, grad_loss, grad_lse, _grad_total_weight, _grad_grad):
             (logits,),
             (grad_loss, grad_lse),
         )
-    elif ctx.fused and grad_lse is None:
-        grad_logits = scale_fused_gradient(fused_grad, grad_loss, reduction)
+    elif ctx.compute_grad and grad_lse is None:
+        grad_logits = scale_forward_grad(forward_grad, grad_loss, reduction)
     else:
         if grad_loss is None:
-            grad_loss = logits.new_zeros(target.shape) if reduction == 0 else logits.new_zeros(())
+            grad_loss = (
+                logits.new_zeros(target.shape)
+                if reduction == REDUCTION_NONE
+                else logits.new_zeros(())
+            )
         grad_logits = cross_entropy_backward(
             grad_loss,
             grad_lse,
@@ -224,7 +241,7 @@ def _cross_entropy_probs_forward_fake(
     torch._check(logits.dim() == 2, lambda: "logits must be 2-D")
     torch._check(target.shape == logits.shape, lambda: "target must have the logits' shape")
     num_rows, num_classes = logits.shape
-    loss = logits.new_empty((num_rows,) if reduction == 0 else ())
+    loss = logits.new_empty((num_rows,) if reduction == REDUCTION_NONE else ())
     lse = logits.new_empty((num_rows,), dtype=accumulation_dtype(logits.dtype))
     grad = logits.new_empty((num_rows, num_classes) if compute_grad else (0,))
     return loss, lse, grad
@@ -248,17 +265,17 @@ def _cross_entropy_probs_backward_fake(
 
 
 def _probs_setup_context(ctx, inputs, output):
-    logits, target, weight, label_smoothing, z_loss, softcap, reduction, fused = inputs
+    logits, target, weight, label_smoothing, z_loss, softcap, reduction, compute_grad = inputs
     _, lse, grad = output
     ctx.save_for_backward(logits, target, weight, lse, grad)
     ctx.options = (label_smoothing, z_loss, softcap, reduction)
-    ctx.fused = fused
+    ctx.compute_grad = compute_grad
     ctx.mark_non_differentiable(grad)
     ctx.set_materialize_grads(False)
 
 
 def _probs_backward(ctx, grad_loss, grad_lse, _grad_grad):
-    logits, target, weight, lse, fused_grad = ctx.saved_tensors
+    logits, target, weight, lse, forward_grad = ctx.saved_tensors
     label_smoothing, z_loss, softcap, reduction = ctx.options
     if grad_loss is None and grad_lse is None:
         return (None,) * 8
@@ -273,11 +290,13 @@ def _probs_backward(ctx, grad_loss, grad_lse, _grad_grad):
         return (grad_logits, grad_target) + (None,) * 6
     grad_logits = grad_target = None
     if ctx.needs_input_grad[0]:
-        if ctx.fused and grad_lse is None:
-            grad_logits = scale_fused_gradient(fused_grad, grad_loss, reduction)
+        if ctx.compute_grad and grad_lse is None:
+            grad_logits = scale_forward_grad(forward_grad, grad_loss, reduction)
         else:
             if grad_loss is None:
-                grad_loss = logits.new_zeros((logits.shape[0],) if reduction == 0 else ())
+                grad_loss = logits.new_zeros(
+                    (logits.shape[0],) if reduction == REDUCTION_NONE else ()
+                )
             grad_logits = cross_entropy_probs_backward(
                 grad_loss,
                 grad_lse,
@@ -307,9 +326,9 @@ def _probs_target_gradient(grad_loss, logits, weight, lse, label_smoothing, soft
     if weight is not None:
         grad = grad * weight.to(acc)
     upstream = grad_loss.to(acc)
-    if reduction == 0:
+    if reduction == REDUCTION_NONE:
         upstream = upstream.unsqueeze(-1)
-    elif reduction == 1:
+    elif reduction == REDUCTION_MEAN:
         upstream = upstream / logits.shape[0]
     return (grad * upstream).to(logits.dtype)
 

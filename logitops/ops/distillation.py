@@ -6,14 +6,15 @@ import torch
 from torch import Tensor
 
 from . import _composite
-from ._common import accumulation_dtype, scale_fused_gradient
+from ._common import (
+    DISTILL_REDUCTIONS,
+    KIND_CODES,
+    REDUCTION_NONE,
+    accumulation_dtype,
+    scale_forward_grad,
+)
 
-__all__ = ["KIND_CODES", "kl_div_logits_backward", "kl_div_logits_forward"]
-
-# Must match logitops::DivergenceKind in csrc/common/logit_math.h.
-KIND_CODES = {"forward": 0, "reverse": 1, "jsd": 2}
-# The op's reduction codes: 0 none, 1 batchmean, 2 sum.
-DISTILL_REDUCTIONS = {"none": 0, "batchmean": 1, "sum": 2}
+__all__ = ["DISTILL_REDUCTIONS", "KIND_CODES", "kl_div_logits_backward", "kl_div_logits_forward"]
 
 
 def kl_div_logits_forward(
@@ -67,7 +68,7 @@ def _forward_fake(
     torch._check(student.dim() == 2, lambda: "student logits must be 2-D")
     torch._check(teacher.shape == student.shape, lambda: "teacher must match the student")
     rows = student.shape[0]
-    loss = student.new_empty((rows,) if reduction == 0 else ())
+    loss = student.new_empty((rows,) if reduction == REDUCTION_NONE else ())
     row_count = student.new_empty((), dtype=accumulation_dtype(student.dtype))
     grad = student.new_empty(student.shape if compute_grad else (0,))
     return loss, row_count, grad
@@ -82,17 +83,19 @@ def _backward_fake(
 
 
 def _setup_context(ctx, inputs, output):
-    student, teacher, target, ignore_index, temperature, kind, beta, reduction, fused = inputs
+    student, teacher, target, ignore_index, temperature, kind, beta, reduction, compute_grad = (
+        inputs
+    )
     _, row_count, grad = output
     ctx.save_for_backward(student, teacher, target, row_count, grad)
     ctx.options = (ignore_index, temperature, kind, beta, reduction)
-    ctx.fused = fused
+    ctx.compute_grad = compute_grad
     ctx.mark_non_differentiable(row_count, grad)
     ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, grad_loss, _grad_count, _grad_grad):
-    student, teacher, target, row_count, fused_grad = ctx.saved_tensors
+    student, teacher, target, row_count, forward_grad = ctx.saved_tensors
     ignore_index, temperature, kind, beta, reduction = ctx.options
     if grad_loss is None or not ctx.needs_input_grad[0]:
         return (None,) * 9
@@ -107,8 +110,8 @@ def _backward(ctx, grad_loss, _grad_count, _grad_grad):
             (student,),
             (grad_loss,),
         )
-    elif ctx.fused:
-        grad = scale_fused_gradient(fused_grad, grad_loss, reduction)
+    elif ctx.compute_grad:
+        grad = scale_forward_grad(forward_grad, grad_loss, reduction)
     else:
         grad = kl_div_logits_backward(
             grad_loss,

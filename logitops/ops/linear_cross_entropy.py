@@ -14,7 +14,7 @@ from ._common import (
     REDUCTION_NONE,
     accumulation_dtype,
     rows_upstream,
-    scale_fused_gradient,
+    scale_forward_grad,
 )
 
 __all__ = [
@@ -287,7 +287,7 @@ def _fused_backward(
     else:
         # The forward's gradients are of the reduced loss for an upstream gradient of 1.
         grad_input, grad_weight, grad_bias = (
-            scale_fused_gradient(g, grad_loss, reduction)
+            scale_forward_grad(g, grad_loss, reduction)
             for g in (grad_input, grad_weight, grad_bias)
         )
     return (
