@@ -198,31 +198,6 @@ def test_cpu_reduction_independent_of_thread_count():
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("requires_grad", [False, True])
-def test_opcheck(device, requires_grad):
-    x = torch.randn(6, 9, device=device, requires_grad=requires_grad)
-    y = torch.rand(6, 9, device=device)
-    w = torch.rand(9, device=device).expand(6, 9)
-    pw = torch.rand(9, device=device).expand(6, 9)
-    for reduction in (0, 1, 2):
-        for weight, pos_weight in ((None, None), (w, pw)):
-            fused = requires_grad and device == "cpu" and reduction != 0
-            torch.library.opcheck(
-                torch.ops.logitops.bce_with_logits_forward.default,
-                (x, y, weight, pos_weight, reduction, fused),
-            )
-            grad_loss = (
-                torch.randn(6, 9, device=device)
-                if reduction == 0
-                else torch.randn((), device=device)
-            )
-            torch.library.opcheck(
-                torch.ops.logitops.bce_with_logits_backward.default,
-                (grad_loss, x.detach(), y, weight, pos_weight, reduction),
-            )
-
-
-@pytest.mark.parametrize("device", DEVICES)
 def test_compile_fullgraph(device):
     torch._dynamo.reset()
 

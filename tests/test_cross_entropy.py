@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -327,55 +325,7 @@ def test_cpu_results_independent_of_thread_count():
     assert torch.equal(results[0][1], results[1][1])
 
 
-# --- dispatcher: opcheck, gradcheck, compile --------------------------------------------------
-
-
-def _sample_op_args(device, dtype, requires_grad):
-    logits = torch.randn(7, 33, device=device, dtype=dtype, requires_grad=requires_grad)
-    target = torch.randint(0, 33, (7,), device=device)
-    target[2] = -100
-    weight = torch.rand(33, device=device, dtype=dtype)
-    samples = []
-    for reduction, w, ls, z, cap in itertools.product(
-        (0, 1, 2), (None, weight), (0.0, 0.1), (0.0,), (0.0, 5.0)
-    ):
-        compute_grad = requires_grad and device == "cpu"
-        samples.append((logits, target, w, -100, ls, z, cap, reduction, compute_grad))
-    return samples
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("requires_grad", [False, True])
-def test_opcheck_forward(device, requires_grad):
-    for args in _sample_op_args(device, torch.float32, requires_grad)[::3]:
-        torch.library.opcheck(torch.ops.logitops.cross_entropy_forward.default, args)
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_opcheck_backward(device):
-    logits = torch.randn(7, 33, device=device)
-    target = torch.randint(0, 33, (7,), device=device)
-    for reduction in (0, 1, 2):
-        loss, lse, total, _ = torch.ops.logitops.cross_entropy_forward(
-            logits, target, None, -100, 0.1, 1e-3, 0.0, reduction, False
-        )
-        grad_loss = torch.randn_like(loss)
-        for grad_lse in (None, torch.randn_like(lse)):
-            args = (
-                grad_loss,
-                grad_lse,
-                logits,
-                target,
-                None,
-                lse,
-                total,
-                -100,
-                0.1,
-                1e-3,
-                0.0,
-                reduction,
-            )
-            torch.library.opcheck(torch.ops.logitops.cross_entropy_backward.default, args)
+# --- dispatcher: gradcheck, compile (opcheck: tests/test_opcheck.py) ------------------------
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -549,38 +499,6 @@ def test_build_info():
     assert isinstance(logitops.cuda_kernels_available(), bool)
     if logitops.cuda_kernels_available():
         assert set(info["ops"]) == set(info["ops_with_cuda_kernel"])
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("requires_grad", [False, True])
-def test_opcheck_probability_target_ops(device, requires_grad):
-    logits = torch.randn(6, 21, device=device, requires_grad=requires_grad)
-    target = torch.softmax(torch.randn(6, 21, device=device), -1)
-    weight = torch.rand(21, device=device)
-    for reduction in (0, 1, 2):
-        for w, cap in ((None, 0.0), (weight, 4.0)):
-            fused = requires_grad and device == "cpu"
-            args = (logits, target, w, 0.1, 1e-3, cap, reduction, fused)
-            torch.library.opcheck(torch.ops.logitops.cross_entropy_probs_forward.default, args)
-            loss, lse, _ = torch.ops.logitops.cross_entropy_probs_forward(
-                logits.detach(), target, w, 0.1, 1e-3, cap, reduction, False
-            )
-            for grad_lse in (None, torch.randn_like(lse)):
-                torch.library.opcheck(
-                    torch.ops.logitops.cross_entropy_probs_backward.default,
-                    (
-                        torch.randn_like(loss),
-                        grad_lse,
-                        logits.detach(),
-                        target,
-                        w,
-                        lse,
-                        0.1,
-                        1e-3,
-                        cap,
-                        reduction,
-                    ),
-                )
 
 
 @pytest.mark.parametrize("device", DEVICES)

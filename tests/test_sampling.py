@@ -303,26 +303,6 @@ def test_sample_dtypes_and_1d(device, dtype):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_opcheck(device):
-    logits = torch.randn(3, 40, device=device)
-    f64 = dict(dtype=torch.float64, device=device)  # per-row parameters are float64
-    temp = torch.tensor([0.5, 1.0, 0.0], **f64)
-    k = torch.tensor([5, 40, 3], device=device)
-    p = torch.tensor([0.9, 1.0, 0.5], **f64)
-    mp = torch.tensor([0.0, 0.1, 0.0], **f64)
-    bias = torch.randn(1, 40, device=device)
-    for order in (0, 1, 2):
-        torch.library.opcheck(
-            torch.ops.logitops.filter_logits.default,
-            (logits, bias, temp.clamp_min(0.1), k, p, mp, order, -1e9, 1),
-        )
-        torch.library.opcheck(
-            torch.ops.logitops.sample.default,
-            (logits, None, temp, k, p, mp, order, torch.tensor([1, 2, 3], device=device), True),
-        )
-
-
-@pytest.mark.parametrize("device", DEVICES)
 def test_compile_fullgraph(device):
     torch._dynamo.reset()
 

@@ -1,0 +1,939 @@
+"""torch.library.opcheck of every registered op (schema, fake kernel, autograd registration, AOT
+dispatch with dynamic shapes) on sample inputs, on every device.
+
+SAMPLE_INPUTS maps each name of ``logitops.build_info()["ops"]`` (overloads included) to a function
+``device -> [(kind, args)]``: odd shapes, optional tensors given and None, every mode code, inputs
+with and without requires_grad for the differentiable ops. An op registered without samples, or
+samples for an op that is not registered, fails ``test_every_op_has_samples``. The arguments of each
+op are built by one function (``*_args``) from keywords, and the mode arguments pass through
+``reduction_arg`` / ``kind_arg`` / ``order_arg``: a schema change is an edit there.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from conftest import DEVICES
+
+import logitops
+
+REDUCTIONS = ("none", "mean", "sum")
+KINDS = ("forward", "reverse", "jsd")
+ORDERS = ("hf", "vllm", "joint")
+
+
+# --- the schemas' mode arguments ------------------------------------------------------------
+
+
+def reduction_arg(name: str):
+    return {"none": 0, "mean": 1, "sum": 2}[name]
+
+
+def kind_arg(name: str):
+    return {"forward": 0, "reverse": 1, "jsd": 2}[name]
+
+
+def order_arg(name: str):
+    return {"hf": 0, "vllm": 1, "joint": 2}[name]
+
+
+def op(name: str):
+    """The OpOverload of a build_info() name ('base' or 'base.overload')."""
+    base, _, overload = name.partition(".")
+    return getattr(getattr(torch.ops.logitops, base), overload or "default")
+
+
+def fused(device: str, requires_grad: bool) -> bool:
+    """compute_grad as the functional layer passes it: a fused gradient on the CPU when needed."""
+    return requires_grad and device == "cpu"
+
+
+def kind(**parts) -> str:
+    """A sample's name from what varies in it."""
+    return ",".join(k if v is True else f"{k}={v}" for k, v in parts.items() if v is not False)
+
+
+# --- one argument builder per op (keywords -> the schema's positional arguments) ---------------
+
+
+def cross_entropy_forward_args(
+    logits,
+    target,
+    *,
+    weight=None,
+    ignore_index=-100,
+    label_smoothing=0.0,
+    z_loss=0.0,
+    softcap=0.0,
+    reduction="mean",
+    compute_grad=False,
+):
+    return (
+        logits,
+        target,
+        weight,
+        ignore_index,
+        label_smoothing,
+        z_loss,
+        softcap,
+        reduction_arg(reduction),
+        compute_grad,
+    )
+
+
+def cross_entropy_backward_args(
+    grad_loss,
+    grad_lse,
+    logits,
+    target,
+    lse,
+    total_weight,
+    *,
+    weight=None,
+    ignore_index=-100,
+    label_smoothing=0.0,
+    z_loss=0.0,
+    softcap=0.0,
+    reduction="mean",
+):
+    return (
+        grad_loss,
+        grad_lse,
+        logits,
+        target,
+        weight,
+        lse,
+        total_weight,
+        ignore_index,
+        label_smoothing,
+        z_loss,
+        softcap,
+        reduction_arg(reduction),
+    )
+
+
+def cross_entropy_probs_forward_args(
+    logits,
+    target,
+    *,
+    weight=None,
+    label_smoothing=0.0,
+    z_loss=0.0,
+    softcap=0.0,
+    reduction="mean",
+    compute_grad=False,
+):
+    return (
+        logits,
+        target,
+        weight,
+        label_smoothing,
+        z_loss,
+        softcap,
+        reduction_arg(reduction),
+        compute_grad,
+    )
+
+
+def cross_entropy_probs_backward_args(
+    grad_loss,
+    grad_lse,
+    logits,
+    target,
+    lse,
+    *,
+    weight=None,
+    label_smoothing=0.0,
+    z_loss=0.0,
+    softcap=0.0,
+    reduction="mean",
+):
+    return (
+        grad_loss,
+        grad_lse,
+        logits,
+        target,
+        weight,
+        lse,
+        label_smoothing,
+        z_loss,
+        softcap,
+        reduction_arg(reduction),
+    )
+
+
+def distillation_forward_args(
+    student,
+    teacher,
+    *,
+    target=None,
+    ignore_index=-100,
+    temperature=1.0,
+    kind="forward",
+    beta=0.5,
+    reduction="mean",
+    compute_grad=False,
+):
+    return (
+        student,
+        teacher,
+        target,
+        ignore_index,
+        temperature,
+        kind_arg(kind),
+        beta,
+        reduction_arg(reduction),
+        compute_grad,
+    )
+
+
+def distillation_backward_args(
+    grad_loss,
+    student,
+    teacher,
+    row_count,
+    *,
+    target=None,
+    ignore_index=-100,
+    temperature=1.0,
+    kind="forward",
+    beta=0.5,
+    reduction="mean",
+):
+    return (
+        grad_loss,
+        student,
+        teacher,
+        target,
+        ignore_index,
+        temperature,
+        kind_arg(kind),
+        beta,
+        reduction_arg(reduction),
+        row_count,
+    )
+
+
+def bce_forward_args(
+    input, target, *, weight=None, pos_weight=None, reduction="mean", compute_grad=False
+):
+    return (input, target, weight, pos_weight, reduction_arg(reduction), compute_grad)
+
+
+def bce_backward_args(grad_loss, input, target, *, weight=None, pos_weight=None, reduction="mean"):
+    return (grad_loss, input, target, weight, pos_weight, reduction_arg(reduction))
+
+
+def linear_cross_entropy_forward_args(
+    input,
+    linear_weight,
+    target,
+    *,
+    linear_bias=None,
+    weight=None,
+    ignore_index=-100,
+    label_smoothing=0.0,
+    z_loss=0.0,
+    softcap=0.0,
+    reduction="mean",
+    chunk_size=4,
+    compute_grad=False,
+):
+    return (
+        input,
+        linear_weight,
+        linear_bias,
+        target,
+        weight,
+        ignore_index,
+        label_smoothing,
+        z_loss,
+        softcap,
+        reduction_arg(reduction),
+        chunk_size,
+        compute_grad,
+    )
+
+
+def linear_cross_entropy_backward_args(
+    grad_rows,
+    input,
+    linear_weight,
+    target,
+    lse,
+    *,
+    linear_bias=None,
+    weight=None,
+    ignore_index=-100,
+    label_smoothing=0.0,
+    z_loss=0.0,
+    softcap=0.0,
+    chunk_size=4,
+):
+    return (
+        grad_rows,
+        input,
+        linear_weight,
+        linear_bias,
+        target,
+        weight,
+        lse,
+        ignore_index,
+        label_smoothing,
+        z_loss,
+        softcap,
+        chunk_size,
+    )
+
+
+def vocab_parallel_stats_args(logits, target, *, vocab_start=0):
+    return (logits, target, vocab_start)
+
+
+def vocab_parallel_backward_args(
+    grad_rows,
+    logits,
+    target,
+    lse,
+    *,
+    vocab_start=0,
+    num_classes,
+    ignore_index=-100,
+    label_smoothing=0.0,
+    z_loss=0.0,
+):
+    return (
+        grad_rows,
+        logits,
+        target,
+        lse,
+        vocab_start,
+        num_classes,
+        ignore_index,
+        label_smoothing,
+        z_loss,
+    )
+
+
+def filter_logits_args(
+    logits,
+    temperature,
+    top_k,
+    top_p,
+    min_p,
+    *,
+    logit_bias=None,
+    order="hf",
+    filter_value=-float("inf"),
+    min_tokens_to_keep=1,
+):
+    return (
+        logits,
+        logit_bias,
+        temperature,
+        top_k,
+        top_p,
+        min_p,
+        order_arg(order),
+        filter_value,
+        min_tokens_to_keep,
+    )
+
+
+def sample_args(
+    logits, temperature, top_k, top_p, min_p, seed, *, logit_bias=None, order="hf", per_row_seeds
+):
+    return (
+        logits,
+        logit_bias,
+        temperature,
+        top_k,
+        top_p,
+        min_p,
+        order_arg(order),
+        seed,
+        per_row_seeds,
+    )
+
+
+# --- samples --------------------------------------------------------------------------------
+
+
+def _class_targets(rows, classes, device, ignore_index=-100):
+    target = torch.randint(0, max(classes, 1), (rows,), device=device)
+    if rows > 2:
+        target[2] = ignore_index
+    return target
+
+
+def cross_entropy_forward_samples(device):
+    for requires_grad in (False, True):
+        logits = torch.randn(7, 33, device=device, requires_grad=requires_grad)
+        target = _class_targets(7, 33, device)
+        weight = torch.rand(33, device=device)
+        for reduction, w, ls, cap in itertools.product(
+            REDUCTIONS, (None, weight), (0.0, 0.1), (0.0, 5.0)
+        ):
+            options = dict(weight=w, label_smoothing=ls, softcap=cap, reduction=reduction)
+            yield (
+                kind(reduction=reduction, weight=w is not None, ls=ls, cap=cap, grad=requires_grad),
+                cross_entropy_forward_args(
+                    logits, target, compute_grad=fused(device, requires_grad), **options
+                ),
+            )
+    # z-loss, another ignore_index, one class, a vector tail, one row, no rows, a row stride,
+    # half precision and float64.
+    for shape, dtype, extra in (
+        ((9, 33), torch.float32, dict(z_loss=1e-3, label_smoothing=0.2)),
+        ((6, 1), torch.float32, dict(label_smoothing=0.1)),
+        ((5, 259), torch.float32, dict(softcap=3.0, z_loss=1e-2)),
+        ((1, 17), torch.float32, {}),
+        ((0, 17), torch.float32, {}),
+        ((6, 40), torch.bfloat16, dict(label_smoothing=0.1, z_loss=1e-3)),
+        ((6, 40), torch.float64, dict(softcap=2.0)),
+    ):
+        rows, classes = shape
+        for requires_grad, reduction in itertools.product((False, True), REDUCTIONS):
+            if rows == 0 and reduction == "mean":
+                continue  # NaN, which opcheck's comparisons do not take as equal
+            logits = torch.randn(shape, device=device, dtype=dtype, requires_grad=requires_grad)
+            yield (
+                kind(
+                    shape="x".join(map(str, shape)),
+                    dtype=str(dtype).split(".")[1],
+                    reduction=reduction,
+                    **extra,
+                    grad=requires_grad,
+                ),
+                cross_entropy_forward_args(
+                    logits,
+                    _class_targets(rows, classes, device),
+                    reduction=reduction,
+                    compute_grad=fused(device, requires_grad),
+                    **extra,
+                ),
+            )
+    wide = torch.randn(6, 48, device=device)[:, :40]  # rows 48 apart
+    target = torch.tensor([3, -1, 7, 0, 39, -1], device=device)
+    for requires_grad in (False, True):
+        yield (
+            kind(row_stride=48, ignore_index=-1, grad=requires_grad),
+            cross_entropy_forward_args(
+                wide.detach().requires_grad_(requires_grad),
+                target,
+                ignore_index=-1,
+                compute_grad=fused(device, requires_grad),
+            ),
+        )
+
+
+def cross_entropy_backward_samples(device):
+    weight = torch.rand(33, device=device)
+    for (rows, classes), reduction, w, options in itertools.product(
+        ((7, 33), (4, 1), (3, 259)),
+        REDUCTIONS,
+        (None, weight),
+        (dict(label_smoothing=0.1, z_loss=1e-3), dict(softcap=5.0)),
+    ):
+        if w is not None and classes != 33:
+            continue
+        logits = torch.randn(rows, classes, device=device)
+        target = _class_targets(rows, classes, device)
+        loss, lse, total, _ = op("cross_entropy_forward")(
+            *cross_entropy_forward_args(logits, target, weight=w, reduction=reduction, **options)
+        )
+        for grad_lse in (None, torch.randn_like(lse)):
+            yield (
+                kind(
+                    shape=f"{rows}x{classes}",
+                    reduction=reduction,
+                    weight=w is not None,
+                    **options,
+                    grad_lse=grad_lse is not None,
+                ),
+                cross_entropy_backward_args(
+                    torch.randn_like(loss),
+                    grad_lse,
+                    logits,
+                    target,
+                    lse,
+                    total,
+                    weight=w,
+                    reduction=reduction,
+                    **options,
+                ),
+            )
+
+
+def _probability_targets(rows, classes, device, dtype=torch.float32):
+    return torch.softmax(torch.randn(rows, classes, device=device), -1).to(dtype)
+
+
+def cross_entropy_probs_forward_samples(device):
+    for requires_grad in (False, True):
+        logits = torch.randn(6, 21, device=device, requires_grad=requires_grad)
+        target = _probability_targets(6, 21, device)
+        weight = torch.rand(21, device=device)
+        for reduction, (w, cap) in itertools.product(REDUCTIONS, ((None, 0.0), (weight, 4.0))):
+            yield (
+                kind(reduction=reduction, weight=w is not None, cap=cap, grad=requires_grad),
+                cross_entropy_probs_forward_args(
+                    logits,
+                    target,
+                    weight=w,
+                    label_smoothing=0.1,
+                    z_loss=1e-3,
+                    softcap=cap,
+                    reduction=reduction,
+                    compute_grad=fused(device, requires_grad),
+                ),
+            )
+    for shape, dtype in (
+        ((5, 1), torch.float32),
+        ((3, 259), torch.float32),
+        ((4, 40), torch.bfloat16),
+    ):
+        for requires_grad, reduction in itertools.product((False, True), REDUCTIONS):
+            logits = torch.randn(shape, device=device, dtype=dtype, requires_grad=requires_grad)
+            yield (
+                kind(
+                    shape="x".join(map(str, shape)),
+                    dtype=str(dtype).split(".")[1],
+                    reduction=reduction,
+                    grad=requires_grad,
+                ),
+                cross_entropy_probs_forward_args(
+                    logits,
+                    _probability_targets(*shape, device, dtype),
+                    reduction=reduction,
+                    compute_grad=fused(device, requires_grad),
+                ),
+            )
+
+
+def cross_entropy_probs_backward_samples(device):
+    logits = torch.randn(6, 21, device=device)
+    target = _probability_targets(6, 21, device)
+    weight = torch.rand(21, device=device)
+    for reduction, (w, cap) in itertools.product(REDUCTIONS, ((None, 0.0), (weight, 4.0))):
+        options = dict(weight=w, label_smoothing=0.1, z_loss=1e-3, softcap=cap)
+        loss, lse, _ = op("cross_entropy_probs_forward")(
+            *cross_entropy_probs_forward_args(logits, target, reduction=reduction, **options)
+        )
+        for grad_lse in (None, torch.randn_like(lse)):
+            yield (
+                kind(
+                    reduction=reduction,
+                    weight=w is not None,
+                    cap=cap,
+                    grad_lse=grad_lse is not None,
+                ),
+                cross_entropy_probs_backward_args(
+                    torch.randn_like(loss),
+                    grad_lse,
+                    logits,
+                    target,
+                    lse,
+                    reduction=reduction,
+                    **options,
+                ),
+            )
+    for rows, classes in ((5, 1), (3, 259)):
+        logits = torch.randn(rows, classes, device=device)
+        target = _probability_targets(rows, classes, device)
+        for reduction in REDUCTIONS:
+            loss, lse, _ = op("cross_entropy_probs_forward")(
+                *cross_entropy_probs_forward_args(logits, target, reduction=reduction)
+            )
+            yield (
+                kind(shape=f"{rows}x{classes}", reduction=reduction),
+                cross_entropy_probs_backward_args(
+                    torch.randn_like(loss), None, logits, target, lse, reduction=reduction
+                ),
+            )
+
+
+def _distillation_cases(device):
+    """(kind, reduction, target or None) for every kind and reduction."""
+    target = torch.tensor([0, -100, 2, 3, 4], device=device)
+    for k, reduction, with_target in itertools.product(KINDS, REDUCTIONS, (True, False)):
+        yield k, reduction, target if with_target else None
+
+
+def distillation_forward_samples(device):
+    for requires_grad in (False, True):
+        student = torch.randn(5, 17, device=device, requires_grad=requires_grad)
+        teacher = torch.randn(5, 17, device=device)
+        for k, reduction, target in _distillation_cases(device):
+            yield (
+                kind(kind=k, reduction=reduction, target=target is not None, grad=requires_grad),
+                distillation_forward_args(
+                    student,
+                    teacher,
+                    target=target,
+                    temperature=2.0,
+                    kind=k,
+                    beta=0.4,
+                    reduction=reduction,
+                    compute_grad=fused(device, requires_grad),
+                ),
+            )
+    for shape, dtype, k, beta in (
+        ((4, 1), torch.float32, "jsd", 0.5),
+        ((3, 259), torch.float32, "reverse", 0.5),
+        ((0, 9), torch.float32, "forward", 0.5),  # no rows (summed: their mean is NaN)
+        ((4, 40), torch.bfloat16, "jsd", 0.1),
+        ((4, 40), torch.float64, "jsd", 0.9),
+    ):
+        for requires_grad in (False, True):
+            student = torch.randn(shape, device=device, dtype=dtype, requires_grad=requires_grad)
+            yield (
+                kind(
+                    shape="x".join(map(str, shape)),
+                    dtype=str(dtype).split(".")[1],
+                    kind=k,
+                    beta=beta,
+                    grad=requires_grad,
+                ),
+                distillation_forward_args(
+                    student,
+                    torch.randn(shape, device=device, dtype=dtype),
+                    kind=k,
+                    beta=beta,
+                    reduction="sum",
+                    compute_grad=fused(device, requires_grad),
+                ),
+            )
+
+
+def distillation_backward_samples(device):
+    student = torch.randn(5, 17, device=device)
+    teacher = torch.randn(5, 17, device=device)
+    for k, reduction, target in _distillation_cases(device):
+        options = dict(target=target, temperature=2.0, kind=k, beta=0.4, reduction=reduction)
+        loss, count, _ = op("kl_div_logits_forward")(
+            *distillation_forward_args(student, teacher, **options)
+        )
+        yield (
+            kind(kind=k, reduction=reduction, target=target is not None),
+            distillation_backward_args(torch.randn_like(loss), student, teacher, count, **options),
+        )
+    for rows, classes in ((4, 1), (3, 259)):
+        student, teacher = torch.randn(2, rows, classes, device=device)
+        loss, count, _ = op("kl_div_logits_forward")(
+            *distillation_forward_args(student, teacher, kind="jsd")
+        )
+        yield (
+            kind(shape=f"{rows}x{classes}", kind="jsd"),
+            distillation_backward_args(torch.randn_like(loss), student, teacher, count, kind="jsd"),
+        )
+
+
+def _bce_weights(rows, cols, device):
+    """None, or weight and pos_weight broadcast along rows (stride 0), as the functional passes."""
+    yield None, None
+    yield (
+        torch.rand(cols, device=device).expand(rows, cols),
+        torch.rand(cols, device=device).expand(rows, cols),
+    )
+
+
+def bce_forward_samples(device):
+    for shape in ((6, 9), (3, 259), (1, 1)):
+        for requires_grad in (False, True):
+            x = torch.randn(shape, device=device, requires_grad=requires_grad)
+            y = torch.rand(shape, device=device)
+            for reduction, (w, pw) in itertools.product(REDUCTIONS, _bce_weights(*shape, device)):
+                yield (
+                    kind(
+                        shape="x".join(map(str, shape)),
+                        reduction=reduction,
+                        weights=w is not None,
+                        grad=requires_grad,
+                    ),
+                    bce_forward_args(
+                        x,
+                        y,
+                        weight=w,
+                        pos_weight=pw,
+                        reduction=reduction,
+                        compute_grad=fused(device, requires_grad) and reduction != "none",
+                    ),
+                )
+    for requires_grad, reduction in itertools.product((False, True), REDUCTIONS):
+        x = torch.randn(4, 40, device=device, dtype=torch.bfloat16, requires_grad=requires_grad)
+        pos_weight = torch.full((4, 40), 2.0, device=device)  # full, not broadcast
+        yield (
+            kind(dtype="bfloat16", reduction=reduction, pos_weight=True, grad=requires_grad),
+            bce_forward_args(
+                x,
+                torch.rand(4, 40, device=device, dtype=torch.bfloat16),
+                pos_weight=pos_weight,
+                reduction=reduction,
+                compute_grad=fused(device, requires_grad) and reduction != "none",
+            ),
+        )
+
+
+def bce_backward_samples(device):
+    for shape in ((6, 9), (3, 259)):
+        x = torch.randn(shape, device=device)
+        y = torch.rand(shape, device=device)
+        for reduction, (w, pw) in itertools.product(REDUCTIONS, _bce_weights(*shape, device)):
+            grad_loss = torch.randn(shape if reduction == "none" else (), device=device)
+            yield (
+                kind(shape="x".join(map(str, shape)), reduction=reduction, weights=w is not None),
+                bce_backward_args(grad_loss, x, y, weight=w, pos_weight=pw, reduction=reduction),
+            )
+
+
+def _linear_case(device, dtype, tokens, hidden, vocab, bias=True):
+    x = torch.randn(tokens, hidden, device=device).to(dtype)
+    w = (torch.randn(vocab, hidden, device=device) / 4).to(dtype)
+    b = torch.randn(vocab, device=device).to(dtype) if bias else None
+    t = torch.randint(0, vocab, (tokens,), device=device)
+    t[::7] = -100
+    return x, w, b, t
+
+
+def _linear_forward_samples(device, dtype):
+    class_weight = torch.rand(13, device=device) + 0.5
+    for reduction, requires_grad in itertools.product(REDUCTIONS, (True, False)):
+        x, w, b, t = _linear_case(device, dtype, 11, 16, 13)
+        leaves = [v.requires_grad_(requires_grad) for v in (x, w, b)]
+        yield (
+            kind(reduction=reduction, grad=requires_grad),
+            linear_cross_entropy_forward_args(
+                *leaves[:2],
+                t,
+                linear_bias=leaves[2],
+                weight=class_weight,
+                label_smoothing=0.1,
+                z_loss=1e-3,
+                reduction=reduction,
+                chunk_size=4,
+                compute_grad=requires_grad and reduction != "none",
+            ),
+        )
+    # No bias, one chunk for all tokens, soft-capping, one class, no tokens.
+    for (tokens, hidden, vocab), bias, options in (
+        ((9, 5, 13), False, dict(softcap=3.0, chunk_size=64)),
+        ((6, 4, 1), True, dict(label_smoothing=0.2, chunk_size=1)),
+        ((0, 4, 13), True, dict(reduction="sum")),  # a mean of no rows is NaN
+    ):
+        for requires_grad in (False, True):
+            x, w, b, t = _linear_case(device, dtype, tokens, hidden, vocab, bias)
+            leaves = [v if v is None else v.requires_grad_(requires_grad) for v in (x, w, b)]
+            yield (
+                kind(shape=f"{tokens}x{hidden}x{vocab}", bias=bias, **options, grad=requires_grad),
+                linear_cross_entropy_forward_args(
+                    *leaves[:2],
+                    t,
+                    linear_bias=leaves[2],
+                    compute_grad=requires_grad,
+                    **options,
+                ),
+            )
+
+
+def _linear_backward_samples(device, dtype, forward):
+    class_weight = torch.rand(13, device=device) + 0.5
+    for (tokens, hidden, vocab), bias, options in (
+        ((11, 16, 13), True, {}),
+        ((11, 16, 13), True, dict(weight=class_weight, label_smoothing=0.1, z_loss=1e-3)),
+        ((9, 5, 13), False, dict(softcap=3.0, chunk_size=64)),
+        ((6, 4, 1), True, dict(chunk_size=1)),
+    ):
+        x, w, b, t = _linear_case(device, dtype, tokens, hidden, vocab, bias)
+        _, lse, *_ = op(forward)(
+            *linear_cross_entropy_forward_args(x, w, t, linear_bias=b, reduction="none", **options)
+        )
+        parts = {k: (v if k != "weight" else True) for k, v in options.items()}
+        yield (
+            kind(shape=f"{tokens}x{hidden}x{vocab}", bias=bias, **parts),
+            linear_cross_entropy_backward_args(
+                torch.rand(tokens, device=device), x, w, t, lse, linear_bias=b, **options
+            ),
+        )
+
+
+def vocab_parallel_stats_samples(device):
+    target = torch.tensor([0, 9, 3, -100, 12], device=device)
+    for shape, dtype, start in (
+        ((5, 7), torch.float32, 6),
+        ((5, 7), torch.float32, 0),
+        ((5, 259), torch.float32, 0),
+        ((5, 0), torch.float32, 3),  # an empty slice
+        ((5, 7), torch.bfloat16, 6),
+        ((5, 7), torch.float64, 6),
+    ):
+        yield (
+            kind(shape="x".join(map(str, shape)), dtype=str(dtype).split(".")[1], start=start),
+            vocab_parallel_stats_args(
+                torch.randn(shape, device=device, dtype=dtype), target, vocab_start=start
+            ),
+        )
+
+
+def vocab_parallel_backward_samples(device):
+    target = torch.tensor([0, 9, 3, -100, 12], device=device)
+    for dtype, start, options in (
+        (torch.float32, 6, dict(label_smoothing=0.1)),
+        (torch.float32, 0, dict(z_loss=1e-3)),
+        (torch.float32, 6, dict(ignore_index=3, label_smoothing=0.2, z_loss=1e-2)),
+        (torch.bfloat16, 6, {}),
+        (torch.float64, 6, dict(label_smoothing=0.1)),
+    ):
+        acc = torch.float64 if dtype == torch.float64 else torch.float32  # accumulation dtype
+        yield (
+            kind(dtype=str(dtype).split(".")[1], start=start, **options),
+            vocab_parallel_backward_args(
+                torch.rand(5, device=device, dtype=acc),
+                torch.randn(5, 7, device=device, dtype=dtype),
+                target,
+                torch.logsumexp(torch.randn(5, 13, device=device, dtype=acc), 1),
+                vocab_start=start,
+                num_classes=13,
+                **options,
+            ),
+        )
+
+
+def _decoding_parameters(device, rows=3):
+    """Per-row temperature / top_k / top_p / min_p as the functional layer passes them."""
+    f64 = dict(dtype=torch.float64, device=device)
+    return (
+        torch.tensor([0.5, 1.0, 0.0], **f64)[:rows],
+        torch.tensor([5, 40, 3], device=device)[:rows],
+        torch.tensor([0.9, 1.0, 0.5], **f64)[:rows],
+        torch.tensor([0.0, 0.1, 0.0], **f64)[:rows],
+    )
+
+
+def filter_logits_samples(device):
+    logits = torch.randn(3, 40, device=device)
+    temperature, top_k, top_p, min_p = _decoding_parameters(device)
+    temperature = temperature.clamp_min(0.1)  # filtering has no greedy rows
+    bias = torch.randn(1, 40, device=device)
+    for order, b in itertools.product(ORDERS, ("shared", None, "per_row")):
+        logit_bias = {"shared": bias, "per_row": torch.randn(3, 40, device=device)}.get(b)
+        yield (
+            kind(order=order, bias=b),
+            filter_logits_args(
+                logits,
+                temperature,
+                top_k,
+                top_p,
+                min_p,
+                logit_bias=logit_bias,
+                order=order,
+                filter_value=-1e9,
+            ),
+        )
+    for dtype, vocab, keep in (
+        (torch.bfloat16, 40, 3),
+        (torch.float64, 259, 1),
+        (torch.float32, 1, 1),
+    ):
+        yield (
+            kind(dtype=str(dtype).split(".")[1], vocab=vocab, min_tokens_to_keep=keep),
+            filter_logits_args(
+                torch.randn(3, vocab, device=device, dtype=dtype),
+                temperature,
+                top_k,
+                top_p,
+                min_p,
+                min_tokens_to_keep=keep,
+            ),
+        )
+
+
+def sample_samples(device):
+    logits = torch.randn(3, 40, device=device)
+    parameters = _decoding_parameters(device)
+    seed = torch.tensor([1, 2, 3], device=device)
+    for order, per_row_seeds in itertools.product(ORDERS, (True, False)):
+        yield (
+            kind(order=order, per_row_seeds=per_row_seeds),
+            sample_args(logits, *parameters, seed, order=order, per_row_seeds=per_row_seeds),
+        )
+    for dtype, vocab, bias in (
+        (torch.bfloat16, 40, True),
+        (torch.float64, 259, False),
+        (torch.float32, 1, False),
+    ):
+        yield (
+            kind(dtype=str(dtype).split(".")[1], vocab=vocab, bias=bias),
+            sample_args(
+                torch.randn(3, vocab, device=device, dtype=dtype),
+                *parameters,
+                seed,
+                logit_bias=torch.randn(1, vocab, device=device) if bias else None,
+                per_row_seeds=True,
+            ),
+        )
+
+
+def _overloads(base, make):
+    """The samples of an op and its float32_logits overload (autocast: half-precision operands)."""
+    return {
+        base: lambda device: make(device, torch.float32, base),
+        f"{base}.float32_logits": lambda device: make(
+            device, torch.bfloat16, f"{base}.float32_logits"
+        ),
+    }
+
+
+SAMPLE_INPUTS = {
+    "bce_with_logits_backward": bce_backward_samples,
+    "bce_with_logits_forward": bce_forward_samples,
+    "cross_entropy_backward": cross_entropy_backward_samples,
+    "cross_entropy_forward": cross_entropy_forward_samples,
+    "cross_entropy_probs_backward": cross_entropy_probs_backward_samples,
+    "cross_entropy_probs_forward": cross_entropy_probs_forward_samples,
+    "filter_logits": filter_logits_samples,
+    "kl_div_logits_backward": distillation_backward_samples,
+    "kl_div_logits_forward": distillation_forward_samples,
+    **_overloads(
+        "linear_cross_entropy_forward",
+        lambda device, dtype, _: _linear_forward_samples(device, dtype),
+    ),
+    **_overloads(
+        "linear_cross_entropy_backward",
+        lambda device, dtype, name: _linear_backward_samples(
+            device, dtype, name.replace("backward", "forward")
+        ),
+    ),
+    "sample": sample_samples,
+    "vocab_parallel_cross_entropy_backward": vocab_parallel_backward_samples,
+    "vocab_parallel_cross_entropy_stats": vocab_parallel_stats_samples,
+}
+
+
+def _sample_kinds() -> list[tuple[str, str]]:
+    kinds = []
+    for name, samples in SAMPLE_INPUTS.items():
+        names = [k for k, _ in samples("cpu")]
+        assert len(names) == len(set(names)), f"{name}: two samples of one kind"
+        kinds += [(name, k) for k in names]
+    return kinds
+
+
+SAMPLE_KINDS = _sample_kinds()
+
+
+def test_every_op_has_samples():
+    registered = set(logitops.build_info()["ops"])
+    assert not registered - set(SAMPLE_INPUTS), "ops without opcheck samples"
+    assert not set(SAMPLE_INPUTS) - registered, "samples for ops that are not registered"
+    counts = {name: sum(n == name for n, _ in SAMPLE_KINDS) for name in SAMPLE_INPUTS}
+    assert min(counts.values()) >= 3, counts
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name,sample", SAMPLE_KINDS, ids=[f"{n}[{k}]" for n, k in SAMPLE_KINDS])
+def test_opcheck(device, name, sample):
+    args = dict(SAMPLE_INPUTS[name](device))[sample]
+    torch.library.opcheck(op(name), args)
