@@ -1,85 +1,187 @@
-"""Autograd safety of every differentiable public function: inputs never modified, a retained
-graph can run backward twice, upstream ops that saved the input still get correct gradients,
-no_grad / inference_mode paths return the same values."""
+"""Autograd safety of every differentiable public function and module (logitops.functional, the
+single-rank paths of logitops.distributed, logitops.nn): inputs never modified, a retained graph
+can run backward twice, upstream ops that saved the input still get correct gradients, no_grad /
+inference_mode paths return the same values without a graph. In float64 and in float32 (where the
+CPU fuses the gradient into the forward)."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
+import torch.distributed as dist
 from conftest import DEVICES
 
 import logitops
+import logitops.distributed as lpd
+
+DTYPES = [torch.float64, torch.float32]
 
 
-def _cases(device):
+def _cases(device, dtype):
+    """name -> (differentiable inputs, function of them returning a loss)."""
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(6, 40, generator=g, dtype=torch.float64).to(device)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype).to(device)
+
+    x = randn(6, 40)
     index = torch.randint(0, 40, (6,), generator=g).to(device)
-    probs = torch.softmax(torch.randn(6, 40, generator=g, dtype=torch.float64), -1).to(device)
-    labels = torch.rand(6, 40, generator=g, dtype=torch.float64).to(device)
-    teacher = torch.randn(6, 40, generator=g, dtype=torch.float64).to(device)
+    index[4] = -100
+    probs = torch.softmax(randn(6, 40), -1)
+    labels = torch.rand(6, 40, generator=g, dtype=torch.float64).to(dtype).to(device)
+    teacher = randn(6, 40)
+    class_weight = torch.rand(40, generator=g, dtype=torch.float64).to(dtype).to(device) + 0.5
+    pos_weight = torch.full((40,), 2.0, dtype=dtype, device=device)
+    hidden, head, bias = randn(6, 8), randn(40, 8) / 3, randn(40)
     return {
-        "cross_entropy": (x, lambda z: logitops.cross_entropy(z, index, label_smoothing=0.1)),
-        "cross_entropy_none": (x, lambda z: logitops.cross_entropy(z, index, reduction="none")),
-        "cross_entropy_probs": (x, lambda z: logitops.cross_entropy(z, probs, z_loss=1e-3)),
-        "bce": (
-            x,
-            lambda z: logitops.binary_cross_entropy_with_logits(
-                z, labels, pos_weight=torch.full((40,), 2.0, dtype=torch.float64, device=device)
+        # logitops.functional
+        "cross_entropy": ((x,), lambda z: logitops.cross_entropy(z, index, label_smoothing=0.1)),
+        "cross_entropy_none": ((x,), lambda z: logitops.cross_entropy(z, index, reduction="none")),
+        "cross_entropy_options": (
+            (x,),
+            lambda z: logitops.cross_entropy(
+                z, index, weight=class_weight, z_loss=1e-3, softcap=5.0, reduction="sum"
             ),
         ),
+        "cross_entropy_lse": (
+            (x,),
+            lambda z: sum(t.sum() for t in logitops.cross_entropy(z, index, return_lse=True)),
+        ),
+        "cross_entropy_probs": ((x,), lambda z: logitops.cross_entropy(z, probs, z_loss=1e-3)),
+        "bce": (
+            (x,),
+            lambda z: logitops.binary_cross_entropy_with_logits(z, labels, pos_weight=pos_weight),
+        ),
         "bce_none": (
-            x,
+            (x,),
             lambda z: logitops.binary_cross_entropy_with_logits(z, labels, reduction="none"),
         ),
-        "kl_forward": (x, lambda z: logitops.kl_div_with_logits(z, teacher, temperature=2.0)),
-        "jsd": (x, lambda z: logitops.kl_div_with_logits(z, teacher, kind="jsd", beta=0.3)),
-        "distillation": (x, lambda z: logitops.distillation_loss(z, teacher, index)),
+        "kl_forward": ((x,), lambda z: logitops.kl_div_with_logits(z, teacher, temperature=2.0)),
+        "kl_reverse": ((x,), lambda z: logitops.kl_div_with_logits(z, teacher, kind="reverse")),
+        "jsd": ((x,), lambda z: logitops.kl_div_with_logits(z, teacher, kind="jsd", beta=0.3)),
+        "distillation": ((x,), lambda z: logitops.distillation_loss(z, teacher, index)),
+        "linear_cross_entropy": (
+            (hidden, head, bias),
+            lambda h, w, b: logitops.linear_cross_entropy(
+                h, w, index, linear_bias=b, label_smoothing=0.1, chunk_size=4
+            ),
+        ),
+        "linear_cross_entropy_none": (
+            (hidden, head),
+            lambda h, w: logitops.linear_cross_entropy(h, w, index, reduction="none"),
+        ),
+        # logitops.distributed, one rank
+        "vocab_parallel_cross_entropy": (
+            (x,),
+            lambda z: lpd.vocab_parallel_cross_entropy(z, index, label_smoothing=0.1, z_loss=1e-3),
+        ),
+        "vocab_parallel_cross_entropy_none": (
+            (x,),
+            lambda z: lpd.vocab_parallel_cross_entropy(z, index, reduction="none"),
+        ),
+        "vocab_parallel_linear_cross_entropy": (
+            (hidden, head, bias),
+            lambda h, w, b: lpd.vocab_parallel_linear_cross_entropy(
+                h, w, index, linear_bias=b, chunk_size=4
+            ),
+        ),
+        # logitops.nn
+        "nn.CrossEntropyLoss": (
+            (x,),
+            lambda z: logitops.nn.CrossEntropyLoss(weight=class_weight, label_smoothing=0.1)(
+                z, index
+            ),
+        ),
+        "nn.BCEWithLogitsLoss": (
+            (x,),
+            lambda z: logitops.nn.BCEWithLogitsLoss(pos_weight=pos_weight)(z, labels),
+        ),
+        "nn.DistillationLoss": (
+            (x,),
+            lambda z: logitops.nn.DistillationLoss(kind="jsd")(z, teacher, index),
+        ),
+        "nn.LinearCrossEntropyLoss": (
+            (hidden, head, bias),
+            lambda h, w, b: logitops.nn.LinearCrossEntropyLoss(chunk_size=4)(h, w, index, b),
+        ),
+        "nn.VocabParallelCrossEntropyLoss": (
+            (x,),
+            lambda z: logitops.nn.VocabParallelCrossEntropyLoss(label_smoothing=0.1)(z, index),
+        ),
     }
 
 
-CASE_NAMES = list(_cases("cpu"))
+CASE_NAMES = list(_cases("cpu", torch.float64))
+NEEDS_GROUP = {name for name in CASE_NAMES if "VocabParallel" in name or "vocab_parallel" in name}
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("name", CASE_NAMES)
-def test_inputs_untouched_and_retained_graph(device, name):
-    x, fn = _cases(device)[name]
-    leaf = x.clone().requires_grad_()
-    before = leaf.detach().clone()
-    loss = fn(leaf).sum()
+pytestmark = [
+    pytest.mark.parametrize("device", DEVICES),
+    pytest.mark.parametrize("dtype", DTYPES, ids=str),
+    pytest.mark.parametrize("name", CASE_NAMES),
+]
+
+
+@pytest.fixture
+def case(device, dtype, name, tmp_path):
+    """(inputs, fn) of the test's case; the distributed ones inside a one-rank gloo group."""
+    if name in NEEDS_GROUP and not dist.is_available():
+        pytest.skip("torch.distributed unavailable")
+    with contextlib.ExitStack() as stack:
+        if name in NEEDS_GROUP and not dist.is_initialized():
+            dist.init_process_group(
+                "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+            )
+            stack.callback(dist.destroy_process_group)
+        yield _cases(device, dtype)[name]
+
+
+def _leaves(inputs):
+    return [v.clone().requires_grad_() for v in inputs]
+
+
+def test_inputs_untouched_and_retained_graph(device, dtype, name, case):
+    inputs, fn = case
+    leaves = _leaves(inputs)
+    before = [v.detach().clone() for v in leaves]
+    loss = fn(*leaves).sum()
     loss.backward(retain_graph=True)
-    first = leaf.grad.clone()
+    first = [v.grad.clone() for v in leaves]
     loss.backward()
-    torch.testing.assert_close(leaf.grad, 2 * first)
-    assert torch.equal(leaf.detach(), before)
+    for leaf, grad, value in zip(leaves, first, before, strict=True):
+        torch.testing.assert_close(leaf.grad, 2 * grad)
+        assert torch.equal(leaf.detach(), value)
     # the same gradient as a fresh graph gives
-    fresh = x.clone().requires_grad_()
-    fn(fresh).sum().backward()
-    torch.testing.assert_close(first, fresh.grad)
+    fresh = _leaves(inputs)
+    fn(*fresh).sum().backward()
+    for leaf, grad in zip(fresh, first, strict=True):
+        torch.testing.assert_close(grad, leaf.grad)
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("name", CASE_NAMES)
-def test_upstream_op_that_saved_the_input(device, name):
-    x, fn = _cases(device)[name]
-    h = x.clone().requires_grad_()
-    fn(torch.sigmoid(h) * 4).sum().backward()  # sigmoid saves its output, our input
-    hr = x.clone().requires_grad_()
-    z = torch.sigmoid(hr) * 4
-    # reference: our gradient at z, pushed through sigmoid's own backward separately
-    z_leaf = z.detach().requires_grad_()
-    fn(z_leaf).sum().backward()
-    z.backward(z_leaf.grad)
-    torch.testing.assert_close(h.grad, hr.grad)
+def test_upstream_op_that_saved_the_input(device, dtype, name, case):
+    inputs, fn = case
+    hs = _leaves(inputs)
+    fn(*(torch.sigmoid(h) * 4 for h in hs)).sum().backward()  # sigmoid saves its output, our input
+    refs = _leaves(inputs)
+    zs = [torch.sigmoid(h) * 4 for h in refs]
+    # reference: our gradients at z, pushed through sigmoid's own backward separately
+    z_leaves = [z.detach().requires_grad_() for z in zs]
+    fn(*z_leaves).sum().backward()
+    torch.autograd.backward(zs, [z.grad for z in z_leaves])
+    for h, ref in zip(hs, refs, strict=True):
+        torch.testing.assert_close(h.grad, ref.grad)
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("name", CASE_NAMES)
-def test_no_grad_and_inference_mode_values(device, name):
-    x, fn = _cases(device)[name]
-    expected = fn(x.clone().requires_grad_()).detach()
+def test_no_grad_and_inference_mode_values(device, dtype, name, case):
+    inputs, fn = case
+    expected = fn(*_leaves(inputs)).detach()
     with torch.no_grad():
-        torch.testing.assert_close(fn(x.clone().requires_grad_()), expected)
+        out = fn(*_leaves(inputs))
+    assert not out.requires_grad
+    torch.testing.assert_close(out, expected)
     with torch.inference_mode():
-        torch.testing.assert_close(fn(x.clone()), expected)
+        out = fn(*(v.clone() for v in inputs))
+    assert not out.requires_grad
+    torch.testing.assert_close(out, expected)
