@@ -47,12 +47,39 @@ __all__ = [
 
 
 def cuda_kernels_available() -> bool:
-    """Whether this build of logitops contains CUDA kernels (not whether a GPU is visible)."""
+    """Whether this build of logitops contains CUDA kernels (not whether a GPU is visible).
+
+    Examples
+    --------
+    >>> import torch
+    >>> import logitops
+    >>> logitops.cuda_kernels_available() == logitops.build_info()["cuda_kernels"]
+    True
+    """
     return bool(_build_info.WITH_CUDA)
 
 
 def build_info() -> dict[str, object]:
-    """What this build contains: CPU instruction set, CUDA kernels, and the torch it runs on."""
+    """What this build contains: CPU instruction set, CUDA kernels, and the torch it runs on.
+
+    Returns
+    -------
+    dict
+        ``version``, ``cpu_isa`` ("avx2" or "generic"), ``cuda_kernels`` (bool),
+        ``cuda_emulation`` (whether the ops run the CUDA kernels on CPU tensors), ``ops`` (every
+        registered op), ``ops_with_cuda_kernel``, ``composite_ops``, ``torch`` and
+        ``torch_cuda`` (the versions it runs on).
+
+    Examples
+    --------
+    >>> import torch
+    >>> import logitops
+    >>> info = logitops.build_info()
+    >>> info["cpu_isa"] in ("avx2", "generic"), info["torch"] == torch.__version__
+    (True, True)
+    >>> "cross_entropy_forward" in info["ops"]
+    True
+    """
 
     def has_kernel(name: str, key: str) -> bool:
         return torch._C._dispatch_has_kernel_for_dispatch_key(f"logitops::{name}", key)

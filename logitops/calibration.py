@@ -144,6 +144,8 @@ class _LogitScaler(torch.nn.Module):
 
         Examples
         --------
+        >>> import torch
+        >>> import logitops
         >>> from logitops.calibration import TemperatureScaler
         >>> logits, labels = 3 * torch.randn(1000), torch.randint(0, 2, (1000,))  # binary
         >>> scaler = TemperatureScaler().fit(logits, labels, lr=1.0)
@@ -220,6 +222,8 @@ class TemperatureScaler(_LogitScaler):
 
     Examples
     --------
+    >>> import torch
+    >>> import logitops
     >>> from logitops.calibration import TemperatureScaler
     >>> val_logits, val_labels = 3 * torch.randn(500, 10), torch.randint(0, 10, (500,))
     >>> scaler = TemperatureScaler().fit(val_logits, val_labels)
@@ -283,6 +287,8 @@ class VectorScaler(_LogitScaler):
 
     Examples
     --------
+    >>> import torch
+    >>> import logitops
     >>> from logitops.calibration import VectorScaler
     >>> val_logits, val_labels = torch.randn(500, 3), torch.randint(0, 3, (500,))
     >>> scaler = VectorScaler(num_classes=3).fit(val_logits, val_labels)
@@ -433,6 +439,8 @@ def calibration_error(
 
     Examples
     --------
+    >>> import torch
+    >>> import logitops
     >>> from logitops.calibration import calibration_error
     >>> logits = 4 * torch.randn(1000, 10)
     >>> labels = torch.randint(0, 10, (1000,))
@@ -498,6 +506,8 @@ def reliability_diagram(
 
     Examples
     --------
+    >>> import torch
+    >>> import logitops
     >>> from logitops.calibration import reliability_diagram
     >>> logits, labels = 3 * torch.randn(2000, 10), torch.randint(0, 10, (2000,))
     >>> fig = reliability_diagram(logits, labels, path="reliability.png")  # doctest: +SKIP

@@ -53,7 +53,30 @@ __all__ = [
 
 @dataclass(frozen=True)
 class VocabLayout:
-    """Where this rank's slice sits in the vocabulary, agreed by all ranks of the group."""
+    """Where this rank's slice sits in the vocabulary, agreed by all ranks of the group.
+
+    Parameters
+    ----------
+    vocab_start : int
+        Global id of this rank's first class.
+    local_classes : int
+        Size of this rank's slice.
+    num_classes : int
+        The whole vocabulary, over all ranks.
+    max_local_classes : int
+        The largest slice (chunk sizes derive from it, alike on all ranks).
+    world_size : int
+        Ranks in the group.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import logitops
+    >>> from logitops.distributed import VocabLayout
+    >>> layout = VocabLayout(16000, 16000, 32000, 16000, world_size=2)  # rank 1 of 2
+    >>> layout.vocab_start + layout.local_classes == layout.num_classes
+    True
+    """
 
     vocab_start: int  # global id of this rank's first class
     local_classes: int  # size of this rank's slice
@@ -70,7 +93,7 @@ class _Options:
     z_loss: float
 
 
-def _collective_device(group, tensor) -> torch.device:
+def _collective_device(group: dist.ProcessGroup | None, tensor: Tensor | None) -> torch.device:
     """Where this group's collectives run: NCCL moves only CUDA tensors (the caller's own device,
     so no rank depends on set_device); gloo and the rest take CPU tensors (gloo's all_gather has
     no CUDA path), so CUDA statistics are copied to the host and back there."""
@@ -108,7 +131,10 @@ class _RankArguments:
 
 
 def _agree_on_layout(
-    mine: _RankArguments | None, group, tensor, local_error: Exception | None
+    mine: _RankArguments | None,
+    group: dist.ProcessGroup | None,
+    tensor: Tensor,
+    local_error: Exception | None,
 ) -> VocabLayout:
     """All-gathers every rank's arguments (or the failure of its checks), and raises on every
     rank when any rank's checks failed, the ranks disagree, or the slices do not tile [0, V)."""
@@ -191,8 +217,13 @@ def _check_target_range(target: Tensor, num_classes: int, ignore_index: int) -> 
 
 
 def _combine(
-    stats: Tensor, target: Tensor, layout: VocabLayout, group, options: _Options, acc: torch.dtype
-):
+    stats: Tensor,
+    target: Tensor,
+    layout: VocabLayout,
+    group: dist.ProcessGroup | None,
+    options: _Options,
+    acc: torch.dtype,
+) -> tuple[Tensor, Tensor]:
     """Global lse [N] and per-row loss [N] (in `acc`) from each rank's float64 [3, N] stats: the
     formulas of cross_entropy_row_loss (csrc/common/logit_math.h) without class weights, in
     float64 so that lse - z_target keeps the digits a float32 lse would lose."""
@@ -274,7 +305,7 @@ def vocab_parallel_cross_entropy(
     local_logits: Tensor,
     target: Tensor,
     *,
-    group=None,
+    group: dist.ProcessGroup | None = None,
     vocab_start: int | None = None,
     ignore_index: int = -100,
     reduction: str = "mean",
@@ -296,12 +327,43 @@ def vocab_parallel_cross_entropy(
     With NCCL the collectives run on the logits' GPU; with gloo on the CPU (CUDA statistics are
     copied to the host and back: [3, N] floats per call).
 
+    Parameters
+    ----------
+    local_logits : Tensor
+        This rank's columns [..., V_local] of the logits.
+    target : Tensor
+        Global class ids [...], the same on every rank.
+    group : torch.distributed.ProcessGroup, optional
+        The ranks that share the vocabulary (default: the default group).
+    vocab_start : int, optional
+        Global id of this rank's first class (default: the slices in rank order).
+    ignore_index, reduction, label_smoothing
+        As in :func:`torch.nn.functional.cross_entropy`.
+    z_loss : float
+        As in :func:`logitops.cross_entropy`.
+
+    Returns
+    -------
+    Tensor
+        The loss of the full logits, the same on every rank: 0-dim, or the target's shape for
+        ``reduction="none"``.
+
     Examples
     --------
-    >>> # on each of 2 ranks, holding half of a 32000-class vocabulary
-    >>> local = full_logits[:, rank * 16000 : (rank + 1) * 16000].requires_grad_()
-    >>> loss = logitops.distributed.vocab_parallel_cross_entropy(local, target)
-    >>> loss.backward()  # local.grad is this rank's half of the full gradient
+    >>> import torch
+    >>> import logitops
+    >>> import torch.distributed as dist
+    >>> from logitops.distributed import vocab_parallel_cross_entropy
+    >>> # Every rank runs this; here the group has one rank, which holds the whole vocabulary.
+    >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    >>> logits, target = torch.randn(8, 1000), torch.randint(0, 1000, (8,))
+    >>> rank, world = dist.get_rank(), dist.get_world_size()
+    >>> local = logits[:, rank * 1000 // world : (rank + 1) * 1000 // world].requires_grad_()
+    >>> loss = vocab_parallel_cross_entropy(local, target)
+    >>> torch.allclose(loss, torch.nn.functional.cross_entropy(logits, target))
+    True
+    >>> loss.backward()  # local.grad: this rank's columns of the full gradient
+    >>> dist.destroy_process_group()
     """
     options = None
     error, num_rows, local_classes = None, 0, 0
@@ -335,7 +397,7 @@ def vocab_parallel_cross_entropy(
     return out.reshape(target.shape) if options.reduction == REDUCTION_NONE else out
 
 
-def _all_reduce_sum(tensor: Tensor, layout: VocabLayout, group) -> Tensor:
+def _all_reduce_sum(tensor: Tensor, layout: VocabLayout, group: dist.ProcessGroup | None) -> Tensor:
     """Sum over the ranks, in float32 for half-precision tensors."""
     if layout.world_size == 1:
         return tensor
@@ -421,7 +483,7 @@ def vocab_parallel_linear_cross_entropy(
     target: Tensor,
     *,
     linear_bias: Tensor | None = None,
-    group=None,
+    group: dist.ProcessGroup | None = None,
     vocab_start: int | None = None,
     ignore_index: int = -100,
     reduction: str = "mean",
@@ -440,6 +502,42 @@ def vocab_parallel_linear_cross_entropy(
     gradient on every rank; those of ``linear_weight`` and ``linear_bias`` are this rank's slices.
     Collectives: the layout exchange, one all-gather of [3, chunk] statistics per chunk, and the
     all-reduce of the input's gradient.
+
+    Parameters
+    ----------
+    input : Tensor
+        Hidden states [..., H], the same on every rank.
+    linear_weight : Tensor
+        This rank's rows [V_local, H] of the head.
+    target : Tensor
+        Global class ids [...], the same on every rank.
+    linear_bias : Tensor, optional
+        This rank's slice [V_local] of the bias.
+    group, vocab_start, ignore_index, reduction, label_smoothing, z_loss
+        As for :func:`vocab_parallel_cross_entropy`.
+    chunk_size : int, optional
+        Tokens per chunk, the same on every rank (default: from the largest slice).
+
+    Returns
+    -------
+    Tensor
+        As for :func:`vocab_parallel_cross_entropy`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import logitops
+    >>> import torch.distributed as dist
+    >>> from logitops.distributed import vocab_parallel_linear_cross_entropy
+    >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    >>> hidden, head = torch.randn(16, 32), torch.randn(1000, 32)
+    >>> target = torch.randint(0, 1000, (16,))
+    >>> rank, world = dist.get_rank(), dist.get_world_size()
+    >>> local_head = head[rank * 1000 // world : (rank + 1) * 1000 // world].requires_grad_()
+    >>> loss = vocab_parallel_linear_cross_entropy(hidden, local_head, target, chunk_size=4)
+    >>> torch.allclose(loss, torch.nn.functional.cross_entropy(hidden @ head.T, target))
+    True
+    >>> dist.destroy_process_group()
     """
     options = None
     error, num_rows, local_classes, hidden = None, 0, 0, 0

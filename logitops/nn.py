@@ -22,10 +22,24 @@ class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
     """Fused :class:`torch.nn.CrossEntropyLoss`: same arguments, ``state_dict`` keys and call,
     plus keyword-only ``z_loss`` and ``softcap`` (see :func:`logitops.functional.cross_entropy`).
 
+    Parameters
+    ----------
+    weight, size_average, ignore_index, reduce, reduction, label_smoothing
+        As in :class:`torch.nn.CrossEntropyLoss`.
+    z_loss : float
+        Weight of ``lse**2`` per non-ignored element.
+    softcap : float, optional
+        Logits soft-capped to ``softcap * tanh(logits / softcap)``.
+
     Examples
     --------
+    >>> import torch
+    >>> import logitops
     >>> criterion = logitops.nn.CrossEntropyLoss(label_smoothing=0.1, z_loss=1e-4)
-    >>> loss = criterion(torch.randn(4, 10), torch.tensor([1, 0, 9, 3]))
+    >>> criterion
+    CrossEntropyLoss(reduction='mean', ignore_index=-100, label_smoothing=0.1, z_loss=0.0001)
+    >>> round(criterion(torch.zeros(2, 4), torch.tensor([1, 3])).item(), 4)  # log(4) + z-loss
+    1.3865
     """
 
     def __init__(
@@ -74,8 +88,13 @@ class BCEWithLogitsLoss(torch.nn.BCEWithLogitsLoss):
 
     Examples
     --------
+    >>> import torch
+    >>> import logitops
     >>> criterion = logitops.nn.BCEWithLogitsLoss(pos_weight=torch.full((8,), 2.0))
-    >>> loss = criterion(torch.randn(4, 8), torch.rand(4, 8))
+    >>> logits, labels = torch.randn(4, 8), torch.rand(4, 8)
+    >>> reference = torch.nn.BCEWithLogitsLoss(pos_weight=torch.full((8,), 2.0))
+    >>> torch.allclose(criterion(logits, labels), reference(logits, labels))
+    True
     """
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
@@ -88,14 +107,33 @@ class Sampler(torch.nn.Module):
     """Samples token ids from [batch, vocab] logits with fixed filtering settings (see
     :func:`logitops.sample`). No parameters or buffers.
 
+    Parameters
+    ----------
+    temperature, top_k, top_p, min_p, order
+        As for :func:`logitops.sample`: numbers, or per-row tensors [B].
+
     Examples
     --------
+    >>> import torch
+    >>> import logitops
     >>> sampler = logitops.nn.Sampler(temperature=0.7, top_p=0.95)
+    >>> sampler
+    Sampler(temperature=0.7, top_k=None, top_p=0.95, min_p=None, order='hf')
     >>> tokens = sampler(torch.randn(2, 1000), seed=torch.tensor([5, 6]))
+    >>> tokens.shape, tokens.dtype
+    (torch.Size([2]), torch.int64)
+    >>> logitops.nn.Sampler(temperature=0.0)(torch.tensor([[0.0, 2.0, 1.0]]))  # greedy
+    tensor([1])
     """
 
     def __init__(
-        self, temperature=1.0, top_k=None, top_p=None, min_p=None, *, order: str = "hf"
+        self,
+        temperature: float | Tensor = 1.0,
+        top_k: int | Tensor | None = None,
+        top_p: float | Tensor | None = None,
+        min_p: float | Tensor | None = None,
+        *,
+        order: str = "hf",
     ) -> None:
         super().__init__()
         self.temperature, self.top_k, self.top_p, self.min_p = temperature, top_k, top_p, min_p
@@ -106,10 +144,10 @@ class Sampler(torch.nn.Module):
         logits: Tensor,
         *,
         logit_bias: Tensor | None = None,
-        seed=None,
+        seed: int | Tensor | None = None,
         generator: torch.Generator | None = None,
         return_logprobs: bool = False,
-    ):
+    ) -> Tensor | tuple[Tensor, Tensor]:
         return lf.sample(
             logits,
             temperature=self.temperature,
@@ -134,10 +172,22 @@ class DistillationLoss(torch.nn.Module):
     """``alpha * CE(student, target) + (1 - alpha) * T^2 * KL_T`` (see
     :func:`logitops.functional.distillation_loss`). No parameters or buffers.
 
+    Parameters
+    ----------
+    temperature, alpha, kind, beta, ignore_index
+        As for :func:`logitops.distillation_loss`.
+
     Examples
     --------
+    >>> import torch
+    >>> import logitops
     >>> criterion = logitops.nn.DistillationLoss(temperature=2.0, alpha=0.5)
-    >>> loss = criterion(torch.randn(4, 10), torch.randn(4, 10), torch.tensor([1, 2, 3, 4]))
+    >>> student, teacher = torch.randn(4, 10), torch.randn(4, 10)
+    >>> target = torch.tensor([1, 2, 3, 4])
+    >>> loss = criterion(student, teacher, target)
+    >>> expected = logitops.distillation_loss(student, teacher, target, temperature=2.0)
+    >>> torch.equal(loss, expected)
+    True
     """
 
     def __init__(
@@ -178,11 +228,23 @@ class LinearCrossEntropyLoss(torch.nn.Module):
     :func:`logitops.functional.linear_cross_entropy`). Holds no parameters: pass the head's
     weight (and bias) at call time.
 
+    Parameters
+    ----------
+    weight : Tensor, optional
+        Class weights [V] (a buffer).
+    ignore_index, reduction, label_smoothing, options, z_loss, softcap, chunk_size
+        As for :func:`logitops.linear_cross_entropy`.
+
     Examples
     --------
+    >>> import torch
+    >>> import logitops
     >>> criterion = logitops.nn.LinearCrossEntropyLoss(ignore_index=-100)
     >>> head = torch.nn.Linear(64, 1000, bias=False)
-    >>> loss = criterion(torch.randn(32, 64), head.weight, torch.randint(0, 1000, (32,)))
+    >>> hidden, target = torch.randn(32, 64), torch.randint(0, 1000, (32,))
+    >>> loss = criterion(hidden, head.weight, target)
+    >>> torch.allclose(loss, torch.nn.functional.cross_entropy(head(hidden), target))
+    True
     """
 
     def __init__(
@@ -231,10 +293,24 @@ class VocabParallelCrossEntropyLoss(torch.nn.Module):
     :func:`logitops.distributed.vocab_parallel_cross_entropy`). Called with this rank's
     ``local_logits`` [..., V_local] and the global ``target`` [...], on every rank of the group.
 
+    Parameters
+    ----------
+    ignore_index, reduction, label_smoothing, z_loss, group, vocab_start
+        As for :func:`logitops.distributed.vocab_parallel_cross_entropy`.
+
     Examples
     --------
+    >>> import torch
+    >>> import logitops
+    >>> import torch.distributed as dist
+    >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     >>> criterion = logitops.nn.VocabParallelCrossEntropyLoss(label_smoothing=0.1)
+    >>> local_logits, target = torch.randn(4, 10), torch.tensor([1, 2, 3, 4])  # one rank: all
     >>> loss = criterion(local_logits, target)  # the same loss on every rank
+    >>> expected = torch.nn.functional.cross_entropy(local_logits, target, label_smoothing=0.1)
+    >>> torch.allclose(loss, expected)
+    True
+    >>> dist.destroy_process_group()
     """
 
     def __init__(
@@ -244,7 +320,7 @@ class VocabParallelCrossEntropyLoss(torch.nn.Module):
         label_smoothing: float = 0.0,
         *,
         z_loss: float = 0.0,
-        group=None,
+        group: torch.distributed.ProcessGroup | None = None,
         vocab_start: int | None = None,
     ) -> None:
         super().__init__()

@@ -29,20 +29,32 @@ class LogitsFilter:
     per-row tensor [B] (on the scores' device) with one value per row of the scores it is called
     on, so per-row parameters reach transformers' ``generate()``.
 
+    Parameters
+    ----------
+    temperature, top_k, top_p, min_p, order, filter_value, min_tokens_to_keep, logit_bias
+        As for :func:`logitops.filter_logits`; checked here, as transformers' warpers check
+        theirs in their constructors.
+
     Examples
     --------
-    >>> from transformers import LogitsProcessorList
-    >>> processors = LogitsProcessorList([LogitsFilter(temperature=0.7, top_k=50, top_p=0.9)])
+    >>> import torch
+    >>> import logitops
+    >>> processor = logitops.processors.LogitsFilter(temperature=0.5, top_k=2)
+    >>> processor(None, torch.tensor([[1.0, 4.0, 2.0, 3.0]]))  # input_ids are not used
+    tensor([[-inf, 8., -inf, 6.]])
+
+    In ``generate()``: ``LogitsProcessorList([LogitsFilter(temperature=0.7, top_p=0.9)])``
+    (transformers' list), or as ``logits_processor=`` of ``model.generate``.
     """
 
     def __init__(
         self,
-        temperature=None,
-        top_k=None,
-        top_p=None,
-        min_p=None,
+        temperature: float | Tensor | None = None,
+        top_k: int | Tensor | None = None,
+        top_p: float | Tensor | None = None,
+        min_p: float | Tensor | None = None,
         *,
-        order="hf",
+        order: str = "hf",
         filter_value: float = -math.inf,
         min_tokens_to_keep: int = 1,
         logit_bias: Tensor | None = None,
@@ -82,7 +94,21 @@ class LogitsFilter:
 
 
 class TemperatureLogitsWarper(LogitsFilter):
-    """``scores / temperature`` (temperature > 0), as transformers' warper."""
+    """``scores / temperature`` (temperature > 0), as transformers' warper.
+
+    Parameters
+    ----------
+    temperature : float
+        > 0.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import logitops
+    >>> warper = logitops.processors.TemperatureLogitsWarper(2.0)
+    >>> warper(None, torch.tensor([[2.0, 4.0]]))
+    tensor([[1., 2.]])
+    """
 
     def __init__(self, temperature: float) -> None:
         if not isinstance(temperature, (int, float)) or not temperature > 0:
@@ -92,7 +118,25 @@ class TemperatureLogitsWarper(LogitsFilter):
 
 
 class TopKLogitsWarper(LogitsFilter):
-    """Keeps the top_k largest scores and their ties, as transformers' warper."""
+    """Keeps the top_k largest scores and their ties, as transformers' warper.
+
+    Parameters
+    ----------
+    top_k : int
+        >= 1 (at least ``min_tokens_to_keep`` are kept).
+    filter_value : float
+        What removed scores become.
+    min_tokens_to_keep : int
+        At least this many tokens survive.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import logitops
+    >>> warper = logitops.processors.TopKLogitsWarper(top_k=2)
+    >>> warper(None, torch.tensor([[1.0, 4.0, 2.0, 3.0]]))
+    tensor([[-inf, 4., -inf, 3.]])
+    """
 
     def __init__(
         self, top_k: int, filter_value: float = -math.inf, min_tokens_to_keep: int = 1
@@ -107,7 +151,24 @@ class TopKLogitsWarper(LogitsFilter):
 
 
 class TopPLogitsWarper(LogitsFilter):
-    """Nucleus filtering, as transformers' warper."""
+    """Nucleus filtering, as transformers' warper: removes the tokens whose ascending cumulative
+    probability is <= 1 - top_p.
+
+    Parameters
+    ----------
+    top_p : float
+        In [0, 1].
+    filter_value, min_tokens_to_keep
+        As for :class:`TopKLogitsWarper`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import logitops
+    >>> warper = logitops.processors.TopPLogitsWarper(top_p=0.5)
+    >>> warper(None, torch.tensor([[0.1, 0.2, 0.3, 0.4]]).log())
+    tensor([[   -inf,    -inf, -1.2040, -0.9163]])
+    """
 
     def __init__(
         self, top_p: float, filter_value: float = -math.inf, min_tokens_to_keep: int = 1
@@ -124,7 +185,23 @@ class TopPLogitsWarper(LogitsFilter):
 
 
 class MinPLogitsWarper(LogitsFilter):
-    """Keeps tokens with probability >= min_p * max probability, as transformers' warper."""
+    """Keeps tokens with probability >= min_p * max probability, as transformers' warper.
+
+    Parameters
+    ----------
+    min_p : float
+        In [0, 1].
+    filter_value, min_tokens_to_keep
+        As for :class:`TopKLogitsWarper`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import logitops
+    >>> warper = logitops.processors.MinPLogitsWarper(min_p=0.4)  # keeps p >= 0.4 * 0.4
+    >>> warper(None, torch.tensor([[0.1, 0.2, 0.3, 0.4]]).log())
+    tensor([[   -inf, -1.6094, -1.2040, -0.9163]])
+    """
 
     def __init__(
         self, min_p: float, filter_value: float = -math.inf, min_tokens_to_keep: int = 1

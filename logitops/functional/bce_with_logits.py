@@ -38,17 +38,35 @@ def binary_cross_entropy_with_logits(
         Same shape, floating (soft labels allowed).
     weight : Tensor, optional
         Broadcast to the input's shape (read with stride 0, never copied to full size).
+    size_average, reduce
+        PyTorch's deprecated reduction arguments, as in torch.
+    reduction : {"mean", "sum", "none"}
     pos_weight : Tensor, optional
         Weight of positive examples, broadcast along the last (class) dimension.
-    reduction : {"mean", "sum", "none"}
+
+    Returns
+    -------
+    Tensor
+        0-dim, or the input's shape for ``reduction="none"``, in the input's dtype.
 
     Examples
     --------
-    >>> logits = torch.randn(4, 8, requires_grad=True)
-    >>> labels = torch.randint(0, 2, (4, 8)).float()
-    >>> pos_weight = torch.full((8,), 3.0)
-    >>> loss = logitops.binary_cross_entropy_with_logits(logits, labels, pos_weight=pos_weight)
+    >>> import torch
+    >>> import logitops
+    >>> logits = torch.zeros(2, 3, requires_grad=True)  # sigmoid 0.5: the loss is log(2)
+    >>> loss = logitops.binary_cross_entropy_with_logits(logits, torch.ones(2, 3))
+    >>> round(loss.item(), 4)
+    0.6931
     >>> loss.backward()
+    >>> logits.grad  # (sigmoid - target) / numel
+    tensor([[-0.0833, -0.0833, -0.0833],
+            [-0.0833, -0.0833, -0.0833]])
+    >>> pos_weight = torch.full((3,), 3.0)  # positives count three times
+    >>> loss = logitops.binary_cross_entropy_with_logits(
+    ...     torch.zeros(2, 3), torch.ones(2, 3), pos_weight=pos_weight
+    ... )
+    >>> round(loss.item(), 4)
+    2.0794
     """
     if size_average is not None or reduce is not None:
         reduction = _Reduction.legacy_get_string(size_average, reduce)

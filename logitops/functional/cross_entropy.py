@@ -44,6 +44,13 @@ def cross_entropy(
 
     Parameters
     ----------
+    input : Tensor
+        Logits (C), (N, C) or (N, C, d1, ..., dK); float32 / float64 / bfloat16 / float16.
+    target : Tensor
+        Class indices (integer, the input's shape without C) or class probabilities (floating,
+        the input's shape).
+    weight, size_average, ignore_index, reduce, reduction, label_smoothing
+        As in :func:`torch.nn.functional.cross_entropy`.
     z_loss : float
         Adds ``z_loss * lse**2`` to the loss of every non-ignored element (PaLM's z-loss,
         flash-attention's ``lse_square_scale``), unweighted by ``weight``; ``mean`` divides it by
@@ -57,14 +64,28 @@ def cross_entropy(
 
     Returns
     -------
-    Tensor, or (Tensor, Tensor) with ``return_lse``.
+    Tensor, or (Tensor, Tensor) with ``return_lse``
+        The loss (0-dim, or the target's shape for ``reduction="none"``) in the input's dtype.
 
     Examples
     --------
-    >>> logits = torch.randn(8, 32000, requires_grad=True)
-    >>> target = torch.randint(0, 32000, (8,))
-    >>> loss = logitops.functional.cross_entropy(logits, target, label_smoothing=0.1)
+    >>> import torch
+    >>> import logitops
+    >>> logits = torch.zeros(2, 4, requires_grad=True)  # uniform: the loss is log(4)
+    >>> loss = logitops.cross_entropy(logits, torch.tensor([0, 3]))
+    >>> round(loss.item(), 4)
+    1.3863
     >>> loss.backward()
+    >>> logits.grad  # (softmax - one_hot) / N
+    tensor([[-0.3750,  0.1250,  0.1250,  0.1250],
+            [ 0.1250,  0.1250,  0.1250, -0.3750]])
+    >>> x, t = torch.randn(8, 100), torch.randint(0, 100, (8,))
+    >>> ours = logitops.cross_entropy(x, t, label_smoothing=0.1)
+    >>> torch.allclose(ours, torch.nn.functional.cross_entropy(x, t, label_smoothing=0.1))
+    True
+    >>> loss, lse = logitops.cross_entropy(x, t, z_loss=1e-4, return_lse=True)
+    >>> torch.allclose(lse, torch.logsumexp(x, dim=1))
+    True
     """
     if size_average is not None or reduce is not None:
         reduction = _Reduction.legacy_get_string(size_average, reduce)

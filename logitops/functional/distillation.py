@@ -41,11 +41,46 @@ def kl_div_with_logits(
     i.e. by V for 1-D and by B for [B, T, V] input), ``"sum"`` or ``"none"`` (per row). No T^2
     factor here: see :func:`distillation_loss`.
 
+    Parameters
+    ----------
+    student_logits : Tensor
+        [..., V], float32 / float64 / bfloat16 / float16; gets the gradient.
+    teacher_logits : Tensor
+        The student's shape, on its device (detached: no gradient).
+    temperature : float
+        T > 0; both softmaxes are taken of the logits divided by T.
+    kind : {"forward", "reverse", "jsd"}
+    beta : float
+        The JSD's mixture weight, in [0, 1].
+    ignore_index : int
+        Rows whose ``target`` equals it are skipped.
+    target : Tensor, optional
+        Integer [...] (the logits' leading shape); only compared with ``ignore_index``.
+    reduction : {"batchmean", "sum", "none"}
+
+    Returns
+    -------
+    Tensor
+        0-dim, or the leading shape [...] for ``reduction="none"``, in the student's dtype.
+
     Examples
     --------
-    >>> student = torch.randn(8, 1000, requires_grad=True)
-    >>> teacher = torch.randn(8, 1000)
-    >>> logitops.functional.kl_div_with_logits(student, teacher, temperature=2.0).backward()
+    >>> import torch
+    >>> import logitops
+    >>> student = torch.zeros(1, 2, requires_grad=True)  # Q = (1/2, 1/2)
+    >>> teacher = torch.tensor([[3.0, 1.0]]).log()  # P = (3/4, 1/4)
+    >>> loss = logitops.kl_div_with_logits(student, teacher)
+    >>> round(loss.item(), 4)  # 3/4 log(3/2) + 1/4 log(1/2)
+    0.1308
+    >>> loss.backward()
+    >>> student.grad  # Q - P
+    tensor([[-0.2500,  0.2500]])
+    >>> s, t = torch.randn(4, 10), torch.randn(4, 10)
+    >>> torch_kl = torch.nn.functional.kl_div(
+    ...     s.log_softmax(-1), t.log_softmax(-1), reduction="batchmean", log_target=True
+    ... )
+    >>> torch.allclose(logitops.kl_div_with_logits(s, t), torch_kl)
+    True
     """
     check_floating("student_logits", student_logits)
     check_floating("teacher_logits", teacher_logits)
@@ -117,11 +152,36 @@ def distillation_loss(
     T**2, which keeps its gradients the same size as T changes. Without ``target``, the soft term
     alone: ``T**2 * kl_div_with_logits(...)`` over every row.
 
+    Parameters
+    ----------
+    student_logits, teacher_logits : Tensor
+        [..., V], as for :func:`kl_div_with_logits`.
+    target : Tensor, optional
+        Class indices [...] for the hard term (and ``ignore_index`` for rows to skip).
+    temperature : float
+        T of the soft term.
+    alpha : float
+        The hard term's weight, in [0, 1].
+    kind, beta, ignore_index
+        As for :func:`kl_div_with_logits`.
+
+    Returns
+    -------
+    Tensor
+        0-dim, in the student's dtype.
+
     Examples
     --------
+    >>> import torch
+    >>> import logitops
     >>> student = torch.randn(8, 100, requires_grad=True)
-    >>> loss = logitops.functional.distillation_loss(student, torch.randn(8, 100),
-    ...                                              torch.randint(0, 100, (8,)))
+    >>> teacher, target = torch.randn(8, 100), torch.randint(0, 100, (8,))
+    >>> loss = logitops.distillation_loss(student, teacher, target, temperature=2.0, alpha=0.5)
+    >>> hard = logitops.cross_entropy(student, target)
+    >>> soft = 2.0**2 * logitops.kl_div_with_logits(student, teacher, temperature=2.0)
+    >>> torch.allclose(loss, 0.5 * hard + 0.5 * soft)
+    True
+    >>> loss.backward()
     """
     if not (0.0 <= float(alpha) <= 1.0):
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")

@@ -82,12 +82,42 @@ def linear_cross_entropy(
     recomputes through them. Under ``torch.autocast`` the matmuls run in the autocast dtype and
     the loss is float32, as ``F.linear`` followed by ``F.cross_entropy``.
 
+    Parameters
+    ----------
+    input : Tensor
+        Hidden states [..., H].
+    linear_weight : Tensor
+        The head's weight [V, H] (or [V, d1, ..., dK, H], unfused).
+    target : Tensor
+        Class indices [...] (or class probabilities [..., V], unfused).
+    linear_bias : Tensor, optional
+        The head's bias [V].
+    weight, reduction, ignore_index, label_smoothing, options
+        As in :func:`torch.nn.functional.linear_cross_entropy`.
+    z_loss, softcap
+        As in :func:`logitops.cross_entropy`.
+    chunk_size : int, optional
+        Tokens per chunk (default: about 64 MiB of logits).
+
+    Returns
+    -------
+    Tensor
+        0-dim, or the target's shape for ``reduction="none"``; float32 under autocast.
+
     Examples
     --------
-    >>> hidden = torch.randn(1024, 256, requires_grad=True)
-    >>> lm_head = torch.randn(32000, 256, requires_grad=True)
-    >>> loss = logitops.linear_cross_entropy(hidden, lm_head, torch.randint(0, 32000, (1024,)))
-    >>> loss.backward()
+    >>> import torch
+    >>> import logitops
+    >>> hidden = torch.randn(64, 32, requires_grad=True)
+    >>> lm_head = torch.randn(1000, 32, requires_grad=True)
+    >>> target = torch.randint(0, 1000, (64,))
+    >>> loss = logitops.linear_cross_entropy(hidden, lm_head, target, chunk_size=16)
+    >>> unfused = torch.nn.functional.cross_entropy(hidden @ lm_head.T, target)
+    >>> torch.allclose(loss, unfused)
+    True
+    >>> loss.backward()  # the gradients of hidden and lm_head, also chunk by chunk
+    >>> hidden.grad.shape, lm_head.grad.shape
+    (torch.Size([64, 32]), torch.Size([1000, 32]))
     """
     code = reduction_code(reduction)
     if chunk_size is None:

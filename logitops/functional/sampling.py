@@ -177,10 +177,45 @@ def filter_logits(
     ``min_tokens_to_keep`` tokens survive each filter. No sort of the vocabulary. Rows that
     contain NaN come back as NaN.
 
+    Parameters
+    ----------
+    logits : Tensor
+        [V] or [B, V], float32 / float64 / bfloat16 / float16.
+    temperature : float or Tensor, optional
+        > 0 (default 1).
+    top_k : int or Tensor, optional
+        >= 1 (default: off).
+    top_p : float or Tensor, optional
+        In [0, 1] (default 1: off).
+    min_p : float or Tensor, optional
+        In [0, 1] (default 0: off).
+    logit_bias : Tensor, optional
+        [V] or [B, V], added before the temperature.
+    order : {"hf", "vllm", "joint"}
+    filter_value : float
+        What removed entries become.
+    min_tokens_to_keep : int
+        At least this many tokens survive each filter.
+
+    Returns
+    -------
+    Tensor
+        The logits' shape and dtype: biased, temperature-scaled and filtered.
+
     Examples
     --------
-    >>> logits = torch.randn(4, 32000)
-    >>> out = logitops.filter_logits(logits, temperature=0.8, top_k=50, top_p=0.9)
+    >>> import torch
+    >>> import logitops
+    >>> logits = torch.tensor([[1.0, 4.0, 2.0, 3.0]])
+    >>> logitops.filter_logits(logits, top_k=2)
+    tensor([[-inf, 4., -inf, 3.]])
+    >>> logitops.filter_logits(logits, temperature=2.0, top_k=3, filter_value=-100.0)
+    tensor([[-100.0000,    2.0000,    1.0000,    1.5000]])
+    >>> per_row = logitops.filter_logits(  # one top_k per row
+    ...     torch.randn(2, 50), temperature=0.8, top_k=torch.tensor([5, 10]), top_p=0.9
+    ... )
+    >>> (per_row > -float("inf")).sum(1) <= torch.tensor([5, 10])
+    tensor([True, True])
     """
     logits2d, squeeze = _as_2d(logits)
     temp, k, p, mp = _parameters(logits2d, temperature, top_k, top_p, min_p, greedy_ok=False)
@@ -226,10 +261,43 @@ def sample(
     filtered, temperature-scaled distribution (0 for greedy rows). A row containing NaN, or with
     every logit -inf, gives token -1 (and log-probability NaN).
 
+    Parameters
+    ----------
+    logits : Tensor
+        [V] or [B, V].
+    temperature : float or Tensor
+        >= 0; 0 is greedy.
+    top_k, top_p, min_p, logit_bias, order
+        As for :func:`filter_logits`.
+    seed : int or Tensor, optional
+        An int, or per-row int64 seeds [B].
+    generator : torch.Generator, optional
+        Draws the key when no seed is given.
+    return_logprobs : bool
+        Also return each token's log-probability.
+
+    Returns
+    -------
+    Tensor, or (Tensor, Tensor) with ``return_logprobs``
+        Token ids, int64 [B] (or 0-dim for 1-D logits), and float32 log-probabilities.
+
     Examples
     --------
-    >>> logits = torch.randn(3, 128256)
-    >>> tokens = logitops.sample(logits, temperature=0.7, top_p=0.95, seed=torch.tensor([1, 2, 3]))
+    >>> import torch
+    >>> import logitops
+    >>> logits = torch.tensor([[0.0, 5.0, 1.0], [2.0, 0.0, 1.0]])
+    >>> logitops.sample(logits, temperature=0.0)  # greedy
+    tensor([1, 0])
+    >>> logitops.sample(logits, top_k=1)  # one survivor per row
+    tensor([1, 0])
+    >>> x = torch.randn(3, 1000)
+    >>> seeds = torch.tensor([1, 2, 3])
+    >>> tokens = logitops.sample(x, temperature=0.7, top_p=0.95, seed=seeds)
+    >>> torch.equal(tokens, logitops.sample(x, temperature=0.7, top_p=0.95, seed=seeds))
+    True
+    >>> tokens, logprobs = logitops.sample(x, top_k=1, return_logprobs=True)
+    >>> logprobs  # the only kept token has probability 1
+    tensor([0., 0., 0.])
     """
     logits2d, squeeze = _as_2d(logits)
     rows = logits2d.shape[0]
@@ -275,7 +343,29 @@ def top_k_filter(
     min_tokens_to_keep: int = 1,
 ) -> Tensor:
     """Keeps the k largest logits of each row and every logit tied with the k-th (HF's
-    ``TopKLogitsWarper``); ``k >= vocab`` keeps all. See :func:`filter_logits`."""
+    ``TopKLogitsWarper``); ``k >= vocab`` keeps all. See :func:`filter_logits`.
+
+    Parameters
+    ----------
+    logits : Tensor
+        [V] or [B, V].
+    k : int or Tensor
+        >= 1, a number or a per-row tensor [B].
+    filter_value, min_tokens_to_keep
+        As for :func:`filter_logits`.
+
+    Returns
+    -------
+    Tensor
+        The logits' shape and dtype, removed entries set to ``filter_value``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import logitops
+    >>> logitops.top_k_filter(torch.tensor([1.0, 3.0, 3.0, 2.0]), 1)  # ties with the k-th stay
+    tensor([-inf, 3., 3., -inf])
+    """
     return filter_logits(
         logits, top_k=k, filter_value=filter_value, min_tokens_to_keep=min_tokens_to_keep
     )
@@ -289,7 +379,29 @@ def top_p_filter(
     min_tokens_to_keep: int = 1,
 ) -> Tensor:
     """Nucleus filtering (HF's ``TopPLogitsWarper``): removes the tokens whose ascending
-    cumulative probability is <= 1 - p. See :func:`filter_logits`."""
+    cumulative probability is <= 1 - p. See :func:`filter_logits`.
+
+    Parameters
+    ----------
+    logits : Tensor
+        [V] or [B, V].
+    p : float or Tensor
+        In [0, 1], a number or a per-row tensor [B].
+    filter_value, min_tokens_to_keep
+        As for :func:`filter_logits`.
+
+    Returns
+    -------
+    Tensor
+        The logits' shape and dtype, removed entries set to ``filter_value``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import logitops
+    >>> logitops.top_p_filter(torch.tensor([0.1, 0.2, 0.3, 0.4]).log(), 0.5)
+    tensor([   -inf,    -inf, -1.2040, -0.9163])
+    """
     return filter_logits(
         logits, top_p=p, filter_value=filter_value, min_tokens_to_keep=min_tokens_to_keep
     )
@@ -303,7 +415,29 @@ def min_p_filter(
     min_tokens_to_keep: int = 1,
 ) -> Tensor:
     """Keeps tokens with probability >= min_p times the row's largest (HF's
-    ``MinPLogitsWarper``). See :func:`filter_logits`."""
+    ``MinPLogitsWarper``). See :func:`filter_logits`.
+
+    Parameters
+    ----------
+    logits : Tensor
+        [V] or [B, V].
+    min_p : float or Tensor
+        In [0, 1], a number or a per-row tensor [B].
+    filter_value, min_tokens_to_keep
+        As for :func:`filter_logits`.
+
+    Returns
+    -------
+    Tensor
+        The logits' shape and dtype, removed entries set to ``filter_value``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import logitops
+    >>> logitops.min_p_filter(torch.tensor([0.1, 0.2, 0.3, 0.4]).log(), 0.4)  # p >= 0.16
+    tensor([   -inf, -1.6094, -1.2040, -0.9163])
+    """
     return filter_logits(
         logits, min_p=min_p, filter_value=filter_value, min_tokens_to_keep=min_tokens_to_keep
     )
