@@ -13,11 +13,9 @@ is that of a step in a loop: logitops reuses the previous step's gradient buffer
 from __future__ import annotations
 
 import functools
-import gc
 import importlib
 import os
 import sys
-import time
 from pathlib import Path
 
 # Idle OpenMP workers otherwise sleep and take milliseconds to wake on small shapes (seen on
@@ -33,23 +31,20 @@ import harness  # noqa: E402
 
 import logitops  # noqa: E402
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 
-
-def shapes_for(device: str, quick: bool) -> list[tuple[int, int]]:
-    if device == "cuda":
-        if quick:
+def shapes_for(args) -> list[tuple[int, int]]:
+    if args.device == "cuda":
+        if args.quick:
             return [(4096, 32000), (8192, 128256)]
         return [(n, v) for n in (4096, 8192, 16384) for v in (32000, 128256, 262144)] + [
             (256, 1000)
         ]
-    if quick:
+    if args.quick:
         return [(4096, 32000), (256, 1000)]
     return [(4096, 32000), (1024, 128256), (256, 1000), (8192, 32000)]
 
 
-def providers(device: str) -> dict[str, object]:
+def providers(device: str) -> dict[str, dict[str, object]]:
     """name -> loss function (logits, target) -> scalar, or a string saying why it is skipped."""
     found: dict[str, object] = {
         "logitops": logitops.cross_entropy,
@@ -72,56 +67,32 @@ def providers(device: str) -> dict[str, object]:
         )
     except ImportError:
         found["quack"] = "not installed"
-    return found
+    return {"cross_entropy": found}
+
+
+def inputs(op, shape, dtype, device) -> harness.Inputs:
+    rows, vocab = shape
+    nbytes = rows * vocab * dtype.itemsize
+    return harness.Inputs(
+        functools.partial(torch.randn, rows, vocab, device=device, dtype=dtype),
+        (torch.randint(0, vocab, (rows,), device=device),),
+        bytes_by_mode={"fwd": nbytes, "fwd+bwd": 2 * nbytes},
+    )
+
+
+FAMILY = harness.Family(
+    "cross_entropy",
+    __doc__,
+    providers,
+    inputs,
+    shapes_for,
+    dtypes="fp32,bf16",
+    clone_input=frozenset({"liger"}),
+)
 
 
 def main(argv=None) -> list[harness.Measurement]:
-    args = harness.loss_arguments(argv, __doc__)
-    device, reps, modes = args.device, args.reps, args.modes
-    shapes = args.shapes or shapes_for(device, args.quick)
-    dtypes = [DTYPES[d] for d in args.dtypes.split(",")]
-    found = harness.keep_providers(providers(device), args.providers)
-    copy_gbps = harness.announce(device)
-    results: list[harness.Measurement] = []
-    started = time.perf_counter()
-    for rows, vocab in harness.progress(shapes, "shapes"):
-        for dtype in dtypes:
-            dname = DTYPE_NAMES[dtype]
-            shape = f"{rows}x{vocab}"
-            nbytes = rows * vocab * dtype.itemsize
-            target = torch.randint(0, vocab, (rows,), device=device)
-            for name, fn in found.items():
-                if isinstance(fn, str):
-                    results += harness.skipped(
-                        "cross_entropy", name, fn, shape=shape, dtype=dname, modes=modes
-                    )
-                    continue
-                if name == "torch.compile":
-                    # A fresh cache per shape: otherwise dynamo's recompile limit (8) is hit
-                    # across shapes and modes, and it silently falls back to eager.
-                    torch._dynamo.reset()
-                print(f"  {name} {shape} {dname} ...", file=sys.stderr, flush=True)
-                results += harness.bench_loss(
-                    "cross_entropy",
-                    name,
-                    fn,
-                    functools.partial(torch.randn, rows, vocab, device=device, dtype=dtype),
-                    (target,),
-                    shape=shape,
-                    dtype=dname,
-                    device=device,
-                    modes=modes,
-                    reps=reps,
-                    bytes_by_mode={"fwd": nbytes, "fwd+bwd": 2 * nbytes},
-                    clone_input=name == "liger",
-                )
-                harness.checkpoint("cross_entropy", device, results, copy_gbps, args.out)
-                gc.collect()
-    harness.finish(results, copy_gbps)
-    harness.print_table(results)
-    path = harness.write_json("cross_entropy", device, results, copy_gbps, args.out)
-    print(f"# {len(results)} results in {time.perf_counter() - started:.0f} s -> {path}")
-    return results
+    return harness.run_family(FAMILY, argv)
 
 
 if __name__ == "__main__":

@@ -16,11 +16,9 @@ gives the achieved TFLOP/s of that count ("GB/s" column is not used here) and th
 from __future__ import annotations
 
 import functools
-import gc
 import importlib
 import os
 import sys
-import time
 from pathlib import Path
 
 if __name__ == "__main__":
@@ -34,17 +32,14 @@ import harness  # noqa: E402
 
 import logitops  # noqa: E402
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 
-
-def shapes_for(device: str, quick: bool) -> list[tuple[int, int, int]]:
+def shapes_for(args) -> list[tuple[int, int, int]]:
     """(tokens, hidden, vocab)."""
-    if device == "cuda":
-        if quick:
+    if args.device == "cuda":
+        if args.quick:
             return [(8192, 4096, 128256)]
         return [(4096, 4096, 128256), (8192, 4096, 128256), (16384, 2048, 262144)]
-    if quick:
+    if args.quick:
         return [(2048, 256, 32000)]
     return [(2048, 256, 32000), (4096, 256, 32000), (1024, 512, 128256)]
 
@@ -53,7 +48,7 @@ def unfused(x, w, t):
     return F.cross_entropy(F.linear(x, w), t)
 
 
-def providers(device: str) -> dict[str, object]:
+def providers(device: str) -> dict[str, dict[str, object]]:
     """name -> loss function (input, weight, target) -> scalar, or why it is skipped."""
     found: dict[str, object] = {
         "logitops": logitops.linear_cross_entropy,
@@ -72,66 +67,45 @@ def providers(device: str) -> dict[str, object]:
         )
     except ImportError:
         found["liger"] = "not installed"
-    return found
+    return {"linear_ce": found}
 
 
-def main(argv=None) -> list[harness.Measurement]:
-    args = harness.loss_arguments(
-        argv, __doc__, modes="fwd+bwd", shapes_help="NxHxV, e.g. 2048x256x32000", cpu_reps=3,
-        cuda_reps=20,
-    )  # fmt: skip
-    device, reps, modes = args.device, args.reps, args.modes
-    shapes = args.shapes or shapes_for(device, args.quick)
-    dtypes = [DTYPES[d] for d in args.dtypes.split(",")]
-    found = harness.keep_providers(providers(device), args.providers)
-    copy_gbps = harness.announce(device)
-    results: list[harness.Measurement] = []
-    started = time.perf_counter()
-    for tokens, hidden, vocab in harness.progress(shapes, "shapes"):
-        for dtype in dtypes:
-            dname = DTYPE_NAMES[dtype]
-            shape = f"{tokens}x{hidden}x{vocab}"
-            target = torch.randint(0, vocab, (tokens,), device=device)
-            weight = (torch.randn(vocab, hidden, device=device) / hidden**0.5).to(dtype)
-            weight.requires_grad_()
-            for name, fn in found.items():
-                if isinstance(fn, str):
-                    results += harness.skipped(
-                        "linear_ce", name, fn, shape=shape, dtype=dname, modes=modes
-                    )
-                    continue
-                if name == "torch.compile":
-                    torch._dynamo.reset()
-                print(f"  {name} {shape} {dname} ...", file=sys.stderr, flush=True)
-                results += harness.bench_loss(
-                    "linear_ce",
-                    name,
-                    fn,
-                    functools.partial(torch.randn, tokens, hidden, device=device, dtype=dtype),
-                    (weight, target),
-                    shape=shape,
-                    dtype=dname,
-                    device=device,
-                    modes=modes,
-                    reps=reps,
-                    bytes_by_mode={},
-                )
-                harness.checkpoint("linear_cross_entropy", device, results, copy_gbps, args.out)
-                weight.grad = None
-                gc.collect()
-    harness.finish(results, copy_gbps)
+def inputs(op, shape, dtype, device) -> harness.Inputs:
+    tokens, hidden, vocab = shape
+    weight = (torch.randn(vocab, hidden, device=device) / hidden**0.5).to(dtype)
+    return harness.Inputs(
+        functools.partial(torch.randn, tokens, hidden, device=device, dtype=dtype),
+        (weight.requires_grad_(), torch.randint(0, vocab, (tokens,), device=device)),
+    )
+
+
+def tflops(results: list[harness.Measurement]) -> None:
+    """The achieved TFLOP/s of the matmul count (extra["tflops"]), printed per provider."""
     for m in results:
         if m.median_ms:
             tokens, hidden, vocab = (int(v) for v in m.shape.split("x"))
             flops = (2 if m.mode == "fwd" else 6) * tokens * hidden * vocab
             m.extra["tflops"] = flops / (m.median_ms * 1e-3) / 1e12
-    harness.print_table(results)
-    for m in results:
-        if m.median_ms:
             print(f"# {m.provider:<30}{m.shape:<20}{m.dtype:<6}{m.extra['tflops']:.2f} TFLOP/s")
-    path = harness.write_json("linear_cross_entropy", device, results, copy_gbps, args.out)
-    print(f"# {len(results)} results in {time.perf_counter() - started:.0f} s -> {path}")
-    return results
+
+
+FAMILY = harness.Family(
+    "linear_cross_entropy",
+    __doc__,
+    providers,
+    inputs,
+    shapes_for,
+    dtypes="fp32,bf16",
+    modes="fwd+bwd",
+    shapes_help="NxHxV, e.g. 2048x256x32000",
+    cpu_reps=3,
+    cuda_reps=20,
+    report=tflops,
+)
+
+
+def main(argv=None) -> list[harness.Measurement]:
+    return harness.run_family(FAMILY, argv)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Shared benchmark harness: timing, providers, bandwidth, metadata, output.
+"""Shared benchmark harness: the main loop of every bench_*.py (`run_family`), timing, providers,
+bandwidth, metadata, output.
 
 Times are medians (with p20 / p80) of repeated runs after warm-up: `time.perf_counter` on the
 CPU, CUDA events on a GPU with inputs rotated through more memory than L2 holds. A provider that
@@ -8,7 +9,10 @@ is not installed is reported as skipped, never faked.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
+import functools
+import gc
 import json
 import os
 import platform
@@ -16,13 +20,16 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 RESULTS_DIR = Path(__file__).parent / "results"
+# tests/reference.py holds the PyTorch compositions the benchmarks compare with (the tests'
+# oracles): `import reference` in a bench_*.py finds it.
+sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 
 
 def loss_arguments(
@@ -34,9 +41,11 @@ def loss_arguments(
     shapes_help: str = "e.g. 4096x32000,256x1000",
     cpu_reps: int = 5,
     cuda_reps: int = 50,
+    arguments: Callable[[argparse.ArgumentParser], None] | None = None,
 ) -> argparse.Namespace:
-    """The command line every loss benchmark shares. shapes comes back as a list of int tuples
-    (None when not given), modes as a list, reps filled in for the device."""
+    """The command line every benchmark shares (plus a family's own, added by `arguments`).
+    shapes comes back as a list of int tuples (None when not given), modes as a list, reps
+    filled in for the device."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="a subset for a quick look")
@@ -46,6 +55,8 @@ def loss_arguments(
     parser.add_argument("--shapes", default=None, help=shapes_help)
     parser.add_argument("--reps", type=int, default=None)
     parser.add_argument("--out", default=None, help="directory for the JSON results")
+    if arguments is not None:
+        arguments(parser)
     args = parser.parse_args(argv)
     args.reps = args.reps or (cuda_reps if args.device == "cuda" else cpu_reps)
     if args.shapes:
@@ -62,10 +73,10 @@ def keep_providers(found: dict, subset: str | None) -> dict:
     return {name: fn for name, fn in found.items() if name in keep}
 
 
-def announce(device: str) -> float:
+def announce(device: str, note: str = "") -> float:
     """Measures the copy bandwidth now and prints the run's header line; returns the bandwidth."""
     copy_gbps = copy_bandwidth_gbps(device)
-    print(f"# {device_name(device)}, torch {torch.__version__}, copy {copy_gbps:.1f} GB/s")
+    print(f"# {device_name(device)}, torch {torch.__version__}, copy {copy_gbps:.1f} GB/s{note}")
     return copy_gbps
 
 
@@ -355,21 +366,29 @@ def skipped(
 
 
 def finish(
-    results: list[Measurement], copy_gbps: float, baseline_provider: str | None = "torch"
+    results: list[Measurement],
+    copy_gbps: float,
+    baseline_provider: str | dict[str, str] | None = "torch",
 ) -> None:
     """Fills bandwidth, fraction of copy and (unless baseline_provider is None) the speed-up over
-    that provider measured in the same run."""
+    that provider (or, for a dict, over the op's provider) measured in the same run."""
+
+    def baseline_of(op: str) -> str | None:
+        if isinstance(baseline_provider, dict):
+            return baseline_provider.get(op)
+        return baseline_provider
+
     baseline = {
         (m.op, m.mode, m.shape, m.dtype): m.median_ms
         for m in results
-        if m.provider == baseline_provider and m.median_ms
+        if m.provider == baseline_of(m.op) and m.median_ms
     }
     for m in results:
         if m.median_ms and m.bytes_moved:
             m.gbps = m.bytes_moved / (m.median_ms * 1e-3) / 1e9
             m.fraction_of_copy = m.gbps / copy_gbps
         base = baseline.get((m.op, m.mode, m.shape, m.dtype))
-        if baseline_provider is not None and m.median_ms and base:
+        if baseline_of(m.op) is not None and m.median_ms and base:
             m.ratio_vs_torch = base / m.median_ms
 
 
@@ -423,9 +442,130 @@ def checkpoint(
     results: list[Measurement],
     copy_gbps: float,
     out_dir: Path | None = None,
-    baseline_provider: str | None = "torch",
+    baseline_provider: str | dict[str, str] | None = "torch",
 ) -> Path:
     """Writes the results so far (what `write_json` will write at the end, less any figures a
     script adds last), so that a run killed at a deadline keeps every measurement it finished."""
     finish(results, copy_gbps, baseline_provider)
     return write_json(name, device, results, copy_gbps, out_dir)
+
+
+# --- the main loop of every benchmark script --------------------------------------------------
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Inputs:
+    """One op's inputs at one shape and dtype: `make_input()` builds the timed (differentiated)
+    input, called as fn(input, *args, **kwargs); bytes_by_mode is the minimal traffic per mode."""
+
+    make_input: Callable[[], torch.Tensor]
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+    bytes_by_mode: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Family:
+    """What a benchmark script declares; `run_family` does the rest.
+
+    providers(device) -> {op: {provider: fn, or a string saying why it is skipped}};
+    inputs(op, shape, dtype, device) -> Inputs; shapes(args) -> the default shapes for
+    args.device / args.quick (--shapes overrides them). dtypes: the default --dtypes
+    (quick_dtypes under --quick when given). baseline: the provider each speed-up is measured
+    against (one name, or one per op). clone_input: providers that overwrite their input get a
+    copy per call. arguments adds the family's own options; context(args) wraps the run (a
+    process group ...); report(results) adds figures before the table is printed."""
+
+    name: str
+    description: str
+    providers: Callable[[str], dict[str, dict[str, object]]]
+    inputs: Callable[[str, tuple, torch.dtype, str], Inputs]
+    shapes: Callable[[argparse.Namespace], list[tuple[int, ...]]]
+    dtypes: str = "fp32,bf16"
+    quick_dtypes: str | None = None
+    modes: str = "fwd,bwd,fwd+bwd"
+    shapes_help: str = "e.g. 4096x32000,256x1000"
+    cpu_reps: int = 5
+    cuda_reps: int = 50
+    baseline: str | dict[str, str] = "torch"
+    clone_input: frozenset[str] = frozenset()
+    arguments: Callable[[argparse.ArgumentParser], None] | None = None
+    context: Callable[[argparse.Namespace], contextlib.AbstractContextManager] | None = None
+    report: Callable[[list[Measurement]], None] | None = None
+    note: Callable[[argparse.Namespace], str] | None = None
+
+
+def _measurements(family: Family, args) -> Iterator[list[Measurement]]:
+    """Shapes x dtypes x ops x providers: the measurements of each provider in turn."""
+    device, modes = args.device, args.modes
+    dtype_names = args.dtypes or (family.quick_dtypes if args.quick else None) or family.dtypes
+    table = family.providers(device)
+    for shape in progress(args.shapes or family.shapes(args), "shapes"):
+        label = "x".join(str(v) for v in shape)
+        for dname in dtype_names.split(","):
+            dtype = DTYPES[dname]
+            for op, found in table.items():
+                found = keep_providers(found, args.providers)
+                inputs = family.inputs(op, shape, dtype, device) if found else None
+                for name, fn in found.items():
+                    if isinstance(fn, str):
+                        yield skipped(op, name, fn, shape=label, dtype=dname, modes=modes)
+                        continue
+                    if name.startswith("torch.compile"):
+                        # A fresh cache per shape: otherwise dynamo's recompile limit (8) is hit
+                        # across shapes and modes, and it silently falls back to eager.
+                        torch._dynamo.reset()
+                    print(f"  {op} {name} {label} {dname} ...", file=sys.stderr, flush=True)
+                    yield bench_loss(
+                        op,
+                        name,
+                        functools.partial(fn, **inputs.kwargs) if inputs.kwargs else fn,
+                        inputs.make_input,
+                        inputs.args,
+                        shape=label,
+                        dtype=dname,
+                        device=device,
+                        modes=modes,
+                        reps=args.reps,
+                        bytes_by_mode=inputs.bytes_by_mode,
+                        clone_input=name in family.clone_input,
+                    )
+                    for value in inputs.args:  # a differentiable operand (a head's weight)
+                        if isinstance(value, torch.Tensor):
+                            value.grad = None
+                    gc.collect()
+
+
+def run_family(family: Family, argv=None) -> list[Measurement]:
+    """The main of every benchmark script: parses the command line, times every provider of
+    every op over the shapes x dtypes, checkpoints the JSON after each provider, fills bandwidth
+    and speed-ups, prints the table and writes benchmarks/results/<date>-<name>-<device>-*.json
+    (or --out). Returns the measurements."""
+    args = loss_arguments(
+        argv,
+        family.description,
+        dtypes=None,
+        modes=family.modes,
+        shapes_help=family.shapes_help,
+        cpu_reps=family.cpu_reps,
+        cuda_reps=family.cuda_reps,
+        arguments=family.arguments,
+    )
+    device = args.device
+    results: list[Measurement] = []
+    started = time.perf_counter()
+    context = family.context(args) if family.context else contextlib.nullcontext()
+    with context:
+        copy_gbps = announce(device, family.note(args) if family.note else "")
+        for measured in _measurements(family, args):
+            results += measured
+            checkpoint(family.name, device, results, copy_gbps, args.out, family.baseline)
+    finish(results, copy_gbps, family.baseline)
+    if family.report:
+        family.report(results)
+    print_table(results)
+    path = write_json(family.name, device, results, copy_gbps, args.out)
+    print(f"# {len(results)} results in {time.perf_counter() - started:.0f} s -> {path}")
+    return results

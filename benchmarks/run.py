@@ -21,10 +21,18 @@ import re
 import sys
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")
+if __name__ == "__main__":  # before torch loads; see bench_cross_entropy.py
+    os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")
 sys.path.insert(0, str(Path(__file__).parent))
 
-FAMILIES = ["cross_entropy", "bce_with_logits", "sampling", "distillation", "linear_cross_entropy"]
+FAMILIES = [
+    "cross_entropy",
+    "bce_with_logits",
+    "sampling",
+    "distillation",
+    "linear_cross_entropy",
+    "vocab_parallel",
+]
 # Tiny shapes and the two providers every machine has (no torch.compile): seconds per family.
 SMOKE_ARGS = {
     "cross_entropy": ["--shapes", "16x100", "--reps", "2", "--providers", "logitops,torch"],
@@ -39,6 +47,7 @@ SMOKE_ARGS = {
         "--providers",
         "logitops,torch",
     ],
+    "vocab_parallel": ["--shapes", "16x100", "--reps", "2", "--providers", "logitops,torch"],
 }
 
 

@@ -196,12 +196,17 @@ def kl_div_reference(
     target=None,
     ignore_index=-100,
     reduction="batchmean",
+    dtype=torch.float64,
 ):
     """Distillation divergences from log_softmax and F.kl_div in float64 (see logitops'
-    kl_div_with_logits for the definitions); rows are the flattened leading dimensions."""
+    kl_div_with_logits for the definitions); rows are the flattened leading dimensions.
+    dtype=None computes in the inputs' own dtype: the PyTorch composition that
+    benchmarks/bench_distillation.py times against logitops."""
     vocab = student.shape[-1]
-    lq = F.log_softmax(student.double().reshape(-1, vocab) / temperature, -1)
-    lp = F.log_softmax(teacher.double().reshape(-1, vocab) / temperature, -1)
+    if dtype is not None:
+        student, teacher = student.to(dtype), teacher.to(dtype)
+    lq = F.log_softmax(student.reshape(-1, vocab) / temperature, -1)
+    lp = F.log_softmax(teacher.reshape(-1, vocab) / temperature, -1)
 
     def kl(log_a, log_b):  # KL(A || B) per row
         return F.kl_div(log_b, log_a, log_target=True, reduction="none").sum(-1)

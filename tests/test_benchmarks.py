@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -10,15 +11,19 @@ import sys
 import tarfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+ROOT = Path(__file__).parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import bench_bce_with_logits  # noqa: E402
 import bench_cross_entropy  # noqa: E402
 import bench_distillation  # noqa: E402
 import bench_linear_cross_entropy  # noqa: E402
 import bench_sampling  # noqa: E402
+import bench_vocab_parallel  # noqa: E402
+import harness  # noqa: E402
 import plot  # noqa: E402
 import pytest  # noqa: E402
+import run  # noqa: E402
 
 pytestmark = pytest.mark.emulation_skip("benchmark shapes (the scripts time the kernels)")
 
@@ -141,8 +146,46 @@ def test_linear_cross_entropy_benchmark_writes_results(tmp_path):
     ]
 
 
+def test_vocab_parallel_benchmark_writes_results(tmp_path):
+    pytest.importorskip("torch.distributed")
+    results = bench_vocab_parallel.main(
+        [
+            "--device",
+            "cpu",
+            "--shapes",
+            "16x100",
+            "--dtypes",
+            "fp32",
+            "--reps",
+            "2",
+            "--providers",
+            "logitops,torch,logitops.cross_entropy",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    timed = [r for r in results if r.median_ms]
+    assert {r.provider for r in timed} == {"logitops", "torch", "logitops.cross_entropy"}
+    assert {r.mode for r in timed} == {"fwd", "bwd", "fwd+bwd"}
+    assert all(r.ratio_vs_torch for r in timed)
+    payload = json.loads(next(tmp_path.glob("*-vocab_parallel-cpu-*.json")).read_text())
+    assert len(payload["results"]) == len(results)
+    import torch.distributed as dist
+
+    assert not dist.is_initialized()  # the one-rank group is torn down
+
+
+def test_every_benchmark_script_is_a_family_of_run_py():
+    """Each bench_*.py declares a harness.Family (run_family is its main loop) and run.py runs
+    it, with tiny arguments for --smoke."""
+    scripts = sorted(p.stem[len("bench_") :] for p in ROOT.glob("benchmarks/bench_*.py"))
+    assert sorted(run.FAMILIES) == scripts == sorted(run.SMOKE_ARGS)
+    for name in scripts:
+        module = importlib.import_module(f"bench_{name}")
+        assert isinstance(module.FAMILY, harness.Family) and module.FAMILY.name == name
+
+
 # --- benchmarks/gpu_check.sh: what it returns must fit the device tool's limits ---------------
-ROOT = Path(__file__).parents[1]
 OUT_LIMITS = {"files": 8, "bytes": 16 << 20, "folders_deep": 2}
 NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
@@ -207,7 +250,7 @@ def test_gpu_check_on_the_cpu_returns_few_flat_files(tmp_path):
     assert all(r["gbps"] > 0 and r["fraction_of_copy"] > 0 for r in ce if r["median_ms"])
     assert {r["shape"] for r in rows if r["op"] == "sample"} == {"1x1000", "4x1000"}
     families = json.loads((out / "results" / "benchmarks.json").read_text())["files"]
-    for family in ("cross_entropy", "bce_with_logits", "sampling", "distillation"):
+    for family in run.FAMILIES:
         assert any(f"-{family}-cpu-" in name for name in families), (family, list(families))
 
     summary = (out / "summary.md").read_text()
