@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from importlib import metadata as _metadata
+
 import torch
 
 from ._loader import cuda_emulation_requested, load_extension
@@ -22,7 +24,10 @@ from .functional import (  # noqa: E402
     top_p_filter,
 )
 
-__version__ = "0.1.0"
+try:  # the one source of the version is pyproject.toml, through the installed metadata
+    __version__ = _metadata.version("logitops")
+except _metadata.PackageNotFoundError:  # a source tree on sys.path that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "__version__",

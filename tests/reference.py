@@ -1,4 +1,4 @@
-"""Pure-PyTorch oracles, written from the documented semantics (see SEMANTICS in the README).
+"""Pure-PyTorch oracles, written from the documented semantics (the README's family sections).
 
 They compute in float64 with plain tensor ops and no logitops code, so a shared bug cannot hide.
 """

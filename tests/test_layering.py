@@ -118,3 +118,15 @@ def test_each_module_imports_first_in_a_fresh_interpreter(first):
     rest = [m for m in reversed(MODULES) if m != first]
     result = _import_in_order([first, *rest])
     assert result.returncode == 0, result.stderr
+
+
+def test_the_version_has_one_source():
+    """pyproject.toml's version, read through the installed metadata; no copy in the package."""
+    import importlib.metadata
+    import re
+
+    pyproject = (PACKAGE.parent / "pyproject.toml").read_text()
+    version = re.search(r'^version = "([^"]+)"', pyproject, re.M).group(1)
+    assert logitops.__version__ == importlib.metadata.version("logitops") == version
+    assert logitops.build_info()["version"] == version
+    assert f'"{version}"' not in (PACKAGE / "__init__.py").read_text()
