@@ -1,6 +1,7 @@
-"""The chunk machinery of the vocabulary-parallel linear cross-entropy (logitops.distributed):
-token chunks and the linear layer's gradients accumulated chunk by chunk. (The single-device
-op runs its own loop in C++, csrc/linear_cross_entropy.cpp.)"""
+"""Token chunks of the fused linear cross-entropy: the default chunk size (both forms) and, for
+the vocabulary-parallel chunk loop (logitops.distributed), the chunks and the linear layer's
+gradients accumulated chunk by chunk. (The single-device op runs its own loop in C++,
+csrc/linear_cross_entropy.cpp.)"""
 
 from __future__ import annotations
 
