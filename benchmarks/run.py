@@ -5,7 +5,7 @@ python benchmarks/run.py --full     # all shapes
 python benchmarks/run.py --families linear_cross_entropy,cross_entropy   # these, in this order
 python benchmarks/run.py --smoke    # tiny shapes, two providers: checks the plumbing only
 
-python benchmarks/run.py --report WORK OUT   # the GPU check's summary (benchmarks/gpu_check.sh)
+python benchmarks/run.py --report WORK OUT   # the GPU check's summary (tools/gpu_check.sh)
 
 --report needs neither torch nor logitops: it turns the GPU check's work folder (stages.tsv,
 tools.tsv, meta.tsv, environment.txt, logs/, raw/<group>/*.json) into OUT/summary.md,
@@ -187,7 +187,7 @@ def sanitizer_outcome(log: Path) -> dict | None:
     }
 
 
-NCU_METRICS = {  # what gpu_check.sh asks ncu for, and the summary's column names
+NCU_METRICS = {  # what tools/gpu_check.sh asks ncu for, and the summary's column names
     "gpu__time_duration.sum": "duration",
     "dram__throughput.avg.pct_of_peak_sustained_elapsed": "DRAM % of peak",
     "dram__bytes_read.sum": "DRAM read",

@@ -185,7 +185,7 @@ def test_every_benchmark_script_is_a_family_of_run_py():
         assert isinstance(module.FAMILY, harness.Family) and module.FAMILY.name == name
 
 
-# --- benchmarks/gpu_check.sh: what it returns must fit the device tool's limits ---------------
+# --- tools/gpu_check.sh: what it returns must fit the device tool's limits --------------------
 OUT_LIMITS = {"files": 8, "bytes": 16 << 20, "folders_deep": 2}
 NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
@@ -194,7 +194,7 @@ def run_gpu_check(out: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHON": sys.executable}
     env.pop("LOGITOPS_BENCH_DEADLINE", None)
     return subprocess.run(
-        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), str(out), "--device", "cpu"]
+        ["bash", str(ROOT / "tools" / "gpu_check.sh"), str(out), "--device", "cpu"]
         + ["--smoke", "--skip-build", "--skip-tests", *args],
         cwd=ROOT,
         env=env,

@@ -13,7 +13,7 @@
 #   summary.md  stages.json  logs.tar.gz  results/headline.json  results/benchmarks.json
 # logs.tar.gz holds every log, the raw JSON per benchmark family, the junit XML and the plots.
 #
-#   benchmarks/gpu_check.sh OUTDIR [--device cuda|cpu] [--budget SECONDS] [--quick | --full]
+#   tools/gpu_check.sh OUTDIR [--device cuda|cpu] [--budget SECONDS] [--quick | --full]
 #       [--smoke] [--skip-build] [--skip-tests] [--test-workers N] [--cap STAGE=SECONDS]
 #       [--wheels DIR]
 #
