@@ -40,7 +40,7 @@ import logitops.distributed  # noqa: E402
 def shapes_for(args) -> list[tuple[int, int]]:
     if args.device == "cuda":
         return [(4096, 32000), (8192, 128256)] + ([] if args.quick else [(16384, 128256)])
-    return [(1024, 32000)] if args.quick else [(4096, 32000), (1024, 128256)]
+    return [(256, 32000)] if args.quick else [(4096, 32000), (1024, 128256)]
 
 
 def gathered(local):
