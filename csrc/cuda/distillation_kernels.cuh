@@ -11,8 +11,8 @@
 #include <cstdint>
 
 #include "../common/logit_math.h"
-#include "cross_entropy_kernels.cuh"
 #include "cuda_utils.cuh"
+#include "row_reduce.cuh"
 
 namespace logitops {
 namespace cuda {
