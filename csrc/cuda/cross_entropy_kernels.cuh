@@ -24,14 +24,10 @@ constexpr int unroll_for() {
   return sizeof(acc_t) == 8 ? 1 : 2;
 }
 
-// Threads per row: enough for about four vectors each, a power of two in [32, 512]. Block
-// reductions rely on a whole number of warps.
+// Threads per row of both cross-entropy families: about four vectors each.
 template <typename scalar_t>
 inline int block_threads_for(int64_t num_classes) {
-  const int64_t vectors = (num_classes + vector_size<scalar_t>() - 1) / vector_size<scalar_t>();
-  int threads = kWarpSize;
-  while (threads < kMaxBlockThreads && int64_t(threads) * 4 < vectors) threads *= 2;
-  return threads;
+  return threads_for(vector_count<scalar_t>(num_classes), 4);
 }
 
 // Everything both kernels read that does not change from row to row.
@@ -220,18 +216,13 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm)
     const int64_t head = unaligned_head(out, num_classes);
     const int64_t num_vectors = (num_classes - head) / kVec;
     const int64_t tail = head + num_vectors * kVec;
-    const bool vector_loads = (reinterpret_cast<uintptr_t>(logits) % kVectorBytes) ==
-                              (reinterpret_cast<uintptr_t>(out) % kVectorBytes);
+    const bool vector_loads = same_alignment(logits, out);
     auto write_one = [&](int64_t j) {
       out[j] = from_acc<scalar_t>(element_grad(to_acc<acc_t>(logits[j]), j));
     };
     auto load = [&](int64_t j) -> Vector {
-      Vector raw{};
-      if (constant_row) return raw;  // nothing to read
-      if (vector_loads) return *vector_pointer<const Vector>(logits + j);
-#pragma unroll
-      for (int k = 0; k < kVec; ++k) raw.val[k] = logits[j + k];
-      return raw;
+      if (constant_row) return Vector{};  // nothing to read
+      return load_vector<scalar_t, kVec>(logits + j, vector_loads);
     };
     auto store = [&](int64_t j, const Vector& raw) {
       Vector result;

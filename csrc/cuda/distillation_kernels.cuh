@@ -17,12 +17,8 @@
 namespace logitops {
 namespace cuda {
 
-// Threads per row: about eight elements each, a power of two in [32, kMaxBlockThreads].
-inline int distill_block_threads(int64_t num_classes) {
-  int threads = kWarpSize;
-  while (threads < kMaxBlockThreads && int64_t(threads) * 8 < num_classes) threads *= 2;
-  return threads;
-}
+// Threads per row: about eight elements each.
+inline int distill_block_threads(int64_t num_classes) { return threads_for(num_classes, 8); }
 
 // Everything both kernels read that does not change from row to row.
 template <typename scalar_t, typename acc_t>

@@ -36,13 +36,8 @@ constexpr unsigned kNoDigit = 0xffffffffu;
 // Index of "no token yet": larger than any real index, so it loses every tie.
 constexpr int64_t kNoIndex = std::numeric_limits<int64_t>::max();
 
-// Threads per row: a power of two in [32, kMaxBlockThreads], about one element each for small
-// rows (block_reduce needs whole warps).
-inline int sampling_block_threads(int64_t vocab) {
-  int threads = kWarpSize;
-  while (threads < kMaxBlockThreads && threads < vocab) threads *= 2;
-  return threads;
-}
+// Threads per row: about one element each for small rows.
+inline int sampling_block_threads(int64_t vocab) { return threads_for(vocab, 1); }
 
 // Order-preserving unsigned image of a float: a < b exactly when key(a) < key(b), over all
 // non-NaN values including +-inf. -0 and +0 share a key, being one value to the comparisons
@@ -128,18 +123,6 @@ __device__ __forceinline__ ScaledRow<scalar_t, acc_t> scaled_row(
   return {args.logits + row * args.row_stride,
           args.bias != nullptr ? args.bias + row * args.bias_row_stride : nullptr, t,
           t != acc_t(1)};
-}
-
-// block_reduce, with the result broadcast to every thread. Every thread must call it.
-template <typename T, typename Combine>
-__device__ __forceinline__ T block_all_reduce(T value, T identity, Combine combine) {
-  __shared__ T result;
-  value = block_reduce(value, identity, combine);
-  if (threadIdx.x == 0) result = value;
-  __syncthreads();
-  value = result;
-  __syncthreads();  // a later call of the same type may overwrite result
-  return value;
 }
 
 // First pass over a row: max (and its first index, torch.argmax's choice) and whether it holds NaN.

@@ -13,6 +13,11 @@
 namespace logitops {
 namespace cuda {
 
+// Threads per row: about four elements each.
+inline int vocab_parallel_block_threads(int64_t local_classes) {
+  return threads_for(local_classes, 4);
+}
+
 template <typename scalar_t>
 struct VocabSliceArgs {
   const scalar_t* logits;  // [num_rows, local_classes], unit stride along classes
