@@ -88,16 +88,8 @@ struct SamplingArgs {
   int64_t order;  // FilterOrder
 };
 
-// A row's filter parameters, as the CPU's RowFilter reads them.
-struct RowParams {
-  double temperature;
-  int64_t top_k;
-  double top_p;
-  double min_p;
-};
-
 template <typename scalar_t, typename acc_t>
-__device__ __forceinline__ RowParams row_params(const SamplingArgs<scalar_t, acc_t>& args,
+__device__ __forceinline__ RowFilter row_filter(const SamplingArgs<scalar_t, acc_t>& args,
                                                 int64_t row) {
   return {args.temperature[row], args.top_k[row], args.top_p[row], args.min_p[row]};
 }
@@ -381,40 +373,19 @@ __device__ acc_t block_top_p_threshold(const Row& z, int64_t n, acc_t row_max, d
   return key_value(prefix);
 }
 
-// The row's keep threshold (-inf keeps everything); the CPU's row_threshold. z must be NaN-free
-// and row_max its max. Every thread must call it; the result is the same in all.
+// The row's keep threshold: sampling_math.h's row_threshold over the block-wide searches above.
+// z must be NaN-free and row_max its max. Every thread must call it; the result is the same in all
+// (each search returns the same value in every thread, so all take the same branches).
 template <typename acc_t, typename Row>
-__device__ acc_t row_threshold(const Row& z, int64_t n, acc_t row_max, const RowParams& f,
-                               int64_t order, int64_t min_tokens_to_keep, RadixScratch& s) {
-  constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
-  if (row_max == kNegInf) return kNegInf;  // nothing to rank (also n == 0)
-
-  int64_t keep_at_least = min_tokens_to_keep > 1 ? min_tokens_to_keep : 1;
-  if (keep_at_least > n) keep_at_least = n;
-  // The min_tokens_to_keep-th largest value: no filter cuts above it.
-  const acc_t floor_keep =
-      keep_at_least > 1 ? block_kth_largest<acc_t>(z, n, keep_at_least, s) : row_max;
-
-  acc_t tau_k = kNegInf;
-  const int64_t k = f.top_k > keep_at_least ? f.top_k : keep_at_least;
-  if (k < n) tau_k = block_kth_largest<acc_t>(z, n, k, s);
-
-  acc_t tau_min_p = kNegInf;
-  if (f.min_p > 0) {
-    const acc_t tau = block_min_p_threshold<acc_t>(z, n, double(row_max), f.min_p);
-    tau_min_p = tau < floor_keep ? tau : floor_keep;
-  }
-
-  acc_t tau_p = kNegInf;
-  if (f.top_p < 1) {
-    acc_t lower = kNegInf;
-    if (order == kOrderHf) lower = tau_k;
-    if (order == kOrderVllm) lower = tau_k > tau_min_p ? tau_k : tau_min_p;
-    const acc_t tau = block_top_p_threshold(z, n, row_max, f.top_p, lower, s);
-    tau_p = tau < floor_keep ? tau : floor_keep;
-  }
-  acc_t tau = tau_k > tau_min_p ? tau_k : tau_min_p;
-  return tau_p > tau ? tau_p : tau;
+__device__ acc_t block_row_threshold(const Row& z, int64_t n, acc_t row_max, const RowFilter& f,
+                                     int64_t order, int64_t min_tokens_to_keep, RadixScratch& s) {
+  return row_threshold(
+      n, row_max, f, order, min_tokens_to_keep,
+      [&](int64_t k) { return block_kth_largest<acc_t>(z, n, k, s); },
+      [&](double min_p) { return block_min_p_threshold<acc_t>(z, n, double(row_max), min_p); },
+      [&](double top_p, acc_t lower) {
+        return block_top_p_threshold(z, n, row_max, top_p, lower, s);
+      });
 }
 
 // filter_logits: out[row, j] = z_j if z_j >= tau else fill; whole NaN rows for rows with NaN.
@@ -427,7 +398,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kSamplingMinBlocksPerSm)
   const int64_t n = args.vocab;
   const scalar_t fill_value = from_acc<scalar_t>(fill);
   for (int64_t row = blockIdx.x; row < args.num_rows; row += gridDim.x) {
-    const RowParams f = row_params(args, row);
+    const RowFilter f = row_filter(args, row);
     const auto z = scaled_row(args, row, f.temperature);
     scalar_t* __restrict__ y = out + row * n;
     const RowScan<acc_t> scan = scan_row<acc_t>(z, n);
@@ -436,7 +407,8 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kSamplingMinBlocksPerSm)
       for (int64_t j = threadIdx.x; j < n; j += blockDim.x) y[j] = nan;
       continue;
     }
-    const acc_t tau = row_threshold(z, n, scan.max, f, args.order, min_tokens_to_keep, scratch);
+    const acc_t tau =
+        block_row_threshold(z, n, scan.max, f, args.order, min_tokens_to_keep, scratch);
     for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
       const acc_t v = z(j);
       y[j] = v >= tau ? from_acc<scalar_t>(v) : fill_value;
@@ -463,7 +435,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kSamplingMinBlocksPerSm)
   __shared__ RadixScratch scratch;
   const int64_t n = args.vocab;
   for (int64_t row = blockIdx.x; row < args.num_rows; row += gridDim.x) {
-    const RowParams f = row_params(args, row);
+    const RowFilter f = row_filter(args, row);
     const bool greedy = !(f.temperature > 0);
     const auto z = scaled_row(args, row, greedy ? 1.0 : f.temperature);
     const RowScan<acc_t> scan = scan_row<acc_t>(z, n);
@@ -483,7 +455,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kSamplingMinBlocksPerSm)
       }
       continue;
     }
-    const acc_t tau = row_threshold(z, n, scan.max, f, args.order, 1, scratch);
+    const acc_t tau = block_row_threshold(z, n, scan.max, f, args.order, 1, scratch);
 
     // The row's max is always kept, so it is the max of every thread's log-sum-exp state; adding
     // exp(z - max) then needs no rescaling. A +inf max makes the lse +inf through lse_merge.
