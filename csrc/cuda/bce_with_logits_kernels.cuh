@@ -1,5 +1,5 @@
-// BCE-with-logits kernels for CUDA. Torch-free: the math is bce_with_logits() of logit_math.h, the
-// same function the CPU kernel's scalar path evaluates.
+// BCE-with-logits kernels for CUDA. Torch-free: the math is bce_with_logits() of logit_math.h,
+// shared with the CPU kernel.
 //
 // Work is split by the Tiling of logit_math.h: one tile per block iteration, a fixed partition of
 // [rows, cols] that depends only on the shape. A reduction writes one partial per tile and a

@@ -1,5 +1,5 @@
-// Cross-entropy kernels for CUDA. Torch-free: only the shared math of logit_math.h and CUDA
-// headers, so that the device code compiles without ATen and reads like the CPU kernels' formulas.
+// Cross-entropy kernels for CUDA. Torch-free: only the math of logit_math.h, shared with the CPU
+// kernels, and CUDA headers, so that the device code compiles without ATen.
 //
 // Both kernels give one thread block to one row and stream the row through 16-byte vectors. A row
 // pointer is rarely 16-byte aligned for every row (vocab sizes such as 50257), so each row peels

@@ -3,8 +3,8 @@
 // head and tail of each row peeled, a per-thread online lse and a fixed-order block reduction.
 //
 // Targets have the logits' dtype and shape, so every class costs two loads instead of one. The
-// math per element is that of the soft_target_* helpers of logit_math.h, which the CPU kernels'
-// scalar paths evaluate too.
+// math per element is that of the soft_target_* helpers of logit_math.h, shared with the CPU
+// kernels.
 #pragma once
 
 #include <cstdint>

@@ -1,6 +1,6 @@
 // Distillation-divergence kernels for CUDA (forward / reverse KL, generalized JSD between
 // softmax(teacher / T) and softmax(student / T)). Torch-free: the per-element math is
-// divergence_term / divergence_grad of logit_math.h, the same the CPU kernels run.
+// divergence_term / divergence_grad of logit_math.h, shared with the CPU kernels.
 //
 // One thread block per row, scalar loads. Per row: pass 1 computes both log-sum-exps with the
 // online merge; pass 2 the loss and S = sum_j q_j g_j (forward KL: S = -1, and its gradient is

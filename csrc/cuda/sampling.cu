@@ -87,7 +87,7 @@ at::Tensor filter_logits_cuda(const at::Tensor& logits, const std::optional<at::
   const cuda::DeviceGuard device_guard(logits.device());
   const SamplingTensors in = prepare(logits, bias, temperature, top_k, top_p, min_p);
   const int64_t rows = logits.size(0), n = logits.size(1);
-  at::Tensor out = at::empty({rows, n}, logits.options());  // contiguous, as on the CPU
+  at::Tensor out = at::empty({rows, n}, logits.options());  // contiguous, whatever the input
   if (rows == 0 || n == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kBFloat16, at::kHalf, logits.scalar_type(), "filter_logits_cuda", [&] {

@@ -1,6 +1,7 @@
-// Filtering and sampling kernels for CUDA. Torch-free, and the same decisions as
-// csrc/cpu/sampling.cpp: every filter is a per-row threshold tau on the scaled logits z, and a
-// token is kept when z >= tau.
+// Filtering and sampling kernels for CUDA. Torch-free. Every filter is a per-row threshold tau on
+// the scaled logits z, and a token is kept when z >= tau; which filter cuts where is decided by
+// sampling_math.h's row_threshold, shared with csrc/cpu/sampling.cpp. This file finds the
+// filters' own thresholds, by block-wide searches.
 //
 // One thread block owns one row and recomputes z = (x + bias) / T (in acc_t, never rounded to the
 // logits' dtype: sampling_math.h's scaled_logit) from the logits on every pass
@@ -94,14 +95,14 @@ __device__ __forceinline__ RowFilter row_filter(const SamplingArgs<scalar_t, acc
   return {args.temperature[row], args.top_k[row], args.top_p[row], args.min_p[row]};
 }
 
-// z_j of one row in acc_t, as the CPU computes it (scaled_logit). Cheap enough to recompute on
-// every pass.
+// z_j of one row in acc_t (sampling_math.h's scaled_logit). Cheap enough to recompute on every
+// pass.
 template <typename scalar_t, typename acc_t>
 struct ScaledRow {
   const scalar_t* __restrict__ x;
   const acc_t* __restrict__ bias;  // nullptr when absent
   acc_t temperature;
-  bool divide;  // temperature != 1 (the CPU skips the division then, NaN included)
+  bool divide;  // temperature != 1 (scaled_logit skips the division otherwise, NaN included)
 
   __device__ __forceinline__ acc_t operator()(int64_t j) const {
     return scaled_logit(to_acc<acc_t>(x[j]), bias, j, temperature, divide);
@@ -223,8 +224,8 @@ __device__ __forceinline__ void select_rank_digit(RadixScratch& s, unsigned rank
   }
 }
 
-// The k-th largest z of the row (1 <= k <= n), ties counted: the CPU's kth_largest. Every thread
-// must call it; the result is the same in all.
+// The k-th largest z of the row (1 <= k <= n), ties counted: row_threshold's kth_largest. Every
+// thread must call it; the result is the same in all.
 template <typename acc_t, typename Row>
 __device__ acc_t block_kth_largest(const Row& z, int64_t n, int64_t k, RadixScratch& s) {
   using key_t = typename OrderedKey<acc_t>::type;
@@ -249,8 +250,8 @@ __device__ acc_t block_kth_largest(const Row& z, int64_t n, int64_t k, RadixScra
   return key_value(prefix);
 }
 
-// Smallest z with exp(z - max) >= min_p (min_p_cut), +inf when none: the CPU's min_p_threshold
-// (lower = -inf). Every thread must call it.
+// Smallest z with exp(z - max) >= min_p (min_p_cut), +inf when none: row_threshold's
+// min_p_threshold. Every thread must call it.
 template <typename acc_t, typename Row>
 __device__ acc_t block_min_p_threshold(const Row& z, int64_t n, double row_max, double min_p) {
   const double cut = min_p_cut<acc_t>(min_p);
@@ -269,7 +270,7 @@ __device__ acc_t block_min_p_threshold(const Row& z, int64_t n, double row_max, 
 // whose mass, added to `below` (the mass of the candidates under the current range) and to the
 // buckets under it, exceeds removal. Lane l owns buckets 8l up to 8l + 7, so lane order is
 // ascending value order. On the first pass the histogram holds every candidate, which gives the
-// total and the removal mass. The CPU's top_p_threshold.
+// total and the removal mass.
 template <typename acc_t>
 __device__ __forceinline__ void select_mass_digit(RadixScratch& s, bool first_pass, double top_p,
                                                   double below) {
@@ -285,7 +286,7 @@ __device__ __forceinline__ void select_mass_digit(RadixScratch& s, bool first_pa
   if (first_pass) {
     const double total = __shfl_sync(kFullWarp, inclusive, kWarpSize - 1);
     removal = top_p_removal_mass<acc_t>(top_p, total);
-    // p <= 0, or a NaN total (+inf logits): only the top group survives, as on the CPU.
+    // p <= 0, or a NaN total (+inf logits): only the top group survives.
     if (!top_p_cuts_inside(removal, total)) {
       if (lane == 0) {
         s.digit = kNoDigit;
@@ -335,7 +336,8 @@ __device__ __forceinline__ void select_mass_digit(RadixScratch& s, bool first_pa
 
 // Top-p over the candidates z >= lower, renormalized over them: the smallest kept value, each
 // group of equal values removed while its tail (its own mass and the mass below it) is <= the
-// removal mass. The CPU's top_p_threshold. row_max is the row's max (a candidate: lower <= max).
+// removal mass: row_threshold's top_p_threshold. row_max is the row's max (a candidate:
+// lower <= max).
 // Every thread must call it.
 template <typename acc_t, typename Row>
 __device__ acc_t block_top_p_threshold(const Row& z, int64_t n, acc_t row_max, double top_p,

@@ -43,7 +43,8 @@ at::Tensor vocab_parallel_cross_entropy_stats_cuda(const at::Tensor& logits_in,
   const at::Tensor logits = rows_with_unit_stride(logits_in);
   const at::Tensor target = target_in.contiguous();
   const int64_t num_rows = logits.size(0);
-  // Float64, as the CPU kernel's (see there).
+  // Float64 whatever the logits: the ranks' statistics are combined into lse - z_target, which
+  // would cancel the digits of an lse rounded to float32.
   at::Tensor stats = at::empty({3, num_rows}, logits.options().dtype(at::kDouble));
   if (num_rows == 0) return stats;
   AT_DISPATCH_FLOATING_TYPES_AND2(
