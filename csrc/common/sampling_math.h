@@ -1,9 +1,10 @@
-// Sampling math shared by the CPU and CUDA kernels: a counter-based random generator and the
-// noise of the exponential race. Torch-free, host and device.
+// Sampling math shared by the CPU and CUDA kernels: the filters' decisions, a counter-based random
+// generator and the noise of the exponential race. Torch-free, host and device.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
 
 #include "logit_math.h"
 
@@ -11,6 +12,14 @@ namespace logitops {
 
 // Filter orders (logitops/ops/sampling.py keeps the same codes).
 enum FilterOrder : int64_t { kOrderHf = 0, kOrderVllm = 1, kOrderJoint = 2 };
+
+// A row's filter parameters.
+struct RowFilter {
+  double temperature;  // > 0; <= 0 (or NaN) means greedy (sample only)
+  int64_t top_k;       // >= the vocabulary: off
+  double top_p;        // >= 1: off
+  double min_p;        // <= 0: off
+};
 
 // The filtering arithmetic. Whatever the logits' dtype, z_j = (x_j + bias_j) / temperature is
 // computed in acc_t (float32; float64 for float64 logits) and never rounded back to the logits'
@@ -55,6 +64,51 @@ LOGITOPS_HD double min_p_cut(double min_p) {
 }
 
 LOGITOPS_HD bool min_p_keeps(double ratio, double cut) { return ratio >= cut; }
+
+// The row's keep threshold tau for the given order (a token is kept when z >= tau; -inf keeps
+// everything): the decision of which filter cuts where, shared by the CPU and CUDA kernels. Each
+// backend finds the filters' own thresholds its own way (CPU: heap, nth_element, histogram; CUDA:
+// block-wide radix searches) and passes them in as callables over the row's NaN-free z:
+//   kth_largest(k)                 the k-th largest z, ties counted (1 <= k <= n);
+//   min_p_threshold(min_p)         the smallest z with min_p_keeps(exp(z - row_max),
+//                                  min_p_cut<acc_t>(min_p)), +inf when none;
+//   top_p_threshold(top_p, lower)  the smallest value top-p keeps among the candidates z >= lower
+//                                  (lower <= row_max), renormalized over them (top_p_removal_mass).
+// n is the row's length, row_max its max. Branches depend only on the arguments and on the
+// callables' results, so on CUDA a block whose threads agree on those takes them together.
+template <typename acc_t, typename KthLargest, typename MinPThreshold, typename TopPThreshold>
+LOGITOPS_HD acc_t row_threshold(int64_t n, acc_t row_max, const RowFilter& f, int64_t order,
+                                int64_t min_tokens_to_keep, const KthLargest& kth_largest,
+                                const MinPThreshold& min_p_threshold,
+                                const TopPThreshold& top_p_threshold) {
+  constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
+  auto smaller = [](acc_t a, acc_t b) { return b < a ? b : a; };
+  auto larger = [](acc_t a, acc_t b) { return a < b ? b : a; };
+  if (row_max == kNegInf) return kNegInf;  // nothing to rank (also n == 0)
+
+  int64_t keep_at_least = min_tokens_to_keep > 1 ? min_tokens_to_keep : 1;
+  if (keep_at_least > n) keep_at_least = n;
+  // The min_tokens_to_keep-th largest value: no filter cuts above it.
+  const acc_t floor_keep = keep_at_least > 1 ? kth_largest(keep_at_least) : row_max;
+
+  acc_t tau_k = kNegInf;
+  const int64_t k = f.top_k > keep_at_least ? f.top_k : keep_at_least;
+  if (k < n) tau_k = kth_largest(k);
+
+  acc_t tau_min_p = kNegInf;
+  if (f.min_p > 0) tau_min_p = smaller(min_p_threshold(f.min_p), floor_keep);
+
+  acc_t tau_p = kNegInf;
+  if (f.top_p < 1) {
+    // What top-p renormalizes over: top-k's survivors (hf), top-k's and min-p's (vllm), or the
+    // whole distribution (joint).
+    acc_t lower = kNegInf;
+    if (order == kOrderHf) lower = tau_k;
+    if (order == kOrderVllm) lower = larger(tau_k, tau_min_p);
+    tau_p = smaller(top_p_threshold(f.top_p, lower), floor_keep);
+  }
+  return larger(larger(tau_k, tau_min_p), tau_p);
+}
 
 // Philox4x32-10 (Salmon et al., SC'11): four 32-bit outputs from a 128-bit counter and a 64-bit
 // key. Stateless, so a token's noise depends only on (key, counter), never on which thread or

@@ -32,13 +32,6 @@ namespace {
 constexpr int kHistogramBuckets = 1024;
 constexpr double kBucketWidth = 1.0 / 32;
 
-struct RowFilter {
-  double temperature;  // > 0; <= 0 means greedy (sample only)
-  int64_t top_k;       // >= num_classes: off
-  double top_p;        // >= 1: off
-  double min_p;        // <= 0: off
-};
-
 template <typename acc_t>
 acc_t kth_largest(const acc_t* z, int64_t n, int64_t k, std::vector<acc_t>& scratch) {
   if (k <= 256) {
@@ -60,15 +53,13 @@ acc_t kth_largest(const acc_t* z, int64_t n, int64_t k, std::vector<acc_t>& scra
   return scratch[k - 1];
 }
 
-// Smallest z with exp(z - row_max) >= min_p (min_p rounded to acc_t), among z >= lower.
+// Smallest z with exp(z - row_max) >= min_p (min_p rounded to acc_t), +inf when none.
 template <typename acc_t>
-acc_t min_p_threshold(const acc_t* z, int64_t n, double row_max, double min_p, acc_t lower) {
+acc_t min_p_threshold(const acc_t* z, int64_t n, double row_max, double min_p) {
   const double cut = min_p_cut<acc_t>(min_p);
   acc_t tau = std::numeric_limits<acc_t>::infinity();
   for (int64_t j = 0; j < n; ++j) {
-    if (z[j] >= lower && z[j] < tau && min_p_keeps(std::exp(double(z[j]) - row_max), cut)) {
-      tau = z[j];
-    }
+    if (z[j] < tau && min_p_keeps(std::exp(double(z[j]) - row_max), cut)) tau = z[j];
   }
   return tau;
 }
@@ -132,37 +123,18 @@ acc_t top_p_threshold(const acc_t* z, int64_t n, double row_max, double p, acc_t
   return tau;
 }
 
-// The row's keep threshold for the given order; -inf keeps everything. z must be NaN-free.
+// The row's keep threshold (sampling_math.h's row_threshold over this file's searches). z must be
+// NaN-free and row_max its max.
 template <typename acc_t>
-acc_t row_threshold(const acc_t* z, int64_t n, double row_max, const RowFilter& f, int64_t order,
-                    int64_t min_tokens_to_keep, std::vector<acc_t>& scratch) {
-  constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
-  if (row_max == -std::numeric_limits<double>::infinity()) return kNegInf;  // nothing to rank
-
-  const int64_t keep_at_least = std::min<int64_t>(std::max<int64_t>(min_tokens_to_keep, 1), n);
-  // The min_tokens_to_keep-th largest value: no filter cuts above it.
-  const acc_t floor_keep =
-      keep_at_least > 1 ? kth_largest(z, n, keep_at_least, scratch) : acc_t(row_max);
-
-  acc_t tau_k = kNegInf;
-  const int64_t k = std::max(f.top_k, keep_at_least);
-  if (k < n) tau_k = kth_largest(z, n, k, scratch);
-
-  acc_t tau_min_p = kNegInf;
-  if (f.min_p > 0) {
-    tau_min_p = std::min(min_p_threshold(z, n, row_max, f.min_p, kNegInf), floor_keep);
-  }
-
-  acc_t tau_p = kNegInf;
-  if (f.top_p < 1) {
-    // What top-p renormalizes over: top-k's survivors (hf), top-k's and min-p's (vllm), or the
-    // whole distribution (joint).
-    acc_t lower = kNegInf;
-    if (order == kOrderHf) lower = tau_k;
-    if (order == kOrderVllm) lower = std::max(tau_k, tau_min_p);
-    tau_p = std::min(top_p_threshold(z, n, row_max, f.top_p, lower, scratch), floor_keep);
-  }
-  return std::max({tau_k, tau_min_p, tau_p});
+acc_t keep_threshold(const acc_t* z, int64_t n, double row_max, const RowFilter& f, int64_t order,
+                     int64_t min_tokens_to_keep, std::vector<acc_t>& scratch) {
+  return row_threshold(
+      n, acc_t(row_max), f, order, min_tokens_to_keep,
+      [&](int64_t k) { return kth_largest(z, n, k, scratch); },
+      [&](double min_p) { return min_p_threshold(z, n, row_max, min_p); },
+      [&](double top_p, acc_t lower) {
+        return top_p_threshold(z, n, row_max, top_p, lower, scratch);
+      });
 }
 
 // z_j = (x_j + bias_j) / temperature in acc_t (scaled_logit: float32 for bf16 / fp16 logits,
@@ -267,7 +239,7 @@ at::Tensor filter_logits_cpu(const at::Tensor& logits_in, const std::optional<at
               continue;
             }
             const acc_t tau =
-                row_threshold(z.data(), n, row_max, f, order, min_tokens_to_keep, scratch);
+                keep_threshold(z.data(), n, row_max, f, order, min_tokens_to_keep, scratch);
             write_filtered(z.data(), n, tau, fill, yi);
           }
         });
@@ -329,7 +301,7 @@ std::tuple<at::Tensor, at::Tensor> sample_cpu(const at::Tensor& logits_in,
               lp[i] = 0.f;
               continue;
             }
-            const acc_t tau = row_threshold(z.data(), n, row_max, f, order, 1, scratch);
+            const acc_t tau = keep_threshold(z.data(), n, row_max, f, order, 1, scratch);
             const uint64_t key = static_cast<uint64_t>(s[i]);
             const uint64_t stream = per_row_seeds ? 0 : static_cast<uint64_t>(i);
             double best_score = -std::numeric_limits<double>::infinity();

@@ -1,5 +1,5 @@
-// BCE-with-logits kernels for CUDA. Torch-free: the math is bce_with_logits() of logit_math.h, the
-// same function the CPU kernel's scalar path evaluates.
+// BCE-with-logits kernels for CUDA. Torch-free: the math is bce_with_logits() of logit_math.h,
+// shared with the CPU kernel.
 //
 // Work is split by the Tiling of logit_math.h: one tile per block iteration, a fixed partition of
 // [rows, cols] that depends only on the shape. A reduction writes one partial per tile and a
@@ -50,34 +50,14 @@ struct BceArgs {
   int group_shift;  // log2 of the threads that share a row
 };
 
-// Threads sharing one row segment of a tile: a power of two with about two vectors each.
+// log2 of the threads sharing one row segment of a tile: a power of two in [1, kBceThreads] with
+// about two vectors each.
 template <typename scalar_t>
 inline int bce_group_shift(int64_t col_tile) {
-  const int64_t vectors = (col_tile + vector_size<scalar_t>() - 1) / vector_size<scalar_t>();
+  const int group_threads = threads_for(vector_count<scalar_t>(col_tile), 2, 1, kBceThreads);
   int shift = 0;
-  while ((1 << shift) < kBceThreads && (int64_t(1) << shift) * 2 < vectors) ++shift;
+  while ((1 << shift) < group_threads) ++shift;
   return shift;
-}
-
-// Reads N elements starting at p: one 16-byte load when p shares the alignment the caller
-// vectorized on, else N scalar loads.
-template <typename T, int N>
-__device__ __forceinline__ AlignedVector<T, N> load_vector(const T* p, bool aligned) {
-  if (aligned) return *vector_pointer<const AlignedVector<T, N>>(p);
-  AlignedVector<T, N> v;
-#pragma unroll
-  for (int k = 0; k < N; ++k) v.val[k] = p[k];
-  return v;
-}
-
-template <typename T, int N>
-__device__ __forceinline__ void store_vector(T* p, const AlignedVector<T, N>& v, bool aligned) {
-  if (aligned) {
-    *vector_pointer<AlignedVector<T, N>>(p) = v;
-    return;
-  }
-#pragma unroll
-  for (int k = 0; k < N; ++k) p[k] = v.val[k];
 }
 
 // One row of a StridedOperand from the tile's first column on. The row offset is taken once per
@@ -156,10 +136,9 @@ __global__ void __launch_bounds__(kBceThreads)
       const int head = static_cast<int>(unaligned_head(z, n));
       const int num_vectors = (n - head) / kVec;
       const int tail = head + num_vectors * kVec;
-      const auto offset = reinterpret_cast<uintptr_t>(z) % kVectorBytes;
-      const bool y_aligned = reinterpret_cast<uintptr_t>(y) % kVectorBytes == offset;
-      const bool loss_aligned = reinterpret_cast<uintptr_t>(loss_row) % kVectorBytes == offset;
-      const bool grad_aligned = reinterpret_cast<uintptr_t>(grad_row) % kVectorBytes == offset;
+      const bool y_aligned = same_alignment(y, z);
+      const bool loss_aligned = same_alignment(loss_row, z);
+      const bool grad_aligned = same_alignment(grad_row, z);
 
       for (int j = lane; j < head; j += group_threads) scalar_element(j);
       for (int j = tail + lane; j < n; j += group_threads) scalar_element(j);

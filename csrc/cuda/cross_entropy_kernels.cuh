@@ -1,5 +1,5 @@
-// Cross-entropy kernels for CUDA. Torch-free: only the shared math of logit_math.h and CUDA
-// headers, so that the device code compiles without ATen and reads like the CPU kernels' formulas.
+// Cross-entropy kernels for CUDA. Torch-free: only the math of logit_math.h, shared with the CPU
+// kernels, and CUDA headers, so that the device code compiles without ATen.
 //
 // Both kernels give one thread block to one row and stream the row through 16-byte vectors. A row
 // pointer is rarely 16-byte aligned for every row (vocab sizes such as 50257), so each row peels
@@ -12,13 +12,10 @@
 
 #include "../common/logit_math.h"
 #include "cuda_utils.cuh"
+#include "row_reduce.cuh"
 
 namespace logitops {
 namespace cuda {
-
-// kMaxBlockThreads (512) threads at most, and __launch_bounds__ asking for two blocks per SM (64
-// registers): while one block reduces its row at a barrier, the other keeps loading.
-constexpr int kMinBlocksPerSm = 2;
 
 // 16-byte vectors each thread loads before using them. fp64 has the heaviest math per vector and
 // loads one at a time, which keeps it within 64 registers.
@@ -27,14 +24,10 @@ constexpr int unroll_for() {
   return sizeof(acc_t) == 8 ? 1 : 2;
 }
 
-// Threads per row: enough for about four vectors each, a power of two in [32, 512]. Block
-// reductions rely on a whole number of warps.
+// Threads per row of both cross-entropy families: about four vectors each.
 template <typename scalar_t>
 inline int block_threads_for(int64_t num_classes) {
-  const int64_t vectors = (num_classes + vector_size<scalar_t>() - 1) / vector_size<scalar_t>();
-  int threads = kWarpSize;
-  while (threads < kMaxBlockThreads && int64_t(threads) * 4 < vectors) threads *= 2;
-  return threads;
+  return threads_for(vector_count<scalar_t>(num_classes), 4);
 }
 
 // Everything both kernels read that does not change from row to row.
@@ -52,55 +45,6 @@ struct CrossEntropyArgs {
   acc_t z_loss;
   acc_t softcap;  // <= 0 when off
 };
-
-// exp of arguments <= 0 (up to rounding). __expf is a few ulp there, like the CPU kernels'
-// exp_u20, and several times cheaper than expf; fp64 keeps the exact exp.
-__device__ __forceinline__ float fast_exp(float x) { return __expf(x); }
-__device__ __forceinline__ double fast_exp(double x) { return exp(x); }
-
-// max that returns NaN when either argument is NaN (fmax would drop it).
-template <typename acc_t>
-__device__ __forceinline__ acc_t nan_max(acc_t a, acc_t b) {
-  return (a > b || a != a) ? a : b;
-}
-
-// Online log-sum-exp of a few values: one exp per value, plus a rescale (lse_merge) only when the
-// running max grows. Equal to lse_push of each value up to rounding, NaN / +inf rules included.
-template <typename acc_t, int N>
-__device__ __forceinline__ void lse_push_values(LseState<acc_t>& state, const acc_t (&x)[N]) {
-  constexpr acc_t kInf = std::numeric_limits<acc_t>::infinity();
-  acc_t values_max = x[0];
-#pragma unroll
-  for (int k = 1; k < N; ++k) values_max = nan_max(values_max, x[k]);
-  if (!(values_max <= state.max)) {
-    if (values_max < kInf && state.max == state.max) {
-      // A larger finite max: rescale the sum (exp(-inf) = 0 when the state was empty).
-      state.sum *= fast_exp(state.max - values_max);
-      state.max = values_max;
-    } else {
-      // NaN or +inf: lse_merge makes the state NaN, or +inf, for good.
-      state = lse_merge(state, LseState<acc_t>{values_max, acc_t(0)});
-    }
-  }
-  // max = -inf: every value so far is -inf (sum stays 0). max = +inf or NaN: the lse is decided.
-  if (state.max > -kInf && state.max < kInf) {
-#pragma unroll
-    for (int k = 0; k < N; ++k) state.sum += fast_exp(x[k] - state.max);
-  }
-}
-
-// A thread's share of one row in the forward pass.
-template <typename acc_t>
-struct RowPartial {
-  LseState<acc_t> lse;
-  acc_t weighted_sum;  // sum_c w_c (z_c - shift) over the thread's classes, when smoothing
-};
-
-template <typename acc_t>
-__device__ __forceinline__ RowPartial<acc_t> merge_partials(const RowPartial<acc_t>& a,
-                                                            const RowPartial<acc_t>& b) {
-  return {lse_merge(a.lse, b.lse), a.weighted_sum + b.weighted_sum};
-}
 
 // Loads N logits as acc_t, soft-capped when the cap is on.
 template <typename scalar_t, typename acc_t, int N>
@@ -272,18 +216,13 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm)
     const int64_t head = unaligned_head(out, num_classes);
     const int64_t num_vectors = (num_classes - head) / kVec;
     const int64_t tail = head + num_vectors * kVec;
-    const bool vector_loads = (reinterpret_cast<uintptr_t>(logits) % kVectorBytes) ==
-                              (reinterpret_cast<uintptr_t>(out) % kVectorBytes);
+    const bool vector_loads = same_alignment(logits, out);
     auto write_one = [&](int64_t j) {
       out[j] = from_acc<scalar_t>(element_grad(to_acc<acc_t>(logits[j]), j));
     };
     auto load = [&](int64_t j) -> Vector {
-      Vector raw{};
-      if (constant_row) return raw;  // nothing to read
-      if (vector_loads) return *vector_pointer<const Vector>(logits + j);
-#pragma unroll
-      for (int k = 0; k < kVec; ++k) raw.val[k] = logits[j + k];
-      return raw;
+      if (constant_row) return Vector{};  // nothing to read
+      return load_vector<scalar_t, kVec>(logits + j, vector_loads);
     };
     auto store = [&](int64_t j, const Vector& raw) {
       Vector result;

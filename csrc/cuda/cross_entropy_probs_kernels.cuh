@@ -3,8 +3,8 @@
 // head and tail of each row peeled, a per-thread online lse and a fixed-order block reduction.
 //
 // Targets have the logits' dtype and shape, so every class costs two loads instead of one. The
-// math per element is that of the soft_target_* helpers of logit_math.h, which the CPU kernels'
-// scalar paths evaluate too.
+// math per element is that of the soft_target_* helpers of logit_math.h, shared with the CPU
+// kernels.
 #pragma once
 
 #include <cstdint>
@@ -31,26 +31,6 @@ struct SoftTargetArgs {
   acc_t z_loss;
   acc_t softcap;  // <= 0 when off
 };
-
-// kVec elements at p: one 16-byte load when p sits at the offset the caller vectorized on (the
-// row's own alignment matches the reference one), else element by element.
-template <typename scalar_t, int kVec>
-__device__ __forceinline__ AlignedVector<scalar_t, kVec> load_row_vector(const scalar_t* p,
-                                                                         bool vector_load) {
-  if (vector_load) return *vector_pointer<const AlignedVector<scalar_t, kVec>>(p);
-  AlignedVector<scalar_t, kVec> v;
-#pragma unroll
-  for (int k = 0; k < kVec; ++k) v.val[k] = p[k];
-  return v;
-}
-
-// Whether a and b are equally far from their previous 16-byte boundary, so that peeling the head
-// of one aligns the other as well. Rows of tensors from the caching allocator usually are.
-template <typename scalar_t>
-__device__ __forceinline__ bool same_alignment(const scalar_t* a, const scalar_t* b) {
-  return reinterpret_cast<uintptr_t>(a) % kVectorBytes ==
-         reinterpret_cast<uintptr_t>(b) % kVectorBytes;
-}
 
 // a_c of N consecutive classes starting at j.
 template <typename scalar_t, typename acc_t, int N>
@@ -134,7 +114,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm)
       for (int u = 0; u < kUnroll; ++u) {
         const int64_t j = head + (v + u * threads) * kVec;
         raw[u] = vectors[v + u * threads];
-        prob[u] = load_row_vector<scalar_t, kVec>(target + j, target_vectors);
+        prob[u] = load_vector<scalar_t, kVec>(target + j, target_vectors);
       }
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
@@ -144,7 +124,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm)
     for (; v < num_vectors; v += threads) {
       const int64_t j = head + v * kVec;
       const Vector raw = vectors[v];
-      const Vector prob = load_row_vector<scalar_t, kVec>(target + j, target_vectors);
+      const Vector prob = load_vector<scalar_t, kVec>(target + j, target_vectors);
       accumulate(raw.val, prob.val, j);
     }
 
@@ -171,7 +151,6 @@ __device__ acc_t row_coef_sum(const SoftTargetArgs<scalar_t, acc_t>& args,
   constexpr int kVec = vector_size<scalar_t>();
   constexpr int kUnroll = unroll_for<acc_t>();
   using Vector = AlignedVector<scalar_t, kVec>;
-  __shared__ acc_t block_sum;
   const int64_t num_classes = args.num_classes;
   const int64_t threads = blockDim.x;
   acc_t sum = acc_t(0);
@@ -207,12 +186,7 @@ __device__ acc_t row_coef_sum(const SoftTargetArgs<scalar_t, acc_t>& args,
     accumulate(last.val, head + v * kVec);
   }
 
-  sum = block_reduce(sum, acc_t(0), [](acc_t a, acc_t b) { return a + b; });
-  // No barrier is needed before the next write: that comes after the barriers of the next
-  // block_reduce, which every thread reaches only once it has read this value.
-  if (threadIdx.x == 0) block_sum = sum;
-  __syncthreads();
-  return block_sum;
+  return block_all_reduce(sum, acc_t(0), [](acc_t a, acc_t b) { return a + b; });
 }
 
 // Backward: grad[row, j] = upstream[row] * dloss/dz_j + upstream_lse[row] * dlse/dz_j, recomputing
@@ -298,8 +272,8 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm)
         raw[u] = Vector{};
         prob[u] = Vector{};
         if (finite_row) {  // a NaN row needs no inputs
-          raw[u] = load_row_vector<scalar_t, kVec>(logits + j, logits_vectors);
-          prob[u] = load_row_vector<scalar_t, kVec>(target + j, target_vectors);
+          raw[u] = load_vector<scalar_t, kVec>(logits + j, logits_vectors);
+          prob[u] = load_vector<scalar_t, kVec>(target + j, target_vectors);
         }
       }
 #pragma unroll
@@ -309,8 +283,8 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm)
       const int64_t j = head + v * kVec;
       Vector raw{}, prob{};
       if (finite_row) {
-        raw = load_row_vector<scalar_t, kVec>(logits + j, logits_vectors);
-        prob = load_row_vector<scalar_t, kVec>(target + j, target_vectors);
+        raw = load_vector<scalar_t, kVec>(logits + j, logits_vectors);
+        prob = load_vector<scalar_t, kVec>(target + j, target_vectors);
       }
       store(j, raw, prob);
     }

@@ -1,5 +1,6 @@
-// Generic helpers shared by the CUDA kernels: element types, conversions, 16-byte vectors and a
-// deterministic block reduction. Torch-free, like the kernels that include it.
+// Generic helpers shared by the CUDA kernels and their launchers: launch shapes, element types,
+// conversions, 16-byte vectors and a deterministic block reduction. Torch-free, like the kernels
+// that include it.
 #pragma once
 
 #ifdef LOGITOPS_CUDA_EMULATION
@@ -35,6 +36,16 @@ inline dim3 row_grid(int64_t num_rows) {
   return dim3(static_cast<unsigned>(blocks));
 }
 
+// Threads for `items` units of work (elements, vectors) at about `per_thread` each: the smallest
+// power of two in [min_threads, max_threads] that covers them. The default minimum is one warp,
+// since block_reduce relies on whole warps.
+inline int threads_for(int64_t items, int per_thread, int min_threads = kWarpSize,
+                       int max_threads = kMaxBlockThreads) {
+  int threads = min_threads;
+  while (threads < max_threads && int64_t(threads) * per_thread < items) threads *= 2;
+  return threads;
+}
+
 // ATen's element types and the CUDA ones the kernels use (same size and bits).
 template <typename T>
 struct CudaType {
@@ -53,6 +64,12 @@ struct CudaType<c10::Half> {
 template <typename scalar_t>
 constexpr int vector_size() {
   return kVectorBytes / static_cast<int>(sizeof(scalar_t));
+}
+
+// 16-byte vectors that n elements of scalar_t span, the last one possibly partial.
+template <typename scalar_t>
+constexpr int64_t vector_count(int64_t n) {
+  return (n + vector_size<scalar_t>() - 1) / vector_size<scalar_t>();
 }
 
 template <typename T, int N>
@@ -87,6 +104,35 @@ __device__ __forceinline__ Vector* vector_pointer(T* p) {
   return reinterpret_cast<Vector*>(p);
 }
 #endif
+
+// Whether a and b are equally far from their previous 16-byte boundary, so that peeling the head
+// of one aligns the other as well. Rows of tensors from the caching allocator usually are.
+template <typename A, typename B>
+__device__ __forceinline__ bool same_alignment(const A* a, const B* b) {
+  return reinterpret_cast<uintptr_t>(a) % kVectorBytes ==
+         reinterpret_cast<uintptr_t>(b) % kVectorBytes;
+}
+
+// N elements starting at p: one 16-byte access when `aligned` (p sits at the offset the caller
+// vectorized on, see same_alignment), else N scalar ones.
+template <typename T, int N>
+__device__ __forceinline__ AlignedVector<T, N> load_vector(const T* p, bool aligned) {
+  if (aligned) return *vector_pointer<const AlignedVector<T, N>>(p);
+  AlignedVector<T, N> v;
+#pragma unroll
+  for (int k = 0; k < N; ++k) v.val[k] = p[k];
+  return v;
+}
+
+template <typename T, int N>
+__device__ __forceinline__ void store_vector(T* p, const AlignedVector<T, N>& v, bool aligned) {
+  if (aligned) {
+    *vector_pointer<AlignedVector<T, N>>(p) = v;
+    return;
+  }
+#pragma unroll
+  for (int k = 0; k < N; ++k) p[k] = v.val[k];
+}
 
 // Launches kernel<<<grid, block, shared_memory, stream>>>(args...). Under emulation it runs on the
 // host, and `name` names the kernel in the emulator's errors.
@@ -175,6 +221,19 @@ __device__ T block_reduce(T value, T identity, Combine combine) {
     }
   }
   return value;
+}
+
+// block_reduce, with the result broadcast to every thread. Every thread must call it. One barrier
+// after the write suffices: the next write to `result` (a later call of the same instantiation)
+// comes after the barriers inside that call's block_reduce, which every thread reaches only once
+// it has read this value.
+template <typename T, typename Combine>
+__device__ __forceinline__ T block_all_reduce(T value, T identity, Combine combine) {
+  __shared__ T result;
+  value = block_reduce(value, identity, combine);
+  if (threadIdx.x == 0) result = value;
+  __syncthreads();
+  return result;
 }
 
 }  // namespace cuda

@@ -23,12 +23,7 @@ namespace logitops {
 namespace {
 
 using cuda::CudaType;
-
-// One block per row; past 2^31 - 1 rows the kernels loop over rows.
-dim3 distill_grid(int64_t num_rows) {
-  return dim3(
-      static_cast<unsigned>(std::min<int64_t>(num_rows, std::numeric_limits<int32_t>::max())));
-}
+using cuda::row_grid;
 
 // The op's reduction code (0 none, 1 batchmean, 2 sum) as the Reduction of ops_common.
 int64_t reduction_code(int64_t reduction) {
@@ -83,13 +78,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kl_div_logits_forward_cuda(
           const auto args = make_distill_args<scalar_t, acc_t>(
               student, teacher, target, ignore_index, temperature, kind, beta);
           const int threads = cuda::distill_block_threads(cols);
-          cuda::launch_kernel("distill_forward_kernel", cuda::distill_forward_kernel<cuda_t, acc_t>,
-                              distill_grid(rows), threads, 0, cuda::current_stream(), args,
-                              row_count.const_data_ptr<acc_t>(), code == kReductionMean,
-                              temperature, row_loss.mutable_data_ptr<acc_t>(),
-                              compute_grad
-                                  ? reinterpret_cast<cuda_t*>(grad.mutable_data_ptr<scalar_t>())
-                                  : nullptr);
+          cuda::launch_kernel(
+              "distill_forward_kernel", cuda::distill_forward_kernel<cuda_t, acc_t>, row_grid(rows),
+              threads, 0, cuda::current_stream(), args, row_count.const_data_ptr<acc_t>(),
+              code == kReductionMean, temperature, row_loss.mutable_data_ptr<acc_t>(),
+              compute_grad ? reinterpret_cast<cuda_t*>(grad.mutable_data_ptr<scalar_t>())
+                           : nullptr);
           LOGITOPS_CHECK_LAUNCH();
         });
   }
@@ -127,9 +121,9 @@ at::Tensor kl_div_logits_backward_cuda(const at::Tensor& grad_loss, const at::Te
               student, teacher, target, ignore_index, temperature, kind, beta);
           const int threads = cuda::distill_block_threads(cols);
           cuda::launch_kernel("distill_backward_kernel",
-                              cuda::distill_backward_kernel<cuda_t, acc_t>, distill_grid(rows),
-                              threads, 0, cuda::current_stream(), args,
-                              upstream.const_data_ptr<acc_t>(), static_cast<acc_t>(temperature),
+                              cuda::distill_backward_kernel<cuda_t, acc_t>, row_grid(rows), threads,
+                              0, cuda::current_stream(), args, upstream.const_data_ptr<acc_t>(),
+                              static_cast<acc_t>(temperature),
                               reinterpret_cast<cuda_t*>(grad.mutable_data_ptr<scalar_t>()));
           LOGITOPS_CHECK_LAUNCH();
         });

@@ -1,6 +1,6 @@
 // Distillation-divergence kernels for CUDA (forward / reverse KL, generalized JSD between
 // softmax(teacher / T) and softmax(student / T)). Torch-free: the per-element math is
-// divergence_term / divergence_grad of logit_math.h, the same the CPU kernels run.
+// divergence_term / divergence_grad of logit_math.h, shared with the CPU kernels.
 //
 // One thread block per row, scalar loads. Per row: pass 1 computes both log-sum-exps with the
 // online merge; pass 2 the loss and S = sum_j q_j g_j (forward KL: S = -1, and its gradient is
@@ -11,18 +11,14 @@
 #include <cstdint>
 
 #include "../common/logit_math.h"
-#include "cross_entropy_kernels.cuh"
 #include "cuda_utils.cuh"
+#include "row_reduce.cuh"
 
 namespace logitops {
 namespace cuda {
 
-// Threads per row: about eight elements each, a power of two in [32, kMaxBlockThreads].
-inline int distill_block_threads(int64_t num_classes) {
-  int threads = kWarpSize;
-  while (threads < kMaxBlockThreads && int64_t(threads) * 8 < num_classes) threads *= 2;
-  return threads;
-}
+// Threads per row: about eight elements each.
+inline int distill_block_threads(int64_t num_classes) { return threads_for(num_classes, 8); }
 
 // Everything both kernels read that does not change from row to row.
 template <typename scalar_t, typename acc_t>

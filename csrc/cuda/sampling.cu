@@ -20,12 +20,7 @@ namespace logitops {
 namespace {
 
 using cuda::CudaType;
-
-// One block per row; past 2^31 - 1 rows the kernels loop over rows.
-dim3 sampling_grid(int64_t num_rows) {
-  return dim3(
-      static_cast<unsigned>(std::min<int64_t>(num_rows, std::numeric_limits<int32_t>::max())));
-}
+using cuda::row_grid;
 
 // The kernels read every tensor from the device; the checks shared with the CPU are done.
 void check_sampling_devices(const at::Tensor& logits, const std::optional<at::Tensor>& bias,
@@ -92,7 +87,7 @@ at::Tensor filter_logits_cuda(const at::Tensor& logits, const std::optional<at::
   const cuda::DeviceGuard device_guard(logits.device());
   const SamplingTensors in = prepare(logits, bias, temperature, top_k, top_p, min_p);
   const int64_t rows = logits.size(0), n = logits.size(1);
-  at::Tensor out = at::empty({rows, n}, logits.options());  // contiguous, as on the CPU
+  at::Tensor out = at::empty({rows, n}, logits.options());  // contiguous, whatever the input
   if (rows == 0 || n == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kBFloat16, at::kHalf, logits.scalar_type(), "filter_logits_cuda", [&] {
@@ -101,7 +96,7 @@ at::Tensor filter_logits_cuda(const at::Tensor& logits, const std::optional<at::
         // Rounded to the logits' dtype on the host, as the CPU kernel rounds it.
         const acc_t fill = static_cast<acc_t>(static_cast<scalar_t>(filter_value));
         cuda::launch_kernel("filter_logits_kernel", cuda::filter_logits_kernel<cuda_t, acc_t>,
-                            sampling_grid(rows), cuda::sampling_block_threads(n), 0,
+                            row_grid(rows), cuda::sampling_block_threads(n), 0,
                             cuda::current_stream(), make_args<scalar_t>(in, order), fill,
                             min_tokens_to_keep,
                             reinterpret_cast<cuda_t*>(out.mutable_data_ptr<scalar_t>()));
@@ -132,11 +127,11 @@ std::tuple<at::Tensor, at::Tensor> sample_cuda(const at::Tensor& logits,
       at::kBFloat16, at::kHalf, logits.scalar_type(), "sample_cuda", [&] {
         using acc_t = at::opmath_type<scalar_t>;
         using cuda_t = typename CudaType<scalar_t>::type;
-        cuda::launch_kernel("sample_kernel", cuda::sample_kernel<cuda_t, acc_t>,
-                            sampling_grid(rows), cuda::sampling_block_threads(logits.size(1)), 0,
-                            cuda::current_stream(), make_args<scalar_t>(in, order),
-                            seed.const_data_ptr<int64_t>(), per_row_seeds,
-                            tokens.mutable_data_ptr<int64_t>(), logprobs.mutable_data_ptr<float>());
+        cuda::launch_kernel("sample_kernel", cuda::sample_kernel<cuda_t, acc_t>, row_grid(rows),
+                            cuda::sampling_block_threads(logits.size(1)), 0, cuda::current_stream(),
+                            make_args<scalar_t>(in, order), seed.const_data_ptr<int64_t>(),
+                            per_row_seeds, tokens.mutable_data_ptr<int64_t>(),
+                            logprobs.mutable_data_ptr<float>());
         LOGITOPS_CHECK_LAUNCH();
       });
   return {tokens, logprobs};

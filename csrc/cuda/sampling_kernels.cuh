@@ -1,6 +1,7 @@
-// Filtering and sampling kernels for CUDA. Torch-free, and the same decisions as
-// csrc/cpu/sampling.cpp: every filter is a per-row threshold tau on the scaled logits z, and a
-// token is kept when z >= tau.
+// Filtering and sampling kernels for CUDA. Torch-free. Every filter is a per-row threshold tau on
+// the scaled logits z, and a token is kept when z >= tau; which filter cuts where is decided by
+// sampling_math.h's row_threshold, shared with csrc/cpu/sampling.cpp. This file finds the
+// filters' own thresholds, by block-wide searches.
 //
 // One thread block owns one row and recomputes z = (x + bias) / T (in acc_t, never rounded to the
 // logits' dtype: sampling_math.h's scaled_logit) from the logits on every pass
@@ -36,13 +37,8 @@ constexpr unsigned kNoDigit = 0xffffffffu;
 // Index of "no token yet": larger than any real index, so it loses every tie.
 constexpr int64_t kNoIndex = std::numeric_limits<int64_t>::max();
 
-// Threads per row: a power of two in [32, kMaxBlockThreads], about one element each for small
-// rows (block_reduce needs whole warps).
-inline int sampling_block_threads(int64_t vocab) {
-  int threads = kWarpSize;
-  while (threads < kMaxBlockThreads && threads < vocab) threads *= 2;
-  return threads;
-}
+// Threads per row: about one element each for small rows.
+inline int sampling_block_threads(int64_t vocab) { return threads_for(vocab, 1); }
 
 // Order-preserving unsigned image of a float: a < b exactly when key(a) < key(b), over all
 // non-NaN values including +-inf. -0 and +0 share a key, being one value to the comparisons
@@ -93,28 +89,20 @@ struct SamplingArgs {
   int64_t order;  // FilterOrder
 };
 
-// A row's filter parameters, as the CPU's RowFilter reads them.
-struct RowParams {
-  double temperature;
-  int64_t top_k;
-  double top_p;
-  double min_p;
-};
-
 template <typename scalar_t, typename acc_t>
-__device__ __forceinline__ RowParams row_params(const SamplingArgs<scalar_t, acc_t>& args,
+__device__ __forceinline__ RowFilter row_filter(const SamplingArgs<scalar_t, acc_t>& args,
                                                 int64_t row) {
   return {args.temperature[row], args.top_k[row], args.top_p[row], args.min_p[row]};
 }
 
-// z_j of one row in acc_t, as the CPU computes it (scaled_logit). Cheap enough to recompute on
-// every pass.
+// z_j of one row in acc_t (sampling_math.h's scaled_logit). Cheap enough to recompute on every
+// pass.
 template <typename scalar_t, typename acc_t>
 struct ScaledRow {
   const scalar_t* __restrict__ x;
   const acc_t* __restrict__ bias;  // nullptr when absent
   acc_t temperature;
-  bool divide;  // temperature != 1 (the CPU skips the division then, NaN included)
+  bool divide;  // temperature != 1 (scaled_logit skips the division otherwise, NaN included)
 
   __device__ __forceinline__ acc_t operator()(int64_t j) const {
     return scaled_logit(to_acc<acc_t>(x[j]), bias, j, temperature, divide);
@@ -128,18 +116,6 @@ __device__ __forceinline__ ScaledRow<scalar_t, acc_t> scaled_row(
   return {args.logits + row * args.row_stride,
           args.bias != nullptr ? args.bias + row * args.bias_row_stride : nullptr, t,
           t != acc_t(1)};
-}
-
-// block_reduce, with the result broadcast to every thread. Every thread must call it.
-template <typename T, typename Combine>
-__device__ __forceinline__ T block_all_reduce(T value, T identity, Combine combine) {
-  __shared__ T result;
-  value = block_reduce(value, identity, combine);
-  if (threadIdx.x == 0) result = value;
-  __syncthreads();
-  value = result;
-  __syncthreads();  // a later call of the same type may overwrite result
-  return value;
 }
 
 // First pass over a row: max (and its first index, torch.argmax's choice) and whether it holds NaN.
@@ -248,8 +224,8 @@ __device__ __forceinline__ void select_rank_digit(RadixScratch& s, unsigned rank
   }
 }
 
-// The k-th largest z of the row (1 <= k <= n), ties counted: the CPU's kth_largest. Every thread
-// must call it; the result is the same in all.
+// The k-th largest z of the row (1 <= k <= n), ties counted: row_threshold's kth_largest. Every
+// thread must call it; the result is the same in all.
 template <typename acc_t, typename Row>
 __device__ acc_t block_kth_largest(const Row& z, int64_t n, int64_t k, RadixScratch& s) {
   using key_t = typename OrderedKey<acc_t>::type;
@@ -274,8 +250,8 @@ __device__ acc_t block_kth_largest(const Row& z, int64_t n, int64_t k, RadixScra
   return key_value(prefix);
 }
 
-// Smallest z with exp(z - max) >= min_p (min_p_cut), +inf when none: the CPU's min_p_threshold
-// (lower = -inf). Every thread must call it.
+// Smallest z with exp(z - max) >= min_p (min_p_cut), +inf when none: row_threshold's
+// min_p_threshold. Every thread must call it.
 template <typename acc_t, typename Row>
 __device__ acc_t block_min_p_threshold(const Row& z, int64_t n, double row_max, double min_p) {
   const double cut = min_p_cut<acc_t>(min_p);
@@ -294,7 +270,7 @@ __device__ acc_t block_min_p_threshold(const Row& z, int64_t n, double row_max, 
 // whose mass, added to `below` (the mass of the candidates under the current range) and to the
 // buckets under it, exceeds removal. Lane l owns buckets 8l up to 8l + 7, so lane order is
 // ascending value order. On the first pass the histogram holds every candidate, which gives the
-// total and the removal mass. The CPU's top_p_threshold.
+// total and the removal mass.
 template <typename acc_t>
 __device__ __forceinline__ void select_mass_digit(RadixScratch& s, bool first_pass, double top_p,
                                                   double below) {
@@ -310,7 +286,7 @@ __device__ __forceinline__ void select_mass_digit(RadixScratch& s, bool first_pa
   if (first_pass) {
     const double total = __shfl_sync(kFullWarp, inclusive, kWarpSize - 1);
     removal = top_p_removal_mass<acc_t>(top_p, total);
-    // p <= 0, or a NaN total (+inf logits): only the top group survives, as on the CPU.
+    // p <= 0, or a NaN total (+inf logits): only the top group survives.
     if (!top_p_cuts_inside(removal, total)) {
       if (lane == 0) {
         s.digit = kNoDigit;
@@ -360,7 +336,8 @@ __device__ __forceinline__ void select_mass_digit(RadixScratch& s, bool first_pa
 
 // Top-p over the candidates z >= lower, renormalized over them: the smallest kept value, each
 // group of equal values removed while its tail (its own mass and the mass below it) is <= the
-// removal mass. The CPU's top_p_threshold. row_max is the row's max (a candidate: lower <= max).
+// removal mass: row_threshold's top_p_threshold. row_max is the row's max (a candidate:
+// lower <= max).
 // Every thread must call it.
 template <typename acc_t, typename Row>
 __device__ acc_t block_top_p_threshold(const Row& z, int64_t n, acc_t row_max, double top_p,
@@ -398,40 +375,19 @@ __device__ acc_t block_top_p_threshold(const Row& z, int64_t n, acc_t row_max, d
   return key_value(prefix);
 }
 
-// The row's keep threshold (-inf keeps everything); the CPU's row_threshold. z must be NaN-free
-// and row_max its max. Every thread must call it; the result is the same in all.
+// The row's keep threshold: sampling_math.h's row_threshold over the block-wide searches above.
+// z must be NaN-free and row_max its max. Every thread must call it; the result is the same in all
+// (each search returns the same value in every thread, so all take the same branches).
 template <typename acc_t, typename Row>
-__device__ acc_t row_threshold(const Row& z, int64_t n, acc_t row_max, const RowParams& f,
-                               int64_t order, int64_t min_tokens_to_keep, RadixScratch& s) {
-  constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
-  if (row_max == kNegInf) return kNegInf;  // nothing to rank (also n == 0)
-
-  int64_t keep_at_least = min_tokens_to_keep > 1 ? min_tokens_to_keep : 1;
-  if (keep_at_least > n) keep_at_least = n;
-  // The min_tokens_to_keep-th largest value: no filter cuts above it.
-  const acc_t floor_keep =
-      keep_at_least > 1 ? block_kth_largest<acc_t>(z, n, keep_at_least, s) : row_max;
-
-  acc_t tau_k = kNegInf;
-  const int64_t k = f.top_k > keep_at_least ? f.top_k : keep_at_least;
-  if (k < n) tau_k = block_kth_largest<acc_t>(z, n, k, s);
-
-  acc_t tau_min_p = kNegInf;
-  if (f.min_p > 0) {
-    const acc_t tau = block_min_p_threshold<acc_t>(z, n, double(row_max), f.min_p);
-    tau_min_p = tau < floor_keep ? tau : floor_keep;
-  }
-
-  acc_t tau_p = kNegInf;
-  if (f.top_p < 1) {
-    acc_t lower = kNegInf;
-    if (order == kOrderHf) lower = tau_k;
-    if (order == kOrderVllm) lower = tau_k > tau_min_p ? tau_k : tau_min_p;
-    const acc_t tau = block_top_p_threshold(z, n, row_max, f.top_p, lower, s);
-    tau_p = tau < floor_keep ? tau : floor_keep;
-  }
-  acc_t tau = tau_k > tau_min_p ? tau_k : tau_min_p;
-  return tau_p > tau ? tau_p : tau;
+__device__ acc_t block_row_threshold(const Row& z, int64_t n, acc_t row_max, const RowFilter& f,
+                                     int64_t order, int64_t min_tokens_to_keep, RadixScratch& s) {
+  return row_threshold(
+      n, row_max, f, order, min_tokens_to_keep,
+      [&](int64_t k) { return block_kth_largest<acc_t>(z, n, k, s); },
+      [&](double min_p) { return block_min_p_threshold<acc_t>(z, n, double(row_max), min_p); },
+      [&](double top_p, acc_t lower) {
+        return block_top_p_threshold(z, n, row_max, top_p, lower, s);
+      });
 }
 
 // filter_logits: out[row, j] = z_j if z_j >= tau else fill; whole NaN rows for rows with NaN.
@@ -444,7 +400,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kSamplingMinBlocksPerSm)
   const int64_t n = args.vocab;
   const scalar_t fill_value = from_acc<scalar_t>(fill);
   for (int64_t row = blockIdx.x; row < args.num_rows; row += gridDim.x) {
-    const RowParams f = row_params(args, row);
+    const RowFilter f = row_filter(args, row);
     const auto z = scaled_row(args, row, f.temperature);
     scalar_t* __restrict__ y = out + row * n;
     const RowScan<acc_t> scan = scan_row<acc_t>(z, n);
@@ -453,7 +409,8 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kSamplingMinBlocksPerSm)
       for (int64_t j = threadIdx.x; j < n; j += blockDim.x) y[j] = nan;
       continue;
     }
-    const acc_t tau = row_threshold(z, n, scan.max, f, args.order, min_tokens_to_keep, scratch);
+    const acc_t tau =
+        block_row_threshold(z, n, scan.max, f, args.order, min_tokens_to_keep, scratch);
     for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
       const acc_t v = z(j);
       y[j] = v >= tau ? from_acc<scalar_t>(v) : fill_value;
@@ -480,7 +437,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kSamplingMinBlocksPerSm)
   __shared__ RadixScratch scratch;
   const int64_t n = args.vocab;
   for (int64_t row = blockIdx.x; row < args.num_rows; row += gridDim.x) {
-    const RowParams f = row_params(args, row);
+    const RowFilter f = row_filter(args, row);
     const bool greedy = !(f.temperature > 0);
     const auto z = scaled_row(args, row, greedy ? 1.0 : f.temperature);
     const RowScan<acc_t> scan = scan_row<acc_t>(z, n);
@@ -500,7 +457,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kSamplingMinBlocksPerSm)
       }
       continue;
     }
-    const acc_t tau = row_threshold(z, n, scan.max, f, args.order, 1, scratch);
+    const acc_t tau = block_row_threshold(z, n, scan.max, f, args.order, 1, scratch);
 
     // The row's max is always kept, so it is the max of every thread's log-sum-exp state; adding
     // exp(z - max) then needs no rescaling. A +inf max makes the lse +inf through lse_merge.

@@ -19,13 +19,6 @@ namespace {
 using cuda::CudaType;
 using cuda::row_grid;
 
-// Threads per row: a whole number of warps, about four elements each, at most 512.
-int row_threads(int64_t local_classes) {
-  int threads = cuda::kWarpSize;
-  while (threads < cuda::kMaxBlockThreads && int64_t(threads) * 4 < local_classes) threads *= 2;
-  return threads;
-}
-
 template <typename scalar_t>
 cuda::VocabSliceArgs<typename CudaType<scalar_t>::type> slice_args(const at::Tensor& logits,
                                                                    const at::Tensor& target,
@@ -50,7 +43,8 @@ at::Tensor vocab_parallel_cross_entropy_stats_cuda(const at::Tensor& logits_in,
   const at::Tensor logits = rows_with_unit_stride(logits_in);
   const at::Tensor target = target_in.contiguous();
   const int64_t num_rows = logits.size(0);
-  // Float64, as the CPU kernel's (see there).
+  // Float64 whatever the logits: the ranks' statistics are combined into lse - z_target, which
+  // would cancel the digits of an lse rounded to float32.
   at::Tensor stats = at::empty({3, num_rows}, logits.options().dtype(at::kDouble));
   if (num_rows == 0) return stats;
   AT_DISPATCH_FLOATING_TYPES_AND2(
@@ -59,8 +53,9 @@ at::Tensor vocab_parallel_cross_entropy_stats_cuda(const at::Tensor& logits_in,
         using cuda_t = typename CudaType<scalar_t>::type;
         cuda::launch_kernel(
             "vocab_parallel_stats_kernel", cuda::vocab_parallel_stats_kernel<cuda_t, acc_t>,
-            row_grid(num_rows), row_threads(logits.size(1)), 0, cuda::current_stream(),
-            slice_args<scalar_t>(logits, target, vocab_start), stats.mutable_data_ptr<double>());
+            row_grid(num_rows), cuda::vocab_parallel_block_threads(logits.size(1)), 0,
+            cuda::current_stream(), slice_args<scalar_t>(logits, target, vocab_start),
+            stats.mutable_data_ptr<double>());
         LOGITOPS_CHECK_LAUNCH();
       });
   return stats;
@@ -88,10 +83,10 @@ at::Tensor vocab_parallel_cross_entropy_backward_cuda(const at::Tensor& grad_row
         using cuda_t = typename CudaType<scalar_t>::type;
         cuda::launch_kernel(
             "vocab_parallel_backward_kernel", cuda::vocab_parallel_backward_kernel<cuda_t, acc_t>,
-            row_grid(num_rows), row_threads(logits.size(1)), 0, cuda::current_stream(),
-            slice_args<scalar_t>(logits, target, vocab_start), grad_rows.const_data_ptr<acc_t>(),
-            lse.const_data_ptr<acc_t>(), num_classes, ignore_index,
-            static_cast<acc_t>(label_smoothing), static_cast<acc_t>(z_loss),
+            row_grid(num_rows), cuda::vocab_parallel_block_threads(logits.size(1)), 0,
+            cuda::current_stream(), slice_args<scalar_t>(logits, target, vocab_start),
+            grad_rows.const_data_ptr<acc_t>(), lse.const_data_ptr<acc_t>(), num_classes,
+            ignore_index, static_cast<acc_t>(label_smoothing), static_cast<acc_t>(z_loss),
             reinterpret_cast<cuda_t*>(grad.mutable_data_ptr<scalar_t>()));
         LOGITOPS_CHECK_LAUNCH();
       });

@@ -7,11 +7,16 @@
 #include <limits>
 
 #include "../common/logit_math.h"
-#include "cross_entropy_kernels.cuh"
 #include "cuda_utils.cuh"
+#include "row_reduce.cuh"
 
 namespace logitops {
 namespace cuda {
+
+// Threads per row: about four elements each.
+inline int vocab_parallel_block_threads(int64_t local_classes) {
+  return threads_for(local_classes, 4);
+}
 
 template <typename scalar_t>
 struct VocabSliceArgs {
