@@ -19,7 +19,10 @@
 #include <vector>
 
 #include "../common/logit_math.h"
-#include "../ops_common.h"
+#include "../host/checks.h"
+#include "../host/operands.h"
+#include "../host/reduction.h"
+#include "allocator.h"
 #include "vec_utils.h"
 
 namespace logitops {
@@ -272,16 +275,9 @@ at::Tensor cross_entropy_backward_cpu(const at::Tensor& grad_loss_in,
       weight.has_value() ? weight->to(acc_dtype).contiguous() : at::Tensor();
   const at::Tensor grad_loss =
       upstream_per_row(grad_loss_in, total_weight, reduction, num_rows, acc_dtype);
-  const at::Tensor grad_lse = grad_lse_in.has_value() && grad_lse_in->defined()
-                                  ? grad_lse_in->to(acc_dtype).contiguous()
-                                  : at::Tensor();
-  const at::Tensor lse = lse_in.to(acc_dtype).contiguous();
-  // The kernel reads one value per row of each; check rather than read out of bounds.
-  TORCH_CHECK_VALUE(lse.numel() == num_rows, "logitops.cross_entropy_backward: lse must have ",
-                    num_rows, " elements, got ", lse.numel());
-  TORCH_CHECK_VALUE(!grad_lse.defined() || grad_lse.numel() == num_rows,
-                    "logitops.cross_entropy_backward: grad_lse must have ", num_rows,
-                    " elements, got ", grad_lse.numel());
+  const LseOperands lse_ops = lse_operands(lse_in, grad_lse_in, logits, "cross_entropy_backward");
+  const at::Tensor& lse = lse_ops.lse;
+  const at::Tensor& grad_lse = lse_ops.grad_lse;
   at::Tensor grad = empty_cpu_output({num_rows, num_classes}, logits.options());
   const CrossEntropyArgs args{ignore_index, label_smoothing, z_loss, softcap};
 
@@ -484,16 +480,10 @@ at::Tensor cross_entropy_probs_backward_cpu(const at::Tensor& grad_loss_in,
   const at::Tensor count = at::empty({}, logits.options().dtype(acc_dtype)).fill_(double(num_rows));
   const at::Tensor grad_loss =
       upstream_per_row(grad_loss_in, count, reduction, num_rows, acc_dtype);
-  const at::Tensor grad_lse = grad_lse_in.has_value() && grad_lse_in->defined()
-                                  ? grad_lse_in->to(acc_dtype).contiguous()
-                                  : at::Tensor();
-  const at::Tensor lse = lse_in.to(acc_dtype).contiguous();
-  TORCH_CHECK_VALUE(lse.numel() == num_rows,
-                    "logitops.cross_entropy_probs_backward: lse must have ", num_rows,
-                    " elements, got ", lse.numel());
-  TORCH_CHECK_VALUE(!grad_lse.defined() || grad_lse.numel() == num_rows,
-                    "logitops.cross_entropy_probs_backward: grad_lse must have ", num_rows,
-                    " elements, got ", grad_lse.numel());
+  const LseOperands lse_ops =
+      lse_operands(lse_in, grad_lse_in, logits, "cross_entropy_probs_backward");
+  const at::Tensor& lse = lse_ops.lse;
+  const at::Tensor& grad_lse = lse_ops.grad_lse;
   at::Tensor grad = empty_cpu_output({num_rows, num_classes}, logits.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kBFloat16, at::kHalf, logits.scalar_type(), "cross_entropy_probs_backward_cpu", [&] {

@@ -15,7 +15,10 @@
 #include <vector>
 
 #include "../common/logit_math.h"
-#include "../ops_common.h"
+#include "../host/checks.h"
+#include "../host/operands.h"
+#include "../host/reduction.h"
+#include "allocator.h"
 #include "vec_utils.h"
 
 namespace logitops {

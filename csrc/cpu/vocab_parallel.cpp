@@ -17,7 +17,9 @@
 #include <vector>
 
 #include "../common/logit_math.h"
-#include "../ops_common.h"
+#include "../host/checks.h"
+#include "../host/operands.h"
+#include "allocator.h"
 #include "vec_utils.h"
 
 namespace logitops {

@@ -15,7 +15,9 @@
 #include <limits>
 
 #include "../common/logit_math.h"
-#include "../ops_common.h"
+#include "../host/checks.h"
+#include "../host/operands.h"
+#include "../host/reduction.h"
 #include "device_api.h"
 #include "distillation_kernels.cuh"
 
