@@ -6,11 +6,7 @@
 #include <cstdint>
 #include <limits>
 
-#if defined(__CUDACC__) || defined(__HIPCC__)
-#define LOGITOPS_HD __host__ __device__ __forceinline__
-#else
-#define LOGITOPS_HD inline
-#endif
+#include "host_device.h"
 
 namespace logitops {
 
@@ -112,6 +108,15 @@ LOGITOPS_HD acc_t softcap_derivative(acc_t z, acc_t cap) {
   return acc_t(1) - t * t;
 }
 
+// The same derivative from the capped value c = softcap_value(z, cap): tanh(z / cap) = c / cap,
+// so 1 - (c * inv_cap)^2 with inv_cap = 1 / cap, which saves a second tanh. For a cap that is on:
+// the caller keeps the factor 1 of a cap that is off.
+template <typename acc_t>
+LOGITOPS_HD acc_t softcap_derivative_from_capped(acc_t capped, acc_t inv_cap) {
+  const acc_t t = capped * inv_cap;
+  return acc_t(1) - t * t;
+}
+
 // Per-row coefficients of the cross-entropy with class-index targets.
 //
 // With p = softmax(z), weight w (all ones when absent), smoothing eps over C classes and target y:
@@ -163,31 +168,41 @@ LOGITOPS_HD acc_t cross_entropy_row_loss(const CrossEntropyRow<acc_t>& row, LseS
   return loss;
 }
 
+// upstream * coef, except that a zero coefficient stays zero for an infinite upstream (a mean
+// over no rows divides by 0): how every coefficient of a cross-entropy gradient is scaled.
+template <typename acc_t>
+LOGITOPS_HD acc_t upstream_scaled(acc_t upstream, acc_t coef) {
+  return coef == acc_t(0) ? acc_t(0) : upstream * coef;
+}
+
+// The factor of p_j in a row's gradient: g * A + g_lse, with g the upstream gradient of the row's
+// loss and g_lse that of its lse.
+template <typename acc_t>
+LOGITOPS_HD acc_t cross_entropy_prob_scale(const CrossEntropyRow<acc_t>& row, acc_t upstream,
+                                           acc_t upstream_lse) {
+  return upstream_scaled(upstream, row.grad_scale) + upstream_lse;
+}
+
 // Whether a row's gradient is zero whatever its logits (an ignored row, or one whose upstream
-// gradients are zero). A zero coefficient stays zero for an infinite upstream (a mean over no
-// rows divides by 0), as in cross_entropy_grad. Both kernels decide with this, so an ignored row
-// with a NaN or +inf logit gets zeros on every device.
+// gradients are zero), with the zero coefficients of upstream_scaled. Every kernel decides with
+// this, so an ignored row with a NaN or +inf logit gets zeros on every device.
 template <typename acc_t>
 LOGITOPS_HD bool cross_entropy_row_grad_is_zero(const CrossEntropyRow<acc_t>& row, acc_t upstream,
                                                 acc_t upstream_lse) {
-  const acc_t prob_scale =
-      (row.grad_scale == acc_t(0) ? acc_t(0) : upstream * row.grad_scale) + upstream_lse;
-  const acc_t smooth = row.smooth_coef == acc_t(0) ? acc_t(0) : upstream * row.smooth_coef;
-  return prob_scale == acc_t(0) && smooth == acc_t(0) && row.target_coef == acc_t(0);
+  return cross_entropy_prob_scale(row, upstream, upstream_lse) == acc_t(0) &&
+         upstream_scaled(upstream, row.smooth_coef) == acc_t(0) && row.target_coef == acc_t(0);
 }
 
 // Gradient of one element of the capped logits: p_j * (g * A + g_lse) - g * b_j, with
-// p_j = exp(z_j - lse), g the upstream gradient of the row's loss and g_lse that of its lse.
-// The caller multiplies by softcap_derivative when soft-capping is on.
+// p_j = exp(z_j - lse). The caller multiplies by the soft-cap's derivative when it is on.
 template <typename acc_t>
 LOGITOPS_HD acc_t cross_entropy_grad(const CrossEntropyRow<acc_t>& row, acc_t upstream,
                                      acc_t upstream_lse, acc_t prob, bool is_target,
                                      acc_t class_weight) {
   acc_t b = row.smooth_coef * class_weight;
   if (is_target) b += row.target_coef;
-  // A zero coefficient stays zero for an infinite upstream (a mean over no rows divides by 0).
-  const acc_t prob_scale = (row.grad_scale == acc_t(0) ? acc_t(0) : upstream * row.grad_scale);
-  return prob * (prob_scale + upstream_lse) - (b == acc_t(0) ? acc_t(0) : upstream * b);
+  return prob * cross_entropy_prob_scale(row, upstream, upstream_lse) -
+         upstream_scaled(upstream, b);
 }
 
 // Class-probability targets t (PyTorch's cross_entropy_loss_prob_target), per row, with
@@ -354,26 +369,6 @@ template <typename acc_t>
 LOGITOPS_HD acc_t bce_with_logits_target_grad(acc_t z, acc_t pos_weight) {
   const acc_t softplus_neg = std::log1p(std::exp(-std::fabs(z))) + (z < acc_t(0) ? -z : acc_t(0));
   return -z + (pos_weight - acc_t(1)) * softplus_neg;
-}
-
-// Fixed tiling of a [rows, cols] elementwise op into work items of about kTileElems elements.
-// Reductions sum one partial per tile, then the tiles in order: the same bits for any thread
-// count. Also used by the CUDA launcher so both devices split work the same way.
-struct Tiling {
-  int64_t rows, cols, row_tile, col_tile, row_tiles, col_tiles;
-  LOGITOPS_HD int64_t num_tiles() const { return row_tiles * col_tiles; }
-};
-
-LOGITOPS_HD Tiling make_tiling(int64_t rows, int64_t cols, int64_t tile_elems) {
-  Tiling t;
-  t.rows = rows;
-  t.cols = cols;
-  t.col_tile = cols < tile_elems ? (cols > 0 ? cols : 1) : tile_elems;
-  t.row_tile = tile_elems / t.col_tile;
-  if (t.row_tile < 1) t.row_tile = 1;
-  t.row_tiles = (rows + t.row_tile - 1) / t.row_tile;
-  t.col_tiles = (cols + t.col_tile - 1) / t.col_tile;
-  return t;
 }
 
 }  // namespace logitops

@@ -1,5 +1,5 @@
 // BCE-with-logits on the CPU: loss, its reduction and (optionally) the gradient in one read of
-// input and target. Work is split by the fixed Tiling of logit_math.h, so a mean or sum is the
+// input and target. Work is split by the fixed Tiling of common/tiling.h, so a mean or sum is the
 // same bits for any thread count.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "../common/logit_math.h"
+#include "../common/tiling.h"
 #include "../host/checks.h"
 #include "../host/operands.h"
 #include "../host/reduction.h"

@@ -112,10 +112,6 @@ struct RowContext {
                 acc_t upstream_lse, scalar_t* grad_row, acc_t* buf) const {
     using Vec = Vectorized<acc_t>;
     const int64_t t = target[i];
-    // Zero coefficients stay zero for an infinite upstream, as in cross_entropy_grad.
-    const acc_t prob_scale =
-        (row.grad_scale == acc_t(0) ? acc_t(0) : upstream * row.grad_scale) + upstream_lse;
-    const acc_t smooth = row.smooth_coef == acc_t(0) ? acc_t(0) : upstream * row.smooth_coef;
     if (cross_entropy_row_grad_is_zero(row, upstream, upstream_lse)) {
       std::fill(grad_row, grad_row + num_classes, scalar_t(0));
       return;
@@ -125,7 +121,10 @@ struct RowContext {
       std::fill(grad_row, grad_row + num_classes, scalar_t(NAN));
       return;
     }
-    const Vec vlse(lse), vscale(prob_scale), vsmooth(smooth), vinv_cap(acc_t(1) / softcap);
+    const acc_t prob_scale = cross_entropy_prob_scale(row, upstream, upstream_lse);
+    const acc_t smooth = upstream_scaled(upstream, row.smooth_coef);
+    const acc_t inv_cap = acc_t(1) / softcap;
+    const Vec vlse(lse), vscale(prob_scale), vsmooth(smooth), vinv_cap(inv_cap);
     for (int64_t start = 0; start < num_classes; start += kBlock) {
       const int64_t n = std::min(kBlock, num_classes - start);
       const acc_t* z = load_block(i, start, n, buf);
@@ -138,17 +137,14 @@ struct RowContext {
         const Vec zj = Vec::loadu(z + j);
         Vec g = fast_exp(zj - vlse) * vscale;
         if (smooth != acc_t(0)) g = g - (w != nullptr ? vsmooth * Vec::loadu(w + j) : vsmooth);
-        if (softcap != acc_t(0)) {
-          const Vec tj = zj * vinv_cap;  // tanh(raw / cap) recovered from the capped value
-          g = g * (Vec(acc_t(1)) - tj * tj);
-        }
+        if (softcap != acc_t(0)) g = g * (Vec(acc_t(1)) - (zj * vinv_cap) * (zj * vinv_cap));
         g.store(out + j);
       }
       for (; j < n; ++j) {
         const acc_t prob = exp_shift(z[j], lse);
         acc_t g = cross_entropy_grad(row, upstream, upstream_lse, prob, false,
                                      w != nullptr ? w[j] : acc_t(1));
-        if (softcap != acc_t(0)) g *= acc_t(1) - (z[j] / softcap) * (z[j] / softcap);
+        if (softcap != acc_t(0)) g *= softcap_derivative_from_capped(z[j], inv_cap);
         out[j] = g;
       }
       if (t >= start && t < start + n) {
@@ -378,8 +374,8 @@ struct SoftRowContext {
       std::fill(grad_row, grad_row + num_classes, scalar_t(NAN));
       return;
     }
-    const acc_t z_loss = logits.z_loss, cap = logits.softcap;
-    const Vec vlse(lse), vup(upstream), vinv_cap(acc_t(1) / cap),
+    const acc_t z_loss = logits.z_loss, cap = logits.softcap, inv_cap = acc_t(1) / cap;
+    const Vec vlse(lse), vup(upstream), vinv_cap(inv_cap),
         vscale(upstream * (a_sum + acc_t(2) * z_loss * lse) + upstream_lse);
     for (int64_t start = 0; start < num_classes; start += kBlock) {
       const int64_t n = std::min(kBlock, num_classes - start);
@@ -397,7 +393,7 @@ struct SoftRowContext {
       for (; j < n; ++j) {
         acc_t g = soft_target_grad(exp_shift(z[j], lse), coef[j], a_sum, lse, z_loss, upstream,
                                    upstream_lse);
-        if (cap != acc_t(0)) g *= acc_t(1) - (z[j] / cap) * (z[j] / cap);
+        if (cap != acc_t(0)) g *= softcap_derivative_from_capped(z[j], inv_cap);
         out[j] = g;
       }
       if constexpr (!std::is_same_v<scalar_t, acc_t>) store_from_acc(buf, grad_row + start, n);

@@ -137,11 +137,7 @@ at::Tensor vocab_parallel_cross_entropy_backward_cpu(const at::Tensor& grad_rows
                 t[i] == ignore_index
                     ? cross_entropy_ignored_row<acc_t>()
                     : cross_entropy_row(row_lse, acc_t(1), acc_t(num_classes), eps, num_classes, z);
-            // Zero coefficients stay zero for an infinite upstream, as in cross_entropy_grad.
-            const acc_t prob_scale =
-                coef.grad_scale == acc_t(0) ? acc_t(0) : up[i] * coef.grad_scale;
-            const acc_t smooth = coef.smooth_coef == acc_t(0) ? acc_t(0) : up[i] * coef.smooth_coef;
-            if (prob_scale == acc_t(0) && smooth == acc_t(0) && coef.target_coef == acc_t(0)) {
+            if (cross_entropy_row_grad_is_zero(coef, up[i], acc_t(0))) {
               std::fill(out_row, out_row + local_classes, scalar_t(0));
               continue;
             }
@@ -151,7 +147,8 @@ at::Tensor vocab_parallel_cross_entropy_backward_cpu(const at::Tensor& grad_rows
               continue;
             }
             const int64_t local_target = t[i] - vocab_start;
-            const Vec vlse(row_lse), vscale(prob_scale), vsmooth(smooth);
+            const Vec vlse(row_lse), vscale(cross_entropy_prob_scale(coef, up[i], acc_t(0))),
+                vsmooth(upstream_scaled(up[i], coef.smooth_coef));
             for (int64_t start = 0; start < local_classes; start += kBlock) {
               const int64_t n = std::min(kBlock, local_classes - start);
               const acc_t* zb = acc_block(row, start, n, buf.data());

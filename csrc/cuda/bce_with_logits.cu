@@ -13,6 +13,7 @@
 #include <optional>
 
 #include "../common/logit_math.h"
+#include "../common/tiling.h"
 #include "../host/checks.h"
 #include "../host/operands.h"
 #include "../host/reduction.h"
