@@ -236,11 +236,19 @@ LOGITOPS_HD acc_t soft_target_loss(LseState<acc_t> state, acc_t coef_sum,
   return loss;
 }
 
+// The factor of p_j in a row's gradient: g * (A + 2 z_loss lse) + g_lse.
+template <typename acc_t>
+LOGITOPS_HD acc_t soft_target_prob_scale(acc_t coef_sum, acc_t lse, acc_t z_loss, acc_t upstream,
+                                         acc_t upstream_lse) {
+  return upstream * (coef_sum + acc_t(2) * z_loss * lse) + upstream_lse;
+}
+
 // p_j * (g * (A + 2 z_loss lse) + g_lse) - g * a_j, before the soft-cap factor.
 template <typename acc_t>
 LOGITOPS_HD acc_t soft_target_grad(acc_t prob, acc_t coef, acc_t coef_sum, acc_t lse, acc_t z_loss,
                                    acc_t upstream, acc_t upstream_lse) {
-  return prob * (upstream * (coef_sum + acc_t(2) * z_loss * lse) + upstream_lse) - upstream * coef;
+  return prob * soft_target_prob_scale(coef_sum, lse, z_loss, upstream, upstream_lse) -
+         upstream * coef;
 }
 
 // Distillation divergences between P = softmax(t) (teacher) and Q = softmax(s) (student), both
@@ -301,18 +309,29 @@ LOGITOPS_HD acc_t log_add_exp(acc_t a, acc_t b) {
   return hi + std::log1p(std::exp(lo - hi));
 }
 
+// A probability from its log: exp(lp), exactly 0 for lp = -inf.
+template <typename acc_t>
+LOGITOPS_HD acc_t prob_from_log(acc_t lp) {
+  return lp == -std::numeric_limits<acc_t>::infinity() ? acc_t(0) : std::exp(lp);
+}
+
+// p d, the forward KL's term: 0 where p = 0, so a -inf teacher logit (d = -inf) is not a NaN.
+template <typename acc_t>
+LOGITOPS_HD acc_t forward_kl_term(acc_t p, acc_t d) {
+  return p > acc_t(0) ? p * d : acc_t(0);
+}
+
 // One element's term from lp, lq and d = lp - lq (from LogSoftmaxPair). For the JSD,
 // lp - lm = -log(beta + (1 - beta) e^-d) and lq - lm = -log(beta e^d + (1 - beta)), in log space:
 // functions of d alone, so no log M of an underflowed mixture and no lost digits.
 template <typename acc_t>
 LOGITOPS_HD DivergenceTerm<acc_t> divergence_term(int64_t kind, acc_t beta, acc_t lp, acc_t lq,
                                                   acc_t d) {
-  constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
-  const acc_t p = lp == kNegInf ? acc_t(0) : std::exp(lp);
-  const acc_t q = lq == kNegInf ? acc_t(0) : std::exp(lq);
+  const acc_t p = prob_from_log(lp);
+  const acc_t q = prob_from_log(lq);
   DivergenceTerm<acc_t> out{acc_t(0), acc_t(0), q};
   if (kind == kForwardKl) {
-    if (p > acc_t(0)) out.loss = p * d;
+    out.loss = forward_kl_term(p, d);
     out.q_g = -p;
   } else if (kind == kReverseKl) {
     if (q > acc_t(0)) out.loss = -q * d;
@@ -351,24 +370,50 @@ struct BceTerms {
   acc_t grad;
 };
 
+// e = exp(-|z|): never the exp of a positive number.
 template <typename acc_t>
-LOGITOPS_HD BceTerms<acc_t> bce_with_logits(acc_t z, acc_t y, acc_t pos_weight) {
-  const acc_t e = std::exp(-std::fabs(z));
-  const acc_t softplus_neg = std::log1p(e) + (z < acc_t(0) ? -z : acc_t(0));
-  const acc_t log_weight = acc_t(1) + (pos_weight - acc_t(1)) * y;
+LOGITOPS_HD acc_t exp_neg_abs(acc_t z) {
+  return std::exp(-std::fabs(z));
+}
+
+// softplus(-z) = log(1 + exp(-z)) = log1p(e) + max(-z, 0) from e = exp_neg_abs(z).
+template <typename acc_t>
+LOGITOPS_HD acc_t softplus_neg(acc_t z, acc_t e) {
+  return std::log1p(e) + (z < acc_t(0) ? -z : acc_t(0));
+}
+
+// l_w = 1 + (pos_weight - 1) * y.
+template <typename acc_t>
+LOGITOPS_HD acc_t bce_log_weight(acc_t y, acc_t pos_weight) {
+  return acc_t(1) + (pos_weight - acc_t(1)) * y;
+}
+
+// The loss from z, y, l_w and e = exp_neg_abs(z).
+template <typename acc_t>
+LOGITOPS_HD acc_t bce_loss(acc_t z, acc_t y, acc_t log_weight, acc_t e) {
+  return (acc_t(1) - y) * z + log_weight * softplus_neg(z, e);
+}
+
+// The gradient from z, y, l_w and e = exp_neg_abs(z): sigmoid(-z) = e / (1 + e) for z >= 0, else
+// 1 / (1 + e). A NaN logit gives a NaN gradient.
+template <typename acc_t>
+LOGITOPS_HD acc_t bce_grad(acc_t z, acc_t y, acc_t log_weight, acc_t e) {
   const acc_t r = acc_t(1) / (acc_t(1) + e);
   const acc_t sigmoid_neg = z >= acc_t(0) ? e * r : r;
-  BceTerms<acc_t> out;
-  out.loss = (acc_t(1) - y) * z + log_weight * softplus_neg;
-  out.grad = (z != z) ? z : (acc_t(1) - y) - log_weight * sigmoid_neg;
-  return out;
+  return (z != z) ? z : (acc_t(1) - y) - log_weight * sigmoid_neg;
+}
+
+template <typename acc_t>
+LOGITOPS_HD BceTerms<acc_t> bce_with_logits(acc_t z, acc_t y, acc_t pos_weight) {
+  const acc_t e = exp_neg_abs(z);
+  const acc_t log_weight = bce_log_weight(y, pos_weight);
+  return {bce_loss(z, y, log_weight, e), bce_grad(z, y, log_weight, e)};
 }
 
 // d loss / d y, for targets that require grad: -z + (pos_weight - 1) * softplus(-z).
 template <typename acc_t>
 LOGITOPS_HD acc_t bce_with_logits_target_grad(acc_t z, acc_t pos_weight) {
-  const acc_t softplus_neg = std::log1p(std::exp(-std::fabs(z))) + (z < acc_t(0) ? -z : acc_t(0));
-  return -z + (pos_weight - acc_t(1)) * softplus_neg;
+  return -z + (pos_weight - acc_t(1)) * softplus_neg(z, exp_neg_abs(z));
 }
 
 }  // namespace logitops

@@ -23,6 +23,7 @@
 #include "../host/operands.h"
 #include "../host/reduction.h"
 #include "allocator.h"
+#include "vec_math.h"
 #include "vec_utils.h"
 
 namespace logitops {
@@ -39,7 +40,7 @@ void apply_softcap(acc_t* z, int64_t n, acc_t cap) {
   const Vec vcap(cap), vinv(acc_t(1) / cap);
   int64_t i = 0;
   for (; i + Vec::size() <= n; i += Vec::size()) {
-    (vcap * (Vec::loadu(z + i) * vinv).tanh()).store(z + i);
+    simd::softcap_value(Vec::loadu(z + i), vcap, vinv).store(z + i);
   }
   for (; i < n; ++i) z[i] = softcap_value(z[i], cap);
 }
@@ -124,20 +125,23 @@ struct RowContext {
     const acc_t prob_scale = cross_entropy_prob_scale(row, upstream, upstream_lse);
     const acc_t smooth = upstream_scaled(upstream, row.smooth_coef);
     const acc_t inv_cap = acc_t(1) / softcap;
-    const Vec vlse(lse), vscale(prob_scale), vsmooth(smooth), vinv_cap(inv_cap);
+    const Vec vscale(prob_scale), vsmooth(smooth), vinv_cap(inv_cap);
     for (int64_t start = 0; start < num_classes; start += kBlock) {
       const int64_t n = std::min(kBlock, num_classes - start);
       const acc_t* z = load_block(i, start, n, buf);
       const acc_t* w = weight != nullptr ? weight + start : nullptr;
+      // Class weights matter only through the smoothing term.
+      const acc_t* smooth_w = smooth != acc_t(0) ? w : nullptr;
       // fp32 / fp64 gradients are written in place; bf16 / fp16 go through buf and are rounded.
       acc_t* out = buf;
       if constexpr (std::is_same_v<scalar_t, acc_t>) out = grad_row + start;
       int64_t j = 0;
       for (; j + Vec::size() <= n; j += Vec::size()) {
         const Vec zj = Vec::loadu(z + j);
-        Vec g = fast_exp(zj - vlse) * vscale;
-        if (smooth != acc_t(0)) g = g - (w != nullptr ? vsmooth * Vec::loadu(w + j) : vsmooth);
-        if (softcap != acc_t(0)) g = g * (Vec(acc_t(1)) - (zj * vinv_cap) * (zj * vinv_cap));
+        const Vec smooth_weight =
+            smooth_w != nullptr ? vsmooth * Vec::loadu(smooth_w + j) : vsmooth;
+        Vec g = simd::cross_entropy_grad(simd::exp_shift(zj, lse), vscale, smooth_weight);
+        if (softcap != acc_t(0)) g = g * simd::softcap_derivative_from_capped(zj, vinv_cap);
         g.store(out + j);
       }
       for (; j < n; ++j) {
@@ -317,9 +321,10 @@ struct SoftRowContext {
         uniform(label_smoothing / acc_t(logits.num_classes));
     int64_t j = 0;
     for (; j + Vec::size() <= n; j += Vec::size()) {
-      Vec a = Vec::loadu(coef + j) * keep + uniform;
-      if (w != nullptr) a = a * Vec::loadu(w + j);
-      a.store(coef + j);
+      const Vec t = Vec::loadu(coef + j);
+      (w != nullptr ? simd::soft_target_coef(t, Vec::loadu(w + j), keep, uniform)
+                    : simd::soft_target_coef(t, keep, uniform))
+          .store(coef + j);
     }
     for (; j < n; ++j) {
       coef[j] = soft_target_coef(coef[j], w != nullptr ? w[j] : acc_t(1), label_smoothing,
@@ -342,7 +347,7 @@ struct SoftRowContext {
     LseState<acc_t> state = lse_empty<acc_t>();
     CompensatedSum<Vec> va, vb;
     double a_sum = 0, b_sum = 0;
-    const Vec zero(acc_t(0)), vshift(shift);
+    const Vec vshift(shift);
     for (int64_t start = 0; start < logits.num_classes; start += kBlock) {
       const int64_t n = std::min(kBlock, logits.num_classes - start);
       const acc_t* z = logits.load_block(i, start, n, buf);
@@ -352,8 +357,7 @@ struct SoftRowContext {
       for (; j + Vec::size() <= n; j += Vec::size()) {
         const Vec a = Vec::loadu(coef + j);
         va.add(a);
-        // 0 * -inf would be NaN
-        vb.add(Vec::blendv(a * (Vec::loadu(z + j) - vshift), zero, a == zero));
+        vb.add(simd::soft_target_term(a, Vec::loadu(z + j), vshift));
       }
       for (; j < n; ++j) {
         a_sum += coef[j];
@@ -375,8 +379,8 @@ struct SoftRowContext {
       return;
     }
     const acc_t z_loss = logits.z_loss, cap = logits.softcap, inv_cap = acc_t(1) / cap;
-    const Vec vlse(lse), vup(upstream), vinv_cap(inv_cap),
-        vscale(upstream * (a_sum + acc_t(2) * z_loss * lse) + upstream_lse);
+    const Vec vup(upstream), vinv_cap(inv_cap),
+        vscale(soft_target_prob_scale(a_sum, lse, z_loss, upstream, upstream_lse));
     for (int64_t start = 0; start < num_classes; start += kBlock) {
       const int64_t n = std::min(kBlock, num_classes - start);
       const acc_t* z = logits.load_block(i, start, n, buf);
@@ -386,8 +390,8 @@ struct SoftRowContext {
       int64_t j = 0;
       for (; j + Vec::size() <= n; j += Vec::size()) {
         const Vec zj = Vec::loadu(z + j);
-        Vec g = fast_exp(zj - vlse) * vscale - vup * Vec::loadu(coef + j);
-        if (cap != acc_t(0)) g = g * (Vec(acc_t(1)) - (zj * vinv_cap) * (zj * vinv_cap));
+        Vec g = simd::soft_target_grad(simd::exp_shift(zj, lse), Vec::loadu(coef + j), vscale, vup);
+        if (cap != acc_t(0)) g = g * simd::softcap_derivative_from_capped(zj, vinv_cap);
         g.store(out + j);
       }
       for (; j < n; ++j) {

@@ -19,6 +19,7 @@
 #include "../host/operands.h"
 #include "../host/reduction.h"
 #include "allocator.h"
+#include "vec_math.h"
 #include "vec_utils.h"
 
 namespace logitops {
@@ -66,7 +67,11 @@ struct DistillContext {
       state_t = lse_block(t, n, state_t);
     }
     const auto logs = log_softmax_pair(state_t, state_s);
-    if (kind == kForwardKl) return forward_kl_row(i, logs, scale, grad, s, t, g);
+    // The vector body needs finite states (fast_exp does not propagate NaN); a row with a NaN or
+    // infinite logit takes the scalar terms below, which handle every kind.
+    if (kind == kForwardKl && lse_state_is_finite(state_t) && lse_state_is_finite(state_s)) {
+      return forward_kl_row(i, logs, scale, grad, s, t, g);
+    }
     auto term_at = [&](acc_t tj, acc_t sj) {
       return divergence_term(kind, beta, logs.lp(tj), logs.lq(sj), logs.lp_minus_lq(tj, sj));
     };
@@ -98,8 +103,8 @@ struct DistillContext {
   acc_t forward_kl_row(int64_t i, const LogSoftmaxPair<acc_t>& logs, acc_t scale, scalar_t* grad,
                        acc_t* s, acc_t* t, acc_t* g) const {
     using Vec = Vectorized<acc_t>;
-    const Vec vmax_t(logs.max_t), vlog_sum_t(logs.log_sum_t), vmax_s(logs.max_s),
-        vlog_sum_s(logs.log_sum_s), vratio(logs.log_sum_ratio), vscale(scale), zero(acc_t(0));
+    const simd::LogSoftmaxPair<acc_t> vlogs(logs);
+    const Vec vscale(scale);
     CompensatedSum<Vec> vloss;
     double loss = 0;
     for (int64_t start = 0; start < num_classes; start += kDistillBlock) {
@@ -107,11 +112,13 @@ struct DistillContext {
       load(i, start, n, s, t);
       int64_t j = 0;
       for (; j + Vec::size() <= n; j += Vec::size()) {
-        const Vec tj = Vec::loadu(t + j) - vmax_t, sj = Vec::loadu(s + j) - vmax_s;
-        const Vec p = fast_exp(tj - vlog_sum_t);
-        vloss.add(Vec::blendv(p * ((tj - sj) - vratio), zero, p == zero));
+        const Vec tj = Vec::loadu(t + j), sj = Vec::loadu(s + j);
+        const Vec p = simd::prob_from_log(vlogs.lp(tj));
+        vloss.add(simd::forward_kl_term(p, vlogs.lp_minus_lq(tj, sj)));
         // q only for the gradient: a forward alone saves one exp per element.
-        if (grad != nullptr) (vscale * (fast_exp(sj - vlog_sum_s) - p)).store(g + j);
+        if (grad != nullptr) {
+          simd::forward_kl_grad(p, simd::prob_from_log(vlogs.lq(sj)), vscale).store(g + j);
+        }
       }
       for (; j < n; ++j) {
         const auto term =

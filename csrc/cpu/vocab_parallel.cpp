@@ -20,6 +20,7 @@
 #include "../host/checks.h"
 #include "../host/operands.h"
 #include "allocator.h"
+#include "vec_math.h"
 #include "vec_utils.h"
 
 namespace logitops {
@@ -147,7 +148,7 @@ at::Tensor vocab_parallel_cross_entropy_backward_cpu(const at::Tensor& grad_rows
               continue;
             }
             const int64_t local_target = t[i] - vocab_start;
-            const Vec vlse(row_lse), vscale(cross_entropy_prob_scale(coef, up[i], acc_t(0))),
+            const Vec vscale(cross_entropy_prob_scale(coef, up[i], acc_t(0))),
                 vsmooth(upstream_scaled(up[i], coef.smooth_coef));
             for (int64_t start = 0; start < local_classes; start += kBlock) {
               const int64_t n = std::min(kBlock, local_classes - start);
@@ -155,7 +156,9 @@ at::Tensor vocab_parallel_cross_entropy_backward_cpu(const at::Tensor& grad_rows
               acc_t* out = acc_output(out_row + start, buf.data());
               int64_t j = 0;
               for (; j + Vec::size() <= n; j += Vec::size()) {
-                (fast_exp(Vec::loadu(zb + j) - vlse) * vscale - vsmooth).store(out + j);
+                simd::cross_entropy_grad(simd::exp_shift(Vec::loadu(zb + j), row_lse), vscale,
+                                         vsmooth)
+                    .store(out + j);
               }
               for (; j < n; ++j) {
                 out[j] = cross_entropy_grad(coef, up[i], acc_t(0), exp_shift(zb[j], row_lse), false,
