@@ -158,8 +158,11 @@ int64_t counted_rows(const at::Tensor& target, int64_t rows, int64_t ignore_inde
   return count;
 }
 
-// The per-row upstream gradient of the reduced loss.
-double row_upstream(int64_t reduction, double count) { return reduction == 1 ? 1.0 / count : 1.0; }
+// The per-row upstream gradient of the reduced loss (batchmean is reduction "mean" over the
+// counted rows).
+double row_upstream(int64_t reduction, double count) {
+  return reduction == kReductionMean ? 1.0 / count : 1.0;
+}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> kl_div_logits_forward_cpu(
     const at::Tensor& student_in, const at::Tensor& teacher_in,
@@ -201,9 +204,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kl_div_logits_forward_cpu(
       });
   const at::Tensor row_count = at::empty({}, student.options().dtype(acc_dtype)).fill_(count);
   // batchmean divides the sum by the counted rows: the same normalizer as reduction "mean".
-  const int64_t code =
-      reduction == 0 ? kReductionNone : (reduction == 1 ? kReductionMean : kReductionSum);
-  return {reduce_row_loss(row_loss, row_count, code, student.scalar_type()), row_count, grad};
+  return {reduce_row_loss(row_loss, row_count, reduction, student.scalar_type()), row_count, grad};
 }
 
 at::Tensor kl_div_logits_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& student_in,
@@ -217,9 +218,7 @@ at::Tensor kl_div_logits_backward_cpu(const at::Tensor& grad_loss, const at::Ten
   const at::Tensor target = target_in.has_value() ? target_in->contiguous() : at::Tensor();
   const int64_t rows = student.size(0), cols = student.size(1);
   const auto acc_dtype = accumulation_dtype(student.scalar_type());
-  const int64_t code =
-      reduction == 0 ? kReductionNone : (reduction == 1 ? kReductionMean : kReductionSum);
-  const at::Tensor upstream = upstream_per_row(grad_loss, row_count, code, rows, acc_dtype);
+  const at::Tensor upstream = upstream_per_row(grad_loss, row_count, reduction, rows, acc_dtype);
   at::Tensor grad = empty_cpu_output({rows, cols}, student.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kBFloat16, at::kHalf, student.scalar_type(), "kl_div_logits_backward_cpu", [&] {

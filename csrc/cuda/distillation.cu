@@ -32,11 +32,6 @@ dim3 distill_grid(int64_t num_rows) {
       static_cast<unsigned>(std::min<int64_t>(num_rows, std::numeric_limits<int32_t>::max())));
 }
 
-// The op's reduction code (0 none, 1 batchmean, 2 sum) as the Reduction of ops_common.
-int64_t reduction_code(int64_t reduction) {
-  return reduction == 0 ? kReductionNone : (reduction == 1 ? kReductionMean : kReductionSum);
-}
-
 template <typename scalar_t, typename acc_t>
 cuda::DistillArgs<typename CudaType<scalar_t>::type, acc_t> make_distill_args(
     const at::Tensor& student, const at::Tensor& teacher, const at::Tensor& target,
@@ -75,7 +70,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kl_div_logits_forward_cuda(
   at::Tensor row_loss = at::empty({rows}, acc_options);
   at::Tensor grad =
       compute_grad ? at::empty({rows, cols}, student.options()) : at::empty({0}, student.options());
-  const int64_t code = reduction_code(reduction);
 
   if (rows > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(
@@ -87,7 +81,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kl_div_logits_forward_cuda(
           const int threads = cuda::distill_block_threads(cols);
           cuda::launch_kernel("distill_forward_kernel", cuda::distill_forward_kernel<cuda_t, acc_t>,
                               distill_grid(rows), threads, 0, cuda::current_stream(), args,
-                              row_count.const_data_ptr<acc_t>(), code == kReductionMean,
+                              row_count.const_data_ptr<acc_t>(), reduction == kReductionMean,
                               temperature, row_loss.mutable_data_ptr<acc_t>(),
                               compute_grad
                                   ? reinterpret_cast<cuda_t*>(grad.mutable_data_ptr<scalar_t>())
@@ -97,7 +91,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kl_div_logits_forward_cuda(
   }
 
   // batchmean divides the sum by the counted rows: the same normalizer as reduction "mean".
-  return {reduce_row_loss(row_loss, row_count, code, student.scalar_type()), row_count, grad};
+  return {reduce_row_loss(row_loss, row_count, reduction, student.scalar_type()), row_count, grad};
 }
 
 at::Tensor kl_div_logits_backward_cuda(const at::Tensor& grad_loss, const at::Tensor& student_in,
@@ -116,8 +110,7 @@ at::Tensor kl_div_logits_backward_cuda(const at::Tensor& grad_loss, const at::Te
   const at::Tensor target = target_in.has_value() ? target_in->contiguous() : at::Tensor();
   const int64_t rows = student.size(0), cols = student.size(1);
   const auto acc_dtype = accumulation_dtype(student.scalar_type());
-  const at::Tensor upstream =
-      upstream_per_row(grad_loss, row_count, reduction_code(reduction), rows, acc_dtype);
+  const at::Tensor upstream = upstream_per_row(grad_loss, row_count, reduction, rows, acc_dtype);
   at::Tensor grad = at::empty({rows, cols}, student.options());
 
   if (rows > 0) {
