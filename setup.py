@@ -99,7 +99,8 @@ def _extension():
         cxx_flags += ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
     _write_build_info(isa=isa, cuda=build_cuda, emulation=_emulation_wanted())
 
-    sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
+    sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/host/*.cpp"))
+    sources += sorted(glob.glob("csrc/cpu/*.cpp"))
     define_macros = [("Py_LIMITED_API", "0x030A0000")]
     if not build_cuda:
         return cpp_extension.CppExtension(
@@ -158,7 +159,8 @@ def _emulation_extension():
         )
     wrappers = ROOT / "build" / "emulation_sources"
     wrappers.mkdir(parents=True, exist_ok=True)
-    sources = ["csrc/bindings.cpp", "csrc/ops_common.cpp", "csrc/linear_cross_entropy.cpp"]
+    sources = ["csrc/bindings.cpp", "csrc/linear_cross_entropy.cpp"]
+    sources += sorted(glob.glob("csrc/host/*.cpp"))
     sources.append("csrc/emulation/emulator.cpp")
     for cu in sorted((ROOT / "csrc" / "cuda").glob("*.cu")):
         wrapper = wrappers / f"{cu.stem}.cpp"

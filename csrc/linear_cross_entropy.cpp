@@ -14,7 +14,7 @@
 #include <tuple>
 
 #include "common/logit_math.h"
-#include "ops_common.h"
+#include "host/operands.h"
 
 namespace logitops {
 namespace {

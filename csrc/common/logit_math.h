@@ -6,11 +6,7 @@
 #include <cstdint>
 #include <limits>
 
-#if defined(__CUDACC__) || defined(__HIPCC__)
-#define LOGITOPS_HD __host__ __device__ __forceinline__
-#else
-#define LOGITOPS_HD inline
-#endif
+#include "host_device.h"
 
 namespace logitops {
 
@@ -112,6 +108,15 @@ LOGITOPS_HD acc_t softcap_derivative(acc_t z, acc_t cap) {
   return acc_t(1) - t * t;
 }
 
+// The same derivative from the capped value c = softcap_value(z, cap): tanh(z / cap) = c / cap,
+// so 1 - (c * inv_cap)^2 with inv_cap = 1 / cap, which saves a second tanh. For a cap that is on:
+// the caller keeps the factor 1 of a cap that is off.
+template <typename acc_t>
+LOGITOPS_HD acc_t softcap_derivative_from_capped(acc_t capped, acc_t inv_cap) {
+  const acc_t t = capped * inv_cap;
+  return acc_t(1) - t * t;
+}
+
 // Per-row coefficients of the cross-entropy with class-index targets.
 //
 // With p = softmax(z), weight w (all ones when absent), smoothing eps over C classes and target y:
@@ -163,31 +168,41 @@ LOGITOPS_HD acc_t cross_entropy_row_loss(const CrossEntropyRow<acc_t>& row, LseS
   return loss;
 }
 
+// upstream * coef, except that a zero coefficient stays zero for an infinite upstream (a mean
+// over no rows divides by 0): how every coefficient of a cross-entropy gradient is scaled.
+template <typename acc_t>
+LOGITOPS_HD acc_t upstream_scaled(acc_t upstream, acc_t coef) {
+  return coef == acc_t(0) ? acc_t(0) : upstream * coef;
+}
+
+// The factor of p_j in a row's gradient: g * A + g_lse, with g the upstream gradient of the row's
+// loss and g_lse that of its lse.
+template <typename acc_t>
+LOGITOPS_HD acc_t cross_entropy_prob_scale(const CrossEntropyRow<acc_t>& row, acc_t upstream,
+                                           acc_t upstream_lse) {
+  return upstream_scaled(upstream, row.grad_scale) + upstream_lse;
+}
+
 // Whether a row's gradient is zero whatever its logits (an ignored row, or one whose upstream
-// gradients are zero). A zero coefficient stays zero for an infinite upstream (a mean over no
-// rows divides by 0), as in cross_entropy_grad. Both kernels decide with this, so an ignored row
-// with a NaN or +inf logit gets zeros on every device.
+// gradients are zero), with the zero coefficients of upstream_scaled. Every kernel decides with
+// this, so an ignored row with a NaN or +inf logit gets zeros on every device.
 template <typename acc_t>
 LOGITOPS_HD bool cross_entropy_row_grad_is_zero(const CrossEntropyRow<acc_t>& row, acc_t upstream,
                                                 acc_t upstream_lse) {
-  const acc_t prob_scale =
-      (row.grad_scale == acc_t(0) ? acc_t(0) : upstream * row.grad_scale) + upstream_lse;
-  const acc_t smooth = row.smooth_coef == acc_t(0) ? acc_t(0) : upstream * row.smooth_coef;
-  return prob_scale == acc_t(0) && smooth == acc_t(0) && row.target_coef == acc_t(0);
+  return cross_entropy_prob_scale(row, upstream, upstream_lse) == acc_t(0) &&
+         upstream_scaled(upstream, row.smooth_coef) == acc_t(0) && row.target_coef == acc_t(0);
 }
 
 // Gradient of one element of the capped logits: p_j * (g * A + g_lse) - g * b_j, with
-// p_j = exp(z_j - lse), g the upstream gradient of the row's loss and g_lse that of its lse.
-// The caller multiplies by softcap_derivative when soft-capping is on.
+// p_j = exp(z_j - lse). The caller multiplies by the soft-cap's derivative when it is on.
 template <typename acc_t>
 LOGITOPS_HD acc_t cross_entropy_grad(const CrossEntropyRow<acc_t>& row, acc_t upstream,
                                      acc_t upstream_lse, acc_t prob, bool is_target,
                                      acc_t class_weight) {
   acc_t b = row.smooth_coef * class_weight;
   if (is_target) b += row.target_coef;
-  // A zero coefficient stays zero for an infinite upstream (a mean over no rows divides by 0).
-  const acc_t prob_scale = (row.grad_scale == acc_t(0) ? acc_t(0) : upstream * row.grad_scale);
-  return prob * (prob_scale + upstream_lse) - (b == acc_t(0) ? acc_t(0) : upstream * b);
+  return prob * cross_entropy_prob_scale(row, upstream, upstream_lse) -
+         upstream_scaled(upstream, b);
 }
 
 // Class-probability targets t (PyTorch's cross_entropy_loss_prob_target), per row, with
@@ -221,11 +236,19 @@ LOGITOPS_HD acc_t soft_target_loss(LseState<acc_t> state, acc_t coef_sum,
   return loss;
 }
 
+// The factor of p_j in a row's gradient: g * (A + 2 z_loss lse) + g_lse.
+template <typename acc_t>
+LOGITOPS_HD acc_t soft_target_prob_scale(acc_t coef_sum, acc_t lse, acc_t z_loss, acc_t upstream,
+                                         acc_t upstream_lse) {
+  return upstream * (coef_sum + acc_t(2) * z_loss * lse) + upstream_lse;
+}
+
 // p_j * (g * (A + 2 z_loss lse) + g_lse) - g * a_j, before the soft-cap factor.
 template <typename acc_t>
 LOGITOPS_HD acc_t soft_target_grad(acc_t prob, acc_t coef, acc_t coef_sum, acc_t lse, acc_t z_loss,
                                    acc_t upstream, acc_t upstream_lse) {
-  return prob * (upstream * (coef_sum + acc_t(2) * z_loss * lse) + upstream_lse) - upstream * coef;
+  return prob * soft_target_prob_scale(coef_sum, lse, z_loss, upstream, upstream_lse) -
+         upstream * coef;
 }
 
 // Distillation divergences between P = softmax(t) (teacher) and Q = softmax(s) (student), both
@@ -286,18 +309,29 @@ LOGITOPS_HD acc_t log_add_exp(acc_t a, acc_t b) {
   return hi + std::log1p(std::exp(lo - hi));
 }
 
+// A probability from its log: exp(lp), exactly 0 for lp = -inf.
+template <typename acc_t>
+LOGITOPS_HD acc_t prob_from_log(acc_t lp) {
+  return lp == -std::numeric_limits<acc_t>::infinity() ? acc_t(0) : std::exp(lp);
+}
+
+// p d, the forward KL's term: 0 where p = 0, so a -inf teacher logit (d = -inf) is not a NaN.
+template <typename acc_t>
+LOGITOPS_HD acc_t forward_kl_term(acc_t p, acc_t d) {
+  return p > acc_t(0) ? p * d : acc_t(0);
+}
+
 // One element's term from lp, lq and d = lp - lq (from LogSoftmaxPair). For the JSD,
 // lp - lm = -log(beta + (1 - beta) e^-d) and lq - lm = -log(beta e^d + (1 - beta)), in log space:
 // functions of d alone, so no log M of an underflowed mixture and no lost digits.
 template <typename acc_t>
 LOGITOPS_HD DivergenceTerm<acc_t> divergence_term(int64_t kind, acc_t beta, acc_t lp, acc_t lq,
                                                   acc_t d) {
-  constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
-  const acc_t p = lp == kNegInf ? acc_t(0) : std::exp(lp);
-  const acc_t q = lq == kNegInf ? acc_t(0) : std::exp(lq);
+  const acc_t p = prob_from_log(lp);
+  const acc_t q = prob_from_log(lq);
   DivergenceTerm<acc_t> out{acc_t(0), acc_t(0), q};
   if (kind == kForwardKl) {
-    if (p > acc_t(0)) out.loss = p * d;
+    out.loss = forward_kl_term(p, d);
     out.q_g = -p;
   } else if (kind == kReverseKl) {
     if (q > acc_t(0)) out.loss = -q * d;
@@ -336,44 +370,50 @@ struct BceTerms {
   acc_t grad;
 };
 
+// e = exp(-|z|): never the exp of a positive number.
 template <typename acc_t>
-LOGITOPS_HD BceTerms<acc_t> bce_with_logits(acc_t z, acc_t y, acc_t pos_weight) {
-  const acc_t e = std::exp(-std::fabs(z));
-  const acc_t softplus_neg = std::log1p(e) + (z < acc_t(0) ? -z : acc_t(0));
-  const acc_t log_weight = acc_t(1) + (pos_weight - acc_t(1)) * y;
+LOGITOPS_HD acc_t exp_neg_abs(acc_t z) {
+  return std::exp(-std::fabs(z));
+}
+
+// softplus(-z) = log(1 + exp(-z)) = log1p(e) + max(-z, 0) from e = exp_neg_abs(z).
+template <typename acc_t>
+LOGITOPS_HD acc_t softplus_neg(acc_t z, acc_t e) {
+  return std::log1p(e) + (z < acc_t(0) ? -z : acc_t(0));
+}
+
+// l_w = 1 + (pos_weight - 1) * y.
+template <typename acc_t>
+LOGITOPS_HD acc_t bce_log_weight(acc_t y, acc_t pos_weight) {
+  return acc_t(1) + (pos_weight - acc_t(1)) * y;
+}
+
+// The loss from z, y, l_w and e = exp_neg_abs(z).
+template <typename acc_t>
+LOGITOPS_HD acc_t bce_loss(acc_t z, acc_t y, acc_t log_weight, acc_t e) {
+  return (acc_t(1) - y) * z + log_weight * softplus_neg(z, e);
+}
+
+// The gradient from z, y, l_w and e = exp_neg_abs(z): sigmoid(-z) = e / (1 + e) for z >= 0, else
+// 1 / (1 + e). A NaN logit gives a NaN gradient.
+template <typename acc_t>
+LOGITOPS_HD acc_t bce_grad(acc_t z, acc_t y, acc_t log_weight, acc_t e) {
   const acc_t r = acc_t(1) / (acc_t(1) + e);
   const acc_t sigmoid_neg = z >= acc_t(0) ? e * r : r;
-  BceTerms<acc_t> out;
-  out.loss = (acc_t(1) - y) * z + log_weight * softplus_neg;
-  out.grad = (z != z) ? z : (acc_t(1) - y) - log_weight * sigmoid_neg;
-  return out;
+  return (z != z) ? z : (acc_t(1) - y) - log_weight * sigmoid_neg;
+}
+
+template <typename acc_t>
+LOGITOPS_HD BceTerms<acc_t> bce_with_logits(acc_t z, acc_t y, acc_t pos_weight) {
+  const acc_t e = exp_neg_abs(z);
+  const acc_t log_weight = bce_log_weight(y, pos_weight);
+  return {bce_loss(z, y, log_weight, e), bce_grad(z, y, log_weight, e)};
 }
 
 // d loss / d y, for targets that require grad: -z + (pos_weight - 1) * softplus(-z).
 template <typename acc_t>
 LOGITOPS_HD acc_t bce_with_logits_target_grad(acc_t z, acc_t pos_weight) {
-  const acc_t softplus_neg = std::log1p(std::exp(-std::fabs(z))) + (z < acc_t(0) ? -z : acc_t(0));
-  return -z + (pos_weight - acc_t(1)) * softplus_neg;
-}
-
-// Fixed tiling of a [rows, cols] elementwise op into work items of about kTileElems elements.
-// Reductions sum one partial per tile, then the tiles in order: the same bits for any thread
-// count. Also used by the CUDA launcher so both devices split work the same way.
-struct Tiling {
-  int64_t rows, cols, row_tile, col_tile, row_tiles, col_tiles;
-  LOGITOPS_HD int64_t num_tiles() const { return row_tiles * col_tiles; }
-};
-
-LOGITOPS_HD Tiling make_tiling(int64_t rows, int64_t cols, int64_t tile_elems) {
-  Tiling t;
-  t.rows = rows;
-  t.cols = cols;
-  t.col_tile = cols < tile_elems ? (cols > 0 ? cols : 1) : tile_elems;
-  t.row_tile = tile_elems / t.col_tile;
-  if (t.row_tile < 1) t.row_tile = 1;
-  t.row_tiles = (rows + t.row_tile - 1) / t.row_tile;
-  t.col_tiles = (cols + t.col_tile - 1) / t.col_tile;
-  return t;
+  return -z + (pos_weight - acc_t(1)) * softplus_neg(z, exp_neg_abs(z));
 }
 
 }  // namespace logitops

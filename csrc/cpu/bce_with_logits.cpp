@@ -1,5 +1,5 @@
 // BCE-with-logits on the CPU: loss, its reduction and (optionally) the gradient in one read of
-// input and target. Work is split by the fixed Tiling of logit_math.h, so a mean or sum is the
+// input and target. Work is split by the fixed Tiling of common/tiling.h, so a mean or sum is the
 // same bits for any thread count.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -12,7 +12,12 @@
 #include <vector>
 
 #include "../common/logit_math.h"
-#include "../ops_common.h"
+#include "../common/tiling.h"
+#include "../host/checks.h"
+#include "../host/operands.h"
+#include "../host/reduction.h"
+#include "allocator.h"
+#include "vec_math.h"
 #include "vec_utils.h"
 
 namespace logitops {
@@ -53,23 +58,19 @@ template <typename acc_t>
 acc_t bce_chunk(const acc_t* z, const acc_t* y, const acc_t* w, const acc_t* pw, int64_t n,
                 acc_t grad_scale, acc_t* loss_out, acc_t* grad_out) {
   using Vec = Vectorized<acc_t>;
-  const Vec one(acc_t(1)), zero(acc_t(0)), vscale(grad_scale);
+  const Vec one(acc_t(1)), vscale(grad_scale);
   Vec vsum(acc_t(0));
   int64_t j = 0;
   for (; j + Vec::size() <= n; j += Vec::size()) {
     const Vec zj = Vec::loadu(z + j), yj = Vec::loadu(y + j);
-    const Vec e = fast_exp(zero - zj.abs());
-    const Vec softplus_neg = log1p_unit(e) + at::vec::maximum(zero - zj, zero);
-    const Vec log_weight = pw != nullptr ? one + (Vec::loadu(pw + j) - one) * yj : one;
-    Vec loss = (one - yj) * zj + log_weight * softplus_neg;
+    const Vec e = simd::exp_neg_abs(zj);
+    const Vec log_weight = pw != nullptr ? simd::bce_log_weight(yj, Vec::loadu(pw + j)) : one;
+    Vec loss = simd::bce_loss(zj, yj, log_weight, e);
     if (w != nullptr) loss = loss * Vec::loadu(w + j);
     vsum += loss;
     if (loss_out != nullptr) loss.store(loss_out + j);
     if (grad_out != nullptr) {
-      const Vec r = one / (one + e);
-      const Vec sigmoid_neg = Vec::blendv(r, e * r, zj >= zero);
-      Vec g = (one - yj) - log_weight * sigmoid_neg;
-      g = Vec::blendv(g, zj, zj != zj);  // NaN logits give NaN gradients
+      Vec g = simd::bce_grad(zj, yj, log_weight, e);
       if (w != nullptr) g = g * Vec::loadu(w + j);
       (g * vscale).store(grad_out + j);
     }

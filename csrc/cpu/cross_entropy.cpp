@@ -1,8 +1,5 @@
-// Cross-entropy on the CPU: one sweep per row from memory, vectorized and parallel over rows.
-//
-// A row is processed in blocks small enough to stay in L1: per block, its max, then the sum of
-// exp(z - block_max), merged into the row's running (max, sum) state with lse_merge. When the
-// gradient is wanted, a second sweep over the same row (now in L2) writes p * A - b.
+// Cross-entropy on the CPU, with class-index and with class-probability targets: the row sweep of
+// ce_rows.h, vectorized and parallel over rows.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -19,27 +16,18 @@
 #include <vector>
 
 #include "../common/logit_math.h"
-#include "../ops_common.h"
+#include "../host/checks.h"
+#include "../host/operands.h"
+#include "../host/reduction.h"
+#include "allocator.h"
+#include "ce_rows.h"
+#include "vec_math.h"
 #include "vec_utils.h"
 
 namespace logitops {
 namespace {
 
 using at::vec::Vectorized;
-
-constexpr int64_t kBlock = 2048;
-
-// z <- cap * tanh(z / cap), in place.
-template <typename acc_t>
-void apply_softcap(acc_t* z, int64_t n, acc_t cap) {
-  using Vec = Vectorized<acc_t>;
-  const Vec vcap(cap), vinv(acc_t(1) / cap);
-  int64_t i = 0;
-  for (; i + Vec::size() <= n; i += Vec::size()) {
-    (vcap * (Vec::loadu(z + i) * vinv).tanh()).store(z + i);
-  }
-  for (; i < n; ++i) z[i] = softcap_value(z[i], cap);
-}
 
 struct CrossEntropyArgs {
   int64_t ignore_index;
@@ -48,122 +36,11 @@ struct CrossEntropyArgs {
   double softcap;
 };
 
-// Everything a row sweep needs that does not change from row to row.
 template <typename scalar_t, typename acc_t>
-struct RowContext {
-  int64_t num_classes;
-  int64_t row_stride;
-  const scalar_t* logits;
-  const int64_t* target;
-  const acc_t* weight;  // contiguous, acc_t; nullptr when absent
-  acc_t weight_total;   // sum of weight, or num_classes
-  acc_t label_smoothing;
-  acc_t z_loss;
-  acc_t softcap;  // 0 when off
-  int64_t ignore_index;
-
-  CrossEntropyRow<acc_t> row_coefficients(int64_t i, acc_t lse) const {
-    const int64_t t = target[i];
-    if (t == ignore_index) return cross_entropy_ignored_row<acc_t>();
-    const acc_t wt = weight != nullptr ? weight[t] : acc_t(1);
-    return cross_entropy_row(lse, wt, weight_total, label_smoothing, num_classes, z_loss);
-  }
-
-  // Loads a block of row i into buf (capped when soft-capping is on) and returns the values to
-  // read: buf, or the row itself when no conversion is needed.
-  const acc_t* load_block(int64_t i, int64_t start, int64_t n, acc_t* buf) const {
-    const scalar_t* src = logits + i * row_stride + start;
-    if constexpr (std::is_same_v<scalar_t, acc_t>) {
-      if (softcap == acc_t(0)) return src;
-    }
-    load_as_acc(src, buf, n);
-    if (softcap != acc_t(0)) apply_softcap(buf, n, softcap);
-    return buf;
-  }
-
-  // log-sum-exp state of row i and, when smoothing, sum_c w_c (z_c - shift) (both of the capped
-  // logits; shift from logit_sum_shift).
-  std::pair<LseState<acc_t>, acc_t> row_lse(int64_t i, acc_t shift, acc_t* buf) const {
-    LseState<acc_t> state = lse_empty<acc_t>();
-    acc_t shifted_weighted_sum = 0;
-    for (int64_t start = 0; start < num_classes; start += kBlock) {
-      const int64_t n = std::min(kBlock, num_classes - start);
-      const acc_t* z = load_block(i, start, n, buf);
-      state = lse_block(z, n, state);
-      if (label_smoothing != acc_t(0)) {
-        shifted_weighted_sum +=
-            weighted_sum_block(z, weight != nullptr ? weight + start : nullptr, n, shift);
-      }
-    }
-    return {state, shifted_weighted_sum};
-  }
-
-  // The capped logit of row i's target; 0 for an ignored row.
-  acc_t target_logit(int64_t i) const {
-    if (target[i] == ignore_index) return acc_t(0);
-    return softcap_value(static_cast<acc_t>(logits[i * row_stride + target[i]]), softcap);
-  }
-
-  // Writes the gradient of row i: upstream * dloss/dz + upstream_lse * dlse/dz.
-  void row_grad(int64_t i, acc_t lse, const CrossEntropyRow<acc_t>& row, acc_t upstream,
-                acc_t upstream_lse, scalar_t* grad_row, acc_t* buf) const {
-    using Vec = Vectorized<acc_t>;
-    const int64_t t = target[i];
-    // Zero coefficients stay zero for an infinite upstream, as in cross_entropy_grad.
-    const acc_t prob_scale =
-        (row.grad_scale == acc_t(0) ? acc_t(0) : upstream * row.grad_scale) + upstream_lse;
-    const acc_t smooth = row.smooth_coef == acc_t(0) ? acc_t(0) : upstream * row.smooth_coef;
-    if (cross_entropy_row_grad_is_zero(row, upstream, upstream_lse)) {
-      std::fill(grad_row, grad_row + num_classes, scalar_t(0));
-      return;
-    }
-    if (lse != lse || lse == std::numeric_limits<acc_t>::infinity()) {
-      // A NaN or +inf logit makes the whole row's softmax undefined.
-      std::fill(grad_row, grad_row + num_classes, scalar_t(NAN));
-      return;
-    }
-    const Vec vlse(lse), vscale(prob_scale), vsmooth(smooth), vinv_cap(acc_t(1) / softcap);
-    for (int64_t start = 0; start < num_classes; start += kBlock) {
-      const int64_t n = std::min(kBlock, num_classes - start);
-      const acc_t* z = load_block(i, start, n, buf);
-      const acc_t* w = weight != nullptr ? weight + start : nullptr;
-      // fp32 / fp64 gradients are written in place; bf16 / fp16 go through buf and are rounded.
-      acc_t* out = buf;
-      if constexpr (std::is_same_v<scalar_t, acc_t>) out = grad_row + start;
-      int64_t j = 0;
-      for (; j + Vec::size() <= n; j += Vec::size()) {
-        const Vec zj = Vec::loadu(z + j);
-        Vec g = fast_exp(zj - vlse) * vscale;
-        if (smooth != acc_t(0)) g = g - (w != nullptr ? vsmooth * Vec::loadu(w + j) : vsmooth);
-        if (softcap != acc_t(0)) {
-          const Vec tj = zj * vinv_cap;  // tanh(raw / cap) recovered from the capped value
-          g = g * (Vec(acc_t(1)) - tj * tj);
-        }
-        g.store(out + j);
-      }
-      for (; j < n; ++j) {
-        const acc_t prob = exp_shift(z[j], lse);
-        acc_t g = cross_entropy_grad(row, upstream, upstream_lse, prob, false,
-                                     w != nullptr ? w[j] : acc_t(1));
-        if (softcap != acc_t(0)) g *= acc_t(1) - (z[j] / softcap) * (z[j] / softcap);
-        out[j] = g;
-      }
-      if (t >= start && t < start + n) {
-        // z may alias out: take the cap's derivative from the raw logit.
-        const acc_t raw = static_cast<acc_t>(logits[i * row_stride + t]);
-        if (row.target_coef != acc_t(0)) {
-          out[t - start] -= upstream * row.target_coef * softcap_derivative(raw, softcap);
-        }
-      }
-      if constexpr (!std::is_same_v<scalar_t, acc_t>) store_from_acc(buf, grad_row + start, n);
-    }
-  }
-};
-
-template <typename scalar_t, typename acc_t>
-RowContext<scalar_t, acc_t> make_context(const at::Tensor& logits, const at::Tensor& target,
-                                         const at::Tensor& weight_acc, const CrossEntropyArgs& a) {
-  RowContext<scalar_t, acc_t> ctx;
+CrossEntropyRows<scalar_t, acc_t> make_context(const at::Tensor& logits, const at::Tensor& target,
+                                               const at::Tensor& weight_acc,
+                                               const CrossEntropyArgs& a) {
+  CrossEntropyRows<scalar_t, acc_t> ctx;
   ctx.num_classes = logits.size(1);
   ctx.row_stride = logits.stride(0);
   ctx.logits = logits.const_data_ptr<scalar_t>();
@@ -231,11 +108,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cross_entropy_forward
         acc_t* loss_out = row_loss.mutable_data_ptr<acc_t>();
         scalar_t* grad_out = compute_grad ? grad.mutable_data_ptr<scalar_t>() : nullptr;
         at::parallel_for(0, num_rows, grain_rows(num_classes), [&](int64_t begin, int64_t end) {
-          std::vector<acc_t> buf(std::min(kBlock, num_classes));
+          std::vector<acc_t> buf(std::min(kRowBlock, num_classes));
           for (int64_t i = begin; i < end; ++i) {
             const acc_t target_logit = ctx.target_logit(i);
             const acc_t shift = logit_sum_shift(target_logit);
-            const auto [state, shifted_weighted_sum] = ctx.row_lse(i, shift, buf.data());
+            const auto [state, shifted_weighted_sum] =
+                ctx.row_lse(i, shift, ctx.label_smoothing != acc_t(0), buf.data());
             const acc_t row_lse = lse_finalize(state);
             lse_out[i] = row_lse;
             const auto row = ctx.row_coefficients(i, row_lse);
@@ -244,8 +122,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cross_entropy_forward
                               : cross_entropy_row_loss(row, state, target_logit, ctx.weight_total,
                                                        shifted_weighted_sum, shift, ctx.z_loss);
             if (grad_out != nullptr) {
-              ctx.row_grad(i, row_lse, row, upstream, acc_t(0), grad_out + i * num_classes,
-                           buf.data());
+              ctx.row_grad(i, ctx.target[i], row_lse, row, upstream, acc_t(0),
+                           grad_out + i * num_classes, buf.data());
             }
           }
         });
@@ -272,16 +150,9 @@ at::Tensor cross_entropy_backward_cpu(const at::Tensor& grad_loss_in,
       weight.has_value() ? weight->to(acc_dtype).contiguous() : at::Tensor();
   const at::Tensor grad_loss =
       upstream_per_row(grad_loss_in, total_weight, reduction, num_rows, acc_dtype);
-  const at::Tensor grad_lse = grad_lse_in.has_value() && grad_lse_in->defined()
-                                  ? grad_lse_in->to(acc_dtype).contiguous()
-                                  : at::Tensor();
-  const at::Tensor lse = lse_in.to(acc_dtype).contiguous();
-  // The kernel reads one value per row of each; check rather than read out of bounds.
-  TORCH_CHECK_VALUE(lse.numel() == num_rows, "logitops.cross_entropy_backward: lse must have ",
-                    num_rows, " elements, got ", lse.numel());
-  TORCH_CHECK_VALUE(!grad_lse.defined() || grad_lse.numel() == num_rows,
-                    "logitops.cross_entropy_backward: grad_lse must have ", num_rows,
-                    " elements, got ", grad_lse.numel());
+  const LseOperands lse_ops = lse_operands(lse_in, grad_lse_in, logits, "cross_entropy_backward");
+  const at::Tensor& lse = lse_ops.lse;
+  const at::Tensor& grad_lse = lse_ops.grad_lse;
   at::Tensor grad = empty_cpu_output({num_rows, num_classes}, logits.options());
   const CrossEntropyArgs args{ignore_index, label_smoothing, z_loss, softcap};
 
@@ -295,11 +166,12 @@ at::Tensor cross_entropy_backward_cpu(const at::Tensor& grad_loss_in,
         const acc_t* lse_ptr = lse.const_data_ptr<acc_t>();
         scalar_t* grad_out = grad.mutable_data_ptr<scalar_t>();
         at::parallel_for(0, num_rows, grain_rows(num_classes), [&](int64_t begin, int64_t end) {
-          std::vector<acc_t> buf(std::min(kBlock, num_classes));
+          std::vector<acc_t> buf(std::min(kRowBlock, num_classes));
           for (int64_t i = begin; i < end; ++i) {
             const auto row = ctx.row_coefficients(i, lse_ptr[i]);
-            ctx.row_grad(i, lse_ptr[i], row, up[i], up_lse != nullptr ? up_lse[i] : acc_t(0),
-                         grad_out + i * num_classes, buf.data());
+            ctx.row_grad(i, ctx.target[i], lse_ptr[i], row, up[i],
+                         up_lse != nullptr ? up_lse[i] : acc_t(0), grad_out + i * num_classes,
+                         buf.data());
           }
         });
       });
@@ -311,7 +183,7 @@ at::Tensor cross_entropy_backward_cpu(const at::Tensor& grad_loss_in,
 // Rows of logits and of probability targets (same dtype), read together block by block.
 template <typename scalar_t, typename acc_t>
 struct SoftRowContext {
-  RowContext<scalar_t, acc_t> logits;  // its label_smoothing is 0: the smoothing lives in a_c
+  CrossEntropyRows<scalar_t, acc_t> logits;  // its label_smoothing is 0: the smoothing lives in a_c
   const scalar_t* target;
   int64_t target_stride;
   acc_t label_smoothing;
@@ -325,9 +197,10 @@ struct SoftRowContext {
         uniform(label_smoothing / acc_t(logits.num_classes));
     int64_t j = 0;
     for (; j + Vec::size() <= n; j += Vec::size()) {
-      Vec a = Vec::loadu(coef + j) * keep + uniform;
-      if (w != nullptr) a = a * Vec::loadu(w + j);
-      a.store(coef + j);
+      const Vec t = Vec::loadu(coef + j);
+      (w != nullptr ? simd::soft_target_coef(t, Vec::loadu(w + j), keep, uniform)
+                    : simd::soft_target_coef(t, keep, uniform))
+          .store(coef + j);
     }
     for (; j < n; ++j) {
       coef[j] = soft_target_coef(coef[j], w != nullptr ? w[j] : acc_t(1), label_smoothing,
@@ -350,24 +223,21 @@ struct SoftRowContext {
     LseState<acc_t> state = lse_empty<acc_t>();
     CompensatedSum<Vec> va, vb;
     double a_sum = 0, b_sum = 0;
-    const Vec zero(acc_t(0)), vshift(shift);
-    for (int64_t start = 0; start < logits.num_classes; start += kBlock) {
-      const int64_t n = std::min(kBlock, logits.num_classes - start);
-      const acc_t* z = logits.load_block(i, start, n, buf);
+    const Vec vshift(shift);
+    logits.for_each_block(i, buf, [&](const acc_t* z, int64_t start, int64_t n) {
       if (lse != nullptr) state = lse_block(z, n, state);
       coefficients(i, start, n, coef);
       int64_t j = 0;
       for (; j + Vec::size() <= n; j += Vec::size()) {
         const Vec a = Vec::loadu(coef + j);
         va.add(a);
-        // 0 * -inf would be NaN
-        vb.add(Vec::blendv(a * (Vec::loadu(z + j) - vshift), zero, a == zero));
+        vb.add(simd::soft_target_term(a, Vec::loadu(z + j), vshift));
       }
       for (; j < n; ++j) {
         a_sum += coef[j];
         b_sum += soft_target_term(coef[j], z[j], shift);
       }
-    }
+    });
     a_sum += va.total();
     b_sum += vb.total();
     if (lse != nullptr) *lse = state;
@@ -382,30 +252,28 @@ struct SoftRowContext {
       std::fill(grad_row, grad_row + num_classes, scalar_t(NAN));
       return;
     }
-    const acc_t z_loss = logits.z_loss, cap = logits.softcap;
-    const Vec vlse(lse), vup(upstream), vinv_cap(acc_t(1) / cap),
-        vscale(upstream * (a_sum + acc_t(2) * z_loss * lse) + upstream_lse);
-    for (int64_t start = 0; start < num_classes; start += kBlock) {
-      const int64_t n = std::min(kBlock, num_classes - start);
-      const acc_t* z = logits.load_block(i, start, n, buf);
+    const acc_t z_loss = logits.z_loss, cap = logits.softcap, inv_cap = acc_t(1) / cap;
+    const Vec vup(upstream), vinv_cap(inv_cap),
+        vscale(soft_target_prob_scale(a_sum, lse, z_loss, upstream, upstream_lse));
+    logits.for_each_block(i, buf, [&](const acc_t* z, int64_t start, int64_t n) {
       coefficients(i, start, n, coef);
       acc_t* out = buf;  // z may alias buf: each element is read before it is overwritten
       if constexpr (std::is_same_v<scalar_t, acc_t>) out = grad_row + start;
       int64_t j = 0;
       for (; j + Vec::size() <= n; j += Vec::size()) {
         const Vec zj = Vec::loadu(z + j);
-        Vec g = fast_exp(zj - vlse) * vscale - vup * Vec::loadu(coef + j);
-        if (cap != acc_t(0)) g = g * (Vec(acc_t(1)) - (zj * vinv_cap) * (zj * vinv_cap));
+        Vec g = simd::soft_target_grad(simd::exp_shift(zj, lse), Vec::loadu(coef + j), vscale, vup);
+        if (cap != acc_t(0)) g = g * simd::softcap_derivative_from_capped(zj, vinv_cap);
         g.store(out + j);
       }
       for (; j < n; ++j) {
         acc_t g = soft_target_grad(exp_shift(z[j], lse), coef[j], a_sum, lse, z_loss, upstream,
                                    upstream_lse);
-        if (cap != acc_t(0)) g *= acc_t(1) - (z[j] / cap) * (z[j] / cap);
+        if (cap != acc_t(0)) g *= softcap_derivative_from_capped(z[j], inv_cap);
         out[j] = g;
       }
       if constexpr (!std::is_same_v<scalar_t, acc_t>) store_from_acc(buf, grad_row + start, n);
-    }
+    });
   }
 };
 
@@ -449,7 +317,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_probs_forward_cpu(
         acc_t* loss_out = row_loss.mutable_data_ptr<acc_t>();
         scalar_t* grad_out = compute_grad ? grad.mutable_data_ptr<scalar_t>() : nullptr;
         at::parallel_for(0, num_rows, grain_rows(num_classes), [&](int64_t begin, int64_t end) {
-          std::vector<acc_t> buf(std::min(kBlock, num_classes)), coef(buf.size());
+          std::vector<acc_t> buf(std::min(kRowBlock, num_classes)), coef(buf.size());
           for (int64_t i = begin; i < end; ++i) {
             LseState<acc_t> state;
             const acc_t shift = ctx.row_shift(i);
@@ -484,16 +352,10 @@ at::Tensor cross_entropy_probs_backward_cpu(const at::Tensor& grad_loss_in,
   const at::Tensor count = at::empty({}, logits.options().dtype(acc_dtype)).fill_(double(num_rows));
   const at::Tensor grad_loss =
       upstream_per_row(grad_loss_in, count, reduction, num_rows, acc_dtype);
-  const at::Tensor grad_lse = grad_lse_in.has_value() && grad_lse_in->defined()
-                                  ? grad_lse_in->to(acc_dtype).contiguous()
-                                  : at::Tensor();
-  const at::Tensor lse = lse_in.to(acc_dtype).contiguous();
-  TORCH_CHECK_VALUE(lse.numel() == num_rows,
-                    "logitops.cross_entropy_probs_backward: lse must have ", num_rows,
-                    " elements, got ", lse.numel());
-  TORCH_CHECK_VALUE(!grad_lse.defined() || grad_lse.numel() == num_rows,
-                    "logitops.cross_entropy_probs_backward: grad_lse must have ", num_rows,
-                    " elements, got ", grad_lse.numel());
+  const LseOperands lse_ops =
+      lse_operands(lse_in, grad_lse_in, logits, "cross_entropy_probs_backward");
+  const at::Tensor& lse = lse_ops.lse;
+  const at::Tensor& grad_lse = lse_ops.grad_lse;
   at::Tensor grad = empty_cpu_output({num_rows, num_classes}, logits.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kBFloat16, at::kHalf, logits.scalar_type(), "cross_entropy_probs_backward_cpu", [&] {
@@ -505,7 +367,7 @@ at::Tensor cross_entropy_probs_backward_cpu(const at::Tensor& grad_loss_in,
         const acc_t* lse_ptr = lse.const_data_ptr<acc_t>();
         scalar_t* grad_out = grad.mutable_data_ptr<scalar_t>();
         at::parallel_for(0, num_rows, grain_rows(num_classes), [&](int64_t begin, int64_t end) {
-          std::vector<acc_t> buf(std::min(kBlock, num_classes)), coef(buf.size());
+          std::vector<acc_t> buf(std::min(kRowBlock, num_classes)), coef(buf.size());
           for (int64_t i = begin; i < end; ++i) {
             const acc_t a_sum = ctx.sums(i, acc_t(0), buf.data(), coef.data(), nullptr).first;
             ctx.row_grad(i, lse_ptr[i], a_sum, up[i], up_lse != nullptr ? up_lse[i] : acc_t(0),

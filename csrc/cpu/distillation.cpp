@@ -15,7 +15,11 @@
 #include <vector>
 
 #include "../common/logit_math.h"
-#include "../ops_common.h"
+#include "../host/checks.h"
+#include "../host/operands.h"
+#include "../host/reduction.h"
+#include "allocator.h"
+#include "vec_math.h"
 #include "vec_utils.h"
 
 namespace logitops {
@@ -63,7 +67,11 @@ struct DistillContext {
       state_t = lse_block(t, n, state_t);
     }
     const auto logs = log_softmax_pair(state_t, state_s);
-    if (kind == kForwardKl) return forward_kl_row(i, logs, scale, grad, s, t, g);
+    // The vector body needs finite states (fast_exp does not propagate NaN); a row with a NaN or
+    // infinite logit takes the scalar terms below, which handle every kind.
+    if (kind == kForwardKl && lse_state_is_finite(state_t) && lse_state_is_finite(state_s)) {
+      return forward_kl_row(i, logs, scale, grad, s, t, g);
+    }
     auto term_at = [&](acc_t tj, acc_t sj) {
       return divergence_term(kind, beta, logs.lp(tj), logs.lq(sj), logs.lp_minus_lq(tj, sj));
     };
@@ -95,8 +103,8 @@ struct DistillContext {
   acc_t forward_kl_row(int64_t i, const LogSoftmaxPair<acc_t>& logs, acc_t scale, scalar_t* grad,
                        acc_t* s, acc_t* t, acc_t* g) const {
     using Vec = Vectorized<acc_t>;
-    const Vec vmax_t(logs.max_t), vlog_sum_t(logs.log_sum_t), vmax_s(logs.max_s),
-        vlog_sum_s(logs.log_sum_s), vratio(logs.log_sum_ratio), vscale(scale), zero(acc_t(0));
+    const simd::LogSoftmaxPair<acc_t> vlogs(logs);
+    const Vec vscale(scale);
     CompensatedSum<Vec> vloss;
     double loss = 0;
     for (int64_t start = 0; start < num_classes; start += kDistillBlock) {
@@ -104,11 +112,13 @@ struct DistillContext {
       load(i, start, n, s, t);
       int64_t j = 0;
       for (; j + Vec::size() <= n; j += Vec::size()) {
-        const Vec tj = Vec::loadu(t + j) - vmax_t, sj = Vec::loadu(s + j) - vmax_s;
-        const Vec p = fast_exp(tj - vlog_sum_t);
-        vloss.add(Vec::blendv(p * ((tj - sj) - vratio), zero, p == zero));
+        const Vec tj = Vec::loadu(t + j), sj = Vec::loadu(s + j);
+        const Vec p = simd::prob_from_log(vlogs.lp(tj));
+        vloss.add(simd::forward_kl_term(p, vlogs.lp_minus_lq(tj, sj)));
         // q only for the gradient: a forward alone saves one exp per element.
-        if (grad != nullptr) (vscale * (fast_exp(sj - vlog_sum_s) - p)).store(g + j);
+        if (grad != nullptr) {
+          simd::forward_kl_grad(p, simd::prob_from_log(vlogs.lq(sj)), vscale).store(g + j);
+        }
       }
       for (; j < n; ++j) {
         const auto term =
@@ -148,8 +158,11 @@ int64_t counted_rows(const at::Tensor& target, int64_t rows, int64_t ignore_inde
   return count;
 }
 
-// The per-row upstream gradient of the reduced loss.
-double row_upstream(int64_t reduction, double count) { return reduction == 1 ? 1.0 / count : 1.0; }
+// The per-row upstream gradient of the reduced loss (batchmean is reduction "mean" over the
+// counted rows).
+double row_upstream(int64_t reduction, double count) {
+  return reduction == kReductionMean ? 1.0 / count : 1.0;
+}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> kl_div_logits_forward_cpu(
     const at::Tensor& student_in, const at::Tensor& teacher_in,
@@ -191,9 +204,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kl_div_logits_forward_cpu(
       });
   const at::Tensor row_count = at::empty({}, student.options().dtype(acc_dtype)).fill_(count);
   // batchmean divides the sum by the counted rows: the same normalizer as reduction "mean".
-  const int64_t code =
-      reduction == 0 ? kReductionNone : (reduction == 1 ? kReductionMean : kReductionSum);
-  return {reduce_row_loss(row_loss, row_count, code, student.scalar_type()), row_count, grad};
+  return {reduce_row_loss(row_loss, row_count, reduction, student.scalar_type()), row_count, grad};
 }
 
 at::Tensor kl_div_logits_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& student_in,
@@ -207,9 +218,7 @@ at::Tensor kl_div_logits_backward_cpu(const at::Tensor& grad_loss, const at::Ten
   const at::Tensor target = target_in.has_value() ? target_in->contiguous() : at::Tensor();
   const int64_t rows = student.size(0), cols = student.size(1);
   const auto acc_dtype = accumulation_dtype(student.scalar_type());
-  const int64_t code =
-      reduction == 0 ? kReductionNone : (reduction == 1 ? kReductionMean : kReductionSum);
-  const at::Tensor upstream = upstream_per_row(grad_loss, row_count, code, rows, acc_dtype);
+  const at::Tensor upstream = upstream_per_row(grad_loss, row_count, reduction, rows, acc_dtype);
   at::Tensor grad = empty_cpu_output({rows, cols}, student.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kBFloat16, at::kHalf, student.scalar_type(), "kl_div_logits_backward_cpu", [&] {

@@ -1,9 +1,9 @@
 // Vocabulary-parallel cross-entropy on the CPU: the per-rank halves around the collective.
 //
-// The forward reads each row of a rank's slice once for its partial log-sum-exp, its target logit
-// (when the target class is in the slice) and its logit sum; logitops/distributed.py combines
-// those across ranks. The backward recomputes p_j = exp(z_j - lse) from the global lse and writes
-// the slice of the full gradient with the formulas of cross_entropy_row / cross_entropy_grad.
+// The forward reads each row of a rank's slice once (the row sweep of ce_rows.h) for its partial
+// log-sum-exp, its target logit (when the target class is in the slice) and its logit sum;
+// logitops/distributed.py combines those across ranks. The backward is the row gradient of
+// ce_rows.h from the global lse, with the coefficients of cross_entropy_row over all classes.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -17,34 +17,29 @@
 #include <vector>
 
 #include "../common/logit_math.h"
-#include "../ops_common.h"
+#include "../host/checks.h"
+#include "../host/operands.h"
+#include "allocator.h"
+#include "ce_rows.h"
 #include "vec_utils.h"
 
 namespace logitops {
 namespace {
 
-constexpr int64_t kBlock = 2048;
-
-// Row i's block [start, start + n) as acc_t: the row itself for fp32 / fp64, else widened into buf.
+// A rank's slice [N, V_local] as the rows of a cross-entropy without class weights or soft-cap.
+// Its coefficients count the global classes and its target columns are shifted by vocab_start, so
+// the callers pass both to row_grad (row_coefficients and target_logit are not for slices).
 template <typename scalar_t, typename acc_t>
-const acc_t* acc_block(const scalar_t* row, int64_t start, int64_t n, acc_t* buf) {
-  if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    return row + start;
-  } else {
-    load_as_acc(row + start, buf, n);
-    return buf;
-  }
-}
-
-// Where a block's gradient is computed: in place for fp32 / fp64, in buf for bf16 / fp16 (then
-// rounded into the output).
-template <typename scalar_t, typename acc_t>
-acc_t* acc_output(scalar_t* out, acc_t* buf) {
-  if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    return out;
-  } else {
-    return buf;
-  }
+CrossEntropyRows<scalar_t, acc_t> slice_rows(const at::Tensor& logits) {
+  CrossEntropyRows<scalar_t, acc_t> rows{};
+  rows.num_classes = logits.size(1);
+  rows.row_stride = logits.stride(0);
+  rows.logits = logits.const_data_ptr<scalar_t>();
+  rows.target = nullptr;
+  rows.weight = nullptr;
+  rows.weight_total = acc_t(rows.num_classes);
+  rows.softcap = acc_t(0);
+  return rows;
 }
 
 at::Tensor vocab_parallel_cross_entropy_stats_cpu(const at::Tensor& logits_in,
@@ -63,33 +58,25 @@ at::Tensor vocab_parallel_cross_entropy_stats_cpu(const at::Tensor& logits_in,
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kBFloat16, at::kHalf, logits.scalar_type(), "vocab_parallel_cross_entropy_stats", [&] {
         using acc_t = at::opmath_type<scalar_t>;
-        const scalar_t* data = logits.const_data_ptr<scalar_t>();
+        const auto rows = slice_rows<scalar_t, acc_t>(logits);
         const int64_t* t = target.const_data_ptr<int64_t>();
-        const int64_t row_stride = logits.stride(0);
         double* lse_out = stats.mutable_data_ptr<double>();
         double* target_out = lse_out + num_rows;
         double* sum_out = target_out + num_rows;
         at::parallel_for(0, num_rows, grain_rows(local_classes), [&](int64_t begin, int64_t end) {
-          std::vector<acc_t> buf(std::min(kBlock, local_classes));
+          std::vector<acc_t> buf(std::min(kRowBlock, local_classes));
           for (int64_t i = begin; i < end; ++i) {
-            const scalar_t* row = data + i * row_stride;
-            LseState<acc_t> state = lse_empty<acc_t>();
+            const scalar_t* row = rows.logits + i * rows.row_stride;
             // sum_j z_j = sum_j (z_j - shift) + n * shift: small terms in acc_t, the rest in
             // double.
             const acc_t shift =
                 local_classes > 0 ? logit_sum_shift(static_cast<acc_t>(row[0])) : acc_t(0);
-            double sum = double(shift) * double(local_classes);
-            for (int64_t start = 0; start < local_classes; start += kBlock) {
-              const int64_t n = std::min(kBlock, local_classes - start);
-              const acc_t* z = acc_block(row, start, n, buf.data());
-              state = lse_block(z, n, state);
-              sum += weighted_sum_block<acc_t>(z, nullptr, n, shift);
-            }
+            const auto [state, shifted_sum] = rows.row_lse<double>(i, shift, true, buf.data());
             lse_out[i] = lse_finalize_wide(state);
             const int64_t local = t[i] - vocab_start;
             target_out[i] =
                 local >= 0 && local < local_classes ? static_cast<double>(row[local]) : 0.0;
-            sum_out[i] = sum;
+            sum_out[i] = double(shift) * double(local_classes) + shifted_sum;
           }
         });
       });
@@ -115,59 +102,23 @@ at::Tensor vocab_parallel_cross_entropy_backward_cpu(const at::Tensor& grad_rows
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kBFloat16, at::kHalf, logits.scalar_type(), "vocab_parallel_cross_entropy_backward", [&] {
         using acc_t = at::opmath_type<scalar_t>;
-        using Vec = Vectorized<acc_t>;
-        const scalar_t* data = logits.const_data_ptr<scalar_t>();
+        const auto rows = slice_rows<scalar_t, acc_t>(logits);
         const int64_t* t = target.const_data_ptr<int64_t>();
         const acc_t* up = grad_rows.const_data_ptr<acc_t>();
         const acc_t* lse_ptr = lse.const_data_ptr<acc_t>();
         scalar_t* grad_out = grad.mutable_data_ptr<scalar_t>();
-        const int64_t row_stride = logits.stride(0);
         const acc_t eps = static_cast<acc_t>(label_smoothing);
         const acc_t z = static_cast<acc_t>(z_loss);
         at::parallel_for(0, num_rows, grain_rows(local_classes), [&](int64_t begin, int64_t end) {
-          std::vector<acc_t> buf(std::min(kBlock, local_classes));
+          std::vector<acc_t> buf(std::min(kRowBlock, local_classes));
           for (int64_t i = begin; i < end; ++i) {
-            const scalar_t* row = data + i * row_stride;
-            scalar_t* out_row = grad_out + i * local_classes;
-            const acc_t row_lse = lse_ptr[i];
             // Without class weights W = C, and the target's weight is 1.
-            const auto coef =
-                t[i] == ignore_index
-                    ? cross_entropy_ignored_row<acc_t>()
-                    : cross_entropy_row(row_lse, acc_t(1), acc_t(num_classes), eps, num_classes, z);
-            // Zero coefficients stay zero for an infinite upstream, as in cross_entropy_grad.
-            const acc_t prob_scale =
-                coef.grad_scale == acc_t(0) ? acc_t(0) : up[i] * coef.grad_scale;
-            const acc_t smooth = coef.smooth_coef == acc_t(0) ? acc_t(0) : up[i] * coef.smooth_coef;
-            if (prob_scale == acc_t(0) && smooth == acc_t(0) && coef.target_coef == acc_t(0)) {
-              std::fill(out_row, out_row + local_classes, scalar_t(0));
-              continue;
-            }
-            if (row_lse != row_lse || std::isinf(row_lse)) {
-              // NaN, +inf or an all -inf row (globally): the softmax is undefined.
-              std::fill(out_row, out_row + local_classes, scalar_t(NAN));
-              continue;
-            }
-            const int64_t local_target = t[i] - vocab_start;
-            const Vec vlse(row_lse), vscale(prob_scale), vsmooth(smooth);
-            for (int64_t start = 0; start < local_classes; start += kBlock) {
-              const int64_t n = std::min(kBlock, local_classes - start);
-              const acc_t* zb = acc_block(row, start, n, buf.data());
-              acc_t* out = acc_output(out_row + start, buf.data());
-              int64_t j = 0;
-              for (; j + Vec::size() <= n; j += Vec::size()) {
-                (fast_exp(Vec::loadu(zb + j) - vlse) * vscale - vsmooth).store(out + j);
-              }
-              for (; j < n; ++j) {
-                out[j] = cross_entropy_grad(coef, up[i], acc_t(0), exp_shift(zb[j], row_lse), false,
-                                            acc_t(1));
-              }
-              if (local_target >= start && local_target < start + n &&
-                  coef.target_coef != acc_t(0)) {
-                out[local_target - start] -= up[i] * coef.target_coef;
-              }
-              if (out == buf.data()) store_from_acc(buf.data(), out_row + start, n);
-            }
+            const auto coef = t[i] == ignore_index
+                                  ? cross_entropy_ignored_row<acc_t>()
+                                  : cross_entropy_row(lse_ptr[i], acc_t(1), acc_t(num_classes), eps,
+                                                      num_classes, z);
+            rows.row_grad(i, t[i] - vocab_start, lse_ptr[i], coef, up[i], acc_t(0),
+                          grad_out + i * local_classes, buf.data());
           }
         });
       });

@@ -13,7 +13,10 @@
 #include <optional>
 
 #include "../common/logit_math.h"
-#include "../ops_common.h"
+#include "../common/tiling.h"
+#include "../host/checks.h"
+#include "../host/operands.h"
+#include "../host/reduction.h"
 #include "bce_with_logits_kernels.cuh"
 #include "device_api.h"
 

@@ -1,7 +1,7 @@
 // BCE-with-logits kernels for CUDA. Torch-free: the math is bce_with_logits() of logit_math.h,
 // shared with the CPU kernel.
 //
-// Work is split by the Tiling of logit_math.h: one tile per block iteration, a fixed partition of
+// Work is split by the Tiling of tiling.h: one tile per block iteration, a fixed partition of
 // [rows, cols] that depends only on the shape. A reduction writes one partial per tile and a
 // single block sums the partials in order, so a mean or sum is the same bits on any GPU and for
 // any grid size, without atomics.
@@ -15,6 +15,7 @@
 #include <cstdint>
 
 #include "../common/logit_math.h"
+#include "../common/tiling.h"
 #include "cuda_utils.cuh"
 
 namespace logitops {

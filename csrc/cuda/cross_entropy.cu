@@ -18,7 +18,9 @@
 #include <limits>
 
 #include "../common/logit_math.h"
-#include "../ops_common.h"
+#include "../host/checks.h"
+#include "../host/operands.h"
+#include "../host/reduction.h"
 #include "cross_entropy_kernels.cuh"
 #include "cross_entropy_probs_kernels.cuh"
 #include "device_api.h"

@@ -207,7 +207,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm)
       const acc_t prob = lse == -kInf ? acc_t(0) : fast_exp(z - lse);
       acc_t g = cross_entropy_grad(coef, up, up_lse, prob, j == t,
                                    class_weight != nullptr ? class_weight[j] : acc_t(1));
-      if (cap > acc_t(0)) g *= acc_t(1) - (z * inv_cap) * (z * inv_cap);
+      if (cap > acc_t(0)) g *= softcap_derivative_from_capped(z, inv_cap);
       return g;
     };
 

@@ -237,7 +237,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm)
           soft_target_coef(to_acc<acc_t>(prob), args.weight != nullptr ? args.weight[j] : acc_t(1),
                            args.label_smoothing, num_classes);
       acc_t g = soft_target_grad(p, coef, coef_sum, lse, args.z_loss, up, up_lse);
-      if (cap > acc_t(0)) g *= acc_t(1) - (z * inv_cap) * (z * inv_cap);
+      if (cap > acc_t(0)) g *= softcap_derivative_from_capped(z, inv_cap);
       return g;
     };
 

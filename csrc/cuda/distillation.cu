@@ -15,7 +15,9 @@
 #include <limits>
 
 #include "../common/logit_math.h"
-#include "../ops_common.h"
+#include "../host/checks.h"
+#include "../host/operands.h"
+#include "../host/reduction.h"
 #include "device_api.h"
 #include "distillation_kernels.cuh"
 
@@ -24,11 +26,6 @@ namespace {
 
 using cuda::CudaType;
 using cuda::row_grid;
-
-// The op's reduction code (0 none, 1 batchmean, 2 sum) as the Reduction of ops_common.
-int64_t reduction_code(int64_t reduction) {
-  return reduction == 0 ? kReductionNone : (reduction == 1 ? kReductionMean : kReductionSum);
-}
 
 template <typename scalar_t, typename acc_t>
 cuda::DistillArgs<typename CudaType<scalar_t>::type, acc_t> make_distill_args(
@@ -68,7 +65,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kl_div_logits_forward_cuda(
   at::Tensor row_loss = at::empty({rows}, acc_options);
   at::Tensor grad =
       compute_grad ? at::empty({rows, cols}, student.options()) : at::empty({0}, student.options());
-  const int64_t code = reduction_code(reduction);
 
   if (rows > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(
@@ -81,7 +77,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kl_div_logits_forward_cuda(
           cuda::launch_kernel(
               "distill_forward_kernel", cuda::distill_forward_kernel<cuda_t, acc_t>, row_grid(rows),
               threads, 0, cuda::current_stream(), args, row_count.const_data_ptr<acc_t>(),
-              code == kReductionMean, temperature, row_loss.mutable_data_ptr<acc_t>(),
+              reduction == kReductionMean, temperature, row_loss.mutable_data_ptr<acc_t>(),
               compute_grad ? reinterpret_cast<cuda_t*>(grad.mutable_data_ptr<scalar_t>())
                            : nullptr);
           LOGITOPS_CHECK_LAUNCH();
@@ -89,7 +85,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kl_div_logits_forward_cuda(
   }
 
   // batchmean divides the sum by the counted rows: the same normalizer as reduction "mean".
-  return {reduce_row_loss(row_loss, row_count, code, student.scalar_type()), row_count, grad};
+  return {reduce_row_loss(row_loss, row_count, reduction, student.scalar_type()), row_count, grad};
 }
 
 at::Tensor kl_div_logits_backward_cuda(const at::Tensor& grad_loss, const at::Tensor& student_in,
@@ -108,8 +104,7 @@ at::Tensor kl_div_logits_backward_cuda(const at::Tensor& grad_loss, const at::Te
   const at::Tensor target = target_in.has_value() ? target_in->contiguous() : at::Tensor();
   const int64_t rows = student.size(0), cols = student.size(1);
   const auto acc_dtype = accumulation_dtype(student.scalar_type());
-  const at::Tensor upstream =
-      upstream_per_row(grad_loss, row_count, reduction_code(reduction), rows, acc_dtype);
+  const at::Tensor upstream = upstream_per_row(grad_loss, row_count, reduction, rows, acc_dtype);
   at::Tensor grad = at::empty({rows, cols}, student.options());
 
   if (rows > 0) {

@@ -12,7 +12,8 @@
 #include <optional>
 
 #include "../common/sampling_math.h"
-#include "../ops_common.h"
+#include "../host/checks.h"
+#include "../host/operands.h"
 #include "device_api.h"
 #include "sampling_kernels.cuh"
 

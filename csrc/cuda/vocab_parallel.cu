@@ -9,7 +9,8 @@
 #include <algorithm>
 #include <limits>
 
-#include "../ops_common.h"
+#include "../host/checks.h"
+#include "../host/operands.h"
 #include "device_api.h"
 #include "vocab_parallel_kernels.cuh"
 

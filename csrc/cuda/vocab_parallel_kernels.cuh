@@ -79,11 +79,8 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm)
     const auto coef = t == ignore_index ? cross_entropy_ignored_row<acc_t>()
                                         : cross_entropy_row(lse, acc_t(1), acc_t(num_classes),
                                                             label_smoothing, num_classes, z_loss);
-    // The same tests, in the same order, as the CPU kernel: zero coefficients stay zero for an
-    // infinite upstream (a mean over no rows divides by 0).
-    const acc_t prob_scale = coef.grad_scale == acc_t(0) ? acc_t(0) : up * coef.grad_scale;
-    const acc_t smooth = coef.smooth_coef == acc_t(0) ? acc_t(0) : up * coef.smooth_coef;
-    const bool zero = prob_scale == acc_t(0) && smooth == acc_t(0) && coef.target_coef == acc_t(0);
+    // The same tests, in the same order, as the CPU kernel.
+    const bool zero = cross_entropy_row_grad_is_zero(coef, up, acc_t(0));
     const bool undefined = !zero && !(lse > -kInf && lse < kInf);
     const int64_t local_target = t - args.vocab_start;
     for (int64_t j = threadIdx.x; j < args.local_classes; j += blockDim.x) {

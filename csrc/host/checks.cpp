@@ -1,0 +1,170 @@
+#include "checks.h"
+
+#include "../common/logit_math.h"
+#include "../common/sampling_math.h"
+#include "operands.h"
+
+namespace logitops {
+
+namespace {
+
+// What both cross-entropy variants require of the logits, the class weights and the reduction.
+void check_cross_entropy_common(const at::Tensor& logits, const std::optional<at::Tensor>& weight,
+                                int64_t reduction) {
+  TORCH_CHECK_VALUE(logits.dim() == 2,
+                    "logitops.cross_entropy: logits must be 2-D [rows, classes], got ",
+                    logits.sizes());
+  TORCH_CHECK_TYPE(at::isFloatingType(logits.scalar_type()),
+                   "logitops.cross_entropy: logits must be floating point, got ",
+                   logits.scalar_type());
+  TORCH_CHECK_VALUE(logits.size(1) >= 1,
+                    "logitops.cross_entropy: logits must have at least one class");
+  if (weight.has_value()) {
+    TORCH_CHECK_VALUE(weight->dim() == 1 && weight->size(0) == logits.size(1),
+                      "logitops.cross_entropy: weight must have shape [", logits.size(1), "], got ",
+                      weight->sizes());
+    TORCH_CHECK_VALUE(weight->device() == logits.device(), "logitops.cross_entropy: weight is on ",
+                      weight->device(), " but logits on ", logits.device());
+  }
+  TORCH_CHECK_VALUE(reduction >= kReductionNone && reduction <= kReductionSum,
+                    "logitops.cross_entropy: unknown reduction code ", reduction);
+}
+
+}  // namespace
+
+void check_cross_entropy_inputs(const at::Tensor& logits, const at::Tensor& target,
+                                const std::optional<at::Tensor>& weight, int64_t reduction) {
+  check_cross_entropy_common(logits, weight, reduction);
+  TORCH_CHECK_TYPE(target.scalar_type() == at::kLong,
+                   "logitops.cross_entropy: target must be int64 class indices, got ",
+                   target.scalar_type());
+  TORCH_CHECK_VALUE(target.dim() == 1 && target.size(0) == logits.size(0),
+                    "logitops.cross_entropy: target must have shape [", logits.size(0), "], got ",
+                    target.sizes());
+  TORCH_CHECK_VALUE(target.device() == logits.device(), "logitops.cross_entropy: target is on ",
+                    target.device(), " but logits on ", logits.device());
+}
+
+void check_cross_entropy_probs_inputs(const at::Tensor& logits, const at::Tensor& target,
+                                      const std::optional<at::Tensor>& weight, int64_t reduction) {
+  check_cross_entropy_common(logits, weight, reduction);
+  TORCH_CHECK_VALUE(target.sizes() == logits.sizes(),
+                    "logitops.cross_entropy: probability target must have the logits' shape ",
+                    logits.sizes(), ", got ", target.sizes());
+  TORCH_CHECK_TYPE(target.scalar_type() == logits.scalar_type(),
+                   "logitops.cross_entropy: probability target must have the logits' dtype ",
+                   logits.scalar_type(), ", got ", target.scalar_type());
+  TORCH_CHECK_VALUE(target.device() == logits.device(), "logitops.cross_entropy: target is on ",
+                    target.device(), " but logits on ", logits.device());
+}
+
+void check_vocab_parallel_inputs(const at::Tensor& logits, const at::Tensor& target,
+                                 int64_t vocab_start, int64_t num_classes, const char* op) {
+  TORCH_CHECK_VALUE(logits.dim() == 2, "logitops.", op,
+                    ": logits must be 2-D [rows, local classes], got ", logits.sizes());
+  TORCH_CHECK_TYPE(at::isFloatingType(logits.scalar_type()), "logitops.", op,
+                   ": logits must be floating point, got ", logits.scalar_type());
+  TORCH_CHECK_TYPE(target.scalar_type() == at::kLong, "logitops.", op,
+                   ": target must be int64 class indices, got ", target.scalar_type());
+  TORCH_CHECK_VALUE(target.dim() == 1 && target.size(0) == logits.size(0), "logitops.", op,
+                    ": target must have shape [", logits.size(0), "], got ", target.sizes());
+  TORCH_CHECK_VALUE(target.device() == logits.device(), "logitops.", op, ": target is on ",
+                    target.device(), " but logits on ", logits.device());
+  TORCH_CHECK_VALUE(vocab_start >= 0, "logitops.", op, ": vocab_start must be >= 0, got ",
+                    vocab_start);
+  if (num_classes >= 0) {
+    TORCH_CHECK_VALUE(vocab_start + logits.size(1) <= num_classes, "logitops.", op, ": the slice [",
+                      vocab_start, ", ", vocab_start + logits.size(1),
+                      ") does not fit in num_classes = ", num_classes);
+  }
+}
+
+void check_bce_inputs(const at::Tensor& input, const at::Tensor& target,
+                      const std::optional<at::Tensor>& weight,
+                      const std::optional<at::Tensor>& pos_weight, int64_t reduction) {
+  TORCH_CHECK_VALUE(input.dim() == 2, "logitops.bce_with_logits: input must be 2-D, got ",
+                    input.sizes());
+  TORCH_CHECK_TYPE(at::isFloatingType(input.scalar_type()),
+                   "logitops.bce_with_logits: input must be floating point, got ",
+                   input.scalar_type());
+  TORCH_CHECK_VALUE(target.sizes() == input.sizes(),
+                    "logitops.bce_with_logits: target must have the input's shape ", input.sizes(),
+                    ", got ", target.sizes());
+  TORCH_CHECK_TYPE(target.scalar_type() == input.scalar_type(),
+                   "logitops.bce_with_logits: target must have the input's dtype ",
+                   input.scalar_type(), ", got ", target.scalar_type());
+  const auto acc = accumulation_dtype(input.scalar_type());
+  for (const auto* opt : {&weight, &pos_weight}) {
+    if (!opt->has_value()) continue;
+    const char* name = opt == &weight ? "weight" : "pos_weight";
+    TORCH_CHECK_VALUE((*opt)->sizes() == input.sizes(), "logitops.bce_with_logits: ", name,
+                      " must be expanded to the input's shape ", input.sizes(), ", got ",
+                      (*opt)->sizes());
+    TORCH_CHECK_TYPE((*opt)->scalar_type() == acc, "logitops.bce_with_logits: ", name, " must be ",
+                     acc, ", got ", (*opt)->scalar_type());
+    TORCH_CHECK_VALUE((*opt)->device() == input.device(), "logitops.bce_with_logits: ", name,
+                      " is on ", (*opt)->device(), " but input on ", input.device());
+  }
+  TORCH_CHECK_VALUE(target.device() == input.device(), "logitops.bce_with_logits: target is on ",
+                    target.device(), " but input on ", input.device());
+  TORCH_CHECK_VALUE(reduction >= kReductionNone && reduction <= kReductionSum,
+                    "logitops.bce_with_logits: unknown reduction code ", reduction);
+}
+
+void check_distill_inputs(const at::Tensor& student, const at::Tensor& teacher,
+                          const std::optional<at::Tensor>& target, double temperature, int64_t kind,
+                          double beta, int64_t reduction) {
+  TORCH_CHECK_VALUE(student.dim() == 2 && student.size(1) >= 1,
+                    "logitops.kl_div_with_logits: student_logits must be 2-D [rows, classes], got ",
+                    student.sizes());
+  TORCH_CHECK_TYPE(at::isFloatingType(student.scalar_type()),
+                   "logitops.kl_div_with_logits: student_logits must be floating point");
+  TORCH_CHECK_VALUE(teacher.sizes() == student.sizes() &&
+                        teacher.scalar_type() == student.scalar_type() &&
+                        teacher.device() == student.device(),
+                    "logitops.kl_div_with_logits: teacher_logits must match student_logits in "
+                    "shape, dtype and device");
+  if (target.has_value()) {
+    TORCH_CHECK_VALUE(target->dim() == 1 && target->size(0) == student.size(0) &&
+                          target->scalar_type() == at::kLong &&
+                          target->device() == student.device(),
+                      "logitops.kl_div_with_logits: target must be int64 [", student.size(0),
+                      "] on the logits' device");
+  }
+  TORCH_CHECK_VALUE(temperature > 0, "logitops.kl_div_with_logits: temperature must be > 0");
+  TORCH_CHECK_VALUE(kind >= kForwardKl && kind <= kJsd,
+                    "logitops.kl_div_with_logits: unknown kind");
+  TORCH_CHECK_VALUE(kind != kJsd || (beta > 0 && beta < 1),
+                    "logitops.kl_div_with_logits: JSD beta must be in (0, 1)");
+  TORCH_CHECK_VALUE(reduction >= kReductionNone && reduction <= kReductionSum,
+                    "logitops.kl_div_with_logits: unknown reduction code ", reduction);
+}
+
+void check_sampling_inputs(const at::Tensor& logits, const std::optional<at::Tensor>& bias,
+                           const at::Tensor& temperature, const at::Tensor& top_k,
+                           const at::Tensor& top_p, const at::Tensor& min_p, int64_t order) {
+  TORCH_CHECK_VALUE(logits.dim() == 2, "logitops: logits must be 2-D [batch, vocab], got ",
+                    logits.sizes());
+  TORCH_CHECK_TYPE(at::isFloatingType(logits.scalar_type()),
+                   "logitops: logits must be floating point, got ", logits.scalar_type());
+  const int64_t rows = logits.size(0);
+  if (bias.has_value()) {
+    // The filters compute in float32 (float64 for float64 logits), the bias included.
+    const at::ScalarType acc = accumulation_dtype(logits.scalar_type());
+    TORCH_CHECK_VALUE(bias->scalar_type() == acc, "logitops: logit_bias must be ", acc, " for ",
+                      logits.scalar_type(), " logits");
+    TORCH_CHECK_VALUE(bias->dim() == 2 && bias->size(1) == logits.size(1) &&
+                          (bias->size(0) == rows || bias->size(0) == 1),
+                      "logitops: logit_bias must be [1 or batch, vocab], got ", bias->sizes());
+  }
+  for (const auto* t : {&temperature, &top_p, &min_p}) {
+    TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == rows && t->scalar_type() == at::kDouble,
+                      "logitops: per-row temperature / top_p / min_p must be float64 [", rows, "]");
+  }
+  TORCH_CHECK_VALUE(top_k.dim() == 1 && top_k.size(0) == rows && top_k.scalar_type() == at::kLong,
+                    "logitops: per-row top_k must be int64 [", rows, "]");
+  TORCH_CHECK_VALUE(order >= kOrderHf && order <= kOrderJoint, "logitops: unknown order code ",
+                    order);
+}
+
+}  // namespace logitops
