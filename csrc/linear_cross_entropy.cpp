@@ -14,6 +14,7 @@
 #include <tuple>
 
 #include "common/logit_math.h"
+#include "host/modes.h"
 #include "host/operands.h"
 
 namespace logitops {
@@ -21,12 +22,12 @@ namespace {
 
 using CrossEntropyForwardFn = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, int64_t, double, double,
-    double, int64_t, bool);
+    double, c10::string_view, bool);
 using CrossEntropyBackwardFn = at::Tensor(const at::Tensor&, const std::optional<at::Tensor>&,
                                           const at::Tensor&, const at::Tensor&,
                                           const std::optional<at::Tensor>&, const at::Tensor&,
                                           const at::Tensor&, int64_t, double, double, double,
-                                          int64_t);
+                                          c10::string_view);
 
 const auto& cross_entropy_forward_op() {
   static const auto op = c10::Dispatcher::singleton()
@@ -175,11 +176,9 @@ ForwardResult linear_cross_entropy_forward_impl(
     const at::Tensor& input_in, const at::Tensor& linear_weight,
     const std::optional<at::Tensor>& linear_bias, const at::Tensor& target_in,
     const std::optional<at::Tensor>& weight, int64_t ignore_index, double label_smoothing,
-    double z_loss, double softcap, int64_t reduction, int64_t chunk_size, bool compute_grad,
+    double z_loss, double softcap, Reduction reduction, int64_t chunk_size, bool compute_grad,
     bool float32_logits) {
   check_linear_inputs(input_in, linear_weight, linear_bias, target_in, chunk_size);
-  TORCH_CHECK_VALUE(reduction >= kReductionNone && reduction <= kReductionSum,
-                    "logitops.linear_cross_entropy: unknown reduction code ", reduction);
   TORCH_CHECK_VALUE(!(compute_grad && reduction == kReductionNone),
                     "logitops.linear_cross_entropy_forward: compute_grad needs a scalar reduction "
                     "(with reduction none the upstream gradient is per row)");
@@ -189,7 +188,7 @@ ForwardResult linear_cross_entropy_forward_impl(
   const auto acc_dtype = accumulation_dtype(input.scalar_type());
   const auto acc_options = input.options().dtype(acc_dtype);
   // The CPU kernel writes the gradient in the forward's sweep; CUDA recomputes it from the lse.
-  const bool fuse = compute_grad && input.device().is_cpu();
+  const bool chunk_compute_grad = compute_grad && input.device().is_cpu();
   const at::Tensor total_weight =
       target_weight_total(target, weight, ignore_index, linear_weight.size(0), acc_dtype);
   // The chunks' gradients are of their summed loss (an upstream gradient of 1 per row). The
@@ -228,7 +227,8 @@ ForwardResult linear_cross_entropy_forward_impl(
     // Per-row losses, summed here in the accumulation dtype: a chunk's sum in fp16 could
     // overflow, and in bf16 would lose digits.
     auto [loss, chunk_lse, chunk_total, grad] = cross_entropy_forward_op().call(
-        logits, t, weight, ignore_index, label_smoothing, z_loss, softcap, kReductionNone, fuse);
+        logits, t, weight, ignore_index, label_smoothing, z_loss, softcap,
+        kReductionNames[kReductionNone], chunk_compute_grad);
     lse.narrow(0, start, n).copy_(chunk_lse);
     if (reduction == kReductionNone) {
       row_loss.narrow(0, start, n).copy_(loss);
@@ -236,10 +236,10 @@ ForwardResult linear_cross_entropy_forward_impl(
       loss_sum.add_(at::sum(loss, acc_dtype));
     }
     if (compute_grad) {
-      if (!fuse) {
+      if (!chunk_compute_grad) {
         grad = cross_entropy_backward_op().call(one, std::nullopt, logits, t, weight, chunk_lse,
                                                 chunk_total, ignore_index, label_smoothing, z_loss,
-                                                softcap, kReductionSum);
+                                                softcap, kReductionNames[kReductionSum]);
       }
       // float32 logits: their gradient is rounded to the operands' dtype for the matmuls.
       grads->add(start, x, linear_weight, grad.to(input.scalar_type()), host_scale, device_scale);
@@ -293,7 +293,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_backward_imp
     const at::Tensor grad = cross_entropy_backward_op().call(
         upstream.narrow(0, start, n), std::nullopt, logits, target.narrow(0, start, n), weight,
         lse.narrow(0, start, n), unused_total, ignore_index, label_smoothing, z_loss, softcap,
-        kReductionNone);
+        kReductionNames[kReductionNone]);
     grads.add(start, x, linear_weight, grad.to(input.scalar_type()), 1.0, at::Tensor());
   }
   return {grads.input, grads.weight, grads.bias};
@@ -305,11 +305,12 @@ ForwardResult linear_cross_entropy_forward(const at::Tensor& input, const at::Te
                                            const at::Tensor& target,
                                            const std::optional<at::Tensor>& weight,
                                            int64_t ignore_index, double label_smoothing,
-                                           double z_loss, double softcap, int64_t reduction,
-                                           int64_t chunk_size, bool compute_grad) {
-  return linear_cross_entropy_forward_impl(input, linear_weight, linear_bias, target, weight,
-                                           ignore_index, label_smoothing, z_loss, softcap,
-                                           reduction, chunk_size, compute_grad, Float32Logits);
+                                           double z_loss, double softcap,
+                                           c10::string_view reduction, int64_t chunk_size,
+                                           bool compute_grad) {
+  return linear_cross_entropy_forward_impl(
+      input, linear_weight, linear_bias, target, weight, ignore_index, label_smoothing, z_loss,
+      softcap, parse_reduction(reduction), chunk_size, compute_grad, Float32Logits);
 }
 
 template <bool Float32Logits>
@@ -324,24 +325,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_backward(
 }
 
 }  // namespace
-
-// The float32_logits overloads (the arguments of the default ones, declared in bindings.cpp)
-// serve torch.autocast: the operands are in the autocast dtype and each chunk's logits are
-// converted to float32 before the cross-entropy, as F.linear followed by F.cross_entropy (an
-// autocast float32 op) computes them; the logits' gradient is rounded back for the matmuls.
-TORCH_LIBRARY_FRAGMENT(logitops, m) {
-  m.def(
-      "linear_cross_entropy_forward.float32_logits(Tensor input, Tensor linear_weight, "
-      "Tensor? linear_bias, Tensor target, Tensor? weight, int ignore_index, "
-      "float label_smoothing, float z_loss, float softcap, int reduction, int chunk_size, "
-      "bool compute_grad) -> (Tensor loss, Tensor lse, Tensor total_weight, Tensor grad_input, "
-      "Tensor grad_weight, Tensor grad_bias)");
-  m.def(
-      "linear_cross_entropy_backward.float32_logits(Tensor grad_rows, Tensor input, "
-      "Tensor linear_weight, Tensor? linear_bias, Tensor target, Tensor? weight, Tensor lse, "
-      "int ignore_index, float label_smoothing, float z_loss, float softcap, int chunk_size) -> "
-      "(Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");
-}
 
 TORCH_LIBRARY_IMPL(logitops, CompositeExplicitAutograd, m) {
   m.impl("linear_cross_entropy_forward", &linear_cross_entropy_forward<false>);

@@ -15,13 +15,14 @@ import os
 import torch
 from torch import Tensor
 
-from .ops._common import is_plain_eager_tensor
+from .ops._common import REDUCTIONS, is_plain_eager_tensor
 
 __all__ = [
     "FLOATING_DTYPES",
     "check_cross_entropy_options",
     "check_floating",
     "check_linear_arguments",
+    "check_reduction",
     "check_same_device",
     "check_target_range",
     "is_finite",
@@ -46,6 +47,13 @@ def check_same_device(name: str, tensor: Tensor, reference: Tensor) -> None:
             f"{name} is on {tensor.device} but input is on {reference.device}; "
             "move them to the same device"
         )
+
+
+def check_reduction(reduction: str) -> str:
+    """One of torch's loss reductions, 'none', 'mean' or 'sum' (ValueError otherwise)."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of 'none', 'mean', 'sum', got {reduction!r}")
+    return reduction
 
 
 def is_finite(value: float) -> bool:

@@ -30,6 +30,7 @@ from ._validation import (
     check_cross_entropy_options,
     check_floating,
     check_linear_arguments,
+    check_reduction,
     check_same_device,
     check_target_range,
     validate_cuda_targets_enabled,
@@ -37,9 +38,9 @@ from ._validation import (
 from .ops import vocab_parallel as _vp_ops
 from .ops._common import (
     REDUCTION_NONE,
+    REDUCTIONS,
     accumulation_dtype,
     reduce_rows,
-    reduction_code,
     rows_upstream,
     upstream_scale,
 )
@@ -88,7 +89,7 @@ class VocabLayout:
 @dataclass(frozen=True)
 class _Options:
     ignore_index: int
-    reduction: int
+    reduction: str
     label_smoothing: float
     z_loss: float
 
@@ -126,7 +127,7 @@ class _RankArguments:
     num_rows: int
     chunk_size: int  # 0: not chunked
     dtype: int
-    reduction: int
+    reduction: int  # the index in REDUCTIONS
     needs_grad: int
 
 
@@ -297,7 +298,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
 
 def _make_options(ignore_index, reduction, label_smoothing, z_loss) -> _Options:
     return _Options(
-        int(ignore_index), reduction_code(reduction), float(label_smoothing), float(z_loss)
+        int(ignore_index), check_reduction(reduction), float(label_smoothing), float(z_loss)
     )
 
 
@@ -383,7 +384,7 @@ def vocab_parallel_cross_entropy(
             num_rows,
             0,
             _DTYPE_CODES[local_logits.dtype],
-            options.reduction,
+            REDUCTIONS.index(options.reduction),
             0,  # the backward needs no collective
         )
     except (TypeError, ValueError) as exc:
@@ -410,10 +411,10 @@ def _all_reduce_sum(tensor: Tensor, layout: VocabLayout, group: dist.ProcessGrou
 class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, weight, bias, target, layout, group, options, chunk_size, needs_grad):
-        code = options.reduction
+        reduction = options.reduction
         num_rows = input.shape[0]
         acc = accumulation_dtype(input.dtype)
-        needs_grad = needs_grad and code != REDUCTION_NONE
+        needs_grad = needs_grad and reduction != REDUCTION_NONE
         grads = LinearGradients(input, weight, bias is not None) if needs_grad else None
         row_losses, lses = [], []
         for start, end in chunks(num_rows, chunk_size):
@@ -438,7 +439,7 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
         ctx.layout, ctx.options, ctx.chunk_size, ctx.group = layout, options, chunk_size, group
         saved = (grads.input, grads.weight, grads.bias) if grads is not None else (None,) * 3
         ctx.save_for_backward(input, weight, bias, target, lse, count, *saved)
-        return reduce_rows(row_loss, code, count).to(input.dtype)
+        return reduce_rows(row_loss, reduction, count).to(input.dtype)
 
     @staticmethod
     @once_differentiable
@@ -562,7 +563,7 @@ def vocab_parallel_linear_cross_entropy(
             num_rows,
             chunk_size or 0,
             _DTYPE_CODES[input.dtype],
-            options.reduction,
+            REDUCTIONS.index(options.reduction),
             int(needs_grad),
         )
     except (TypeError, ValueError) as exc:

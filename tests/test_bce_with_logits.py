@@ -254,7 +254,7 @@ BAD_CALLS = [
     (
         "target",
         ValueError,
-        lambda: torch.ops.logitops.bce_with_logits_forward(X, Y[:, :5], None, None, 1, False),
+        lambda: torch.ops.logitops.bce_with_logits_forward(X, Y[:, :5], None, None, "mean", False),
     ),
 ]
 

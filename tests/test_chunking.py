@@ -13,7 +13,7 @@ from conftest import DEVICES
 from logitops._chunking import LinearGradients, chunks, default_chunk_size
 from logitops.ops import cross_entropy as ce_ops
 from logitops.ops import linear_cross_entropy as lce_ops
-from logitops.ops._common import REDUCTION_CODES
+from logitops.ops._common import REDUCTION_NONE
 
 IGNORE, SMOOTHING, Z_LOSS = -100, 0.1, 1e-3
 
@@ -25,7 +25,7 @@ def _python_gradients(grad_rows, x, w, b, t, lse, chunk_size):
         logits = F.linear(x[start:end], w, b)
         grad = ce_ops.cross_entropy_backward(
             grad_rows[start:end], None, logits, t[start:end], None, lse[start:end],
-            unused_total, IGNORE, SMOOTHING, Z_LOSS, 0.0, REDUCTION_CODES["none"],
+            unused_total, IGNORE, SMOOTHING, Z_LOSS, 0.0, REDUCTION_NONE,
         )  # fmt: skip
         grads.add(start, end, x[start:end], w, grad.to(x.dtype))
     return grads
@@ -46,7 +46,7 @@ def test_python_linear_gradients_match_the_cpp_twin(device, dtype, chunk_size, w
     acc = torch.float32
     grad_rows = torch.rand(rows, generator=g, dtype=acc).to(device)
     lse = lce_ops.linear_cross_entropy_forward(
-        x, w, b, t, None, IGNORE, SMOOTHING, Z_LOSS, 0.0, REDUCTION_CODES["none"], chunk_size,
+        x, w, b, t, None, IGNORE, SMOOTHING, Z_LOSS, 0.0, REDUCTION_NONE, chunk_size,
         False,
     )[1]  # fmt: skip
     expected = lce_ops.linear_cross_entropy_backward(

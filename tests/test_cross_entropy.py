@@ -412,7 +412,7 @@ BAD_CALLS = [
                 "target",
                 IndexError,
                 lambda: torch.ops.logitops.cross_entropy_forward(
-                    LOGITS, torch.tensor([1, 2, 99, 4]), None, -100, 0.0, 0.0, 0.0, 1, False
+                    LOGITS, torch.tensor([1, 2, 99, 4]), None, -100, 0.0, 0.0, 0.0, "mean", False
                 ),
             )
         ]
@@ -421,7 +421,7 @@ BAD_CALLS = [
         "logits",
         ValueError,
         lambda: torch.ops.logitops.cross_entropy_forward(
-            LOGITS[0], TARGET, None, -100, 0.0, 0.0, 0.0, 1, False
+            LOGITS[0], TARGET, None, -100, 0.0, 0.0, 0.0, "mean", False
         ),
     ),
 ]

@@ -2,7 +2,7 @@
 dispatch with dynamic shapes) on sample inputs, on every device.
 
 SAMPLE_INPUTS maps each name of ``logitops.build_info()["ops"]`` (overloads included) to a function
-``device -> [(kind, args)]``: odd shapes, optional tensors given and None, every mode code, inputs
+``device -> [(kind, args)]``: odd shapes, optional tensors given and None, every mode, inputs
 with and without requires_grad for the differentiable ops. An op registered without samples, or
 samples for an op that is not registered, fails ``test_every_op_has_samples``. The arguments of each
 op are built by one function (``*_args``) from keywords, and the mode arguments pass through
@@ -27,16 +27,21 @@ ORDERS = ("hf", "vllm", "joint")
 # --- the schemas' mode arguments ------------------------------------------------------------
 
 
-def reduction_arg(name: str):
-    return {"none": 0, "mean": 1, "sum": 2}[name]
+def reduction_arg(name: str) -> str:
+    return name
 
 
-def kind_arg(name: str):
-    return {"forward": 0, "reverse": 1, "jsd": 2}[name]
+def distillation_reduction_arg(name: str) -> str:
+    # The distillation ops' mean is the mean over the counted rows, kl_div's batchmean.
+    return "batchmean" if name == "mean" else name
 
 
-def order_arg(name: str):
-    return {"hf": 0, "vllm": 1, "joint": 2}[name]
+def kind_arg(name: str) -> str:
+    return name
+
+
+def order_arg(name: str) -> str:
+    return name
 
 
 def op(name: str):
@@ -184,7 +189,7 @@ def distillation_forward_args(
         temperature,
         kind_arg(kind),
         beta,
-        reduction_arg(reduction),
+        distillation_reduction_arg(reduction),
         compute_grad,
     )
 
@@ -211,7 +216,7 @@ def distillation_backward_args(
         temperature,
         kind_arg(kind),
         beta,
-        reduction_arg(reduction),
+        distillation_reduction_arg(reduction),
         row_count,
     )
 
@@ -613,7 +618,7 @@ def distillation_backward_samples(device):
     teacher = torch.randn(5, 17, device=device)
     for k, reduction, target in _distillation_cases(device):
         options = dict(target=target, temperature=2.0, kind=k, beta=0.4, reduction=reduction)
-        loss, count, _ = op("kl_div_logits_forward")(
+        loss, count, _ = op("distillation_forward")(
             *distillation_forward_args(student, teacher, **options)
         )
         yield (
@@ -622,7 +627,7 @@ def distillation_backward_samples(device):
         )
     for rows, classes in ((4, 1), (3, 259)):
         student, teacher = torch.randn(2, rows, classes, device=device)
-        loss, count, _ = op("kl_div_logits_forward")(
+        loss, count, _ = op("distillation_forward")(
             *distillation_forward_args(student, teacher, kind="jsd")
         )
         yield (
@@ -893,9 +898,9 @@ SAMPLE_INPUTS = {
     "cross_entropy_forward": cross_entropy_forward_samples,
     "cross_entropy_probs_backward": cross_entropy_probs_backward_samples,
     "cross_entropy_probs_forward": cross_entropy_probs_forward_samples,
+    "distillation_backward": distillation_backward_samples,
+    "distillation_forward": distillation_forward_samples,
     "filter_logits": filter_logits_samples,
-    "kl_div_logits_backward": distillation_backward_samples,
-    "kl_div_logits_forward": distillation_forward_samples,
     **_overloads(
         "linear_cross_entropy_forward",
         lambda device, dtype, _: _linear_forward_samples(device, dtype),
@@ -937,3 +942,32 @@ def test_every_op_has_samples():
 def test_opcheck(device, name, sample):
     args = dict(SAMPLE_INPUTS[name](device))[sample]
     torch.library.opcheck(op(name), args)
+
+
+def _mode_arguments() -> list[tuple[str, int, str]]:
+    """(op, position, argument name) of every `str` argument of every op's schema."""
+    found = []
+    for name in SAMPLE_INPUTS:
+        for position, argument in enumerate(op(name)._schema.arguments):
+            if str(argument.type) == "str":
+                found.append((name, position, argument.name))
+    return found
+
+
+MODE_ARGUMENTS = _mode_arguments()
+
+
+def test_mode_arguments_are_the_names_of_csrc_common_modes_h():
+    assert {argument for _, _, argument in MODE_ARGUMENTS} == {"reduction", "kind", "order"}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    "name,position,argument", MODE_ARGUMENTS, ids=[f"{n}.{a}" for n, _, a in MODE_ARGUMENTS]
+)
+def test_unknown_mode_name_is_a_value_error_naming_the_argument(device, name, position, argument):
+    _, args = next(iter(SAMPLE_INPUTS[name](device)))
+    bad = list(args)
+    bad[position] = "Mean"  # names are exact, lower-case
+    with pytest.raises(ValueError, match=rf"^{argument} must be '"):
+        op(name)(*bad)

@@ -7,11 +7,9 @@
 #include <limits>
 
 #include "host_device.h"
+#include "modes.h"
 
 namespace logitops {
-
-// Reduction codes shared by the C++ ops and the Python layer (logitops/ops/_common.py).
-enum Reduction : int64_t { kReductionNone = 0, kReductionMean = 1, kReductionSum = 2 };
 
 // Running state of a log-sum-exp: sum_i exp(x_i) = sum * exp(max).
 // An empty state (or a row of -inf) has max = -inf and sum = 0.
@@ -261,7 +259,7 @@ LOGITOPS_HD acc_t soft_target_grad(acc_t prob, acc_t coef, acc_t coef_sum, acc_t
 // The row's loss is sum_j term. Its gradient with respect to s is q_j (g_j - S), S = sum_i q_i g_i,
 // where q g is: -p (forward; then S = -1), q (lq - lp) (reverse), (1 - beta) q (lq - lm) (JSD).
 // beta = 0 and 1 are the forward and reverse KL exactly (the JSD formula tends to 0 there).
-enum DivergenceKind : int64_t { kForwardKl = 0, kReverseKl = 1, kJsd = 2 };
+// The kind is a DivergenceKind (modes.h).
 
 template <typename acc_t>
 struct DivergenceTerm {
@@ -325,8 +323,8 @@ LOGITOPS_HD acc_t forward_kl_term(acc_t p, acc_t d) {
 // lp - lm = -log(beta + (1 - beta) e^-d) and lq - lm = -log(beta e^d + (1 - beta)), in log space:
 // functions of d alone, so no log M of an underflowed mixture and no lost digits.
 template <typename acc_t>
-LOGITOPS_HD DivergenceTerm<acc_t> divergence_term(int64_t kind, acc_t beta, acc_t lp, acc_t lq,
-                                                  acc_t d) {
+LOGITOPS_HD DivergenceTerm<acc_t> divergence_term(DivergenceKind kind, acc_t beta, acc_t lp,
+                                                  acc_t lq, acc_t d) {
   const acc_t p = prob_from_log(lp);
   const acc_t q = prob_from_log(lq);
   DivergenceTerm<acc_t> out{acc_t(0), acc_t(0), q};

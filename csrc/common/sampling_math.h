@@ -10,9 +10,6 @@
 
 namespace logitops {
 
-// Filter orders (logitops/ops/sampling.py keeps the same codes).
-enum FilterOrder : int64_t { kOrderHf = 0, kOrderVllm = 1, kOrderJoint = 2 };
-
 // A row's filter parameters.
 struct RowFilter {
   double temperature;  // > 0; <= 0 (or NaN) means greedy (sample only)
@@ -77,7 +74,7 @@ LOGITOPS_HD bool min_p_keeps(double ratio, double cut) { return ratio >= cut; }
 // n is the row's length, row_max its max. Branches depend only on the arguments and on the
 // callables' results, so on CUDA a block whose threads agree on those takes them together.
 template <typename acc_t, typename KthLargest, typename MinPThreshold, typename TopPThreshold>
-LOGITOPS_HD acc_t row_threshold(int64_t n, acc_t row_max, const RowFilter& f, int64_t order,
+LOGITOPS_HD acc_t row_threshold(int64_t n, acc_t row_max, const RowFilter& f, FilterOrder order,
                                 int64_t min_tokens_to_keep, const KthLargest& kth_largest,
                                 const MinPThreshold& min_p_threshold,
                                 const TopPThreshold& top_p_threshold) {

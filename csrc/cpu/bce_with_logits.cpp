@@ -14,6 +14,7 @@
 #include "../common/logit_math.h"
 #include "../common/tiling.h"
 #include "../host/checks.h"
+#include "../host/modes.h"
 #include "../host/operands.h"
 #include "../host/reduction.h"
 #include "allocator.h"
@@ -151,8 +152,9 @@ BceContext<scalar_t, acc_t> make_bce_context(const at::Tensor& input, const at::
 std::tuple<at::Tensor, at::Tensor> bce_with_logits_forward_cpu(
     const at::Tensor& input_in, const at::Tensor& target_in,
     const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& pos_weight,
-    int64_t reduction, bool compute_grad) {
-  check_bce_inputs(input_in, target_in, weight, pos_weight, reduction);
+    c10::string_view reduction_name, bool compute_grad) {
+  const Reduction reduction = parse_reduction(reduction_name);
+  check_bce_inputs(input_in, target_in, weight, pos_weight);
   const at::Tensor input = rows_with_unit_stride(input_in);
   const at::Tensor target = rows_with_unit_stride(target_in);
   const int64_t rows = input.size(0), cols = input.size(1);
@@ -213,8 +215,9 @@ at::Tensor bce_with_logits_backward_cpu(const at::Tensor& grad_loss_in, const at
                                         const at::Tensor& target_in,
                                         const std::optional<at::Tensor>& weight,
                                         const std::optional<at::Tensor>& pos_weight,
-                                        int64_t reduction) {
-  check_bce_inputs(input_in, target_in, weight, pos_weight, reduction);
+                                        c10::string_view reduction_name) {
+  const Reduction reduction = parse_reduction(reduction_name);
+  check_bce_inputs(input_in, target_in, weight, pos_weight);
   const at::Tensor input = rows_with_unit_stride(input_in);
   const at::Tensor target = rows_with_unit_stride(target_in);
   const int64_t rows = input.size(0), cols = input.size(1);

@@ -17,6 +17,7 @@
 
 #include "../common/logit_math.h"
 #include "../host/checks.h"
+#include "../host/modes.h"
 #include "../host/operands.h"
 #include "../host/reduction.h"
 #include "allocator.h"
@@ -78,8 +79,9 @@ double validate_and_total_weight(const at::Tensor& target, const acc_t* weight, 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cross_entropy_forward_cpu(
     const at::Tensor& logits_in, const at::Tensor& target_in,
     const std::optional<at::Tensor>& weight, int64_t ignore_index, double label_smoothing,
-    double z_loss, double softcap, int64_t reduction, bool compute_grad) {
-  check_cross_entropy_inputs(logits_in, target_in, weight, reduction);
+    double z_loss, double softcap, c10::string_view reduction_name, bool compute_grad) {
+  const Reduction reduction = parse_reduction(reduction_name);
+  check_cross_entropy_inputs(logits_in, target_in, weight);
   const at::Tensor logits = rows_with_unit_stride(logits_in);
   const at::Tensor target = target_in.contiguous();
   const int64_t num_rows = logits.size(0);
@@ -139,8 +141,9 @@ at::Tensor cross_entropy_backward_cpu(const at::Tensor& grad_loss_in,
                                       const std::optional<at::Tensor>& weight,
                                       const at::Tensor& lse_in, const at::Tensor& total_weight,
                                       int64_t ignore_index, double label_smoothing, double z_loss,
-                                      double softcap, int64_t reduction) {
-  check_cross_entropy_inputs(logits_in, target_in, weight, reduction);
+                                      double softcap, c10::string_view reduction_name) {
+  const Reduction reduction = parse_reduction(reduction_name);
+  check_cross_entropy_inputs(logits_in, target_in, weight);
   const at::Tensor logits = rows_with_unit_stride(logits_in);
   const at::Tensor target = target_in.contiguous();
   const int64_t num_rows = logits.size(0);
@@ -293,8 +296,9 @@ SoftRowContext<scalar_t, acc_t> make_soft_context(const at::Tensor& logits,
 std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_probs_forward_cpu(
     const at::Tensor& logits_in, const at::Tensor& target_in,
     const std::optional<at::Tensor>& weight, double label_smoothing, double z_loss, double softcap,
-    int64_t reduction, bool compute_grad) {
-  check_cross_entropy_probs_inputs(logits_in, target_in, weight, reduction);
+    c10::string_view reduction_name, bool compute_grad) {
+  const Reduction reduction = parse_reduction(reduction_name);
+  check_cross_entropy_probs_inputs(logits_in, target_in, weight);
   const at::Tensor logits = rows_with_unit_stride(logits_in);
   const at::Tensor target = rows_with_unit_stride(target_in);
   const int64_t num_rows = logits.size(0), num_classes = logits.size(1);
@@ -335,14 +339,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_probs_forward_cpu(
   return {reduce_row_loss(row_loss, count, reduction, logits.scalar_type()), lse, grad};
 }
 
-at::Tensor cross_entropy_probs_backward_cpu(const at::Tensor& grad_loss_in,
-                                            const std::optional<at::Tensor>& grad_lse_in,
-                                            const at::Tensor& logits_in,
-                                            const at::Tensor& target_in,
-                                            const std::optional<at::Tensor>& weight,
-                                            const at::Tensor& lse_in, double label_smoothing,
-                                            double z_loss, double softcap, int64_t reduction) {
-  check_cross_entropy_probs_inputs(logits_in, target_in, weight, reduction);
+at::Tensor cross_entropy_probs_backward_cpu(
+    const at::Tensor& grad_loss_in, const std::optional<at::Tensor>& grad_lse_in,
+    const at::Tensor& logits_in, const at::Tensor& target_in,
+    const std::optional<at::Tensor>& weight, const at::Tensor& lse_in, double label_smoothing,
+    double z_loss, double softcap, c10::string_view reduction_name) {
+  const Reduction reduction = parse_reduction(reduction_name);
+  check_cross_entropy_probs_inputs(logits_in, target_in, weight);
   const at::Tensor logits = rows_with_unit_stride(logits_in);
   const at::Tensor target = rows_with_unit_stride(target_in);
   const int64_t num_rows = logits.size(0), num_classes = logits.size(1);

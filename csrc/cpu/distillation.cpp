@@ -16,6 +16,7 @@
 
 #include "../common/logit_math.h"
 #include "../host/checks.h"
+#include "../host/modes.h"
 #include "../host/operands.h"
 #include "../host/reduction.h"
 #include "allocator.h"
@@ -35,7 +36,7 @@ struct DistillContext {
   const int64_t* target;  // nullptr: every row counts
   int64_t ignore_index;
   acc_t inv_temperature;
-  int64_t kind;
+  DivergenceKind kind;
   acc_t beta;
 
   bool ignored(int64_t i) const { return target != nullptr && target[i] == ignore_index; }
@@ -136,7 +137,7 @@ template <typename scalar_t, typename acc_t>
 DistillContext<scalar_t, acc_t> make_distill_context(const at::Tensor& student,
                                                      const at::Tensor& teacher,
                                                      const at::Tensor& target, int64_t ignore_index,
-                                                     double temperature, int64_t kind,
+                                                     double temperature, DivergenceKind kind,
                                                      double beta) {
   return {student.const_data_ptr<scalar_t>(),
           teacher.const_data_ptr<scalar_t>(),
@@ -160,15 +161,17 @@ int64_t counted_rows(const at::Tensor& target, int64_t rows, int64_t ignore_inde
 
 // The per-row upstream gradient of the reduced loss (batchmean is reduction "mean" over the
 // counted rows).
-double row_upstream(int64_t reduction, double count) {
+double row_upstream(Reduction reduction, double count) {
   return reduction == kReductionMean ? 1.0 / count : 1.0;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> kl_div_logits_forward_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> distillation_forward_cpu(
     const at::Tensor& student_in, const at::Tensor& teacher_in,
     const std::optional<at::Tensor>& target_in, int64_t ignore_index, double temperature,
-    int64_t kind, double beta, int64_t reduction, bool compute_grad) {
-  check_distill_inputs(student_in, teacher_in, target_in, temperature, kind, beta, reduction);
+    c10::string_view kind_name, double beta, c10::string_view reduction_name, bool compute_grad) {
+  const DivergenceKind kind = parse_divergence_kind(kind_name);
+  const Reduction reduction = parse_distillation_reduction(reduction_name);
+  check_distill_inputs(student_in, teacher_in, target_in, temperature, kind, beta);
   const at::Tensor student = rows_with_unit_stride(student_in);
   const at::Tensor teacher = rows_with_unit_stride(teacher_in);
   const at::Tensor target = target_in.has_value() ? target_in->contiguous() : at::Tensor();
@@ -179,7 +182,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kl_div_logits_forward_cpu(
   at::Tensor grad = compute_grad ? empty_cpu_output({rows, cols}, student.options())
                                  : at::empty({0}, student.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kBFloat16, at::kHalf, student.scalar_type(), "kl_div_logits_forward_cpu", [&] {
+      at::kBFloat16, at::kHalf, student.scalar_type(), "distillation_forward_cpu", [&] {
         using acc_t = at::opmath_type<scalar_t>;
         const auto ctx = make_distill_context<scalar_t, acc_t>(
             student, teacher, target, ignore_index, temperature, kind, beta);
@@ -207,12 +210,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kl_div_logits_forward_cpu(
   return {reduce_row_loss(row_loss, row_count, reduction, student.scalar_type()), row_count, grad};
 }
 
-at::Tensor kl_div_logits_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& student_in,
-                                      const at::Tensor& teacher_in,
-                                      const std::optional<at::Tensor>& target_in,
-                                      int64_t ignore_index, double temperature, int64_t kind,
-                                      double beta, int64_t reduction, const at::Tensor& row_count) {
-  check_distill_inputs(student_in, teacher_in, target_in, temperature, kind, beta, reduction);
+at::Tensor distillation_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& student_in,
+                                     const at::Tensor& teacher_in,
+                                     const std::optional<at::Tensor>& target_in,
+                                     int64_t ignore_index, double temperature,
+                                     c10::string_view kind_name, double beta,
+                                     c10::string_view reduction_name, const at::Tensor& row_count) {
+  const DivergenceKind kind = parse_divergence_kind(kind_name);
+  const Reduction reduction = parse_distillation_reduction(reduction_name);
+  check_distill_inputs(student_in, teacher_in, target_in, temperature, kind, beta);
   const at::Tensor student = rows_with_unit_stride(student_in);
   const at::Tensor teacher = rows_with_unit_stride(teacher_in);
   const at::Tensor target = target_in.has_value() ? target_in->contiguous() : at::Tensor();
@@ -221,7 +227,7 @@ at::Tensor kl_div_logits_backward_cpu(const at::Tensor& grad_loss, const at::Ten
   const at::Tensor upstream = upstream_per_row(grad_loss, row_count, reduction, rows, acc_dtype);
   at::Tensor grad = empty_cpu_output({rows, cols}, student.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kBFloat16, at::kHalf, student.scalar_type(), "kl_div_logits_backward_cpu", [&] {
+      at::kBFloat16, at::kHalf, student.scalar_type(), "distillation_backward_cpu", [&] {
         using acc_t = at::opmath_type<scalar_t>;
         const auto ctx = make_distill_context<scalar_t, acc_t>(
             student, teacher, target, ignore_index, temperature, kind, beta);
@@ -246,8 +252,8 @@ at::Tensor kl_div_logits_backward_cpu(const at::Tensor& grad_loss, const at::Ten
 }  // namespace
 
 TORCH_LIBRARY_IMPL(logitops, CPU, m) {
-  m.impl("kl_div_logits_forward", &kl_div_logits_forward_cpu);
-  m.impl("kl_div_logits_backward", &kl_div_logits_backward_cpu);
+  m.impl("distillation_forward", &distillation_forward_cpu);
+  m.impl("distillation_backward", &distillation_backward_cpu);
 }
 
 }  // namespace logitops

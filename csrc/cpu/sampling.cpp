@@ -21,7 +21,8 @@
 #include <vector>
 
 #include "../common/sampling_math.h"
-#include "../ops_common.h"
+#include "../host/checks.h"
+#include "../host/modes.h"
 #include "vec_utils.h"
 
 namespace logitops {
@@ -126,8 +127,8 @@ acc_t top_p_threshold(const acc_t* z, int64_t n, double row_max, double p, acc_t
 // The row's keep threshold (sampling_math.h's row_threshold over this file's searches). z must be
 // NaN-free and row_max its max.
 template <typename acc_t>
-acc_t keep_threshold(const acc_t* z, int64_t n, double row_max, const RowFilter& f, int64_t order,
-                     int64_t min_tokens_to_keep, std::vector<acc_t>& scratch) {
+acc_t keep_threshold(const acc_t* z, int64_t n, double row_max, const RowFilter& f,
+                     FilterOrder order, int64_t min_tokens_to_keep, std::vector<acc_t>& scratch) {
   return row_threshold(
       n, acc_t(row_max), f, order, min_tokens_to_keep,
       [&](int64_t k) { return kth_largest(z, n, k, scratch); },
@@ -206,9 +207,11 @@ RowFilter row_filter(const SamplingInputs& in, int64_t i) {
 
 at::Tensor filter_logits_cpu(const at::Tensor& logits_in, const std::optional<at::Tensor>& bias_in,
                              const at::Tensor& temperature, const at::Tensor& top_k,
-                             const at::Tensor& top_p, const at::Tensor& min_p, int64_t order,
-                             double filter_value, int64_t min_tokens_to_keep) {
-  check_sampling_inputs(logits_in, bias_in, temperature, top_k, top_p, min_p, order);
+                             const at::Tensor& top_p, const at::Tensor& min_p,
+                             c10::string_view order_name, double filter_value,
+                             int64_t min_tokens_to_keep) {
+  const FilterOrder order = parse_filter_order(order_name);
+  check_sampling_inputs(logits_in, bias_in, temperature, top_k, top_p, min_p);
   const at::Tensor logits = logits_in.contiguous();
   const at::Tensor bias = bias_in.has_value() ? bias_in->contiguous() : at::Tensor();
   const SamplingInputs in{logits,
@@ -251,9 +254,10 @@ std::tuple<at::Tensor, at::Tensor> sample_cpu(const at::Tensor& logits_in,
                                               const std::optional<at::Tensor>& bias_in,
                                               const at::Tensor& temperature,
                                               const at::Tensor& top_k, const at::Tensor& top_p,
-                                              const at::Tensor& min_p, int64_t order,
+                                              const at::Tensor& min_p, c10::string_view order_name,
                                               const at::Tensor& seeds, bool per_row_seeds) {
-  check_sampling_inputs(logits_in, bias_in, temperature, top_k, top_p, min_p, order);
+  const FilterOrder order = parse_filter_order(order_name);
+  check_sampling_inputs(logits_in, bias_in, temperature, top_k, top_p, min_p);
   const int64_t rows = logits_in.size(0), n = logits_in.size(1);
   TORCH_CHECK_VALUE(seeds.dim() == 1 && seeds.size(0) == rows && seeds.scalar_type() == at::kLong,
                     "logitops.sample: seed must be int64 [", rows, "]");

@@ -15,6 +15,7 @@
 #include "../common/logit_math.h"
 #include "../common/tiling.h"
 #include "../host/checks.h"
+#include "../host/modes.h"
 #include "../host/operands.h"
 #include "../host/reduction.h"
 #include "bce_with_logits_kernels.cuh"
@@ -77,8 +78,9 @@ void launch_bce(const at::Tensor& input, const at::Tensor& target,
 std::tuple<at::Tensor, at::Tensor> bce_with_logits_forward_cuda(
     const at::Tensor& input_in, const at::Tensor& target_in,
     const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& pos_weight,
-    int64_t reduction, bool compute_grad) {
-  check_bce_inputs(input_in, target_in, weight, pos_weight, reduction);
+    c10::string_view reduction_name, bool compute_grad) {
+  const Reduction reduction = parse_reduction(reduction_name);
+  check_bce_inputs(input_in, target_in, weight, pos_weight);
   const cuda::DeviceGuard device_guard(input_in.device());
   const at::Tensor input = rows_with_unit_stride(input_in);
   const at::Tensor target = rows_with_unit_stride(target_in);
@@ -128,8 +130,9 @@ at::Tensor bce_with_logits_backward_cuda(const at::Tensor& grad_loss_in, const a
                                          const at::Tensor& target_in,
                                          const std::optional<at::Tensor>& weight,
                                          const std::optional<at::Tensor>& pos_weight,
-                                         int64_t reduction) {
-  check_bce_inputs(input_in, target_in, weight, pos_weight, reduction);
+                                         c10::string_view reduction_name) {
+  const Reduction reduction = parse_reduction(reduction_name);
+  check_bce_inputs(input_in, target_in, weight, pos_weight);
   const cuda::DeviceGuard device_guard(input_in.device());
   // The kernel dereferences it: a CPU tensor here would be a host pointer on the device.
   TORCH_CHECK_VALUE(grad_loss_in.device() == input_in.device(),

@@ -19,6 +19,7 @@
 
 #include "../common/logit_math.h"
 #include "../host/checks.h"
+#include "../host/modes.h"
 #include "../host/operands.h"
 #include "../host/reduction.h"
 #include "cross_entropy_kernels.cuh"
@@ -84,8 +85,9 @@ void check_on_device(const at::Tensor& t, const at::Tensor& logits, const char* 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cross_entropy_forward_cuda(
     const at::Tensor& logits_in, const at::Tensor& target_in,
     const std::optional<at::Tensor>& weight, int64_t ignore_index, double label_smoothing,
-    double z_loss, double softcap, int64_t reduction, bool compute_grad) {
-  check_cross_entropy_inputs(logits_in, target_in, weight, reduction);
+    double z_loss, double softcap, c10::string_view reduction_name, bool compute_grad) {
+  const Reduction reduction = parse_reduction(reduction_name);
+  check_cross_entropy_inputs(logits_in, target_in, weight);
   const cuda::DeviceGuard device_guard(logits_in.device());
   const at::Tensor logits = rows_with_unit_stride(logits_in);
   const at::Tensor target = target_in.contiguous();
@@ -148,8 +150,9 @@ at::Tensor cross_entropy_backward_cuda(const at::Tensor& grad_loss_in,
                                        const std::optional<at::Tensor>& weight,
                                        const at::Tensor& lse_in, const at::Tensor& total_weight,
                                        int64_t ignore_index, double label_smoothing, double z_loss,
-                                       double softcap, int64_t reduction) {
-  check_cross_entropy_inputs(logits_in, target_in, weight, reduction);
+                                       double softcap, c10::string_view reduction_name) {
+  const Reduction reduction = parse_reduction(reduction_name);
+  check_cross_entropy_inputs(logits_in, target_in, weight);
   const cuda::DeviceGuard device_guard(logits_in.device());
   const at::Tensor logits = rows_with_unit_stride(logits_in);
   const at::Tensor target = target_in.contiguous();
@@ -160,22 +163,12 @@ at::Tensor cross_entropy_backward_cuda(const at::Tensor& grad_loss_in,
       weight.has_value() ? weight->to(acc_dtype).contiguous() : at::Tensor();
   const at::Tensor weight_total = class_weight_total(weight_acc, acc_dtype);
   check_on_device(grad_loss_in, logits, "grad_loss");
-  check_on_device(lse_in, logits, "lse");
   const at::Tensor upstream =
       upstream_per_row(grad_loss_in, total_weight, reduction, num_rows, acc_dtype);
-  const at::Tensor grad_lse = grad_lse_in.has_value() && grad_lse_in->defined()
-                                  ? grad_lse_in->to(acc_dtype).contiguous()
-                                  : at::Tensor();
-  const at::Tensor lse = lse_in.to(acc_dtype).contiguous();
-  // The kernel reads one value per row of each; check rather than read out of bounds.
-  TORCH_CHECK_VALUE(lse.numel() == num_rows, "logitops.cross_entropy_backward: lse must have ",
-                    num_rows, " elements, got ", lse.numel());
-  if (grad_lse.defined()) {
-    check_on_device(grad_lse, logits, "grad_lse");
-    TORCH_CHECK_VALUE(grad_lse.numel() == num_rows,
-                      "logitops.cross_entropy_backward: grad_lse must have ", num_rows,
-                      " elements, got ", grad_lse.numel());
-  }
+  // The kernel reads one value per row of each: checked rather than read out of bounds.
+  const LseOperands lse_ops = lse_operands(lse_in, grad_lse_in, logits, "cross_entropy_backward");
+  const at::Tensor& lse = lse_ops.lse;
+  const at::Tensor& grad_lse = lse_ops.grad_lse;
   at::Tensor grad = at::empty({num_rows, num_classes}, logits.options());
 
   AT_DISPATCH_FLOATING_TYPES_AND2(
@@ -234,8 +227,9 @@ void launch_probs_backward(
 std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_probs_forward_cuda(
     const at::Tensor& logits_in, const at::Tensor& target_in,
     const std::optional<at::Tensor>& weight, double label_smoothing, double z_loss, double softcap,
-    int64_t reduction, bool compute_grad) {
-  check_cross_entropy_probs_inputs(logits_in, target_in, weight, reduction);
+    c10::string_view reduction_name, bool compute_grad) {
+  const Reduction reduction = parse_reduction(reduction_name);
+  check_cross_entropy_probs_inputs(logits_in, target_in, weight);
   const cuda::DeviceGuard device_guard(logits_in.device());
   const at::Tensor logits = rows_with_unit_stride(logits_in);
   const at::Tensor target = rows_with_unit_stride(target_in);
@@ -284,15 +278,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_probs_forward_cuda(
   return {reduce_row_loss(row_loss, count, reduction, logits.scalar_type()), lse, grad};
 }
 
-at::Tensor cross_entropy_probs_backward_cuda(const at::Tensor& grad_loss_in,
-                                             const std::optional<at::Tensor>& grad_lse_in,
-                                             const at::Tensor& logits_in,
-                                             const at::Tensor& target_in,
-                                             const std::optional<at::Tensor>& weight,
-                                             const at::Tensor& lse_in, double label_smoothing,
-                                             double z_loss, double softcap, int64_t reduction) {
+at::Tensor cross_entropy_probs_backward_cuda(
+    const at::Tensor& grad_loss_in, const std::optional<at::Tensor>& grad_lse_in,
+    const at::Tensor& logits_in, const at::Tensor& target_in,
+    const std::optional<at::Tensor>& weight, const at::Tensor& lse_in, double label_smoothing,
+    double z_loss, double softcap, c10::string_view reduction_name) {
+  const Reduction reduction = parse_reduction(reduction_name);
   constexpr const char* kOp = "cross_entropy_probs_backward";
-  check_cross_entropy_probs_inputs(logits_in, target_in, weight, reduction);
+  check_cross_entropy_probs_inputs(logits_in, target_in, weight);
   const cuda::DeviceGuard device_guard(logits_in.device());
   const at::Tensor logits = rows_with_unit_stride(logits_in);
   const at::Tensor target = rows_with_unit_stride(target_in);
@@ -303,21 +296,12 @@ at::Tensor cross_entropy_probs_backward_cuda(const at::Tensor& grad_loss_in,
   const at::Tensor weight_acc =
       weight.has_value() ? weight->to(acc_dtype).contiguous() : at::Tensor();
   check_on_device(grad_loss_in, logits, "grad_loss", kOp);
-  check_on_device(lse_in, logits, "lse", kOp);
   const at::Tensor count = at::full({}, double(num_rows), acc_options);
   const at::Tensor upstream = upstream_per_row(grad_loss_in, count, reduction, num_rows, acc_dtype);
-  const at::Tensor grad_lse = grad_lse_in.has_value() && grad_lse_in->defined()
-                                  ? grad_lse_in->to(acc_dtype).contiguous()
-                                  : at::Tensor();
-  const at::Tensor lse = lse_in.to(acc_dtype).contiguous();
-  // The kernel reads one value per row of each; check rather than read out of bounds.
-  TORCH_CHECK_VALUE(lse.numel() == num_rows, "logitops.", kOp, ": lse must have ", num_rows,
-                    " elements, got ", lse.numel());
-  if (grad_lse.defined()) {
-    check_on_device(grad_lse, logits, "grad_lse", kOp);
-    TORCH_CHECK_VALUE(grad_lse.numel() == num_rows, "logitops.", kOp, ": grad_lse must have ",
-                      num_rows, " elements, got ", grad_lse.numel());
-  }
+  // The kernel reads one value per row of each: checked rather than read out of bounds.
+  const LseOperands lse_ops = lse_operands(lse_in, grad_lse_in, logits, kOp);
+  const at::Tensor& lse = lse_ops.lse;
+  const at::Tensor& grad_lse = lse_ops.grad_lse;
   at::Tensor grad = at::empty({num_rows, num_classes}, logits.options());
 
   AT_DISPATCH_FLOATING_TYPES_AND2(

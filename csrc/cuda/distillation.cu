@@ -11,11 +11,9 @@
 #include <ATen/ops/sum.h>
 #include <torch/library.h>
 
-#include <algorithm>
-#include <limits>
-
 #include "../common/logit_math.h"
 #include "../host/checks.h"
+#include "../host/modes.h"
 #include "../host/operands.h"
 #include "../host/reduction.h"
 #include "device_api.h"
@@ -30,7 +28,7 @@ using cuda::row_grid;
 template <typename scalar_t, typename acc_t>
 cuda::DistillArgs<typename CudaType<scalar_t>::type, acc_t> make_distill_args(
     const at::Tensor& student, const at::Tensor& teacher, const at::Tensor& target,
-    int64_t ignore_index, double temperature, int64_t kind, double beta) {
+    int64_t ignore_index, double temperature, DivergenceKind kind, double beta) {
   using cuda_t = typename CudaType<scalar_t>::type;
   cuda::DistillArgs<cuda_t, acc_t> args;
   args.student = reinterpret_cast<const cuda_t*>(student.const_data_ptr<scalar_t>());
@@ -47,11 +45,13 @@ cuda::DistillArgs<typename CudaType<scalar_t>::type, acc_t> make_distill_args(
   return args;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> kl_div_logits_forward_cuda(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> distillation_forward_cuda(
     const at::Tensor& student_in, const at::Tensor& teacher_in,
     const std::optional<at::Tensor>& target_in, int64_t ignore_index, double temperature,
-    int64_t kind, double beta, int64_t reduction, bool compute_grad) {
-  check_distill_inputs(student_in, teacher_in, target_in, temperature, kind, beta, reduction);
+    c10::string_view kind_name, double beta, c10::string_view reduction_name, bool compute_grad) {
+  const DivergenceKind kind = parse_divergence_kind(kind_name);
+  const Reduction reduction = parse_distillation_reduction(reduction_name);
+  check_distill_inputs(student_in, teacher_in, target_in, temperature, kind, beta);
   const cuda::DeviceGuard device_guard(student_in.device());
   const at::Tensor student = rows_with_unit_stride(student_in);
   const at::Tensor teacher = rows_with_unit_stride(teacher_in);
@@ -68,7 +68,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kl_div_logits_forward_cuda(
 
   if (rows > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(
-        at::kBFloat16, at::kHalf, student.scalar_type(), "kl_div_logits_forward_cuda", [&] {
+        at::kBFloat16, at::kHalf, student.scalar_type(), "distillation_forward_cuda", [&] {
           using acc_t = at::opmath_type<scalar_t>;
           using cuda_t = typename CudaType<scalar_t>::type;
           const auto args = make_distill_args<scalar_t, acc_t>(
@@ -88,15 +88,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kl_div_logits_forward_cuda(
   return {reduce_row_loss(row_loss, row_count, reduction, student.scalar_type()), row_count, grad};
 }
 
-at::Tensor kl_div_logits_backward_cuda(const at::Tensor& grad_loss, const at::Tensor& student_in,
-                                       const at::Tensor& teacher_in,
-                                       const std::optional<at::Tensor>& target_in,
-                                       int64_t ignore_index, double temperature, int64_t kind,
-                                       double beta, int64_t reduction,
-                                       const at::Tensor& row_count) {
-  check_distill_inputs(student_in, teacher_in, target_in, temperature, kind, beta, reduction);
+at::Tensor distillation_backward_cuda(const at::Tensor& grad_loss, const at::Tensor& student_in,
+                                      const at::Tensor& teacher_in,
+                                      const std::optional<at::Tensor>& target_in,
+                                      int64_t ignore_index, double temperature,
+                                      c10::string_view kind_name, double beta,
+                                      c10::string_view reduction_name,
+                                      const at::Tensor& row_count) {
+  const DivergenceKind kind = parse_divergence_kind(kind_name);
+  const Reduction reduction = parse_distillation_reduction(reduction_name);
+  check_distill_inputs(student_in, teacher_in, target_in, temperature, kind, beta);
   TORCH_CHECK_VALUE(grad_loss.device() == student_in.device(),
-                    "logitops.kl_div_logits_backward: grad_loss is on ", grad_loss.device(),
+                    "logitops.distillation_backward: grad_loss is on ", grad_loss.device(),
                     " but the logits on ", student_in.device());
   const cuda::DeviceGuard device_guard(student_in.device());
   const at::Tensor student = rows_with_unit_stride(student_in);
@@ -109,7 +112,7 @@ at::Tensor kl_div_logits_backward_cuda(const at::Tensor& grad_loss, const at::Te
 
   if (rows > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(
-        at::kBFloat16, at::kHalf, student.scalar_type(), "kl_div_logits_backward_cuda", [&] {
+        at::kBFloat16, at::kHalf, student.scalar_type(), "distillation_backward_cuda", [&] {
           using acc_t = at::opmath_type<scalar_t>;
           using cuda_t = typename CudaType<scalar_t>::type;
           const auto args = make_distill_args<scalar_t, acc_t>(
@@ -129,8 +132,8 @@ at::Tensor kl_div_logits_backward_cuda(const at::Tensor& grad_loss, const at::Te
 }  // namespace
 
 TORCH_LIBRARY_IMPL(logitops, LOGITOPS_CUDA_DISPATCH_KEY, m) {
-  m.impl("kl_div_logits_forward", &kl_div_logits_forward_cuda);
-  m.impl("kl_div_logits_backward", &kl_div_logits_backward_cuda);
+  m.impl("distillation_forward", &distillation_forward_cuda);
+  m.impl("distillation_backward", &distillation_backward_cuda);
 }
 
 }  // namespace logitops

@@ -32,7 +32,7 @@ struct DistillArgs {
   const int64_t* target;  // [num_rows], contiguous; nullptr: every row counts
   int64_t ignore_index;
   acc_t inv_temperature;
-  int64_t kind;  // DivergenceKind
+  DivergenceKind kind;
   acc_t beta;
 };
 
@@ -80,7 +80,7 @@ __device__ acc_t distill_row(const DistillArgs<scalar_t, acc_t>& args, int64_t r
   __syncthreads();
   const LogSoftmaxPair<acc_t> logs = shared_logs;
 
-  const int64_t kind = args.kind;
+  const DivergenceKind kind = args.kind;
   const acc_t beta = args.beta;
   auto term_at = [&](int64_t j) {
     const acc_t s = to_acc<acc_t>(student[j]) * inv_t;

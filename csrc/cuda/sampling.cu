@@ -7,12 +7,12 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
-#include <algorithm>
 #include <limits>
 #include <optional>
 
 #include "../common/sampling_math.h"
 #include "../host/checks.h"
+#include "../host/modes.h"
 #include "../host/operands.h"
 #include "device_api.h"
 #include "sampling_kernels.cuh"
@@ -60,7 +60,7 @@ SamplingTensors prepare(const at::Tensor& logits, const std::optional<at::Tensor
 
 template <typename scalar_t>
 cuda::SamplingArgs<typename CudaType<scalar_t>::type, at::opmath_type<scalar_t>> make_args(
-    const SamplingTensors& in, int64_t order) {
+    const SamplingTensors& in, FilterOrder order) {
   using cuda_t = typename CudaType<scalar_t>::type;
   using acc_t = at::opmath_type<scalar_t>;
   cuda::SamplingArgs<cuda_t, acc_t> args;
@@ -81,9 +81,11 @@ cuda::SamplingArgs<typename CudaType<scalar_t>::type, at::opmath_type<scalar_t>>
 
 at::Tensor filter_logits_cuda(const at::Tensor& logits, const std::optional<at::Tensor>& bias,
                               const at::Tensor& temperature, const at::Tensor& top_k,
-                              const at::Tensor& top_p, const at::Tensor& min_p, int64_t order,
-                              double filter_value, int64_t min_tokens_to_keep) {
-  check_sampling_inputs(logits, bias, temperature, top_k, top_p, min_p, order);
+                              const at::Tensor& top_p, const at::Tensor& min_p,
+                              c10::string_view order_name, double filter_value,
+                              int64_t min_tokens_to_keep) {
+  const FilterOrder order = parse_filter_order(order_name);
+  check_sampling_inputs(logits, bias, temperature, top_k, top_p, min_p);
   check_sampling_devices(logits, bias, {&temperature, &top_k, &top_p, &min_p});
   const cuda::DeviceGuard device_guard(logits.device());
   const SamplingTensors in = prepare(logits, bias, temperature, top_k, top_p, min_p);
@@ -110,9 +112,10 @@ std::tuple<at::Tensor, at::Tensor> sample_cuda(const at::Tensor& logits,
                                                const std::optional<at::Tensor>& bias,
                                                const at::Tensor& temperature,
                                                const at::Tensor& top_k, const at::Tensor& top_p,
-                                               const at::Tensor& min_p, int64_t order,
+                                               const at::Tensor& min_p, c10::string_view order_name,
                                                const at::Tensor& seeds, bool per_row_seeds) {
-  check_sampling_inputs(logits, bias, temperature, top_k, top_p, min_p, order);
+  const FilterOrder order = parse_filter_order(order_name);
+  check_sampling_inputs(logits, bias, temperature, top_k, top_p, min_p);
   const int64_t rows = logits.size(0);
   TORCH_CHECK_VALUE(seeds.dim() == 1 && seeds.size(0) == rows && seeds.scalar_type() == at::kLong,
                     "logitops.sample: seed must be int64 [", rows, "]");

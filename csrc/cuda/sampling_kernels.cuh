@@ -86,7 +86,7 @@ struct SamplingArgs {
   const int64_t* top_k;
   const double* top_p;
   const double* min_p;
-  int64_t order;  // FilterOrder
+  FilterOrder order;
 };
 
 template <typename scalar_t, typename acc_t>
@@ -380,7 +380,8 @@ __device__ acc_t block_top_p_threshold(const Row& z, int64_t n, acc_t row_max, d
 // (each search returns the same value in every thread, so all take the same branches).
 template <typename acc_t, typename Row>
 __device__ acc_t block_row_threshold(const Row& z, int64_t n, acc_t row_max, const RowFilter& f,
-                                     int64_t order, int64_t min_tokens_to_keep, RadixScratch& s) {
+                                     FilterOrder order, int64_t min_tokens_to_keep,
+                                     RadixScratch& s) {
   return row_threshold(
       n, row_max, f, order, min_tokens_to_keep,
       [&](int64_t k) { return block_kth_largest<acc_t>(z, n, k, s); },

@@ -8,9 +8,8 @@ namespace logitops {
 
 namespace {
 
-// What both cross-entropy variants require of the logits, the class weights and the reduction.
-void check_cross_entropy_common(const at::Tensor& logits, const std::optional<at::Tensor>& weight,
-                                int64_t reduction) {
+// What both cross-entropy variants require of the logits and the class weights.
+void check_cross_entropy_common(const at::Tensor& logits, const std::optional<at::Tensor>& weight) {
   TORCH_CHECK_VALUE(logits.dim() == 2,
                     "logitops.cross_entropy: logits must be 2-D [rows, classes], got ",
                     logits.sizes());
@@ -26,15 +25,13 @@ void check_cross_entropy_common(const at::Tensor& logits, const std::optional<at
     TORCH_CHECK_VALUE(weight->device() == logits.device(), "logitops.cross_entropy: weight is on ",
                       weight->device(), " but logits on ", logits.device());
   }
-  TORCH_CHECK_VALUE(reduction >= kReductionNone && reduction <= kReductionSum,
-                    "logitops.cross_entropy: unknown reduction code ", reduction);
 }
 
 }  // namespace
 
 void check_cross_entropy_inputs(const at::Tensor& logits, const at::Tensor& target,
-                                const std::optional<at::Tensor>& weight, int64_t reduction) {
-  check_cross_entropy_common(logits, weight, reduction);
+                                const std::optional<at::Tensor>& weight) {
+  check_cross_entropy_common(logits, weight);
   TORCH_CHECK_TYPE(target.scalar_type() == at::kLong,
                    "logitops.cross_entropy: target must be int64 class indices, got ",
                    target.scalar_type());
@@ -46,8 +43,8 @@ void check_cross_entropy_inputs(const at::Tensor& logits, const at::Tensor& targ
 }
 
 void check_cross_entropy_probs_inputs(const at::Tensor& logits, const at::Tensor& target,
-                                      const std::optional<at::Tensor>& weight, int64_t reduction) {
-  check_cross_entropy_common(logits, weight, reduction);
+                                      const std::optional<at::Tensor>& weight) {
+  check_cross_entropy_common(logits, weight);
   TORCH_CHECK_VALUE(target.sizes() == logits.sizes(),
                     "logitops.cross_entropy: probability target must have the logits' shape ",
                     logits.sizes(), ", got ", target.sizes());
@@ -81,7 +78,7 @@ void check_vocab_parallel_inputs(const at::Tensor& logits, const at::Tensor& tar
 
 void check_bce_inputs(const at::Tensor& input, const at::Tensor& target,
                       const std::optional<at::Tensor>& weight,
-                      const std::optional<at::Tensor>& pos_weight, int64_t reduction) {
+                      const std::optional<at::Tensor>& pos_weight) {
   TORCH_CHECK_VALUE(input.dim() == 2, "logitops.bce_with_logits: input must be 2-D, got ",
                     input.sizes());
   TORCH_CHECK_TYPE(at::isFloatingType(input.scalar_type()),
@@ -107,13 +104,11 @@ void check_bce_inputs(const at::Tensor& input, const at::Tensor& target,
   }
   TORCH_CHECK_VALUE(target.device() == input.device(), "logitops.bce_with_logits: target is on ",
                     target.device(), " but input on ", input.device());
-  TORCH_CHECK_VALUE(reduction >= kReductionNone && reduction <= kReductionSum,
-                    "logitops.bce_with_logits: unknown reduction code ", reduction);
 }
 
 void check_distill_inputs(const at::Tensor& student, const at::Tensor& teacher,
-                          const std::optional<at::Tensor>& target, double temperature, int64_t kind,
-                          double beta, int64_t reduction) {
+                          const std::optional<at::Tensor>& target, double temperature,
+                          DivergenceKind kind, double beta) {
   TORCH_CHECK_VALUE(student.dim() == 2 && student.size(1) >= 1,
                     "logitops.kl_div_with_logits: student_logits must be 2-D [rows, classes], got ",
                     student.sizes());
@@ -132,17 +127,13 @@ void check_distill_inputs(const at::Tensor& student, const at::Tensor& teacher,
                       "] on the logits' device");
   }
   TORCH_CHECK_VALUE(temperature > 0, "logitops.kl_div_with_logits: temperature must be > 0");
-  TORCH_CHECK_VALUE(kind >= kForwardKl && kind <= kJsd,
-                    "logitops.kl_div_with_logits: unknown kind");
   TORCH_CHECK_VALUE(kind != kJsd || (beta > 0 && beta < 1),
                     "logitops.kl_div_with_logits: JSD beta must be in (0, 1)");
-  TORCH_CHECK_VALUE(reduction >= kReductionNone && reduction <= kReductionSum,
-                    "logitops.kl_div_with_logits: unknown reduction code ", reduction);
 }
 
 void check_sampling_inputs(const at::Tensor& logits, const std::optional<at::Tensor>& bias,
                            const at::Tensor& temperature, const at::Tensor& top_k,
-                           const at::Tensor& top_p, const at::Tensor& min_p, int64_t order) {
+                           const at::Tensor& top_p, const at::Tensor& min_p) {
   TORCH_CHECK_VALUE(logits.dim() == 2, "logitops: logits must be 2-D [batch, vocab], got ",
                     logits.sizes());
   TORCH_CHECK_TYPE(at::isFloatingType(logits.scalar_type()),
@@ -163,8 +154,6 @@ void check_sampling_inputs(const at::Tensor& logits, const std::optional<at::Ten
   }
   TORCH_CHECK_VALUE(top_k.dim() == 1 && top_k.size(0) == rows && top_k.scalar_type() == at::kLong,
                     "logitops: per-row top_k must be int64 [", rows, "]");
-  TORCH_CHECK_VALUE(order >= kOrderHf && order <= kOrderJoint, "logitops: unknown order code ",
-                    order);
 }
 
 }  // namespace logitops

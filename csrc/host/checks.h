@@ -6,16 +6,18 @@
 
 #include <optional>
 
+#include "../common/modes.h"
+
 namespace logitops {
 
 // cross_entropy_*: logits [N, C] floating with C >= 1, int64 target [N], optional weight [C],
-// all on one device, reduction code 0 / 1 / 2.
+// all on one device.
 void check_cross_entropy_inputs(const at::Tensor& logits, const at::Tensor& target,
-                                const std::optional<at::Tensor>& weight, int64_t reduction);
+                                const std::optional<at::Tensor>& weight);
 
 // cross_entropy_probs_*: the same, with class-probability targets [N, C] of the logits' dtype.
 void check_cross_entropy_probs_inputs(const at::Tensor& logits, const at::Tensor& target,
-                                      const std::optional<at::Tensor>& weight, int64_t reduction);
+                                      const std::optional<at::Tensor>& weight);
 
 // vocab_parallel_cross_entropy_*: logits [N, V_local] floating, int64 target [N] on the logits'
 // device, 0 <= vocab_start, and (for the backward, with num_classes >= 0)
@@ -24,21 +26,21 @@ void check_vocab_parallel_inputs(const at::Tensor& logits, const at::Tensor& tar
                                  int64_t vocab_start, int64_t num_classes, const char* op);
 
 // bce_with_logits_*: input [N, C] floating, target of its shape and dtype, weight / pos_weight
-// expanded to its shape in the accumulation dtype, all on one device, reduction code 0 / 1 / 2.
+// expanded to its shape in the accumulation dtype, all on one device.
 void check_bce_inputs(const at::Tensor& input, const at::Tensor& target,
                       const std::optional<at::Tensor>& weight,
-                      const std::optional<at::Tensor>& pos_weight, int64_t reduction);
+                      const std::optional<at::Tensor>& pos_weight);
 
-// kl_div_logits_forward / _backward: student and teacher [N, V] of one floating dtype and device,
-// optional int64 target [N], temperature > 0, kind, JSD beta in (0, 1), reduction code 0 / 1 / 2.
+// distillation_forward / _backward: student and teacher [N, V] of one floating dtype and device,
+// optional int64 target [N], temperature > 0, kind, JSD beta in (0, 1).
 void check_distill_inputs(const at::Tensor& student, const at::Tensor& teacher,
-                          const std::optional<at::Tensor>& target, double temperature, int64_t kind,
-                          double beta, int64_t reduction);
+                          const std::optional<at::Tensor>& target, double temperature,
+                          DivergenceKind kind, double beta);
 
 // filter_logits and sample: logits [B, V], logit_bias [1 or B, V] in float32 (float64 for float64
-// logits), per-row float64 temperature / top_p / min_p and int64 top_k, order code.
+// logits), per-row float64 temperature / top_p / min_p and int64 top_k.
 void check_sampling_inputs(const at::Tensor& logits, const std::optional<at::Tensor>& bias,
                            const at::Tensor& temperature, const at::Tensor& top_k,
-                           const at::Tensor& top_p, const at::Tensor& min_p, int64_t order);
+                           const at::Tensor& top_p, const at::Tensor& min_p);
 
 }  // namespace logitops

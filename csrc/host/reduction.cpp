@@ -12,7 +12,7 @@
 namespace logitops {
 
 at::Tensor reduce_row_loss(const at::Tensor& row_loss, const at::Tensor& total_weight,
-                           int64_t reduction, at::ScalarType out_dtype) {
+                           Reduction reduction, at::ScalarType out_dtype) {
   if (reduction == kReductionNone) return row_loss.to(out_dtype);
   at::Tensor total;
   if (row_loss.is_cpu()) {
@@ -32,7 +32,7 @@ at::Tensor reduce_row_loss(const at::Tensor& row_loss, const at::Tensor& total_w
 }
 
 at::Tensor upstream_per_row(const at::Tensor& grad_loss, const at::Tensor& total_weight,
-                            int64_t reduction, int64_t num_rows, at::ScalarType acc_dtype) {
+                            Reduction reduction, int64_t num_rows, at::ScalarType acc_dtype) {
   at::Tensor g = grad_loss.to(acc_dtype);
   if (reduction == kReductionNone) {
     TORCH_CHECK_VALUE(g.dim() == 1 && g.size(0) == num_rows,
@@ -45,8 +45,8 @@ at::Tensor upstream_per_row(const at::Tensor& grad_loss, const at::Tensor& total
   return g.reshape({1}).expand({num_rows}).contiguous();
 }
 
-at::Tensor bce_upstream(const at::Tensor& grad_loss, int64_t rows, int64_t cols, int64_t reduction,
-                        at::ScalarType acc_dtype) {
+at::Tensor bce_upstream(const at::Tensor& grad_loss, int64_t rows, int64_t cols,
+                        Reduction reduction, at::ScalarType acc_dtype) {
   at::Tensor upstream = grad_loss.to(acc_dtype);
   if (reduction == kReductionNone) {
     TORCH_CHECK_VALUE(upstream.dim() == 2 && upstream.size(0) == rows && upstream.size(1) == cols,

@@ -6,10 +6,10 @@ import torch
 from torch import Tensor
 from torch.nn import _reduction as _Reduction
 
-from .._validation import check_floating, check_same_device
+from .._validation import check_floating, check_reduction, check_same_device
 from ..ops import _composite
 from ..ops import bce_with_logits as _bce_ops
-from ..ops._common import REDUCTION_NONE, accumulation_dtype, compute_grad, reduction_code
+from ..ops._common import REDUCTION_NONE, accumulation_dtype, compute_grad
 
 __all__ = ["binary_cross_entropy_with_logits"]
 
@@ -70,7 +70,7 @@ def binary_cross_entropy_with_logits(
     """
     if size_average is not None or reduce is not None:
         reduction = _Reduction.legacy_get_string(size_average, reduce)
-    code = reduction_code(reduction)
+    reduction = check_reduction(reduction)
     check_floating("input", input)
     if not isinstance(target, torch.Tensor):
         raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
@@ -111,13 +111,13 @@ def binary_cross_entropy_with_logits(
         target.reshape(rows, cols).to(input.dtype),
         broadcast["weight"],
         broadcast["pos_weight"],
-        code,
+        reduction,
     )
     if _composite.transforms_active(input, target, weight, pos_weight):
         loss = _composite.bce_with_logits(*operands)
     else:
         # reduction "none" recomputes in the backward: its upstream gradient is a full tensor.
         loss, _ = _bce_ops.bce_with_logits_forward(
-            *operands, code != REDUCTION_NONE and compute_grad(input)
+            *operands, reduction != REDUCTION_NONE and compute_grad(input)
         )
-    return loss.reshape(input.shape) if code == REDUCTION_NONE else loss
+    return loss.reshape(input.shape) if reduction == REDUCTION_NONE else loss

@@ -9,13 +9,14 @@ from torch.nn import _reduction as _Reduction
 from .._validation import (
     check_cross_entropy_options,
     check_floating,
+    check_reduction,
     check_same_device,
     check_target_range,
     validate_cuda_targets_enabled,
 )
 from ..ops import _composite
 from ..ops import cross_entropy as _ce_ops
-from ..ops._common import REDUCTION_NONE, compute_grad, reduction_code, runs_cpu_kernels
+from ..ops._common import REDUCTION_NONE, compute_grad, runs_cpu_kernels
 
 __all__ = ["cross_entropy"]
 
@@ -89,7 +90,7 @@ def cross_entropy(
     """
     if size_average is not None or reduce is not None:
         reduction = _Reduction.legacy_get_string(size_average, reduce)
-    code = reduction_code(reduction)
+    reduction = check_reduction(reduction)
     check_floating("input", input)
     if input.dim() == 0:
         raise ValueError("input must have at least 1 dimension (C), (N, C) or (N, C, d1, ...)")
@@ -129,7 +130,7 @@ def cross_entropy(
             )
         probs_2d = target.unsqueeze(0) if input.dim() == 1 else target.movedim(1, -1)
         probs_2d = probs_2d.reshape(-1, num_classes).to(input.dtype)
-        options = (weight, float(label_smoothing), float(z_loss), cap, code)
+        options = (weight, float(label_smoothing), float(z_loss), cap, reduction)
         if _composite.transforms_active(input, target, weight):
             loss, lse = _composite.cross_entropy_probs(logits_2d, probs_2d, *options)
         else:
@@ -150,7 +151,7 @@ def cross_entropy(
         target_1d = target.reshape(-1).to(torch.int64)
         if not runs_cpu_kernels(input) and validate_cuda_targets_enabled():
             check_target_range(target_1d, num_classes, ignore_index)
-        options = (weight, int(ignore_index), float(label_smoothing), float(z_loss), cap, code)
+        options = (weight, int(ignore_index), float(label_smoothing), float(z_loss), cap, reduction)
         if _composite.transforms_active(input, weight):
             loss, lse = _composite.cross_entropy(logits_2d, target_1d, *options)
         else:
@@ -159,7 +160,7 @@ def cross_entropy(
             )
 
     out_shape = input.shape[:class_dim] + input.shape[class_dim + 1 :]
-    if code == REDUCTION_NONE:
+    if reduction == REDUCTION_NONE:
         loss = loss.reshape(out_shape)
     if return_lse:
         return loss, lse.reshape(out_shape)

@@ -94,11 +94,11 @@ def kl_div_with_logits(
         raise ValueError("student_logits must be [..., vocab] with a non-empty vocabulary")
     if not (is_finite(temperature) and float(temperature) > 0):
         raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
-    if kind not in _distill_ops.KIND_CODES:
+    if kind not in _distill_ops.DIVERGENCE_KINDS:
         raise ValueError(f"kind must be 'forward', 'reverse' or 'jsd', got {kind!r}")
     if not (0.0 <= float(beta) <= 1.0):
         raise ValueError(f"beta must be in [0, 1], got {beta}")
-    if reduction not in _distill_ops.DISTILL_REDUCTIONS:
+    if reduction not in _distill_ops.DISTILLATION_REDUCTIONS:
         raise ValueError(f"reduction must be 'batchmean', 'sum' or 'none', got {reduction!r}")
     if kind == "jsd" and float(beta) in (0.0, 1.0):
         kind = "forward" if float(beta) == 0.0 else "reverse"
@@ -113,22 +113,21 @@ def kl_div_with_logits(
         check_same_device("target", target, student_logits)
         target_1d = target.reshape(-1).to(torch.int64)
     student_2d = student_logits.reshape(-1, vocab)
-    code = _distill_ops.DISTILL_REDUCTIONS[reduction]
     operands = (
         student_2d,
         teacher_logits.detach().reshape(-1, vocab).to(student_logits.dtype),
         target_1d,
         int(ignore_index),
         float(temperature),
-        _distill_ops.KIND_CODES[kind],
+        kind,
         float(beta),
-        code,
+        reduction,
     )
     if _composite.transforms_active(student_logits):
-        loss = _composite.kl_div_logits(*operands)
+        loss = _composite.distillation(*operands)
     else:
-        loss, _, _ = _distill_ops.kl_div_logits_forward(*operands, compute_grad(student_logits))
-    return loss.reshape(lead) if code == REDUCTION_NONE else loss
+        loss, _, _ = _distill_ops.distillation_forward(*operands, compute_grad(student_logits))
+    return loss.reshape(lead) if reduction == REDUCTION_NONE else loss
 
 
 def distillation_loss(

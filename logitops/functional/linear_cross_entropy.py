@@ -21,13 +21,14 @@ from .._validation import (
     check_cross_entropy_options,
     check_floating,
     check_linear_arguments,
+    check_reduction,
     check_same_device,
     check_target_range,
     validate_cuda_targets_enabled,
 )
 from ..ops import _composite
 from ..ops import linear_cross_entropy as _lce_ops
-from ..ops._common import REDUCTION_NONE, reduction_code, runs_cpu_kernels
+from ..ops._common import REDUCTION_NONE, runs_cpu_kernels
 from .cross_entropy import cross_entropy
 
 __all__ = ["linear_cross_entropy"]
@@ -119,7 +120,7 @@ def linear_cross_entropy(
     >>> hidden.grad.shape, lm_head.grad.shape
     (torch.Size([64, 32]), torch.Size([1000, 32]))
     """
-    code = reduction_code(reduction)
+    reduction = check_reduction(reduction)
     if chunk_size is None:
         chunk_size = _options_chunk_size(options)
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
@@ -166,9 +167,16 @@ def linear_cross_entropy(
             if cast is not None:
                 logits = logits.float()
             out, _ = _composite.cross_entropy(
-                logits, t, weight, ignore_index, float(label_smoothing), float(z_loss), cap, code
+                logits,
+                t,
+                weight,
+                ignore_index,
+                float(label_smoothing),
+                float(z_loss),
+                cap,
+                reduction,
             )
-        return out.reshape(lead) if code == REDUCTION_NONE else out
+        return out.reshape(lead) if reduction == REDUCTION_NONE else out
     if chunk_size is None:
         # under autocast each chunk's logits are also held in float32
         chunk_size = default_chunk_size(
@@ -190,14 +198,14 @@ def linear_cross_entropy(
             float(label_smoothing),
             float(z_loss),
             cap,
-            code,
+            reduction,
             int(chunk_size),
-            needs_grad and code != REDUCTION_NONE,
+            needs_grad and reduction != REDUCTION_NONE,
             float32_logits=cast is not None,
         )[0]
     # The op's loss is in the accumulation dtype: float32 under autocast, as its cross-entropy.
     out = out.to(input.dtype if cast is None else torch.float32)
-    return out.reshape(lead) if code == REDUCTION_NONE else out
+    return out.reshape(lead) if reduction == REDUCTION_NONE else out
 
 
 def _unfused(

@@ -20,7 +20,7 @@ from ..ops import sampling as _sampling_ops
 
 __all__ = ["filter_logits", "min_p_filter", "sample", "top_k_filter", "top_p_filter"]
 
-ORDERS = tuple(_sampling_ops.ORDER_CODES)
+ORDERS = _sampling_ops.FILTER_ORDERS
 
 
 def _as_2d(logits: Tensor) -> tuple[Tensor, bool]:
@@ -109,10 +109,10 @@ def _bias(logit_bias: Tensor | None, logits: Tensor) -> Tensor | None:
     return logit_bias.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
 
 
-def _order(order: str) -> int:
-    if order not in _sampling_ops.ORDER_CODES:
+def _order(order: str) -> str:
+    if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
-    return _sampling_ops.ORDER_CODES[order]
+    return order
 
 
 def _min_tokens(min_tokens_to_keep) -> int:

@@ -1,4 +1,4 @@
-"""Op-level helpers shared by the op wrappers: reduction codes, dtype rules, which kernels run,
+"""Op-level helpers shared by the op wrappers: the mode names, dtype rules, which kernels run,
 the tracing probe and the scaling of forward-computed gradients. The user-facing argument checks
 are in logitops._validation."""
 
@@ -8,16 +8,16 @@ import torch
 
 from .._loader import cuda_emulation_requested
 
-# Must match logitops::Reduction in csrc/common/logit_math.h.
-REDUCTION_CODES = {"none": 0, "mean": 1, "sum": 2}
-REDUCTION_NONE = REDUCTION_CODES["none"]
-REDUCTION_MEAN = REDUCTION_CODES["mean"]  # also distillation's batchmean: the same operation
-REDUCTION_SUM = REDUCTION_CODES["sum"]
-
-# Must match logitops::DivergenceKind in csrc/common/logit_math.h.
-KIND_CODES = {"forward": 0, "reverse": 1, "jsd": 2}
-# kl_div_with_logits' reductions: batchmean is the mean over the counted rows.
-DISTILL_REDUCTIONS = {"none": REDUCTION_NONE, "batchmean": REDUCTION_MEAN, "sum": REDUCTION_SUM}
+# The ops' mode arguments are strings, spelled as the public functions (and torch's losses) spell
+# them; csrc/host/modes.cpp parses each into its enum of csrc/common/modes.h, the one table.
+REDUCTIONS = ("none", "mean", "sum")
+REDUCTION_NONE, REDUCTION_MEAN, REDUCTION_SUM = REDUCTIONS
+# The distillation ops' reductions: batchmean is the mean over the counted rows.
+REDUCTION_BATCHMEAN = "batchmean"
+DISTILLATION_REDUCTIONS = (REDUCTION_NONE, REDUCTION_BATCHMEAN, REDUCTION_SUM)
+MEAN_REDUCTIONS = (REDUCTION_MEAN, REDUCTION_BATCHMEAN)
+# Divergences of the distillation ops: KL(teacher || student), KL(student || teacher), JSD(beta).
+DIVERGENCE_KINDS = ("forward", "reverse", "jsd")
 
 
 # Under CUDA emulation the ops on CPU tensors are the CUDA launchers (logitops._C_emulation), and
@@ -42,36 +42,30 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def reduction_code(reduction: str) -> int:
-    if reduction not in REDUCTION_CODES:
-        raise ValueError(f"reduction must be one of 'none', 'mean', 'sum', got {reduction!r}")
-    return REDUCTION_CODES[reduction]
-
-
-def reduce_rows(row_loss: torch.Tensor, reduction: int, denominator: torch.Tensor) -> torch.Tensor:
+def reduce_rows(row_loss: torch.Tensor, reduction: str, denominator: torch.Tensor) -> torch.Tensor:
     """The loss from per-row losses (the Python twin of reduce_row_loss in csrc/): the rows
     themselves (none), their sum (sum), or their sum / ``denominator`` (mean: the total target
     weight or the number of counted rows; NaN for a mean over none)."""
     if reduction == REDUCTION_NONE:
         return row_loss
     total = row_loss.sum()
-    return total / denominator if reduction == REDUCTION_MEAN else total
+    return total / denominator if reduction in MEAN_REDUCTIONS else total
 
 
 def upstream_scale(
-    grad_loss: torch.Tensor, reduction: int, denominator: torch.Tensor, dtype: torch.dtype
+    grad_loss: torch.Tensor, reduction: str, denominator: torch.Tensor, dtype: torch.dtype
 ) -> torch.Tensor:
     """For a scalar reduction, every row's upstream gradient in ``dtype``: ``grad_loss`` (sum)
     or ``grad_loss / denominator`` (mean; 0 for a mean over no row, as cross_entropy's)."""
     scale = grad_loss.to(dtype)
-    if reduction == REDUCTION_MEAN:
+    if reduction in MEAN_REDUCTIONS:
         scale = torch.where(denominator != 0, scale / denominator.to(dtype), 0.0)
     return scale
 
 
 def rows_upstream(
     grad_loss: torch.Tensor,
-    reduction: int,
+    reduction: str,
     denominator: torch.Tensor,
     num_rows: int,
     dtype: torch.dtype,
@@ -100,7 +94,7 @@ def is_plain_eager_tensor(tensor: torch.Tensor) -> bool:
 
 
 def scale_forward_grad(
-    forward_grad: torch.Tensor, grad_loss: torch.Tensor, reduction: int
+    forward_grad: torch.Tensor, grad_loss: torch.Tensor, reduction: str
 ) -> torch.Tensor:
     """The gradient a forward computed (``compute_grad``: d loss / d input for an upstream
     gradient of 1) times the

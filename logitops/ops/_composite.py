@@ -21,14 +21,14 @@ import torch
 import torch.autograd.forward_ad as _fwad
 from torch import Tensor
 
-from ._common import KIND_CODES, REDUCTION_CODES, accumulation_dtype, reduce_rows
+from ._common import accumulation_dtype, reduce_rows
 
 __all__ = [
     "bce_with_logits",
     "cross_entropy",
     "cross_entropy_probs",
+    "distillation",
     "is_batched",
-    "kl_div_logits",
     "needs_composite_backward",
     "recompute_vjp",
     "transforms_active",
@@ -100,7 +100,7 @@ def cross_entropy(
     label_smoothing: float,
     z_loss: float,
     softcap: float,
-    reduction: int,
+    reduction: str,
 ) -> tuple[Tensor, Tensor]:
     """(loss, lse) of ``cross_entropy_forward``: logits [N, C], int64 target [N]."""
     log_probs, lse = _log_softmax(logits, softcap)
@@ -132,7 +132,7 @@ def cross_entropy_probs(
     label_smoothing: float,
     z_loss: float,
     softcap: float,
-    reduction: int,
+    reduction: str,
 ) -> tuple[Tensor, Tensor]:
     """(loss, lse) of ``cross_entropy_probs_forward``: logits and probabilities [N, C]."""
     log_probs, lse = _log_softmax(logits, softcap)
@@ -151,7 +151,7 @@ def bce_with_logits(
     target: Tensor,
     weight: Tensor | None,
     pos_weight: Tensor | None,
-    reduction: int,
+    reduction: str,
 ) -> Tensor:
     """Loss of ``bce_with_logits_forward``: PyTorch's own composite, whose formula ours is."""
     acc = accumulation_dtype(input.dtype)
@@ -160,31 +160,31 @@ def bce_with_logits(
         target.to(acc),
         weight=weight,
         pos_weight=pos_weight,
-        reduction={code: name for name, code in REDUCTION_CODES.items()}[reduction],
+        reduction=reduction,
     )
     return loss.to(input.dtype)
 
 
-def kl_div_logits(
+def distillation(
     student: Tensor,
     teacher: Tensor,
     target: Tensor | None,
     ignore_index: int,
     temperature: float,
-    kind: int,
+    kind: str,
     beta: float,
-    reduction: int,
+    reduction: str,
 ) -> Tensor:
-    """Loss of ``kl_div_logits_forward`` (kind 0 forward KL, 1 reverse KL, 2 JSD; reduction 0
-    none, 1 batchmean over the counted rows, 2 sum)."""
+    """Loss of ``distillation_forward`` (kind forward KL, reverse KL or jsd; reduction none,
+    batchmean over the counted rows, or sum)."""
     acc = accumulation_dtype(student.dtype)
     log_q = torch.log_softmax(student.to(acc) / temperature, dim=-1)
     log_p = torch.log_softmax(teacher.to(acc) / temperature, dim=-1)
     p, q = log_p.exp(), log_q.exp()
     zero = torch.zeros_like(log_q)
-    if kind == KIND_CODES["forward"]:
+    if kind == "forward":
         terms = torch.where(p > 0, p * (log_p - log_q), zero)
-    elif kind == KIND_CODES["reverse"]:
+    elif kind == "reverse":
         terms = torch.where(q > 0, q * (log_q - log_p), zero)
     else:
         log_m = torch.logsumexp(

@@ -16,7 +16,7 @@ def bce_with_logits_forward(
     target: Tensor,
     weight: Tensor | None,
     pos_weight: Tensor | None,
-    reduction: int,
+    reduction: str,
     compute_grad: bool,
 ) -> tuple[Tensor, Tensor]:
     """Loss and (when compute_grad) its gradient for an upstream of 1. input / target [R, C];
@@ -32,7 +32,7 @@ def bce_with_logits_backward(
     target: Tensor,
     weight: Tensor | None,
     pos_weight: Tensor | None,
-    reduction: int,
+    reduction: str,
 ) -> Tensor:
     """Gradient of bce_with_logits_forward's loss with respect to input."""
     return torch.ops.logitops.bce_with_logits_backward.default(

@@ -29,7 +29,7 @@ def cross_entropy_forward(
     label_smoothing: float,
     z_loss: float,
     softcap: float,
-    reduction: int,
+    reduction: str,
     compute_grad: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Loss, per-row lse, total target weight and (when compute_grad) the fused gradient.
@@ -61,7 +61,7 @@ def cross_entropy_backward(
     label_smoothing: float,
     z_loss: float,
     softcap: float,
-    reduction: int,
+    reduction: str,
 ) -> Tensor:
     """Gradient of cross_entropy_forward's outputs with respect to logits, recomputed from lse."""
     return torch.ops.logitops.cross_entropy_backward.default(
@@ -197,7 +197,7 @@ def cross_entropy_probs_forward(
     label_smoothing: float,
     z_loss: float,
     softcap: float,
-    reduction: int,
+    reduction: str,
     compute_grad: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Loss, per-row lse and (when compute_grad) the fused gradient, for class-probability
@@ -217,7 +217,7 @@ def cross_entropy_probs_backward(
     label_smoothing: float,
     z_loss: float,
     softcap: float,
-    reduction: int,
+    reduction: str,
 ) -> Tensor:
     """Gradient of cross_entropy_probs_forward's outputs with respect to logits."""
     return torch.ops.logitops.cross_entropy_probs_backward.default(

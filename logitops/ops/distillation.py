@@ -7,47 +7,52 @@ from torch import Tensor
 
 from . import _composite
 from ._common import (
-    DISTILL_REDUCTIONS,
-    KIND_CODES,
+    DISTILLATION_REDUCTIONS,
+    DIVERGENCE_KINDS,
     REDUCTION_NONE,
     accumulation_dtype,
     scale_forward_grad,
 )
 
-__all__ = ["DISTILL_REDUCTIONS", "KIND_CODES", "kl_div_logits_backward", "kl_div_logits_forward"]
+__all__ = [
+    "DISTILLATION_REDUCTIONS",
+    "DIVERGENCE_KINDS",
+    "distillation_backward",
+    "distillation_forward",
+]
 
 
-def kl_div_logits_forward(
+def distillation_forward(
     student: Tensor,
     teacher: Tensor,
     target: Tensor | None,
     ignore_index: int,
     temperature: float,
-    kind: int,
+    kind: str,
     beta: float,
-    reduction: int,
+    reduction: str,
     compute_grad: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Loss, counted rows and (when compute_grad) the student gradient for an upstream of 1."""
-    return torch.ops.logitops.kl_div_logits_forward.default(
+    return torch.ops.logitops.distillation_forward.default(
         student, teacher, target, ignore_index, temperature, kind, beta, reduction, compute_grad
     )
 
 
-def kl_div_logits_backward(
+def distillation_backward(
     grad_loss: Tensor,
     student: Tensor,
     teacher: Tensor,
     target: Tensor | None,
     ignore_index: int,
     temperature: float,
-    kind: int,
+    kind: str,
     beta: float,
-    reduction: int,
+    reduction: str,
     row_count: Tensor,
 ) -> Tensor:
-    """Gradient of kl_div_logits_forward's loss with respect to the student logits."""
-    return torch.ops.logitops.kl_div_logits_backward.default(
+    """Gradient of distillation_forward's loss with respect to the student logits."""
+    return torch.ops.logitops.distillation_backward.default(
         grad_loss,
         student,
         teacher,
@@ -61,7 +66,7 @@ def kl_div_logits_backward(
     )
 
 
-@torch.library.register_fake("logitops::kl_div_logits_forward")
+@torch.library.register_fake("logitops::distillation_forward")
 def _forward_fake(
     student, teacher, target, ignore_index, temperature, kind, beta, reduction, compute_grad
 ):
@@ -74,7 +79,7 @@ def _forward_fake(
     return loss, row_count, grad
 
 
-@torch.library.register_fake("logitops::kl_div_logits_backward")
+@torch.library.register_fake("logitops::distillation_backward")
 def _backward_fake(
     grad_loss, student, teacher, target, ignore_index, temperature, kind, beta, reduction, row_count
 ):
@@ -103,7 +108,7 @@ def _backward(ctx, grad_loss, _grad_count, _grad_grad):
         # create_graph=True: the kernels' gradient has no graph, the composite's has.
         (grad,) = _composite.recompute_vjp(
             lambda: (
-                _composite.kl_div_logits(
+                _composite.distillation(
                     student, teacher, target, ignore_index, temperature, kind, beta, reduction
                 ),
             ),
@@ -113,7 +118,7 @@ def _backward(ctx, grad_loss, _grad_count, _grad_grad):
     elif ctx.compute_grad:
         grad = scale_forward_grad(forward_grad, grad_loss, reduction)
     else:
-        grad = kl_div_logits_backward(
+        grad = distillation_backward(
             grad_loss,
             student,
             teacher,
@@ -129,5 +134,5 @@ def _backward(ctx, grad_loss, _grad_count, _grad_grad):
 
 
 torch.library.register_autograd(
-    "logitops::kl_div_logits_forward", _backward, setup_context=_setup_context
+    "logitops::distillation_forward", _backward, setup_context=_setup_context
 )

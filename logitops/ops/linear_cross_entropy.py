@@ -34,7 +34,7 @@ def linear_cross_entropy_composite(
     label_smoothing: float,
     z_loss: float,
     softcap: float,
-    reduction: int,
+    reduction: str,
     float32_logits: bool = False,
 ) -> Tensor:
     """The loss of ``linear_cross_entropy_forward`` as differentiable ATen ops (the [N, V]
@@ -69,7 +69,7 @@ def linear_cross_entropy_forward(
     label_smoothing: float,
     z_loss: float,
     softcap: float,
-    reduction: int,
+    reduction: str,
     chunk_size: int,
     compute_grad: bool,
     float32_logits: bool = False,

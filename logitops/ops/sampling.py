@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["ORDER_CODES", "filter_logits", "sample"]
+__all__ = ["FILTER_ORDERS", "filter_logits", "sample"]
 
-# Must match logitops::FilterOrder in csrc/common/sampling_math.h.
-ORDER_CODES = {"hf": 0, "vllm": 1, "joint": 2}
+# How top-k / top-p / min-p combine (the ops' `str order`; csrc/common/modes.h has the enum).
+FILTER_ORDERS = ("hf", "vllm", "joint")
 
 
 def filter_logits(
@@ -18,7 +18,7 @@ def filter_logits(
     top_k: Tensor,
     top_p: Tensor,
     min_p: Tensor,
-    order: int,
+    order: str,
     filter_value: float,
     min_tokens_to_keep: int,
 ) -> Tensor:
@@ -45,7 +45,7 @@ def sample(
     top_k: Tensor,
     top_p: Tensor,
     min_p: Tensor,
-    order: int,
+    order: str,
     seed: Tensor,
     per_row_seeds: bool,
 ) -> tuple[Tensor, Tensor]:
