@@ -189,7 +189,6 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm)
         coef = cross_entropy_row(lse, target_weight, weight_total, args.label_smoothing,
                                  num_classes, args.z_loss);
       }
-      // The same test as the CPU kernel's.
       if (cross_entropy_row_grad_is_zero(coef, up, up_lse)) {
         constant = acc_t(0);
       } else if (lse < kInf) {  // false for NaN / +inf: the softmax is undefined
@@ -199,8 +198,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm)
     // Per-class weights matter only through the smoothing term.
     const acc_t* __restrict__ class_weight = coef.smooth_coef != acc_t(0) ? args.weight : nullptr;
 
-    // Gradient of one element from its raw logit. The cap's derivative 1 - tanh^2(raw / cap) is
-    // taken from the capped value, as the CPU kernel does, which saves a second tanh.
+    // Gradient of one element from its raw logit (the cap's derivative from the capped value).
     auto element_grad = [&](acc_t raw, int64_t j) -> acc_t {
       if (constant_row) return constant;
       const acc_t z = softcap_value(raw, cap);

@@ -226,9 +226,8 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm)
       coef_sum = coef_sum_in != nullptr ? coef_sum_in[row] : row_coef_sum(args, target);
     }
 
-    // Gradient of one element from its raw logit and target. The cap's derivative
-    // 1 - tanh^2(raw / cap) is taken from the capped value, as the CPU kernel does, which saves
-    // a second tanh.
+    // Gradient of one element from its raw logit and target (the cap's derivative from the capped
+    // value).
     auto element_grad = [&](acc_t raw, scalar_t prob, int64_t j) -> acc_t {
       if (!finite_row) return kNaN;
       const acc_t z = softcap_value(raw, cap);

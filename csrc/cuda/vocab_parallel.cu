@@ -6,9 +6,6 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
-#include <algorithm>
-#include <limits>
-
 #include "../host/checks.h"
 #include "../host/operands.h"
 #include "device_api.h"

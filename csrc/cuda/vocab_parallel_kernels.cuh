@@ -79,7 +79,6 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm)
     const auto coef = t == ignore_index ? cross_entropy_ignored_row<acc_t>()
                                         : cross_entropy_row(lse, acc_t(1), acc_t(num_classes),
                                                             label_smoothing, num_classes, z_loss);
-    // The same tests, in the same order, as the CPU kernel.
     const bool zero = cross_entropy_row_grad_is_zero(coef, up, acc_t(0));
     const bool undefined = !zero && !(lse > -kInf && lse < kInf);
     const int64_t local_target = t - args.vocab_start;
