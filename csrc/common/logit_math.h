@@ -386,10 +386,10 @@ LOGITOPS_HD acc_t bce_log_weight(acc_t y, acc_t pos_weight) {
   return acc_t(1) + (pos_weight - acc_t(1)) * y;
 }
 
-// The loss from z, y, l_w and e = exp_neg_abs(z).
+// The loss from z, y, l_w and softplus = softplus_neg(z, e).
 template <typename acc_t>
-LOGITOPS_HD acc_t bce_loss(acc_t z, acc_t y, acc_t log_weight, acc_t e) {
-  return (acc_t(1) - y) * z + log_weight * softplus_neg(z, e);
+LOGITOPS_HD acc_t bce_loss(acc_t z, acc_t y, acc_t log_weight, acc_t softplus) {
+  return (acc_t(1) - y) * z + log_weight * softplus;
 }
 
 // The gradient from z, y, l_w and e = exp_neg_abs(z): sigmoid(-z) = e / (1 + e) for z >= 0, else
@@ -404,8 +404,11 @@ LOGITOPS_HD acc_t bce_grad(acc_t z, acc_t y, acc_t log_weight, acc_t e) {
 template <typename acc_t>
 LOGITOPS_HD BceTerms<acc_t> bce_with_logits(acc_t z, acc_t y, acc_t pos_weight) {
   const acc_t e = exp_neg_abs(z);
+  // softplus before bce_grad's division: in the other order the float64 CUDA kernel spills.
+  const acc_t softplus = softplus_neg(z, e);
   const acc_t log_weight = bce_log_weight(y, pos_weight);
-  return {bce_loss(z, y, log_weight, e), bce_grad(z, y, log_weight, e)};
+  const acc_t grad = bce_grad(z, y, log_weight, e);
+  return {bce_loss(z, y, log_weight, softplus), grad};
 }
 
 // d loss / d y, for targets that require grad: -z + (pos_weight - 1) * softplus(-z).

@@ -66,7 +66,7 @@ acc_t bce_chunk(const acc_t* z, const acc_t* y, const acc_t* w, const acc_t* pw,
     const Vec zj = Vec::loadu(z + j), yj = Vec::loadu(y + j);
     const Vec e = simd::exp_neg_abs(zj);
     const Vec log_weight = pw != nullptr ? simd::bce_log_weight(yj, Vec::loadu(pw + j)) : one;
-    Vec loss = simd::bce_loss(zj, yj, log_weight, e);
+    Vec loss = simd::bce_loss(zj, yj, log_weight, simd::softplus_neg(zj, e));
     if (w != nullptr) loss = loss * Vec::loadu(w + j);
     vsum += loss;
     if (loss_out != nullptr) loss.store(loss_out + j);

@@ -154,11 +154,11 @@ Vec<acc_t> bce_log_weight(const Vec<acc_t>& y, const Vec<acc_t>& pos_weight) {
   return one + (pos_weight - one) * y;
 }
 
-// bce_loss: (1 - y) * z + l_w * softplus_neg(z, e).
+// bce_loss: (1 - y) * z + l_w * softplus, softplus = softplus_neg(z, e).
 template <typename acc_t>
 Vec<acc_t> bce_loss(const Vec<acc_t>& z, const Vec<acc_t>& y, const Vec<acc_t>& log_weight,
-                    const Vec<acc_t>& e) {
-  return (Vec<acc_t>(acc_t(1)) - y) * z + log_weight * softplus_neg(z, e);
+                    const Vec<acc_t>& softplus) {
+  return (Vec<acc_t>(acc_t(1)) - y) * z + log_weight * softplus;
 }
 
 // bce_grad: (1 - y) - l_w * sigmoid(-z), NaN for a NaN z.

@@ -289,7 +289,8 @@ void run_all() {
       const V zk = load(with_nan, k), yk = load(y, k);
       const V lw = simd::bce_log_weight(yk, load(pos_weight, k));
       const V ek = simd::exp_neg_abs(zk);
-      return std::make_pair(simd::bce_loss(zk, yk, lw, ek), simd::bce_grad(zk, yk, lw, ek));
+      return std::make_pair(simd::bce_loss(zk, yk, lw, simd::softplus_neg(zk, ek)),
+                            simd::bce_grad(zk, yk, lw, ek));
     };
     auto bce_magnitude = [&](size_t i) {
       const double zi = std::fabs(double(with_nan[i]));
