@@ -5,8 +5,8 @@ SAMPLE_INPUTS maps each name of ``logitops.build_info()["ops"]`` (overloads incl
 ``device -> [(kind, args)]``: odd shapes, optional tensors given and None, every mode, inputs
 with and without requires_grad for the differentiable ops. An op registered without samples, or
 samples for an op that is not registered, fails ``test_every_op_has_samples``. The arguments of each
-op are built by one function (``*_args``) from keywords, and the mode arguments pass through
-``reduction_arg`` / ``kind_arg`` / ``order_arg``: a schema change is an edit there.
+op are built by one function (``*_args``) from keywords; the mode arguments are the schemas' names
+(the distillation ops' mean is ``batchmean``: ``distillation_reduction_arg``).
 """
 
 from __future__ import annotations
@@ -27,21 +27,9 @@ ORDERS = ("hf", "vllm", "joint")
 # --- the schemas' mode arguments ------------------------------------------------------------
 
 
-def reduction_arg(name: str) -> str:
-    return name
-
-
 def distillation_reduction_arg(name: str) -> str:
     # The distillation ops' mean is the mean over the counted rows, kl_div's batchmean.
     return "batchmean" if name == "mean" else name
-
-
-def kind_arg(name: str) -> str:
-    return name
-
-
-def order_arg(name: str) -> str:
-    return name
 
 
 def op(name: str):
@@ -83,7 +71,7 @@ def cross_entropy_forward_args(
         label_smoothing,
         z_loss,
         softcap,
-        reduction_arg(reduction),
+        reduction,
         compute_grad,
     )
 
@@ -115,7 +103,7 @@ def cross_entropy_backward_args(
         label_smoothing,
         z_loss,
         softcap,
-        reduction_arg(reduction),
+        reduction,
     )
 
 
@@ -137,7 +125,7 @@ def cross_entropy_probs_forward_args(
         label_smoothing,
         z_loss,
         softcap,
-        reduction_arg(reduction),
+        reduction,
         compute_grad,
     )
 
@@ -165,7 +153,7 @@ def cross_entropy_probs_backward_args(
         label_smoothing,
         z_loss,
         softcap,
-        reduction_arg(reduction),
+        reduction,
     )
 
 
@@ -187,7 +175,7 @@ def distillation_forward_args(
         target,
         ignore_index,
         temperature,
-        kind_arg(kind),
+        kind,
         beta,
         distillation_reduction_arg(reduction),
         compute_grad,
@@ -214,7 +202,7 @@ def distillation_backward_args(
         target,
         ignore_index,
         temperature,
-        kind_arg(kind),
+        kind,
         beta,
         distillation_reduction_arg(reduction),
         row_count,
@@ -224,11 +212,11 @@ def distillation_backward_args(
 def bce_forward_args(
     input, target, *, weight=None, pos_weight=None, reduction="mean", compute_grad=False
 ):
-    return (input, target, weight, pos_weight, reduction_arg(reduction), compute_grad)
+    return (input, target, weight, pos_weight, reduction, compute_grad)
 
 
 def bce_backward_args(grad_loss, input, target, *, weight=None, pos_weight=None, reduction="mean"):
-    return (grad_loss, input, target, weight, pos_weight, reduction_arg(reduction))
+    return (grad_loss, input, target, weight, pos_weight, reduction)
 
 
 def linear_cross_entropy_forward_args(
@@ -256,7 +244,7 @@ def linear_cross_entropy_forward_args(
         label_smoothing,
         z_loss,
         softcap,
-        reduction_arg(reduction),
+        reduction,
         chunk_size,
         compute_grad,
     )
@@ -341,7 +329,7 @@ def filter_logits_args(
         top_k,
         top_p,
         min_p,
-        order_arg(order),
+        order,
         filter_value,
         min_tokens_to_keep,
     )
@@ -357,7 +345,7 @@ def sample_args(
         top_k,
         top_p,
         min_p,
-        order_arg(order),
+        order,
         seed,
         per_row_seeds,
     )
