@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._chunking import default_chunk_size
+from .._chunking import chunk_bytes, default_chunk_size
 from .._validation import (
     check_cross_entropy_options,
     check_floating,
@@ -180,7 +180,7 @@ def linear_cross_entropy(
     if chunk_size is None:
         # under autocast each chunk's logits are also held in float32
         chunk_size = default_chunk_size(
-            x.shape[0], vocab, 4 if cast is not None else x.element_size()
+            x.shape[0], vocab, 4 if cast is not None else x.element_size(), chunk_bytes(x.device)
         )
     if not runs_cpu_kernels(x) and validate_cuda_targets_enabled():
         check_target_range(t, vocab, ignore_index)
