@@ -46,9 +46,11 @@ from .ops._common import (
 )
 
 __all__ = [
+    "RowOptions",
     "VocabLayout",
     "vocab_parallel_cross_entropy",
     "vocab_parallel_linear_cross_entropy",
+    "vocab_parallel_rows",
 ]
 
 
@@ -586,3 +588,252 @@ def vocab_parallel_linear_cross_entropy(
         needs_grad,
     )
     return out.reshape(target.shape) if options.reduction == REDUCTION_NONE else out
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-row losses with every cross-entropy option, for logitops.dtensor (and any caller that
+# reduces the rows itself): class weights and probability targets next to ignore_index, label
+# smoothing and z-loss. The slice's log-sum-exp (and, without weights, the target's logit and the
+# logit sum) come from the vocab_parallel kernels; the weighted sums a weight or a probability
+# target adds are one pass of ATen ops over the slice. One all-gather of [k, N] statistics.
+
+
+@dataclass(frozen=True)
+class RowOptions:
+    """The per-row options of :func:`vocab_parallel_rows`.
+
+    Parameters
+    ----------
+    ignore_index : int
+        Class-index targets equal to it give a 0 loss (and no gradient).
+    label_smoothing : float
+        As in :func:`torch.nn.functional.cross_entropy`.
+    z_loss : float
+        As in :func:`logitops.cross_entropy`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import logitops
+    >>> from logitops.distributed import RowOptions
+    >>> RowOptions(ignore_index=-100, label_smoothing=0.1, z_loss=0.0).label_smoothing
+    0.1
+    """
+
+    ignore_index: int
+    label_smoothing: float
+    z_loss: float
+
+
+def _gather_rows(rows: Tensor, layout: VocabLayout, group: dist.ProcessGroup | None) -> Tensor:
+    """[world, k, N]: every rank's float64 [k, N] statistics (one all-gather)."""
+    if layout.world_size == 1:
+        return rows.unsqueeze(0)
+    device = _collective_device(group, rows)
+    parts = [torch.empty_like(rows, device=device) for _ in range(layout.world_size)]
+    dist.all_gather(parts, rows.to(device).contiguous(), group=group)
+    return torch.stack(parts).to(rows.device)
+
+
+def _finite_or_zero(lse: Tensor) -> Tensor:
+    """A slice's log-sum-exp as the shift of its logits: 0 for an empty or all -inf slice."""
+    return torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
+
+
+def _prob_coefficients(probs, local_weight, label_smoothing, num_classes, acc):
+    """a_c = w_c * ((1 - eps) * q_c + eps / C) on this rank's columns, in ``acc``."""
+    a = probs.to(acc)
+    if label_smoothing != 0.0:
+        a = (1.0 - label_smoothing) * a + label_smoothing / num_classes
+    return a if local_weight is None else a * local_weight
+
+
+def _softmax_slice(logits: Tensor, lse: Tensor, acc: torch.dtype) -> Tensor:
+    return torch.exp(logits.to(acc) - lse.unsqueeze(1))
+
+
+class _VocabParallelRows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits, target, weight, layout, group, options):
+        acc = accumulation_dtype(logits.dtype)
+        probs = target.is_floating_point()
+        num_rows = logits.shape[0]
+        start, size, num_classes = layout.vocab_start, layout.local_classes, layout.num_classes
+        eps, zl = options.label_smoothing, options.z_loss
+        local_weight = None if weight is None else weight[start : start + size].to(acc)
+        ids = target
+        if probs:  # a target on no rank: the kernel's target logit is 0 and unused
+            ids = torch.full((num_rows,), -1, dtype=torch.int64, device=logits.device)
+        stats = _vp_ops.vocab_parallel_cross_entropy_stats(logits, ids, start)
+        ctx.set_materialize_grads(False)
+        ctx.layout, ctx.options, ctx.probs = layout, options, probs
+        if not probs and weight is None:
+            opts = _Options(options.ignore_index, REDUCTION_NONE, eps, zl)
+            lse, loss = _combine(stats, target, layout, group, opts, acc)
+            ctx.save_for_backward(logits, target, None, lse, None)
+            return loss, lse
+        # Weighted sums relative to the slice's own log-sum-exp s_r, so that
+        # sum_c a_c (lse - z_c) = sum_r [A_r (lse - s_r) - sum_{c in r} a_c (z_c - s_r)]
+        # keeps the digits of rows whose logits are all large.
+        shifted = logits.to(acc) - _finite_or_zero(stats[0]).to(acc).unsqueeze(1)
+        if probs:
+            a = _prob_coefficients(target, local_weight, eps, num_classes, acc)
+            # An a_c of exactly 0 contributes 0, even on a -inf logit.
+            az = torch.where(a != 0, a * shifted, torch.zeros_like(a))
+            rows = torch.stack([stats[0], a.sum(1).double(), az.sum(1).double()])
+        else:
+            if eps != 0.0 and size > 0:
+                wz = (shifted @ local_weight).double()
+            else:
+                wz = torch.zeros(num_rows, dtype=torch.float64, device=logits.device)
+            mass = local_weight.sum().double().expand(num_rows)
+            rows = torch.stack([stats[0], stats[1], wz, mass])
+        gathered = _gather_rows(rows, layout, group)
+        lse = torch.logsumexp(gathered[:, 0], dim=0)
+        shift = _finite_or_zero(gathered[:, 0])
+        if probs:
+            total = gathered[:, 1].sum(0)  # sum_c a_c
+            loss = (gathered[:, 1] * (lse - shift) - gathered[:, 2]).sum(0)
+            if zl != 0.0:
+                loss = loss + zl * lse * lse
+            extra = total
+        else:
+            keep = target != options.ignore_index
+            safe = torch.where(keep, target, torch.zeros_like(target)).clamp(0, num_classes - 1)
+            w_t = torch.where(keep, weight.double()[safe], 0.0)
+            loss = (1.0 - eps) * w_t * (lse - gathered[:, 1].sum(0))
+            if eps != 0.0:
+                smooth = (gathered[:, 3] * (lse - shift) - gathered[:, 2]).sum(0)
+                loss = loss + eps / num_classes * smooth
+            if zl != 0.0:
+                loss = loss + zl * lse * lse
+            loss = torch.where(keep, loss, torch.zeros_like(loss))
+            opts = _Options(options.ignore_index, REDUCTION_NONE, eps, zl)
+            loss = torch.where(_invalid_targets(target, layout, opts), torch.nan, loss)
+            extra = w_t
+        lse, loss = lse.to(acc), loss.to(acc)
+        ctx.save_for_backward(logits, target, weight, lse, extra.to(acc))
+        return loss, lse
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_loss, grad_lse):
+        logits, target, weight, lse, extra = ctx.saved_tensors
+        layout, options, probs = ctx.layout, ctx.options, ctx.probs
+        acc = lse.dtype
+        start, size, num_classes = layout.vocab_start, layout.local_classes, layout.num_classes
+        eps, zl = options.label_smoothing, options.z_loss
+        num_rows = logits.shape[0]
+        if grad_loss is None:
+            grad_loss = torch.zeros(num_rows, dtype=acc, device=logits.device)
+        grad_loss = grad_loss.to(acc)
+        local_weight = None if weight is None else weight[start : start + size].to(acc)
+        grad_logits = grad_target = None
+        if not probs and weight is None:
+            opts = _Options(options.ignore_index, REDUCTION_NONE, eps, zl)
+            if ctx.needs_input_grad[0]:
+                grad_logits = _slice_grad(grad_loss, logits, target, lse, layout, opts)
+                if grad_lse is not None:
+                    p = _softmax_slice(logits, lse, acc)
+                    grad_logits = grad_logits.to(acc) + grad_lse.to(acc).unsqueeze(1) * p
+            return _cast(grad_logits, logits), None, None, None, None, None
+        coef = torch.zeros_like(grad_loss) if grad_lse is None else grad_lse.to(acc)
+        if probs:
+            a = _prob_coefficients(target, local_weight, eps, num_classes, acc)
+            if ctx.needs_input_grad[0]:
+                coef = coef + grad_loss * (extra + 2.0 * zl * lse)
+                p = _softmax_slice(logits, lse, acc)
+                grad_logits = coef.unsqueeze(1) * p - grad_loss.unsqueeze(1) * a
+            if ctx.needs_input_grad[1]:
+                scale = (1.0 - eps) * grad_loss.unsqueeze(1)
+                if local_weight is not None:
+                    scale = scale * local_weight
+                grad_target = scale * (lse.unsqueeze(1) - logits.to(acc))
+            return _cast(grad_logits, logits), _cast(grad_target, target), None, None, None, None
+        if ctx.needs_input_grad[0]:
+            opts = _Options(options.ignore_index, REDUCTION_NONE, eps, zl)
+            keep = target != options.ignore_index
+            grad_loss = torch.where(keep, grad_loss, torch.zeros_like(grad_loss))
+            grad_loss = torch.where(_invalid_targets(target, layout, opts), torch.nan, grad_loss)
+            w_t = extra
+            mass = weight.to(acc).sum()
+            coef = coef + grad_loss * ((1.0 - eps) * w_t + eps / num_classes * mass + 2 * zl * lse)
+            grad_logits = coef.unsqueeze(1) * _softmax_slice(logits, lse, acc)
+            if eps != 0.0:
+                grad_logits = grad_logits - (eps / num_classes * grad_loss).unsqueeze(1) * (
+                    local_weight.unsqueeze(0)
+                )
+            if size > 0:
+                local_t = target - start
+                in_slice = keep & (local_t >= 0) & (local_t < size)
+                picked = torch.where(in_slice, -(1.0 - eps) * grad_loss * w_t, 0.0)
+                grad_logits = grad_logits.scatter_add(
+                    1, local_t.clamp(0, size - 1).unsqueeze(1), picked.unsqueeze(1).to(acc)
+                )
+        return _cast(grad_logits, logits), None, None, None, None, None
+
+
+def _cast(grad: Tensor | None, like: Tensor) -> Tensor | None:
+    return None if grad is None else grad.to(like.dtype)
+
+
+def vocab_parallel_rows(
+    local_logits: Tensor,
+    target: Tensor,
+    layout: VocabLayout,
+    options: RowOptions,
+    *,
+    weight: Tensor | None = None,
+    group: dist.ProcessGroup | None = None,
+) -> tuple[Tensor, Tensor]:
+    r"""Per-row cross-entropy losses and log-sum-exps of vocabulary-sharded logits, with an
+    agreed ``layout`` (no layout exchange, no argument checks: the building block of
+    :mod:`logitops.dtensor`, whose DTensors carry the layout).
+
+    ``local_logits`` [N, V_local] are the global classes ``[layout.vocab_start,
+    layout.vocab_start + V_local)``; ``target`` is either global class ids [N] (int64, the same
+    on every rank) or this rank's columns [N, V_local] of class probabilities; ``weight`` the
+    full class weights [V] (the same on every rank). Per row, as :func:`logitops.cross_entropy`
+    with ``reduction="none"``: ``(1 - eps) w_y (lse - z_y) + eps / V sum_c w_c (lse - z_c) +
+    z_loss lse**2`` (0 where ``y == ignore_index``) for class ids, ``sum_c w_c q_c (lse - z_c) +
+    z_loss lse**2`` with ``q = (1 - eps) t + eps / V`` for probabilities. Both results are in the
+    accumulation dtype (float32, float64 for float64), the same on every rank, and
+    differentiable (the gradient of ``local_logits`` is this rank's slice; that of a
+    probability ``target``, its columns). One all-gather of [k, N] float64 statistics.
+
+    Parameters
+    ----------
+    local_logits : Tensor
+        This rank's columns [N, V_local].
+    target : Tensor
+        Class ids [N] or this rank's probability columns [N, V_local].
+    layout : VocabLayout
+        Where this rank's columns sit (the same vocabulary on every rank).
+    options : RowOptions
+        ignore_index, label_smoothing, z_loss.
+    weight : Tensor, optional
+        Class weights [V], the whole vocabulary.
+    group : torch.distributed.ProcessGroup, optional
+        The ranks that share the vocabulary (default: the default group; not used for one rank).
+
+    Returns
+    -------
+    (Tensor, Tensor)
+        The per-row losses [N] and log-sum-exps [N].
+
+    Examples
+    --------
+    >>> import torch
+    >>> import logitops
+    >>> from logitops.distributed import RowOptions, VocabLayout, vocab_parallel_rows
+    >>> logits, target = torch.randn(4, 10), torch.tensor([1, 9, -100, 3])
+    >>> weight = torch.rand(10)
+    >>> layout = VocabLayout(0, 10, 10, 10, world_size=1)  # one rank holds every class
+    >>> loss, lse = vocab_parallel_rows(logits, target, layout, RowOptions(-100, 0.1, 0.0),
+    ...                                 weight=weight)
+    >>> expected = torch.nn.functional.cross_entropy(
+    ...     logits, target, weight, reduction="none", label_smoothing=0.1)
+    >>> torch.allclose(loss, expected, atol=1e-6)
+    True
+    """
+    return _VocabParallelRows.apply(local_logits, target, weight, layout, group, options)
