@@ -225,7 +225,10 @@ def _check_target_shape(input: Tensor, target: Tensor, class_dim: int) -> bool:
 def _to_rows(local: Tensor, class_dim: int) -> Tensor:
     """[..., C] rows of a local shard whose classes sit on ``class_dim``."""
     rows = local.unsqueeze(0) if local.dim() == 1 else local.movedim(class_dim, -1)
-    return rows.reshape(-1, local.shape[class_dim])
+    num_rows = 1
+    for size in rows.shape[:-1]:  # not -1: an empty vocabulary shard leaves it ambiguous
+        num_rows *= size
+    return rows.reshape(num_rows, local.shape[class_dim])
 
 
 def cross_entropy(
@@ -516,8 +519,14 @@ def linear_cross_entropy(
         )
     target = _on_mesh(target, mesh, layout.row_placements, "target")
     local_x, local_t = x.to_local(), target.to_local()
-    local_w = head.to_local()
-    local_b = None if bias is None else bias.to_local()
+    # The head is replicated over the token-sharded mesh dimensions: each rank's gradient is
+    # its tokens' share, a Partial sum (as DTensor's own matmul leaves it).
+    grad_placements = [
+        Partial() if mesh_dim in layout.token_mesh_dims else placement
+        for mesh_dim, placement in enumerate(head.placements)
+    ]
+    local_w = head.to_local(grad_placements=grad_placements)
+    local_b = None if bias is None else bias.to_local(grad_placements=grad_placements)
     if chunk_size is None and options is not None:
         size = getattr(options, "batch_chunk_size", None)
         chunk_size = size if isinstance(size, int) and not isinstance(size, bool) else None
