@@ -9,8 +9,10 @@ import traceback
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor, Partial, Replicate, Shard, distribute_tensor
+from torch.distributed.tensor.parallel import loss_parallel
 from torch.distributed.tensor.placement_types import Placement
 
 import logitops
@@ -90,11 +92,31 @@ def run_case(case, meshes):
         objective = objective + (lse * place(case["lse_upstream"], mesh, lse.placements)).sum()
     objective.backward()
     result["grads"] = {name: full(leaf.grad) for name, leaf in leaves.items()}
-    result["grad_types"] = {
-        name: [repr(p) for p in leaf.grad.placements] if isinstance(leaf.grad, DTensor) else None
-        for name, leaf in leaves.items()
-    }
+    result["grad_types"] = {name: layout(leaf.grad) for name, leaf in leaves.items()}
+    result["leaf_types"] = {name: layout(leaf) for name, leaf in leaves.items()}
+    if case.get("compare_torch"):
+        result["torch"] = run_torch_loss_parallel(case, mesh)
     return result
+
+
+def layout(tensor):
+    return [repr(p) for p in tensor.placements] if isinstance(tensor, DTensor) else None
+
+
+def run_torch_loss_parallel(case, mesh):
+    """The same loss by torch's own loss_parallel() (class-index targets, no label smoothing),
+    with its backward inside the context, as it requires."""
+    logits = place(case["logits"], mesh, case["spec"], requires_grad=True)
+    target = place(case["target"], mesh, case["torch_target_spec"])
+    kwargs = {k: v for k, v in case["kwargs"].items() if k in ("reduction", "ignore_index")}
+    weight = None if case.get("weight") is None else case["weight"].clone()
+    with loss_parallel():
+        loss = F.cross_entropy(logits, target, weight=weight, **kwargs)
+        if case["upstream"] is None:
+            (loss * 0.7).backward()
+        else:
+            (loss * place(case["upstream"], mesh, loss.placements)).sum().backward()
+    return {"loss": full(loss), "grad": full(logits.grad)}
 
 
 def main(rank, world_size, init_file, cases, out_path):

@@ -30,7 +30,7 @@ WORLD_SIZES = [2, 3]
 
 def ce_case(name, world, spec, *, vocab=7, rows=5, lead=None, dtype=torch.float64, mesh=None,
             target_spec="plain", weight_spec=None, probs=False, target_grad=False,
-            reduction="mean", **kwargs):  # fmt: skip
+            reduction="mean", compare_torch=None, ignored=True, **kwargs):  # fmt: skip
     """Logits [rows, vocab] (or lead[0], vocab, *lead[1:]) with the placements ``spec``."""
     g = torch.Generator().manual_seed(sum(map(ord, name)) * 10 + world)
     lead = (rows,) if lead is None else lead
@@ -42,7 +42,8 @@ def ce_case(name, world, spec, *, vocab=7, rows=5, lead=None, dtype=torch.float6
             target.select(1, 0).zero_()
     else:
         target = torch.randint(0, vocab, lead, generator=g)
-        target.view(-1)[1::3] = kwargs.get("ignore_index", -100)
+        if ignored:
+            target.view(-1)[1::3] = kwargs.get("ignore_index", -100)
     row_shape = lead
     upstream = None
     if reduction == "none":
@@ -65,6 +66,8 @@ def ce_case(name, world, spec, *, vocab=7, rows=5, lead=None, dtype=torch.float6
     if weight_spec is not None:
         case["weight"] = torch.rand(vocab, generator=g, dtype=torch.float64).to(dtype) + 0.1
         case["weight_spec"] = weight_spec
+    if compare_torch is not None:  # the target's placements for torch's loss_parallel()
+        case["compare_torch"], case["torch_target_spec"] = True, compare_torch
     return case
 
 
@@ -120,7 +123,7 @@ def build_cases(world):
             reduction="sum",
             z_loss=1e-2,
             ignore_index=2,
-        ),  # fmt: skip
+        ),
         ce_case(
             "vocab-none-lse",
             world,
@@ -129,7 +132,7 @@ def build_cases(world):
             label_smoothing=0.1,
             return_lse=True,
             target_spec=["R"],
-        ),  # fmt: skip
+        ),
         ce_case("vocab-probs", world, v, probs=True, label_smoothing=0.1, target_spec=v),
         ce_case(
             "vocab-probs-weight-grad",
@@ -140,10 +143,10 @@ def build_cases(world):
             target_grad=True,
             z_loss=1e-3,
             reduction="none",
-        ),  # fmt: skip
+        ),
         ce_case(
             "vocab-softcap-float32", world, v, dtype=torch.float32, softcap=4.0, label_smoothing=0.1
-        ),  # fmt: skip
+        ),
         ce_case(
             "vocab-bfloat16",
             world,
@@ -151,11 +154,29 @@ def build_cases(world):
             dtype=torch.bfloat16,
             weight_spec="plain",
             label_smoothing=0.1,
-        ),  # fmt: skip
+        ),
         ce_case("vocab-target-token-sharded", world, v, rows=6, target_spec=[0]),
         ce_case("vocab-3d", world, v, lead=(2, 3), reduction="none", weight_spec="plain"),
         ce_case("vocab-1d-input", world, [0], lead=(), reduction="sum", label_smoothing=0.1),
         ce_case("vocab-all-ignored-mean", world, v, rows=2, ignore_index=-100),
+        ce_case(
+            "vs-torch-loss-parallel-mean",
+            world,
+            v,
+            rows=6,
+            weight_spec="plain",
+            compare_torch=["R"],
+            ignored=False,  # torch 2.13's loss_parallel backward fails on ignored + weight
+        ),
+        ce_case(
+            "vs-torch-loss-parallel-none",
+            world,
+            v,
+            vocab=11,
+            reduction="none",
+            ignore_index=3,
+            compare_torch=["R"],
+        ),
         # Token-parallel and replicated.
         ce_case(
             "tokens-mean",
@@ -166,7 +187,7 @@ def build_cases(world):
             weight_spec="plain",
             label_smoothing=0.1,
             z_loss=1e-3,
-        ),  # fmt: skip
+        ),
         ce_case("tokens-none-uneven", world, [0], rows=4, reduction="none", return_lse=True),
         ce_case("tokens-probs-sum", world, [0], probs=True, reduction="sum", target_spec=[0]),
         ce_case("tokens-3d-spatial", world, [2], lead=(2, 5), label_smoothing=0.1),
@@ -181,7 +202,7 @@ def build_cases(world):
             target_spec=[0, "R"],
             weight_spec="plain",
             label_smoothing=0.1,
-        ),  # fmt: skip
+        ),
         ce_case(
             "mesh2d-vocab-tokens",
             world,
@@ -190,12 +211,10 @@ def build_cases(world):
             rows=7,
             reduction="none",
             z_loss=1e-3,
-        ),  # fmt: skip
+        ),
         ce_case("mesh2d-probs", world, [1, 0], mesh=(world, 1), probs=True, target_spec=[1, 0]),
         # Fused linear cross-entropy with a column-sharded head.
-        linear_case(
-            "linear-colwise", world, [0], label_smoothing=0.1, z_loss=1e-3, chunk_size=4
-        ),  # fmt: skip
+        linear_case("linear-colwise", world, [0], label_smoothing=0.1, z_loss=1e-3, chunk_size=4),
         linear_case(
             "linear-colwise-none-3d",
             world,
@@ -204,15 +223,13 @@ def build_cases(world):
             bias=False,
             reduction="none",
             chunk_size=2,
-        ),  # fmt: skip
+        ),
         linear_case("linear-colwise-empty-shard", world, [0], vocab=4, reduction="sum"),
         linear_case(
             "linear-sequence-parallel-input", world, [0], rows=7, input_spec=[0], target_spec=[0]
-        ),  # fmt: skip
+        ),
         linear_case("linear-colwise-bfloat16", world, [0], dtype=torch.bfloat16),
-        linear_case(
-            "linear-unfused-weight", world, [0], weight_spec="plain", label_smoothing=0.1
-        ),  # fmt: skip
+        linear_case("linear-unfused-weight", world, [0], weight_spec="plain", label_smoothing=0.1),
         linear_case("linear-unfused-probs-softcap", world, [0], probs=True, softcap=3.0),
         linear_case(
             "linear-replicated-head-token-input",
@@ -222,7 +239,7 @@ def build_cases(world):
             input_spec=[0],
             target_spec=[0],
             reduction="none",
-        ),  # fmt: skip
+        ),
         linear_case(
             "linear-mesh2d",
             world,
@@ -230,7 +247,7 @@ def build_cases(world):
             mesh=(1, world),
             input_spec=[0, "R"],
             label_smoothing=0.1,
-        ),  # fmt: skip
+        ),
     ]
     errors = [
         (ce_case("error-partial-logits", world, ["P"]), "ValueError: input has placement"),
@@ -344,7 +361,10 @@ def reference(case):
 def test_matches_single_process(ranks, name):
     world, results = ranks
     (case,) = [c for c in CASES[world] if c["name"] == name]
-    per_rank = [r[name] for r in results]
+    check_case(case, [r[name] for r in results])
+
+
+def check_case(case, per_rank):
     if "expect_error" in case:
         for rank, result in enumerate(per_rank):
             assert "error" in result, f"rank {rank} raised nothing"
@@ -370,7 +390,13 @@ def test_matches_single_process(ranks, name):
             assert_close(got, expected, dtype, scale=scale, what=f"{leaf} grad, rank {rank}")
         # The gradient of a DTensor leaf is a DTensor laid out like it.
         if case["kind"] == "ce":
-            assert result["grad_types"]["logits"] is not None
+            assert result["grad_types"]["logits"] == result["leaf_types"]["logits"]
+        if "torch" in result:  # torch's loss_parallel() on the same DTensors
+            theirs = result["torch"]
+            assert_close(result["loss"], theirs["loss"], dtype, scale=scale, what="vs torch")
+            assert_close(
+                result["grads"]["logits"], theirs["grad"], dtype, scale=scale, what="vs torch"
+            )
 
 
 def test_cases_cover_every_option():
