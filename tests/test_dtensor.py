@@ -283,7 +283,66 @@ def build_cases(world):
     return cases
 
 
+def build_cases_2x2():
+    """A (2, 2) mesh of 4 ranks: tokens on one mesh dimension, the vocabulary on the other."""
+    mesh = (2, 2)
+    cases = [
+        ce_case(
+            "2x2-tokens-vocab",
+            4,
+            [0, 1],
+            mesh=mesh,
+            rows=7,
+            target_spec=[0, "R"],
+            weight_spec="plain",
+            label_smoothing=0.1,
+            z_loss=1e-3,
+        ),
+        ce_case(
+            "2x2-vocab-tokens-none", 4, [1, 0], mesh=mesh, rows=5, reduction="none", return_lse=True
+        ),
+        ce_case(
+            "2x2-probs", 4, [0, 1], mesh=mesh, probs=True, target_spec=[0, 1], label_smoothing=0.1
+        ),
+        ce_case("2x2-3d-seq-vocab", 4, [2, 1], mesh=mesh, lead=(2, 3), target_spec=[1, "R"]),
+        ce_case(
+            "2x2-vs-torch-loss-parallel",
+            4,
+            [0, 1],
+            mesh=mesh,
+            rows=6,
+            target_spec=[0, "R"],
+            compare_torch=[0, "R"],
+            reduction="sum",  # torch 2.13: no mean on a 2-D mesh (ours has it: above)
+        ),
+        linear_case(
+            "2x2-linear-colwise-token-input",
+            4,
+            ["R", 0],
+            mesh=mesh,
+            rows=7,
+            input_spec=[0, "R"],
+            target_spec=[0, "R"],
+            label_smoothing=0.1,
+            chunk_size=2,
+        ),
+        linear_case(
+            "2x2-linear-unfused-weight",
+            4,
+            ["R", 0],
+            mesh=mesh,
+            input_spec=[0, "R"],
+            weight_spec="plain",
+            reduction="sum",
+        ),
+    ]
+    error = ce_case("2x2-error-vocab-on-both-mesh-dims", 4, [1, 1], mesh=mesh)
+    error["expect_error"] = "ValueError: input: the class dimension 1 is sharded"
+    return cases + [error]
+
+
 CASES = {world: build_cases(world) for world in WORLD_SIZES}
+CASES_2X2 = build_cases_2x2()
 NAMES = [c["name"] for c in CASES[WORLD_SIZES[0]]]
 
 
@@ -397,6 +456,17 @@ def check_case(case, per_rank):
             assert_close(
                 result["grads"]["logits"], theirs["grad"], dtype, scale=scale, what="vs torch"
             )
+
+
+@pytest.fixture(scope="module")
+def ranks_2x2(tmp_path_factory):
+    return run_ranks(4, CASES_2X2, tmp_path_factory.mktemp("mesh2x2"))
+
+
+@pytest.mark.parametrize("name", [c["name"] for c in CASES_2X2])
+def test_2x2_mesh_matches_single_process(ranks_2x2, name):
+    (case,) = [c for c in CASES_2X2 if c["name"] == name]
+    check_case(case, [r[name] for r in ranks_2x2])
 
 
 def test_cases_cover_every_option():
