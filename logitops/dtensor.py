@@ -194,7 +194,10 @@ def _reduce(rows_or_sum, reduction, layout, shape, norm, dtype):
     if reduction == "mean":
         if isinstance(norm, Tensor):
             norm = _global_sum(norm.to(acc).detach(), layout).to_local()
-        total = total / norm
+        norm = torch.as_tensor(norm, dtype=acc, device=total.device)
+        # A mean over nothing is NaN and its gradient 0, as the single-device loss.
+        scale = torch.where(norm != 0, 1.0 / norm, torch.zeros_like(norm))
+        total = total * scale + torch.where(norm != 0, 0.0, torch.nan).to(acc)
     return _global_sum(total, layout).to(dtype)
 
 

@@ -68,7 +68,10 @@ def run_case(case, meshes):
     if case["kind"] == "ce":
         logits = place(case["logits"], mesh, case["spec"], requires_grad=True)
         leaves["logits"] = logits
-        out = logitops.cross_entropy(logits, target, **kwargs)
+        if case.get("module"):
+            out = logitops.nn.CrossEntropyLoss(**kwargs)(logits, target)
+        else:
+            out = logitops.cross_entropy(logits, target, **kwargs)
     else:
         x = place(case["input"], mesh, case["input_spec"], requires_grad=True)
         head = place(case["head"], mesh, case["spec"], requires_grad=True)

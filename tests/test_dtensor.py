@@ -276,6 +276,17 @@ def build_cases(world):
             "IndexError: target[0]",
         ),
     ]
+    all_ignored = [
+        ce_case("tokens-all-ignored-mean", world, [0], rows=3, weight_spec="plain"),
+        linear_case("linear-colwise-all-ignored-mean", world, [0], rows=3),
+        linear_case("linear-replicated-all-ignored-mean", world, ["R"], rows=3, input_spec=[0]),
+    ]
+    for case in all_ignored:
+        case["target"].fill_(-100)
+    cases += all_ignored
+    module = ce_case("module-criterion", world, v, weight_spec="plain", label_smoothing=0.1)
+    module["module"] = True  # logitops.nn.CrossEntropyLoss on DTensors
+    cases.append(module)
     for case, message in errors:
         case["expect_error"] = message
         cases.append(case)
