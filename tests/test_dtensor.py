@@ -17,7 +17,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from conftest import assert_close
 from reference import cross_entropy_reference
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import Replicate, Shard, distribute_tensor
 
+import logitops
 from logitops import _dispatch
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "examples"))  # the spawned ranks import it too
@@ -506,3 +509,33 @@ def test_tensor_parallel_training_matches_unsharded(world, kind):
     sharded, unsharded = torch.tensor(curves["tensor_parallel"]), torch.tensor(curves["unsharded"])
     torch.testing.assert_close(sharded, unsharded, rtol=1e-4, atol=1e-5)
     assert unsharded[-1] < unsharded[0] - 0.3
+
+
+def test_plain_tensors_compile_with_dtensor_imported():
+    """The dispatch check (a DTensor among the arguments?) traces under torch.compile once
+    torch.distributed.tensor is imported (this module's worker imports it)."""
+    assert "torch.distributed.tensor" in sys.modules
+    x, t = torch.randn(6, 11), torch.tensor([0, 3, -100, 10, 2, 5])
+    compiled = torch.compile(logitops.cross_entropy, fullgraph=True)
+    torch.testing.assert_close(
+        compiled(x, t, label_smoothing=0.1), F.cross_entropy(x, t, label_smoothing=0.1)
+    )
+
+
+def test_plain_logits_with_dtensor_target_raise(tmp_path):
+    if dist.is_initialized():
+        pytest.skip("a process group is initialized in this process")
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        target = distribute_tensor(torch.tensor([0, 1]), mesh, [Replicate()])
+        with pytest.raises(TypeError, match="input must be a DTensor"):
+            logitops.cross_entropy(torch.randn(2, 3), target)
+        # and a one-rank mesh gives the single-device loss
+        x = torch.randn(2, 3)
+        loss = logitops.cross_entropy(distribute_tensor(x, mesh, [Shard(1)]), target)
+        torch.testing.assert_close(loss.full_tensor(), F.cross_entropy(x, target.full_tensor()))
+    finally:
+        dist.destroy_process_group()
