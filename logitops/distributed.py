@@ -675,6 +675,8 @@ class _VocabParallelRows(torch.autograd.Function):
         # Weighted sums relative to the slice's own log-sum-exp s_r, so that
         # sum_c a_c (lse - z_c) = sum_r [A_r (lse - s_r) - sum_{c in r} a_c (z_c - s_r)]
         # keeps the digits of rows whose logits are all large.
+        # s_r rounded to acc, so that z_c - s_r is exact near s_r; the combine below uses the
+        # same rounded value, recomputed from the gathered lse.
         shifted = logits.to(acc) - _finite_or_zero(stats[0]).to(acc).unsqueeze(1)
         if probs:
             a = _prob_coefficients(target, local_weight, eps, num_classes, acc)
@@ -690,7 +692,7 @@ class _VocabParallelRows(torch.autograd.Function):
             rows = torch.stack([stats[0], stats[1], wz, mass])
         gathered = _gather_rows(rows, layout, group)
         lse = torch.logsumexp(gathered[:, 0], dim=0)
-        shift = _finite_or_zero(gathered[:, 0])
+        shift = _finite_or_zero(gathered[:, 0]).to(acc).double()
         if probs:
             total = gathered[:, 1].sum(0)  # sum_c a_c
             loss = (gathered[:, 1] * (lse - shift) - gathered[:, 2]).sum(0)
@@ -799,7 +801,10 @@ def vocab_parallel_rows(
     z_loss lse**2`` with ``q = (1 - eps) t + eps / V`` for probabilities. Both results are in the
     accumulation dtype (float32, float64 for float64), the same on every rank, and
     differentiable (the gradient of ``local_logits`` is this rank's slice; that of a
-    probability ``target``, its columns). One all-gather of [k, N] float64 statistics.
+    probability ``target``, its columns). One all-gather of [k, N] float64 statistics. Without
+    weights or probabilities the forward and backward are the two vocab_parallel kernels; class
+    weights and probability targets add a few [N, V_local] temporaries in the accumulation dtype
+    (their weighted sums and gradients are ATen ops over the slice).
 
     Parameters
     ----------

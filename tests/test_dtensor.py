@@ -539,3 +539,38 @@ def test_plain_logits_with_dtensor_target_raise(tmp_path):
         torch.testing.assert_close(loss.full_tensor(), F.cross_entropy(x, target.full_tensor()))
     finally:
         dist.destroy_process_group()
+
+
+def test_float32_weighted_and_probability_losses_as_accurate_as_torch(tmp_path):
+    """The weighted sums of class weights and probability targets are taken relative to each
+    shard's log-sum-exp and combined in float64: rows whose logits sit next to their lse (a row
+    of -1e4, a row near 5e3) lose no digits to float32 cancellation."""
+    from test_precision import _assert_not_worse_than_torch
+
+    vocab = 65536
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(4, vocab, generator=g) * 30
+    logits[1] = -1e4
+    logits[2] = torch.randn(vocab, generator=g) * 1e-3 + 5e3
+    weight = torch.rand(vocab, generator=g) + 0.5
+    targets = {
+        "precision-weighted": torch.randint(0, vocab, (4,), generator=g),
+        "precision-probs": torch.softmax(torch.randn(4, vocab, generator=g), 1),
+    }
+    cases = []
+    for name, target in targets.items():
+        case = ce_case(name, 2, [1], rows=4, dtype=torch.float32, reduction="none",
+                       weight_spec="plain", label_smoothing=0.1)  # fmt: skip
+        case.update(logits=logits, target=target, weight=weight, upstream=torch.ones(4))
+        cases.append(case)
+    results = run_ranks(2, cases, tmp_path)
+    for case in cases:
+        kw = dict(reduction="none", label_smoothing=0.1)
+        target = case["target"]
+        exact = F.cross_entropy(logits.double(), target.double() if target.is_floating_point()
+                                else target, weight=weight.double(), **kw)  # fmt: skip
+        theirs = F.cross_entropy(logits, target, weight=weight, **kw)
+        for rank in results:
+            result = rank[case["name"]]
+            assert "error" not in result, result.get("traceback")
+            _assert_not_worse_than_torch(result["loss"], theirs, exact, case["name"])
