@@ -16,6 +16,7 @@ rank instead of leaving the others waiting in a collective.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -119,6 +120,9 @@ _MUST_MATCH = {
     "reduction": "reduction must be the same on every rank",
     "needs_grad": "requires_grad of input / linear_weight / linear_bias (and grad mode) must be "
     "the same on every rank",
+    "target_kind": "target must be class ids on every rank or probabilities on every rank, and "
+    "weight given on every rank or on none",
+    "weight_classes": "weight must have the same length on every rank",
 }
 
 
@@ -131,6 +135,8 @@ class _RankArguments:
     dtype: int
     reduction: int  # the index in REDUCTIONS
     needs_grad: int
+    target_kind: int = 0  # 0: class ids; 1: class ids with weight; 2: probabilities
+    weight_classes: int = -1  # the length of weight (-1: not given)
 
 
 def _agree_on_layout(
@@ -314,6 +320,7 @@ def vocab_parallel_cross_entropy(
     reduction: str = "mean",
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
+    weight: Tensor | None = None,
 ) -> Tensor:
     r"""Cross-entropy of logits whose vocabulary is split across the ranks of ``group``.
 
@@ -321,11 +328,14 @@ def vocab_parallel_cross_entropy(
     ``[vocab_start, vocab_start + V_local)``. By default the slices follow rank order (rank r
     starts where rank r - 1 ends; slices may be unequal); pass ``vocab_start`` on every rank for
     any other arrangement. ``target`` [...] holds global class ids (or ``ignore_index``) and is the
-    same on every rank. The result, on every rank, is
-    ``F.cross_entropy(full_logits, target, ignore_index=..., reduction=..., label_smoothing=...)``
-    plus ``z_loss * lse**2`` per row; the gradient of ``local_logits`` is this rank's slice of the
-    full gradient. Costs two all-gathers (the layout: 8 integers per rank; the statistics: 3
-    floats per row per rank), and one host sync for the layout.
+    same on every rank, or is this rank's columns [..., V_local] of class probabilities
+    (floating; then ``ignore_index`` must stay -100). ``weight`` [V] holds the class weights of
+    the whole vocabulary, the same on every rank. The result, on every rank, is
+    ``F.cross_entropy(full_logits, full_target, weight, ignore_index=..., reduction=...,
+    label_smoothing=...)`` plus ``z_loss * lse**2`` per row; the gradient of ``local_logits`` is
+    this rank's slice of the full gradient (and that of a probability target, its columns).
+    Costs two all-gathers (the layout: 10 integers per rank; the statistics: 3 floats per row
+    per rank, 4 with class weights), and one host sync for the layout.
 
     With NCCL the collectives run on the logits' GPU; with gloo on the CPU (CUDA statistics are
     copied to the host and back: [3, N] floats per call).
@@ -335,7 +345,8 @@ def vocab_parallel_cross_entropy(
     local_logits : Tensor
         This rank's columns [..., V_local] of the logits.
     target : Tensor
-        Global class ids [...], the same on every rank.
+        Global class ids [...], the same on every rank; or this rank's columns [..., V_local] of
+        class probabilities.
     group : torch.distributed.ProcessGroup, optional
         The ranks that share the vocabulary (default: the default group).
     vocab_start : int, optional
@@ -344,6 +355,8 @@ def vocab_parallel_cross_entropy(
         As in :func:`torch.nn.functional.cross_entropy`.
     z_loss : float
         As in :func:`logitops.cross_entropy`.
+    weight : Tensor, optional
+        Class weights [V] of the whole vocabulary, the same on every rank.
 
     Returns
     -------
@@ -375,11 +388,23 @@ def vocab_parallel_cross_entropy(
         check_floating("local_logits", local_logits)
         if local_logits.dim() < 1:
             raise ValueError("local_logits must have a class dimension, got a 0-dim tensor")
-        _check_common(target, local_logits.shape[:-1], local_logits, options)
+        probs = isinstance(target, Tensor) and target.is_floating_point()
+        if probs:
+            _check_probability_target(target, local_logits, options)
+        else:
+            _check_common(target, local_logits.shape[:-1], local_logits, options)
+        if weight is not None:
+            check_floating("weight", weight)
+            check_same_device("weight", weight, local_logits)
+            if weight.dim() != 1:
+                raise ValueError(
+                    f"weight must be the 1-D class weights [V] of the whole vocabulary, got "
+                    f"shape {tuple(weight.shape)}"
+                )
         if vocab_start is not None and (not isinstance(vocab_start, int) or vocab_start < 0):
             raise ValueError(f"vocab_start must be None or an int >= 0, got {vocab_start!r}")
         local_classes = local_logits.shape[-1]
-        num_rows = target.numel()
+        num_rows = math.prod(local_logits.shape[:-1])
         mine = _RankArguments(
             -1 if vocab_start is None else vocab_start,
             local_classes,
@@ -388,16 +413,82 @@ def vocab_parallel_cross_entropy(
             _DTYPE_CODES[local_logits.dtype],
             REDUCTIONS.index(options.reduction),
             0,  # the backward needs no collective
+            2 if probs else int(weight is not None),
+            -1 if weight is None else weight.shape[0],
         )
     except (TypeError, ValueError) as exc:
         error, mine = exc, None
     layout = _agree_on_layout(mine, group, local_logits, error)
+    if probs or weight is not None:
+        return _weighted_or_probabilities(local_logits, target, weight, layout, group, options)
     logits_2d = local_logits.reshape(num_rows, local_classes)
     target_1d = target.reshape(-1).to(torch.int64)
     # Every rank holds the same targets, so every rank raises alike.
     _check_target_range(target_1d, layout.num_classes, options.ignore_index)
     out = _VocabParallelCrossEntropy.apply(logits_2d, target_1d, layout, group, options)
     return out.reshape(target.shape) if options.reduction == REDUCTION_NONE else out
+
+
+def _check_probability_target(target: Tensor, local_logits: Tensor, options: _Options) -> None:
+    if target.shape != local_logits.shape:
+        raise ValueError(
+            f"target of dtype {target.dtype} is read as this rank's columns of class "
+            f"probabilities and must have local_logits' shape {tuple(local_logits.shape)}, got "
+            f"{tuple(target.shape)}"
+        )
+    check_floating("target", target)
+    check_same_device("target", target, local_logits)
+    if options.ignore_index != -100:
+        raise ValueError(
+            "ignore_index is not supported for floating point target (class-probability "
+            f"targets), got ignore_index={options.ignore_index}"
+        )
+    check_cross_entropy_options(options.label_smoothing, options.z_loss, None)
+
+
+def _weighted_or_probabilities(local_logits, target, weight, layout, group, options) -> Tensor:
+    """vocab_parallel_cross_entropy with class weights or probability targets: the per-row
+    losses of vocab_parallel_rows, reduced here."""
+    if weight is not None and weight.shape[0] != layout.num_classes:
+        # Every rank has the same weight length and vocabulary: every rank raises alike.
+        raise ValueError(
+            f"weight must have {layout.num_classes} class weights (the whole vocabulary), got "
+            f"{weight.shape[0]}"
+        )
+    lead = local_logits.shape[:-1]
+    num_rows = math.prod(lead)  # not -1: an empty slice leaves it ambiguous
+    logits_2d = local_logits.reshape(num_rows, layout.local_classes)
+    acc = accumulation_dtype(local_logits.dtype)
+    if target.is_floating_point():
+        t = target.reshape(num_rows, layout.local_classes).to(local_logits.dtype)
+        denominator = torch.tensor(float(logits_2d.shape[0]), dtype=acc)
+    else:
+        t = target.reshape(-1).to(torch.int64)
+        _check_target_range(t, layout.num_classes, options.ignore_index)
+    if weight is not None:
+        weight = weight.detach()
+    rows, _ = vocab_parallel_rows(
+        logits_2d,
+        t,
+        layout,
+        RowOptions(options.ignore_index, options.label_smoothing, options.z_loss),
+        weight=weight,
+        group=group,
+    )
+    if options.reduction == REDUCTION_NONE:
+        return rows.reshape(lead).to(local_logits.dtype)
+    total = rows.sum()
+    if options.reduction == "mean":
+        if not target.is_floating_point():
+            keep = t != options.ignore_index
+            safe = torch.where(keep, t, torch.zeros_like(t)).clamp(0, layout.num_classes - 1)
+            w = torch.ones_like(rows) if weight is None else weight.to(acc)[safe]
+            denominator = torch.where(keep, w, torch.zeros_like(w)).sum()
+        denominator = denominator.to(total.device)
+        # A mean over nothing is NaN and its gradient 0, as cross_entropy's.
+        scale = torch.where(denominator != 0, 1.0 / denominator, torch.zeros_like(denominator))
+        total = total * scale + torch.where(denominator != 0, 0.0, torch.nan).to(acc)
+    return total.to(local_logits.dtype)
 
 
 def _all_reduce_sum(tensor: Tensor, layout: VocabLayout, group: dist.ProcessGroup | None) -> Tensor:
