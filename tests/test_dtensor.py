@@ -574,3 +574,48 @@ def test_float32_weighted_and_probability_losses_as_accurate_as_torch(tmp_path):
             result = rank[case["name"]]
             assert "error" not in result, result.get("traceback")
             _assert_not_worse_than_torch(result["loss"], theirs, exact, case["name"])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not dist.is_nccl_available(), reason="torch without NCCL")
+def test_cuda_mesh_of_one_rank(tmp_path):
+    """The CUDA kernels and NCCL under the DTensor paths: a one-rank CUDA mesh in process,
+    vocabulary-sharded logits with weights and probability targets, and the fused head."""
+    if dist.is_initialized():
+        pytest.skip("a process group is initialized in this process")
+    dist.init_process_group(
+        "nccl", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    try:
+        mesh = init_device_mesh("cuda", (1,))
+        g = torch.Generator().manual_seed(3)
+        x = torch.randn(6, 11, generator=g, dtype=torch.float64)
+        t = torch.tensor([0, 3, -100, 10, 2, 5])
+        w = torch.rand(11, generator=g, dtype=torch.float64) + 0.1
+        p = torch.softmax(torch.randn(6, 11, generator=g, dtype=torch.float64), 1)
+        for target, weight in [(t, None), (t, w), (p, w)]:
+            logits = distribute_tensor(x.cuda(), mesh, [Shard(1)]).requires_grad_()
+            weight_cuda = None if weight is None else weight.cuda()
+            loss = logitops.cross_entropy(
+                logits, target.cuda(), weight_cuda, label_smoothing=0.1, z_loss=1e-3
+            )
+            loss.backward()
+            leaf = x.clone().requires_grad_()
+            expected, _ = cross_entropy_reference(
+                leaf, target, weight, label_smoothing=0.1, z_loss=1e-3
+            )
+            expected.backward()
+            assert_close(loss.full_tensor(), expected, torch.float64, what="cuda loss")
+            assert_close(logits.grad.full_tensor(), leaf.grad, torch.float64, what="cuda grad")
+        hidden = torch.randn(6, 4, generator=g, dtype=torch.float64)
+        head = torch.randn(11, 4, generator=g, dtype=torch.float64)
+        sharded = distribute_tensor(head.cuda(), mesh, [Shard(0)]).requires_grad_()
+        loss = logitops.linear_cross_entropy(hidden.cuda(), sharded, t.cuda(), chunk_size=2)
+        loss.backward()
+        leaf = head.clone().requires_grad_()
+        expected, _ = cross_entropy_reference(hidden @ leaf.T, t)
+        expected.backward()
+        assert_close(loss.full_tensor(), expected, torch.float64, what="cuda fused loss")
+        assert_close(sharded.grad.full_tensor(), leaf.grad, torch.float64, what="cuda head")
+    finally:
+        dist.destroy_process_group()
