@@ -37,6 +37,8 @@ VECTOR_LOAD_KERNELS = (
     "cross_entropy_forward_kernel",
     "cross_entropy_probs_forward_kernel",
     "vocab_parallel_stats_kernel",
+    "filter_logits_kernel",
+    "sample_kernel",
 )
 STORE_128 = re.compile(r"\bSTG\.E(?:\.[A-Z0-9_]+)*\.128\b")
 LOAD_128 = re.compile(r"\bLDG\.E(?:\.[A-Z0-9_]+)*\.128\b")

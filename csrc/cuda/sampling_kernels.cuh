@@ -19,13 +19,20 @@
 #include "../common/logit_math.h"
 #include "../common/sampling_math.h"
 #include "cuda_utils.cuh"
+#include "row_reduce.cuh"
 
 namespace logitops {
 namespace cuda {
 
 // Up to kMaxBlockThreads threads; two blocks per SM (64 registers each) keep one block loading
-// while the other sits at a barrier of its radix passes.
-constexpr int kSamplingMinBlocksPerSm = 2;
+// while the other sits at a barrier of its radix passes. fp64 rows, and the sampling kernel (the
+// searches and the race in one), take one (up to 128 registers): their 16-byte passes do not fit
+// 64 without spilling, and decoding batches put about one row per SM anyway.
+template <typename acc_t>
+constexpr int filter_min_blocks_per_sm() {
+  return sizeof(acc_t) == 8 ? 1 : 2;
+}
+constexpr int kSampleMinBlocksPerSm = 1;
 
 constexpr int kRadixBits = 8;
 constexpr int kRadixBuckets = 1 << kRadixBits;
@@ -107,6 +114,19 @@ struct ScaledRow {
   __device__ __forceinline__ acc_t operator()(int64_t j) const {
     return scaled_logit(to_acc<acc_t>(load_element(x + j)), bias, j, temperature, divide);
   }
+
+  // Calls fn(z_j, j) on this thread's share of the row, read by 16-byte vectors (stream_row: in
+  // no particular order, so every reduction over it breaks ties by index).
+  template <typename Fn>
+  __device__ __forceinline__ void for_each(int64_t n, Fn&& fn) const {
+    stream_row<1>(x, n, [&](const auto& raw, int64_t j) {
+      constexpr int N = sizeof(raw) / sizeof(raw[0]);
+#pragma unroll
+      for (int k = 0; k < N; ++k) {
+        fn(scaled_logit(to_acc<acc_t>(raw[k]), bias, j + k, temperature, divide), j + k);
+      }
+    });
+  }
 };
 
 template <typename scalar_t, typename acc_t>
@@ -136,15 +156,14 @@ template <typename acc_t, typename Row>
 __device__ RowScan<acc_t> scan_row(const Row& z, int64_t n) {
   constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
   RowScan<acc_t> s{kNegInf, kNoIndex, 0};
-  for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
-    const acc_t v = z(j);
+  z.for_each(n, [&](acc_t v, int64_t j) {
     if (v != v) {
       s.has_nan = 1;
     } else if (ranks_before(v, j, s.max, s.argmax)) {
       s.max = v;
       s.argmax = j;
     }
-  }
+  });
   return block_all_reduce(s, RowScan<acc_t>{kNegInf, kNoIndex, 0},
                           [](const RowScan<acc_t>& a, const RowScan<acc_t>& b) {
                             RowScan<acc_t> r =
@@ -235,11 +254,11 @@ __device__ acc_t block_kth_largest(const Row& z, int64_t n, int64_t k, RadixScra
 #pragma unroll 1
   for (int shift = kKeyBits - kRadixBits; shift >= 0; shift -= kRadixBits) {
     clear_histogram(s);
-    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
-      const key_t key = ordered_key(z(j));
+    z.for_each(n, [&](acc_t v, int64_t) {
+      const key_t key = ordered_key(v);
       count_digit(s.count, (key & fixed) == prefix ? unsigned(key >> shift) & (kRadixBuckets - 1)
                                                    : kNoDigit);
-    }
+    });
     __syncthreads();
     if (threadIdx.x < kWarpSize) select_rank_digit(s, rank);
     __syncthreads();
@@ -256,10 +275,9 @@ template <typename acc_t, typename Row>
 __device__ acc_t block_min_p_threshold(const Row& z, int64_t n, double row_max, double min_p) {
   const double cut = min_p_cut<acc_t>(min_p);
   acc_t tau = std::numeric_limits<acc_t>::infinity();
-  for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
-    const acc_t v = z(j);
+  z.for_each(n, [&](acc_t v, int64_t) {
     if (v < tau && min_p_keeps(exp(double(v) - row_max), cut)) tau = v;
-  }
+  });
   return block_all_reduce(tau, std::numeric_limits<acc_t>::infinity(),
                           [](acc_t a, acc_t b) { return b < a ? b : a; });
 }
@@ -350,8 +368,7 @@ __device__ acc_t block_top_p_threshold(const Row& z, int64_t n, acc_t row_max, d
 #pragma unroll 1
   for (int shift = kKeyBits - kRadixBits; shift >= 0; shift -= kRadixBits) {
     clear_histogram(s);
-    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
-      const acc_t v = z(j);
+    z.for_each(n, [&](acc_t v, int64_t) {
       unsigned digit = kNoDigit;
       if (v >= lower) {
         const key_t key = ordered_key(v);
@@ -362,7 +379,7 @@ __device__ acc_t block_top_p_threshold(const Row& z, int64_t n, acc_t row_max, d
         const double mass = exp(double(v) - max_d);
         if (mass != 0) atomicAdd(&s.mass[digit], mass);
       }
-    }
+    });
     __syncthreads();
     if (threadIdx.x < kWarpSize) select_mass_digit<acc_t>(s, fixed == 0, top_p, below);
     __syncthreads();
@@ -394,7 +411,7 @@ __device__ acc_t block_row_threshold(const Row& z, int64_t n, acc_t row_max, con
 // filter_logits: out[row, j] = z_j if z_j >= tau else fill; whole NaN rows for rows with NaN.
 // out is contiguous [num_rows, vocab]. One block per row, blockDim.x from sampling_block_threads.
 template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kMaxBlockThreads, kSamplingMinBlocksPerSm)
+__global__ void __launch_bounds__(kMaxBlockThreads, filter_min_blocks_per_sm<acc_t>())
     filter_logits_kernel(const SamplingArgs<scalar_t, acc_t> args, acc_t fill,
                          int64_t min_tokens_to_keep, scalar_t* __restrict__ out) {
   __shared__ RadixScratch scratch;
@@ -412,10 +429,9 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kSamplingMinBlocksPerSm)
     }
     const acc_t tau =
         block_row_threshold(z, n, scan.max, f, args.order, min_tokens_to_keep, scratch);
-    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
-      const acc_t v = z(j);
+    z.for_each(n, [&](acc_t v, int64_t j) {
       store_element(y + j, v >= tau ? from_acc<scalar_t>(v) : fill_value);
-    }
+    });
   }
 }
 
@@ -431,7 +447,7 @@ struct RaceState {
 // exponential noise of (seed[row], per_row_seeds ? 0 : row, token). -1 (log-prob NaN) for a NaN
 // row or one with nothing to sample, greedy or not (a row of -inf).
 template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kMaxBlockThreads, kSamplingMinBlocksPerSm)
+__global__ void __launch_bounds__(kMaxBlockThreads, kSampleMinBlocksPerSm)
     sample_kernel(const SamplingArgs<scalar_t, acc_t> args, const int64_t* __restrict__ seeds,
                   bool per_row_seeds, int64_t* __restrict__ tokens, float* __restrict__ logprobs) {
   constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
@@ -467,13 +483,16 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kSamplingMinBlocksPerSm)
     const uint64_t key = static_cast<uint64_t>(seeds[row]);
     const uint64_t stream = per_row_seeds ? 0 : static_cast<uint64_t>(row);
     RaceState mine{-std::numeric_limits<double>::infinity(), kNoIndex, {max_d, 0.0}};
+    // Element by element: the race's Philox and double math on a whole vector at a time would not
+    // fit 64 registers.
     for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
       const acc_t v = z(j);
       if (!(v >= tau) || v == kNegInf) continue;
       if (finite_max) mine.lse.sum += exp(double(v) - max_d);
       const double score =
           race_score(double(v), exponential_noise(key, stream, static_cast<uint64_t>(j)));
-      if (score > mine.score) {  // j ascends: the first index wins ties, as on the CPU
+      // The first index wins ties, as on the CPU.
+      if (ranks_before(score, j, mine.score, mine.index)) {
         mine.score = score;
         mine.index = j;
       }
