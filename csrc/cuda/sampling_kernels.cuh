@@ -177,11 +177,12 @@ __device__ RowScan<acc_t> scan_row(const Row& z, int64_t n) {
 // the chosen digit (and what the next pass needs) for the whole block to read.
 struct RadixScratch {
   unsigned count[kRadixBuckets];
-  double mass[kRadixBuckets];  // top-p only: sum of exp(z - max) per bucket
-  unsigned digit;              // kNoDigit: top-p stops at the row's max
-  unsigned rank;               // k-th largest: rank left inside the chosen bucket
-  double below;                // top-p: mass of the candidates below the chosen bucket
-  double removal;              // top-p: top_p_removal_mass of the candidates' total
+  double mass[kRadixBuckets];          // top-p only: sum of exp(z - max) per bucket
+  double lane_mass[kMaxBlockThreads];  // add_digit_mass: each lane's value, read by its leader
+  unsigned digit;                      // kNoDigit: top-p stops at the row's max
+  unsigned rank;                       // k-th largest: rank left inside the chosen bucket
+  double below;                        // top-p: mass of the candidates below the chosen bucket
+  double removal;                      // top-p: top_p_removal_mass of the candidates' total
 };
 
 __device__ __forceinline__ void clear_histogram(RadixScratch& s) {
@@ -192,16 +193,44 @@ __device__ __forceinline__ void clear_histogram(RadixScratch& s) {
   __syncthreads();
 }
 
-// Adds one to count[digit] (nothing for kNoDigit). Lanes with the same digit add once together:
-// logits crowd into a few top digits, and one atomic per lane would serialize on them.
+// Lanes with the same digit add to its bucket once together (__match_any_sync, sm_70 and later;
+// the emulator too): logits crowd into a few top digits, and one atomic per lane would serialize
+// on them.
+#if defined(LOGITOPS_CUDA_EMULATION) || (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700)
+#define LOGITOPS_WARP_AGGREGATED_HISTOGRAM 1
+#endif
+
+// Adds one to count[digit] (nothing for kNoDigit).
 __device__ __forceinline__ void count_digit(unsigned* count, unsigned digit) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
+#ifdef LOGITOPS_WARP_AGGREGATED_HISTOGRAM
   const unsigned peers = __match_any_sync(__activemask(), digit);
   if (digit != kNoDigit && int(threadIdx.x % kWarpSize) == __ffs(peers) - 1) {
     atomicAdd(&count[digit], unsigned(__popc(peers)));
   }
 #else
   if (digit != kNoDigit) atomicAdd(&count[digit], 1u);
+#endif
+}
+
+// Adds value to s.mass[digit] (nothing for kNoDigit). A shared-memory double atomicAdd is a
+// compare-and-swap loop (ATOMS.CAST.SPIN.64) that serializes the lanes of a crowded digit: here
+// the lowest lane of each digit sums its peers' values, in lane order, and adds once.
+__device__ __forceinline__ void add_digit_mass(RadixScratch& s, unsigned digit, double value) {
+#ifdef LOGITOPS_WARP_AGGREGATED_HISTOGRAM
+  const unsigned active = __activemask();
+  const unsigned peers = __match_any_sync(active, digit);
+  const int lane = threadIdx.x % kWarpSize;
+  double* warp_values = s.lane_mass + (threadIdx.x - lane);
+  warp_values[lane] = value;
+  __syncwarp(active);
+  if (digit != kNoDigit && lane == __ffs(peers) - 1) {
+    double sum = 0;
+    for (unsigned rest = peers; rest != 0; rest &= rest - 1) sum += warp_values[__ffs(rest) - 1];
+    if (sum != 0) atomicAdd(&s.mass[digit], sum);
+  }
+  __syncwarp(active);  // the slots are rewritten by the next call
+#else
+  if (digit != kNoDigit && value != 0) atomicAdd(&s.mass[digit], value);
 #endif
 }
 
@@ -375,10 +404,7 @@ __device__ acc_t block_top_p_threshold(const Row& z, int64_t n, acc_t row_max, d
         if ((key & fixed) == prefix) digit = unsigned(key >> shift) & (kRadixBuckets - 1);
       }
       count_digit(s.count, digit);
-      if (digit != kNoDigit) {
-        const double mass = exp(double(v) - max_d);
-        if (mass != 0) atomicAdd(&s.mass[digit], mass);
-      }
+      add_digit_mass(s, digit, digit != kNoDigit ? exp(double(v) - max_d) : 0.0);
     });
     __syncthreads();
     if (threadIdx.x < kWarpSize) select_mass_digit<acc_t>(s, fixed == 0, top_p, below);

@@ -197,6 +197,11 @@ unsigned __match_any_sync(unsigned mask, T value) {
 
 inline unsigned __activemask() { return ::logitops::emulation::active_lanes(); }
 
+// Every lane of the mask must reach it (a warp exchange that carries nothing).
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+  ::logitops::emulation::warp_exchange(mask, 0, "__syncwarp");
+}
+
 inline int __ffs(int x) { return __builtin_ffs(x); }
 inline int __popc(unsigned x) { return __builtin_popcount(x); }
 inline int __clz(int x) { return x == 0 ? 32 : __builtin_clz(unsigned(x)); }
