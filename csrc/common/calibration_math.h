@@ -5,7 +5,7 @@
 // One read of a row of logits z (C classes, label y) gives, with p = softmax(z):
 //   confidence = max_j p_j = 1 / sum_j exp(z_j - max)          (the top-1 probability)
 //   prediction = the first j with z_j = max                     (torch.argmax's choice)
-//   nll        = lse - z_y = (max - z_y) + log(sum_j exp(z_j - max))
+//   nll        = lse - z_y = (max - z_y) + log(sum_j exp(z_j - max))   (log1p when z_y = max)
 //   brier      = sum_j (p_j - [j == y])^2 = (1 - p_y)^2 + sum_{j != y} p_j^2
 // The Brier score is formed from sums over the classes other than y, 1 - p_y = S_other / S, so a
 // confident correct row (p_y near 1) keeps its small score to full relative precision instead of
@@ -120,8 +120,11 @@ LOGITOPS_HD CalibrationRowStats<acc_t> calibration_finalize(const CalibrationRow
   const acc_t inv = acc_t(1) / s.sum;
   const acc_t confidence = inv;  // exp(max - max) / sum
   if (!label_ok) return {confidence, nan, nan, prediction};
-  // lse - z_y with max and log(sum) apart (+inf for a label logit of -inf).
-  const acc_t nll = (s.max - label_logit) + std::log(s.sum);
+  // lse - z_y with max and log(sum) apart (+inf for a label logit of -inf). When the label holds
+  // the max, sum = 1 + other_sum and log1p keeps a confident row's tiny NLL (log(sum) would round
+  // it to 0 in float32 below 6e-8).
+  const acc_t log_sum = label_logit == s.max ? std::log1p(s.other_sum) : std::log(s.sum);
+  const acc_t nll = (s.max - label_logit) + log_sum;
   const acc_t miss = s.other_sum * inv;  // 1 - p_y
   const acc_t brier = miss * miss + s.other_sq * (inv * inv);
   return {confidence, nll, brier, prediction};

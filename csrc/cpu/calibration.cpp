@@ -8,6 +8,7 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <tuple>
 
 #include "../common/calibration_math.h"
@@ -17,6 +18,9 @@
 
 namespace logitops {
 namespace {
+
+constexpr int64_t kBlock = 1024;
+constexpr int kLanes = 8;
 
 std::tuple<at::Tensor, at::Tensor> calibration_row_stats_cpu(const at::Tensor& logits_in,
                                                              const at::Tensor& labels_in) {
@@ -43,9 +47,18 @@ std::tuple<at::Tensor, at::Tensor> calibration_row_stats_cpu(const at::Tensor& l
             const scalar_t* row = base + i * row_stride;
             const int64_t label = y[i];
             const bool label_ok = label >= 0 && label < num_classes;
+            // kLanes interleaved states per block of kBlock classes, merged at the end of each
+            // block: the rounding error of the sums grows with kBlock / kLanes + C / kBlock
+            // instead of C, and the lanes are independent chains for the CPU.
             auto state = calibration_state_empty<acc_t>();
-            for (int64_t j = 0; j < num_classes; ++j) {
-              calibration_push(state, static_cast<acc_t>(row[j]), j, j != label);
+            for (int64_t start = 0; start < num_classes; start += kBlock) {
+              const int64_t stop = std::min(num_classes, start + kBlock);
+              CalibrationRowState<acc_t> lanes[kLanes];
+              for (auto& lane : lanes) lane = calibration_state_empty<acc_t>();
+              for (int64_t j = start; j < stop; ++j) {
+                calibration_push(lanes[j % kLanes], static_cast<acc_t>(row[j]), j, j != label);
+              }
+              for (const auto& lane : lanes) state = calibration_merge(state, lane);
             }
             const acc_t label_logit = label_ok ? static_cast<acc_t>(row[label]) : acc_t(0);
             const auto out = calibration_finalize(state, label_logit, label_ok);
