@@ -615,3 +615,29 @@ def test_stateful_dtype_is_float32_once_any_batch_is():
 def test_stateful_bad_arguments_raise(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_row_stats_across_blocks(device, dtype):
+    # Rows longer than the CPU kernel's blocks of 1024 classes (and than a CUDA block's threads):
+    # ties between blocks, a leading block of -inf, the label at the max or in a masked block.
+    classes = 3001
+    logits = torch.randn(5, classes, dtype=torch.float64)
+    logits[0, [1500, 2500]] = 9.0  # tie across blocks: the first wins
+    logits[1, :2048] = float("-inf")  # two blocks of -inf, then the rest
+    logits[2, 3000] = 9.0  # the max in the last, one-element block
+    logits[3, :] = float("-inf")
+    logits[3, 1024] = 0.5  # one finite logit, first of its block
+    logits[4, 7] = 9.0
+    labels = torch.tensor([2500, 100, 3000, 1024, 7])  # row 1's label is a -inf class
+    logits = logits.to(dtype)
+    stats, prediction = calibration_row_stats(logits.to(device), labels.to(device))
+    confidence, expected_prediction, nll, brier = row_stats_reference(logits, labels)
+    assert prediction.cpu().tolist() == [1500, expected_prediction[1].item(), 3000, 1024, 7]
+    assert torch.equal(prediction.cpu(), expected_prediction)
+    rtol, atol = TOLERANCES[torch.float64 if dtype == torch.float64 else torch.float32]
+    torch.testing.assert_close(stats[0].cpu(), confidence, rtol=rtol, atol=atol)
+    torch.testing.assert_close(stats[1].cpu(), nll, rtol=rtol, atol=atol)
+    torch.testing.assert_close(stats[2].cpu(), brier, rtol=rtol, atol=atol)
+    assert stats[1, 1].item() == math.inf and stats[0, 3].item() == 1.0
