@@ -44,9 +44,9 @@ LOGITOPS_HD acc_t calibration_scale(acc_t a, acc_t m) {
   return a == -std::numeric_limits<acc_t>::infinity() ? acc_t(0) : std::exp(a - m);
 }
 
-// Pushes logit z of class j (other: j != y). One exp per logit, and a rescale of the sums only
-// when the max grows. A NaN logit makes the state NaN for good; +inf makes every probability
-// undefined, so it does too (the caller reports both).
+// Pushes logit z of class j (other: j != y), in any order of j. One exp per logit, and a rescale
+// of the sums only when the max grows. A NaN logit makes the state NaN for good; +inf makes every
+// probability undefined, so it does too (the caller reports both).
 template <typename acc_t>
 LOGITOPS_HD void calibration_push(CalibrationRowState<acc_t>& s, acc_t z, int64_t j, bool other) {
   constexpr acc_t kInf = std::numeric_limits<acc_t>::infinity();
@@ -62,8 +62,9 @@ LOGITOPS_HD void calibration_push(CalibrationRowState<acc_t>& s, acc_t z, int64_
     s.other_sq *= f * f;
     s.max = z;
     s.arg = j;
-  } else if (s.arg == kCalibrationNoIndex) {
-    s.arg = j;  // a row that starts with -inf: argmax is its first index, as torch's
+  } else if (z == s.max && j < s.arg) {
+    s.arg = j;  // the first index among equal maxima, whatever order the logits come in (and
+                // the first index of a row of -inf only, as torch's argmax)
   }
   const acc_t e = calibration_scale(z, s.max);
   s.sum += e;

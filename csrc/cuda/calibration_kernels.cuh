@@ -1,6 +1,7 @@
 // calibration_row_stats kernel for CUDA, with the semantics of csrc/cpu/calibration.cpp: one
-// thread block per row, each thread sweeping a strided share of the classes with the online state
-// of csrc/common/calibration_math.h, the shares merged by block_reduce.
+// thread block per row, each thread pushing its share of the row (16-byte vectors, stream_row)
+// into the online state of csrc/common/calibration_math.h, the shares merged by block_reduce. The
+// row is read once; the label's logit is read once more by thread 0.
 #pragma once
 
 #include <cstdint>
@@ -33,9 +34,13 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm)
     const scalar_t* __restrict__ logits = args.logits + row * args.row_stride;
     const int64_t label = args.labels[row];
     auto state = calibration_state_empty<acc_t>();
-    for (int64_t j = threadIdx.x; j < args.num_classes; j += blockDim.x) {
-      calibration_push(state, to_acc<acc_t>(logits[j]), j, j != label);
-    }
+    stream_row<unroll_for<acc_t>()>(logits, args.num_classes, [&](const auto& raw, int64_t j0) {
+      constexpr int N = sizeof(raw) / sizeof(raw[0]);
+#pragma unroll
+      for (int k = 0; k < N; ++k) {
+        calibration_push(state, to_acc<acc_t>(raw[k]), j0 + k, j0 + k != label);
+      }
+    });
     state =
         block_reduce(state, calibration_state_empty<acc_t>(),
                      [](const CalibrationRowState<acc_t>& a, const CalibrationRowState<acc_t>& b) {
