@@ -100,6 +100,10 @@ TORCH_LIBRARY(logitops, m) {
       "Tensor lse, int vocab_start, int num_classes, int ignore_index, float label_smoothing, "
       "float z_loss) -> Tensor");
 
+  // Per-row top-1 confidence, NLL and Brier score [3, N] (float64) and prediction [N] of logits
+  // [N, C] with int64 labels [N], for the calibration metrics.
+  m.def("calibration_row_stats(Tensor logits, Tensor labels) -> (Tensor stats, Tensor prediction)");
+
   // Filters logits [B, V]: bias, temperature, then top-k / top-p / min-p in the given order.
   m.def(
       "filter_logits(Tensor logits, Tensor? logit_bias, Tensor temperature, Tensor top_k, "

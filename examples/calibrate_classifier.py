@@ -1,10 +1,13 @@
-"""Temperature scaling of an over-confident classifier, end to end.
+"""Post-hoc calibration of an over-confident classifier, end to end.
 
 Trains a small MLP on scikit-learn's digits dataset (bundled with scikit-learn, no download) for
 far longer than it needs and without any regularization, so that it becomes over-confident;
-fits a temperature on a validation split with :class:`logitops.calibration.TemperatureScaler`;
-and compares ECE / MCE / NLL / accuracy on the test split before and after, with reliability
-diagrams saved as PNG.
+fits temperature, vector and matrix scaling and Dirichlet calibration (the last two with ODIR
+regularization) on a validation split; and compares, on the test split, the calibration
+metrics of logitops.calibration: top-label ECE over equal-width and equal-mass bins, classwise
+ECE, ACE, MCE, the Brier score with its reliability / resolution / uncertainty terms, NLL and
+accuracy. The test split is fed in batches to the stateful metrics, as an evaluation loop over
+a large dataset would. Reliability diagrams and confidence histograms are saved as PNG.
 
 Needs the ``examples`` extra: ``pip install logitops[examples]`` (scikit-learn, matplotlib).
 
@@ -22,7 +25,20 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 import logitops
-from logitops.calibration import TemperatureScaler, calibration_error, reliability_diagram
+from logitops.calibration import (
+    AdaptiveCalibrationError,
+    BrierScore,
+    CalibrationError,
+    DirichletCalibrator,
+    MatrixScaler,
+    NegativeLogLikelihood,
+    TemperatureScaler,
+    VectorScaler,
+    confidence_histogram,
+    reliability_diagram,
+)
+
+NUM_CLASSES = 10
 
 
 def load_splits(seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -67,14 +83,37 @@ def train_overconfident_mlp(x: torch.Tensor, y: torch.Tensor, steps: int) -> tor
     return model.eval()
 
 
-def metrics(logits: torch.Tensor, labels: torch.Tensor, n_bins: int) -> dict[str, float]:
+def metrics(
+    logits: torch.Tensor, labels: torch.Tensor, n_bins: int, batch_size: int = 64
+) -> dict[str, float]:
+    """The test metrics, accumulated batch by batch (the stateful metrics keep per-bin sums, or
+    per-sample confidences for the equal-mass bins, never the logits)."""
+    stateful = {
+        "ECE (%)": CalibrationError(n_bins),
+        "ECE adaptive (%)": CalibrationError(n_bins, binning="adaptive"),
+        "classwise ECE (%)": CalibrationError(n_bins, classwise=True, num_classes=NUM_CLASSES),
+        "ACE (%)": AdaptiveCalibrationError(NUM_CLASSES, n_bins),
+        "MCE (%)": CalibrationError(n_bins, norm="max"),
+        "Brier": BrierScore(decompose=True, num_classes=NUM_CLASSES, n_bins=n_bins),
+        "NLL": NegativeLogLikelihood(),
+    }
     with torch.no_grad():
-        return {
-            "ECE (%)": 100 * calibration_error(logits, labels, n_bins=n_bins).item(),
-            "MCE (%)": 100 * calibration_error(logits, labels, n_bins=n_bins, norm="max").item(),
-            "NLL": logitops.cross_entropy(logits, labels).item(),
-            "accuracy (%)": 100 * (logits.argmax(1) == labels).double().mean().item(),
-        }
+        for start in range(0, len(labels), batch_size):
+            batch = logits[start : start + batch_size], labels[start : start + batch_size]
+            for metric in stateful.values():
+                metric.update(*batch)
+        out = {}
+        for name, metric in stateful.items():
+            value = metric.compute()
+            if name == "Brier":
+                out["Brier"] = value.score.item()
+                out["  reliability"] = value.reliability.item()
+                out["  resolution"] = value.resolution.item()
+                out["  uncertainty"] = value.uncertainty.item()
+            else:
+                out[name] = (100 if "%" in name else 1) * value.item()
+        out["accuracy (%)"] = 100 * (logits.argmax(1) == labels).double().mean().item()
+    return out
 
 
 def main() -> None:
@@ -97,29 +136,45 @@ def main() -> None:
     train_nll = logitops.cross_entropy(logits["train"], labels["train"]).item()
     print(f"after {args.steps} steps: training NLL {train_nll:.2e}")
 
-    scaler = TemperatureScaler().fit(logits["val"], labels["val"])
-    print(f"temperature fitted on the validation split: T = {scaler.temperature:.3f}")
+    val = logits["val"], labels["val"]
+    temperature = TemperatureScaler().fit(*val)
+    print(f"temperature fitted on the validation split: T = {temperature.temperature:.3f}")
+    calibrators = {
+        "temperature": temperature,
+        "vector": VectorScaler(NUM_CLASSES).fit(*val, lr=1.0),
+        "matrix+ODIR": MatrixScaler(NUM_CLASSES, off_diagonal_l2=0.1, intercept_l2=0.1).fit(
+            *val, lr=1.0
+        ),
+        "Dirichlet+ODIR": DirichletCalibrator(
+            NUM_CLASSES, off_diagonal_l2=0.1, intercept_l2=0.1
+        ).fit(*val, lr=1.0),
+    }
     with torch.no_grad():
-        calibrated = scaler(logits["test"])
+        test_logits = {"uncalibrated": logits["test"]}
+        test_logits.update({name: c(logits["test"]) for name, c in calibrators.items()})
 
-    before = metrics(logits["test"], labels["test"], args.bins)
-    after = metrics(calibrated, labels["test"], args.bins)
+    table = {name: metrics(z, labels["test"], args.bins) for name, z in test_logits.items()}
     print(f"\ntest split ({len(labels['test'])} samples, {args.bins} bins)")
-    print(f"{'metric':<14}{'before':>10}{'after':>10}")
-    for name in before:
-        print(f"{name:<14}{before[name]:>10.3f}{after[name]:>10.3f}")
+    names = list(table)
+    print(f"{'metric':<20}" + "".join(f"{name:>16}" for name in names))
+    for row in table[names[0]]:
+        print(f"{row:<20}" + "".join(f"{table[name][row]:>16.4f}" for name in names))
     print("(MCE is the gap of the worst non-empty bin, often one holding a handful of samples)")
 
     args.out.mkdir(parents=True, exist_ok=True)
-    for tag, test_logits in (("before", logits["test"]), ("after", calibrated)):
-        path = args.out / f"reliability_{tag}.png"
+    for tag, name in (("before", "uncalibrated"), ("after", "temperature")):
         heading = (
             "uncalibrated"
             if tag == "before"
-            else f"temperature-scaled, T = {scaler.temperature:.2f}"
+            else f"temperature-scaled, T = {temperature.temperature:.2f}"
         )
-        reliability_diagram(test_logits, labels["test"], n_bins=args.bins, path=path, title=heading)
-        print(f"saved {path}")
+        for kind, draw in (
+            ("reliability", reliability_diagram),
+            ("confidence", confidence_histogram),
+        ):
+            path = args.out / f"{kind}_{tag}.png"
+            draw(test_logits[name], labels["test"], n_bins=args.bins, path=path, title=heading)
+            print(f"saved {path}")
     print(f"done in {time.perf_counter() - start:.1f} s")
 
 

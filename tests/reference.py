@@ -227,3 +227,87 @@ def kl_div_reference(
     if reduction == "sum":
         return rows.sum()
     return rows.sum() / keep.sum()
+
+
+# --- Calibration (logitops.calibration) ------------------------------------------------------
+
+
+def calibration_probabilities_reference(logits: Tensor, from_logits: bool = True) -> Tensor:
+    """Class probabilities [N, C] in float64: the softmax in the accumulation dtype (float32 for
+    half and float32 inputs); binary (N,) logits give the two columns [1 - p, p], p = sigmoid."""
+    x = logits if logits.dtype == torch.float64 else logits.float()
+    if logits.dim() == 1:
+        p = (torch.sigmoid(x) if from_logits else x).double()
+        return torch.stack([1 - p, p], 1)
+    return (torch.softmax(x, dim=1) if from_logits else x).double()
+
+
+def top_label_reference(logits: Tensor, labels: Tensor, from_logits: bool = True):
+    """(confidence, correct) per row: multi-class the top softmax probability and whether its
+    (first) class is the label; binary max(p, 1 - p) and whether (p >= 0.5) is the label."""
+    probs = calibration_probabilities_reference(logits, from_logits)
+    if logits.dim() == 1:
+        p = probs[:, 1]
+        return torch.maximum(p, 1 - p), (p >= 0.5).long() == labels.long()
+    confidence, prediction = probs.max(dim=1)
+    return confidence, prediction == labels
+
+
+def uniform_bin_masks(values: Tensor, n_bins: int) -> list[Tensor]:
+    """Bin k = (k / n_bins, (k + 1) / n_bins]; the first bin also holds 0."""
+    masks = []
+    for k in range(n_bins):
+        mask = (values > k / n_bins) & (values <= (k + 1) / n_bins)
+        if k == 0:
+            mask |= values == 0
+        masks.append(mask)
+    return masks
+
+
+def adaptive_bin_masks(values: Tensor, n_bins: int) -> list[Tensor]:
+    """Equal-mass bins: the value of rank r (stable ascending sort) goes to bin r * n_bins // N."""
+    n = values.numel()
+    order = sorted(range(n), key=lambda i: (float(values[i]), i))
+    masks = [torch.zeros(n, dtype=torch.bool) for _ in range(n_bins)]
+    for rank, i in enumerate(order):
+        masks[rank * n_bins // n][i] = True
+    return masks
+
+
+def binned_calibration_error_reference(
+    confidence: Tensor, hit: Tensor, masks: list[Tensor], norm: str
+) -> Tensor:
+    """ECE (l1), MCE (max) or RMS (l2) over the given bins, one bin at a time."""
+    total = confidence.numel()
+    ece = mce = mse = torch.zeros((), dtype=torch.float64)
+    for mask in masks:
+        n = int(mask.sum())
+        if n == 0:
+            continue
+        gap = (hit[mask].double().mean() - confidence[mask].double().mean()).abs()
+        ece = ece + n / total * gap
+        mse = mse + n / total * gap**2
+        mce = torch.maximum(mce, gap)
+    return {"l1": ece, "max": mce, "l2": mse.sqrt()}[norm]
+
+
+def brier_decomposition_reference(probs: Tensor, labels: Tensor, n_bins: int) -> dict:
+    """Sum over the columns c of probs [N, G] (labels [N] in [0, G)) of the Murphy terms over
+    equal-width bins of p_c, with the within-bin variance and covariance of Stephenson et al."""
+    terms = dict(reliability=0.0, resolution=0.0, uncertainty=0.0, variance=0.0, covariance=0.0)
+    n = probs.shape[0]
+    for c in range(probs.shape[1]):
+        p, y = probs[:, c].double(), (labels == c).double()
+        base = float(y.mean())
+        terms["uncertainty"] += base * (1 - base)
+        for mask in uniform_bin_masks(p, n_bins):
+            k = int(mask.sum())
+            if k == 0:
+                continue
+            pb, yb = p[mask], y[mask]
+            mean_p, freq = float(pb.mean()), float(yb.mean())
+            terms["reliability"] += k * (mean_p - freq) ** 2 / n
+            terms["resolution"] += k * (freq - base) ** 2 / n
+            terms["variance"] += float(((pb - mean_p) ** 2).sum()) / n
+            terms["covariance"] += float(((pb - mean_p) * (yb - freq)).sum()) / n
+    return terms

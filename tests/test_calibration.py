@@ -17,6 +17,7 @@ from logitops.calibration import (
     VectorScaler,
     _bin_indices,
     calibration_error,
+    confidence_histogram,
     reliability_diagram,
 )
 
@@ -460,11 +461,30 @@ def test_reliability_diagram_writes_png(tmp_path, num_classes):
     assert reliability_diagram(logits, labels) is not None  # without path: nothing written
 
 
-def test_reliability_diagram_without_matplotlib(monkeypatch):
+@pytest.mark.parametrize("num_classes", [1, 10], ids=["binary", "C10"])
+def test_confidence_histogram_writes_png(tmp_path, num_classes):
+    pytest.importorskip("matplotlib")
+    logits, labels = random_inputs(2000, num_classes)
+    path = tmp_path / "confidence.png"
+    fig = confidence_histogram(logits, labels, n_bins=10, path=path, title="test")
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    confidence, correct = reference_confidences(logits, labels)
+    title = fig.axes[0].get_title()
+    assert title.startswith("test")
+    assert f"accuracy {100 * correct.double().mean():.2f}%" in title
+    assert f"mean confidence {100 * confidence.mean():.2f}%" in title
+    heights = [patch.get_height() for patch in fig.axes[0].patches]
+    counts = torch.bincount(_bin_indices(confidence, 10), minlength=10).double() / 2000
+    torch.testing.assert_close(torch.tensor(heights, dtype=torch.float64), counts)
+
+
+@pytest.mark.parametrize("draw", [reliability_diagram, confidence_histogram])
+def test_figures_without_matplotlib(monkeypatch, draw):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     with pytest.raises(ImportError, match=r"logitops\[examples\]"):
-        reliability_diagram(torch.randn(10, 3), torch.zeros(10, dtype=torch.long))
+        draw(torch.randn(10, 3), torch.zeros(10, dtype=torch.long))
 
 
 def test_runtime_does_not_import_matplotlib():

@@ -896,9 +896,33 @@ def _overloads(base, make):
     }
 
 
+def calibration_row_stats_samples(device):
+    # Odd class counts, a non-contiguous row stride, -inf logits and each dtype (no NaN output:
+    # opcheck compares the outputs with ==).
+    for shape, dtype, layout in (
+        ((5, 7), torch.float32, "contiguous"),
+        ((3, 1), torch.float32, "contiguous"),
+        ((4, 259), torch.float32, "strided"),
+        ((5, 7), torch.bfloat16, "contiguous"),
+        ((5, 7), torch.float16, "contiguous"),
+        ((5, 7), torch.float64, "masked"),
+    ):
+        rows, classes = shape
+        logits = torch.randn(rows, classes * (2 if layout == "strided" else 1), dtype=dtype)
+        logits = logits[:, :classes] if layout == "strided" else logits
+        if layout == "masked":
+            logits[0, 1:] = float("-inf")
+        labels = torch.randint(0, classes, (rows,))
+        yield (
+            kind(shape="x".join(map(str, shape)), dtype=str(dtype).split(".")[1], layout=layout),
+            (logits.to(device), labels.to(device)),
+        )
+
+
 SAMPLE_INPUTS = {
     "bce_with_logits_backward": bce_backward_samples,
     "bce_with_logits_forward": bce_forward_samples,
+    "calibration_row_stats": calibration_row_stats_samples,
     "cross_entropy_backward": cross_entropy_backward_samples,
     "cross_entropy_forward": cross_entropy_forward_samples,
     "cross_entropy_probs_backward": cross_entropy_probs_backward_samples,

@@ -34,6 +34,7 @@ VECTOR_STORE_KERNELS = (
     "vocab_parallel_backward_kernel",
 )
 VECTOR_LOAD_KERNELS = (
+    "calibration_row_stats_kernel",
     "cross_entropy_forward_kernel",
     "cross_entropy_probs_forward_kernel",
     "vocab_parallel_stats_kernel",

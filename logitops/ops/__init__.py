@@ -2,6 +2,7 @@
 
 from . import (
     bce_with_logits,
+    calibration,
     cross_entropy,
     distillation,
     linear_cross_entropy,
@@ -11,6 +12,7 @@ from . import (
 
 __all__ = [
     "bce_with_logits",
+    "calibration",
     "cross_entropy",
     "distillation",
     "linear_cross_entropy",
