@@ -6,6 +6,7 @@ from . import (
     distillation,
     linear_cross_entropy,
     sampling,
+    token_logprobs,
     vocab_parallel,
 )
 
@@ -15,5 +16,6 @@ __all__ = [
     "distillation",
     "linear_cross_entropy",
     "sampling",
+    "token_logprobs",
     "vocab_parallel",
 ]

@@ -1,0 +1,123 @@
+// Per-token log-probability and entropy kernels for CUDA (softmax(logits / T)). Torch-free: the
+// row math is common/token_logprobs_math.h, shared with the CPU kernels.
+//
+// One thread block per row, scalar loads. Forward: pass 1 the log-sum-exp with the online merge,
+// the target's log-probability from it; pass 2, only for the entropy, sum_j -p_j lp_j. Backward:
+// one pass from the saved lse and entropy. Ignored rows (target == ignore_index) get logprob 0,
+// entropy 0, lse 0 and a zero gradient; a target out of range gives NaN for its row (never an
+// out-of-bounds read).
+#pragma once
+
+#include <cstdint>
+#include <limits>
+
+#include "../common/logit_math.h"
+#include "../common/token_logprobs_math.h"
+#include "cuda_utils.cuh"
+#include "row_reduce.cuh"
+
+namespace logitops {
+namespace cuda {
+
+// Threads per row: about eight elements each.
+inline int token_logprobs_block_threads(int64_t num_classes) { return threads_for(num_classes, 8); }
+
+template <typename scalar_t, typename acc_t>
+struct TokenLogprobArgs {
+  const scalar_t* logits;  // [num_rows, num_classes], unit stride along classes
+  int64_t stride;          // in elements
+  int64_t num_rows;
+  int64_t num_classes;
+  const int64_t* target;  // [num_rows], contiguous
+  int64_t ignore_index;
+  acc_t inv_temperature;
+};
+
+// Forward: logprob_out, lse_out and (when entropy_out is not nullptr) entropy_out, one value per
+// row in the accumulation dtype. blockDim.x from token_logprobs_block_threads.
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm)
+    token_logprobs_forward_kernel(const TokenLogprobArgs<scalar_t, acc_t> args,
+                                  acc_t* __restrict__ logprob_out, acc_t* __restrict__ entropy_out,
+                                  acc_t* __restrict__ lse_out) {
+  const int64_t num_classes = args.num_classes;
+  const int64_t threads = blockDim.x;
+  const acc_t inv_t = args.inv_temperature;
+  const acc_t nan = std::numeric_limits<acc_t>::quiet_NaN();
+  for (int64_t row = blockIdx.x; row < args.num_rows; row += gridDim.x) {
+    const int64_t y = args.target[row];
+    // Uniform across the block, so the early exit skips no barrier that others wait at.
+    if (y == args.ignore_index) {
+      if (threadIdx.x == 0) {
+        logprob_out[row] = lse_out[row] = acc_t(0);
+        if (entropy_out != nullptr) entropy_out[row] = acc_t(0);
+      }
+      continue;
+    }
+    const scalar_t* __restrict__ logits = args.logits + row * args.stride;
+    LseState<acc_t> part = lse_empty<acc_t>();
+    for (int64_t j = threadIdx.x; j < num_classes; j += threads) {
+      const acc_t z[1] = {to_acc<acc_t>(logits[j]) * inv_t};
+      lse_push_values(part, z);
+    }
+    const LseState<acc_t> state = block_all_reduce(
+        part, lse_empty<acc_t>(),
+        [](const LseState<acc_t>& a, const LseState<acc_t>& b) { return lse_merge(a, b); });
+    const TokenLogSoftmax<acc_t> ls = token_log_softmax(state);
+    const bool valid = target_is_valid(y, num_classes, args.ignore_index);
+    if (threadIdx.x == 0) {
+      lse_out[row] = lse_finalize(state);
+      logprob_out[row] = valid ? ls.lp(to_acc<acc_t>(logits[y]) * inv_t) : nan;
+    }
+    if (entropy_out == nullptr) continue;
+    if (!valid || !lse_state_is_finite(state)) {  // uniform: every thread has the same state
+      if (threadIdx.x == 0) entropy_out[row] = nan;
+      continue;
+    }
+    acc_t sum = acc_t(0);
+    for (int64_t j = threadIdx.x; j < num_classes; j += threads) {
+      sum += token_entropy_term(ls.lp(to_acc<acc_t>(logits[j]) * inv_t));
+    }
+    sum = block_reduce(sum, acc_t(0), [](acc_t a, acc_t b) { return a + b; });
+    if (threadIdx.x == 0) entropy_out[row] = sum;
+  }
+}
+
+// Backward: grad[row, :] = d (a logprob + b entropy) / d logits with a = grad_logprob[row] and
+// b = grad_entropy[row] (either may be nullptr: 0), from the saved lse and entropy. grad is
+// contiguous [num_rows, num_classes].
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm)
+    token_logprobs_backward_kernel(const TokenLogprobArgs<scalar_t, acc_t> args,
+                                   const acc_t* __restrict__ grad_logprob,
+                                   const acc_t* __restrict__ grad_entropy,
+                                   const acc_t* __restrict__ lse, const acc_t* __restrict__ entropy,
+                                   scalar_t* __restrict__ grad) {
+  const int64_t num_classes = args.num_classes;
+  const acc_t inv_t = args.inv_temperature;
+  const acc_t nan = std::numeric_limits<acc_t>::quiet_NaN();
+  for (int64_t row = blockIdx.x; row < args.num_rows; row += gridDim.x) {
+    scalar_t* __restrict__ grad_row = grad + row * num_classes;
+    const int64_t y = args.target[row];
+    const acc_t a = grad_logprob != nullptr ? grad_logprob[row] : acc_t(0);
+    const acc_t b = grad_entropy != nullptr ? grad_entropy[row] : acc_t(0);
+    if (token_logprob_grad_is_zero(y == args.ignore_index, a, b)) {
+      for (int64_t j = threadIdx.x; j < num_classes; j += blockDim.x) {
+        grad_row[j] = from_acc<scalar_t>(acc_t(0));
+      }
+      continue;
+    }
+    const bool valid = target_is_valid(y, num_classes, args.ignore_index);
+    const acc_t row_lse = lse[row];
+    const acc_t h = grad_entropy != nullptr ? entropy[row] : acc_t(0);
+    const scalar_t* __restrict__ logits = args.logits + row * args.stride;
+    for (int64_t j = threadIdx.x; j < num_classes; j += blockDim.x) {
+      const acc_t lp = to_acc<acc_t>(logits[j]) * inv_t - row_lse;
+      grad_row[j] =
+          from_acc<scalar_t>(valid ? token_logprob_grad(lp, j == y, a, b, h, inv_t) : nan);
+    }
+  }
+}
+
+}  // namespace cuda
+}  // namespace logitops
