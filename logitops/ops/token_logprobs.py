@@ -242,7 +242,9 @@ class LinearTokenLogprobs(torch.autograd.Function):
         needs = ctx.needs_input_grad
         if grad_logprob is None and grad_entropy is None:
             return (None,) * 9
-        if _composite.needs_composite_backward(
+        # Dynamo traces this backward (an autograd.Function's), and cannot trace the probe for
+        # batched gradients; a compiled graph has neither create_graph nor batched gradients.
+        if not torch.compiler.is_compiling() and _composite.needs_composite_backward(
             input, linear_weight, linear_bias, upstream=(grad_logprob, grad_entropy)
         ):
             grads = _composite.recompute_vjp(
