@@ -5,6 +5,9 @@ torch.compile(fullgraph=True), autograd safety, the ops directly, and bad inputs
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -391,6 +394,18 @@ def test_linear_autocast_cpu():
     assert_close(h, ref_h, torch.float32, scale=10, what="autocast entropy")
     (lp.sum() + h.sum()).backward()
     assert x.grad.dtype == torch.float32 and w.grad.dtype == torch.float32
+
+
+def test_grpo_example_runs_and_learns(capsys):
+    path = Path(__file__).parents[1] / "examples" / "grpo_step.py"
+    spec = importlib.util.spec_from_file_location("grpo_step", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    # Its first step checks the fused loss and gradients against the unfused computation.
+    history = example.main(["--steps", "8", "--prompts", "2", "--group", "6"])
+    assert "match the unfused" in capsys.readouterr().out
+    assert history[-1]["reward"] > history[0]["reward"]
+    assert max(h["clip_frac"] for h in history) > 0  # the clipping took effect
 
 
 # --- the ops directly --------------------------------------------------------------------------
