@@ -122,17 +122,43 @@ def test_minus_inf_and_huge_logits(device, dtype):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_non_finite_rows_are_nan(device):
-    logits = make_logits(4, 16, torch.float32, device)
+@pytest.mark.parametrize("vocab", [16, 5000])
+def test_non_finite_rows_are_nan(device, vocab):
+    logits = make_logits(5, vocab, torch.float32, device)
     logits[0, :] = -float("inf")
-    logits[1, 4] = float("nan")
-    target = torch.tensor([1, 2, 3, -100], device=device)
+    logits[1, vocab - 4] = float("nan")
+    logits[2, vocab - 3] = float("inf")  # not the target: NaN all the same, as log_softmax
+    target = torch.tensor([1, 2, 3, 4, -100], device=device)
     x = logits.clone().requires_grad_()
     logprob, entropy = logitops.token_logprobs(x, target, return_entropy=True)
-    assert torch.isnan(logprob[:2]).all() and torch.isnan(entropy[:2]).all()
-    assert torch.isfinite(logprob[2:]).all() and logprob[3] == 0 and entropy[3] == 0
+    assert torch.isnan(logprob[:3]).all() and torch.isnan(entropy[:3]).all()
+    assert torch.isnan(logitops.token_logprobs(logits, target)[:3]).all()  # without the entropy
+    assert torch.isfinite(logprob[3:]).all() and logprob[4] == 0 and entropy[4] == 0
     (logprob + entropy).sum().backward()
-    assert torch.isnan(x.grad[:2]).all() and torch.isfinite(x.grad[2:]).all()
+    assert torch.isnan(x.grad[:3]).all() and torch.isfinite(x.grad[3:]).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_masked_blocks_across_a_long_row(device, dtype):
+    # -inf over whole blocks of the CPU kernel (2048 columns) and the max in the last one: the
+    # one-pass entropy state starts empty, rescales, and merges blocks that add nothing.
+    vocab = 5000
+    logits = make_logits(3, vocab, dtype, device)
+    logits[0, :4500] = -float("inf")
+    logits[1, 2048:4096] = -float("inf")
+    logits[2, -1] = 60.0  # a max far above the rest, found last
+    target = torch.tensor([100, 3000, 7], device=device)  # row 0, 1: a -inf target
+    x = logits.clone().requires_grad_()
+    logprob, entropy = logitops.token_logprobs(x, target, temperature=0.8, return_entropy=True)
+    ref_lp, ref_h = token_logprobs_reference(logits, target, temperature=0.8)
+    assert (logprob[:2] == -float("inf")).all()
+    assert_close(logprob[2], ref_lp[2], dtype, what="logprob")
+    assert_close(entropy, ref_h, dtype, scale=10, what="entropy")
+    entropy.sum().backward()
+    xr = logits.double().requires_grad_()
+    token_logprobs_reference(xr, target, temperature=0.8)[1].sum().backward()
+    assert_close(x.grad, xr.grad, dtype, what="entropy grad")
 
 
 @pytest.mark.parametrize("device", DEVICES)

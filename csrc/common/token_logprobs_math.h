@@ -20,27 +20,87 @@
 
 namespace logitops {
 
-// The log-softmax of one row from its log-sum-exp state, the max and log(sum) kept apart (as
-// LogSoftmaxPair does for two rows): lp(z) = (z - max) - log(sum). A non-finite state (all -inf,
-// +inf or NaN) folds into max and leaves log(sum) at 0, so lp = z - lse (NaN or -inf).
+// The target's log-probability from the row's state and its (divided) logit z_y, the max and
+// log(sum) kept apart: (z_y - max) - log(sum) (rounding the lse first would cost the digits that
+// it shares with z_y). NaN for a row of all -inf, or with +inf or NaN, as log_softmax gives.
 template <typename acc_t>
-struct TokenLogSoftmax {
-  acc_t max, log_sum;
+LOGITOPS_HD acc_t token_logprob(LseState<acc_t> state, acc_t target_logit) {
+  if (!lse_state_is_finite(state)) return std::numeric_limits<acc_t>::quiet_NaN();
+  return (target_logit - state.max) - std::log(state.sum);
+}
 
-  LOGITOPS_HD acc_t lp(acc_t z) const { return (z - max) - log_sum; }
+// One pass for both the log-sum-exp and the entropy: the running state of sum_j e^{z_j} =
+// sum * e^max and shifted = sum_j e^{z_j - max} (z_j - max), merged like LseState (every term of
+// shifted is <= 0, so neither the sums nor the rescaling cancel anything). Then
+// lse = max + log(sum) and H = log(sum) - shifted / sum (entropy_finalize).
+template <typename acc_t>
+struct EntropyState {
+  acc_t max;
+  acc_t sum;
+  acc_t shifted;
 };
 
 template <typename acc_t>
-LOGITOPS_HD TokenLogSoftmax<acc_t> token_log_softmax(LseState<acc_t> state) {
-  const bool finite = lse_state_is_finite(state);
-  return {finite ? state.max : lse_finalize(state), finite ? std::log(state.sum) : acc_t(0)};
+LOGITOPS_HD EntropyState<acc_t> entropy_empty() {
+  return {-std::numeric_limits<acc_t>::infinity(), acc_t(0), acc_t(0)};
 }
 
-// -p lp, the element's share of the entropy: 0 where p = 0 (a -inf logit is not a NaN).
+// The log-sum-exp part of the state.
 template <typename acc_t>
-LOGITOPS_HD acc_t token_entropy_term(acc_t lp) {
-  const acc_t p = prob_from_log(lp);
-  return p > acc_t(0) ? -p * lp : acc_t(0);
+LOGITOPS_HD LseState<acc_t> entropy_lse_state(EntropyState<acc_t> s) {
+  return {s.max, s.sum};
+}
+
+// (sum, shifted) of a state's terms taken relative to a finite m >= s.max; nothing for an empty
+// state or one that underflows entirely (no 0 * inf from a far-away max).
+template <typename acc_t>
+LOGITOPS_HD EntropyState<acc_t> entropy_rescaled(EntropyState<acc_t> s, acc_t m) {
+  if (s.sum == acc_t(0)) return {m, acc_t(0), acc_t(0)};
+  const acc_t d = s.max - m;
+  const acc_t f = std::exp(d);
+  if (f == acc_t(0)) return {m, acc_t(0), acc_t(0)};
+  return {m, s.sum * f, f * (s.shifted + d * s.sum)};
+}
+
+// Merge two partial states (any order; the order changes only rounding). NaN in either makes the
+// state NaN; a +inf max makes it {+inf, 1, NaN}; both empty stays empty.
+template <typename acc_t>
+LOGITOPS_HD EntropyState<acc_t> entropy_merge(EntropyState<acc_t> a, EntropyState<acc_t> b) {
+  const acc_t nan = std::numeric_limits<acc_t>::quiet_NaN();
+  const acc_t inf = std::numeric_limits<acc_t>::infinity();
+  if (a.max != a.max || b.max != b.max) return {nan, nan, nan};
+  const acc_t m = a.max > b.max ? a.max : b.max;
+  if (m == inf) return {m, acc_t(1), nan};
+  if (m == -inf) return entropy_empty<acc_t>();
+  const EntropyState<acc_t> ra = entropy_rescaled(a, m), rb = entropy_rescaled(b, m);
+  return {m, ra.sum + rb.sum, ra.shifted + rb.shifted};
+}
+
+// Adds one value: one exp, and a rescale only when the max grows (entropy_merge's rules for NaN
+// and +inf).
+template <typename acc_t>
+LOGITOPS_HD void entropy_push(EntropyState<acc_t>& s, acc_t z) {
+  const acc_t inf = std::numeric_limits<acc_t>::infinity();
+  if (z <= s.max) {
+    // +inf: decided; -inf: z is -inf too and adds nothing.
+    if (!(s.max < inf) || s.max == -inf) return;
+    const acc_t d = z - s.max;
+    const acc_t e = std::exp(d);
+    s.sum += e;
+    if (e > acc_t(0)) s.shifted += e * d;
+  } else if (z < inf && s.max == s.max) {  // a larger finite max (or the first finite value)
+    s = entropy_rescaled(s, z);
+    s.sum += acc_t(1);  // the new value: e^0, and (z - max) = 0 adds nothing to shifted
+  } else {
+    s = entropy_merge(s, EntropyState<acc_t>{z, acc_t(1), acc_t(0)});
+  }
+}
+
+// H = log(sum) - shifted / sum; NaN unless the state is finite.
+template <typename acc_t>
+LOGITOPS_HD acc_t entropy_finalize(EntropyState<acc_t> s) {
+  if (!lse_state_is_finite(entropy_lse_state(s))) return std::numeric_limits<acc_t>::quiet_NaN();
+  return std::log(s.sum) - s.shifted / s.sum;
 }
 
 // p_j (a + b (lp_j + H)), the part of d / d z_j every element has; 0 where p_j = 0. The entropy
@@ -64,6 +124,15 @@ LOGITOPS_HD acc_t token_logprob_grad(acc_t lp, bool is_target, acc_t grad_logpro
   acc_t g = -token_logprob_prob_grad(lp, grad_logprob, grad_entropy, entropy);
   if (is_target) g += grad_logprob;
   return g * inv_temperature;
+}
+
+// Whether a row's gradient follows the formula: a target in range and a finite saved lse. Any
+// other row that is not zero (token_logprob_grad_is_zero) is NaN throughout, as log_softmax's
+// gradient of a row with +inf, NaN or only -inf logits.
+template <typename acc_t>
+LOGITOPS_HD bool token_logprob_grad_is_defined(bool valid_target, acc_t lse) {
+  return valid_target && lse > -std::numeric_limits<acc_t>::infinity() &&
+         lse < std::numeric_limits<acc_t>::infinity();
 }
 
 // Whether a row's gradient is zero whatever its logits: an ignored row, or zero upstream

@@ -1,8 +1,9 @@
 // Per-token log-probabilities and entropies of softmax(logits / T), on the CPU (the row math is
 // common/token_logprobs_math.h, shared with the CUDA kernels).
 //
-// Forward, per row: pass 1 the log-sum-exp with the online merge (blocks in L1, lse_block); the
-// target's log-probability from it; pass 2, only for the entropy, sum_j -p_j lp_j. Backward, per
+// Forward, per row, one read of the logits: the log-sum-exp with the online merge (blocks in L1,
+// lse_block), or with the entropy, the EntropyState of token_logprobs_math.h (one exp per element
+// for both); the target's log-probability from it. Backward, per
 // row, one pass from the saved lse and entropy: (a [j == y] - p_j (a + b (lp_j + H))) / T.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -61,27 +62,45 @@ struct TokenRows {
     return state;
   }
 
-  // -sum_j p_j lp_j of a row with a finite state; the block sums in double.
-  acc_t entropy(int64_t i, const TokenLogSoftmax<acc_t>& ls, acc_t* z) const {
+  // The log-sum-exp and entropy state of row i in one read: per block of L1 the block's max,
+  // then one exp per element for both sums, merged into the row's state.
+  EntropyState<acc_t> entropy_state(int64_t i, acc_t* z) const {
     using Vec = Vectorized<acc_t>;
-    const Vec vmax(ls.max), vlog_sum(ls.log_sum), zero(acc_t(0));
-    double total = 0;
+    constexpr acc_t kInf = std::numeric_limits<acc_t>::infinity();
+    EntropyState<acc_t> state = entropy_empty<acc_t>();
     for (int64_t start = 0; start < num_classes; start += kTokenBlock) {
       const int64_t n = std::min(kTokenBlock, num_classes - start);
       load(i, start, n, z);
-      Vec vsum(acc_t(0));
+      Vec vmax(-kInf);
       int64_t j = 0;
       for (; j + Vec::size() <= n; j += Vec::size()) {
-        const Vec lp = (Vec::loadu(z + j) - vmax) - vlog_sum;
-        const Vec p = simd::prob_from_log(lp);
-        // p = 0 (a -inf logit) adds 0, not 0 * -inf.
-        vsum = vsum - Vec::blendv(p * lp, zero, p == zero);
+        vmax = at::vec::maximum(vmax, Vec::loadu(z + j));
       }
-      acc_t block = at::vec::vec_reduce_all<acc_t>([](Vec& a, Vec& b) { return a + b; }, vsum);
-      for (; j < n; ++j) block += token_entropy_term(ls.lp(z[j]));
-      total += double(block);
+      acc_t m = at::vec::vec_reduce_all<acc_t>(
+          [](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, vmax);
+      for (; j < n; ++j) {
+        if (z[j] != z[j] || z[j] > m) m = z[j];  // NaN-propagating, like at::vec::maximum
+      }
+      if (!(m > -kInf && m < kInf)) {  // all -inf (adds nothing), +inf or NaN
+        state = entropy_merge(state,
+                              EntropyState<acc_t>{m, m == -kInf ? acc_t(0) : acc_t(1), acc_t(0)});
+        continue;
+      }
+      const Vec vm(m), zero(acc_t(0));
+      Vec vsum(acc_t(0)), vshifted(acc_t(0));
+      for (j = 0; j + Vec::size() <= n; j += Vec::size()) {
+        const Vec d = Vec::loadu(z + j) - vm;
+        const Vec e = fast_exp(d);
+        vsum += e;
+        vshifted += Vec::blendv(e * d, zero, e == zero);  // a -inf logit adds 0, not 0 * -inf
+      }
+      const auto add = [](Vec& a, Vec& b) { return a + b; };
+      EntropyState<acc_t> block{m, at::vec::vec_reduce_all<acc_t>(add, vsum),
+                                at::vec::vec_reduce_all<acc_t>(add, vshifted)};
+      for (; j < n; ++j) entropy_push(block, z[j]);
+      state = entropy_merge(state, block);
     }
-    return acc_t(total);
+    return state;
   }
 
   // Row i of the gradient for upstream a (logprob) and b (entropy), from the saved lse and H.
@@ -89,11 +108,11 @@ struct TokenRows {
                 acc_t* z) const {
     using Vec = Vectorized<acc_t>;
     const int64_t y = target[i];
-    const bool valid = target_is_valid(y, num_classes, ignore_index);
-    // The vector body needs a finite lse (fast_exp does not propagate NaN); other rows take the
-    // scalar formula, which does.
-    const bool vector_ok = valid && lse > -std::numeric_limits<acc_t>::infinity() &&
-                           lse < std::numeric_limits<acc_t>::infinity() && entropy == entropy;
+    const bool valid =
+        token_logprob_grad_is_defined(target_is_valid(y, num_classes, ignore_index), lse);
+    // The vector body needs finite operands (fast_exp does not propagate NaN); a NaN entropy
+    // takes the scalar formula, which does.
+    const bool vector_ok = valid && entropy == entropy;
     const Vec vlse(lse), va(a), vb(b), vh(entropy), vinv(inv_temperature), zero(acc_t(0));
     const acc_t nan = std::numeric_limits<acc_t>::quiet_NaN();
     for (int64_t start = 0; start < num_classes; start += kTokenBlock) {
@@ -164,14 +183,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> token_logprobs_forward_cpu(
               if (h_out != nullptr) h_out[i] = acc_t(0);
               continue;
             }
-            const LseState<acc_t> state = ctx.lse_state(i, z.data());
-            const TokenLogSoftmax<acc_t> ls = token_log_softmax(state);
             const bool valid = target_is_valid(y, cols, ignore_index);
-            lse_out[i] = lse_finalize(state);
-            lp_out[i] = valid ? ls.lp(ctx.logit(i, y)) : nan;
+            LseState<acc_t> state;
             if (h_out != nullptr) {
-              h_out[i] = valid && lse_state_is_finite(state) ? ctx.entropy(i, ls, z.data()) : nan;
+              const EntropyState<acc_t> full = ctx.entropy_state(i, z.data());
+              state = entropy_lse_state(full);
+              h_out[i] = valid ? entropy_finalize(full) : nan;
+            } else {
+              state = ctx.lse_state(i, z.data());
             }
+            lse_out[i] = lse_finalize(state);
+            lp_out[i] = valid ? token_logprob(state, ctx.logit(i, y)) : nan;
           }
         });
       });

@@ -1,11 +1,11 @@
 // Per-token log-probability and entropy kernels for CUDA (softmax(logits / T)). Torch-free: the
 // row math is common/token_logprobs_math.h, shared with the CPU kernels.
 //
-// One thread block per row, scalar loads. Forward: pass 1 the log-sum-exp with the online merge,
-// the target's log-probability from it; pass 2, only for the entropy, sum_j -p_j lp_j. Backward:
-// one pass from the saved lse and entropy. Ignored rows (target == ignore_index) get logprob 0,
-// entropy 0, lse 0 and a zero gradient; a target out of range gives NaN for its row (never an
-// out-of-bounds read).
+// One thread block per row, scalar loads, one read of the row each way. Forward: the log-sum-exp
+// with the online merge, or with the entropy the EntropyState of token_logprobs_math.h; the
+// target's log-probability from it. Backward: from the saved lse and entropy. Ignored rows (target
+// == ignore_index) get logprob 0, entropy 0, lse 0 and a zero gradient; a target out of range gives
+// NaN for its row (never an out-of-bounds read).
 #pragma once
 
 #include <cstdint>
@@ -55,31 +55,35 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm)
       continue;
     }
     const scalar_t* __restrict__ logits = args.logits + row * args.stride;
-    LseState<acc_t> part = lse_empty<acc_t>();
-    for (int64_t j = threadIdx.x; j < num_classes; j += threads) {
-      const acc_t z[1] = {to_acc<acc_t>(logits[j]) * inv_t};
-      lse_push_values(part, z);
-    }
-    const LseState<acc_t> state = block_all_reduce(
-        part, lse_empty<acc_t>(),
-        [](const LseState<acc_t>& a, const LseState<acc_t>& b) { return lse_merge(a, b); });
-    const TokenLogSoftmax<acc_t> ls = token_log_softmax(state);
     const bool valid = target_is_valid(y, num_classes, args.ignore_index);
+    LseState<acc_t> state;
+    if (entropy_out != nullptr) {
+      // One read for both: the log-sum-exp and entropy state (token_logprobs_math.h).
+      EntropyState<acc_t> part = entropy_empty<acc_t>();
+      for (int64_t j = threadIdx.x; j < num_classes; j += threads) {
+        entropy_push(part, to_acc<acc_t>(logits[j]) * inv_t);
+      }
+      const EntropyState<acc_t> full =
+          block_all_reduce(part, entropy_empty<acc_t>(),
+                           [](const EntropyState<acc_t>& a, const EntropyState<acc_t>& b) {
+                             return entropy_merge(a, b);
+                           });
+      state = entropy_lse_state(full);
+      if (threadIdx.x == 0) entropy_out[row] = valid ? entropy_finalize(full) : nan;
+    } else {
+      LseState<acc_t> part = lse_empty<acc_t>();
+      for (int64_t j = threadIdx.x; j < num_classes; j += threads) {
+        const acc_t z[1] = {to_acc<acc_t>(logits[j]) * inv_t};
+        lse_push_values(part, z);
+      }
+      state = block_all_reduce(
+          part, lse_empty<acc_t>(),
+          [](const LseState<acc_t>& a, const LseState<acc_t>& b) { return lse_merge(a, b); });
+    }
     if (threadIdx.x == 0) {
       lse_out[row] = lse_finalize(state);
-      logprob_out[row] = valid ? ls.lp(to_acc<acc_t>(logits[y]) * inv_t) : nan;
+      logprob_out[row] = valid ? token_logprob(state, to_acc<acc_t>(logits[y]) * inv_t) : nan;
     }
-    if (entropy_out == nullptr) continue;
-    if (!valid || !lse_state_is_finite(state)) {  // uniform: every thread has the same state
-      if (threadIdx.x == 0) entropy_out[row] = nan;
-      continue;
-    }
-    acc_t sum = acc_t(0);
-    for (int64_t j = threadIdx.x; j < num_classes; j += threads) {
-      sum += token_entropy_term(ls.lp(to_acc<acc_t>(logits[j]) * inv_t));
-    }
-    sum = block_reduce(sum, acc_t(0), [](acc_t a, acc_t b) { return a + b; });
-    if (threadIdx.x == 0) entropy_out[row] = sum;
   }
 }
 
@@ -107,8 +111,9 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm)
       }
       continue;
     }
-    const bool valid = target_is_valid(y, num_classes, args.ignore_index);
     const acc_t row_lse = lse[row];
+    const bool valid =
+        token_logprob_grad_is_defined(target_is_valid(y, num_classes, args.ignore_index), row_lse);
     const acc_t h = grad_entropy != nullptr ? entropy[row] : acc_t(0);
     const scalar_t* __restrict__ logits = args.logits + row * args.stride;
     for (int64_t j = threadIdx.x; j < num_classes; j += blockDim.x) {
