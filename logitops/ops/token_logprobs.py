@@ -260,9 +260,15 @@ class LinearTokenLogprobs(torch.autograd.Function):
         grad_entropy = per_row_grad(grad_entropy, lse)
         acc = accumulation_dtype(input.dtype)
         grad_input = torch.empty_like(input) if needs[0] else None
-        grad_weight = torch.zeros(linear_weight.shape, dtype=acc, device=input.device)
+        grad_weight = (
+            torch.zeros(linear_weight.shape, dtype=acc, device=input.device) if needs[1] else None
+        )
         with_bias = linear_bias is not None and needs[2]
-        grad_bias = torch.zeros(linear_weight.shape[0], dtype=acc, device=input.device)
+        grad_bias = (
+            torch.zeros(linear_weight.shape[0], dtype=acc, device=input.device)
+            if with_bias
+            else None
+        )
         for start in range(0, input.shape[0], chunk_size):
             end = min(input.shape[0], start + chunk_size)
             x = input[start:end]
@@ -280,9 +286,15 @@ class LinearTokenLogprobs(torch.autograd.Function):
             if grad_input is not None:
                 grad_input[start:end] = grad_logits @ linear_weight
             if needs[1]:
-                # A half-precision matmul accumulates in float32 and rounds once per chunk; the
-                # sum over chunks stays in float32.
-                grad_weight += (grad_logits.t() @ x).to(acc)
+                if grad_logits.dtype == acc:
+                    grad_weight.addmm_(grad_logits.t(), x)
+                elif grad_logits.is_cuda:
+                    # cuBLAS multiplies half-precision operands into the float32 accumulator.
+                    torch.addmm(grad_weight, grad_logits.t(), x, out_dtype=acc, out=grad_weight)
+                else:
+                    # A half-precision CPU matmul accumulates in float32 and rounds once per
+                    # chunk; the sum over chunks stays in float32 (as _chunking.LinearGradients).
+                    grad_weight += grad_logits.t() @ x
             if with_bias:
                 grad_bias += grad_logits.sum(0, dtype=acc)
         return (
