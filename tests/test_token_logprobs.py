@@ -291,6 +291,41 @@ def test_autograd_safety(device):
         )
 
 
+def test_properties_against_reference():
+    """Bounded property test (hypothesis): random shapes, scales, temperatures, strides, masked
+    columns and ignored rows, every dtype, against the float64 reference."""
+    hypothesis = pytest.importorskip("hypothesis")
+    st = hypothesis.strategies
+
+    @hypothesis.settings(max_examples=40, deadline=None, derandomize=True)
+    @hypothesis.given(
+        rows=st.integers(0, 7),
+        vocab=st.integers(1, 2600),
+        dtype=st.sampled_from(DTYPES),
+        scale=st.sampled_from([0.1, 3.0, 30.0]),
+        temperature=st.sampled_from([0.3, 1.0, 2.5]),
+        seed=st.integers(0, 2**31),
+        transpose=st.booleans(),
+        masked=st.floats(0.0, 0.9),
+        ignored=st.floats(0.0, 1.0),
+    )
+    def check(rows, vocab, dtype, scale, temperature, seed, transpose, masked, ignored):
+        g = torch.Generator().manual_seed(seed)
+        shape = (vocab, rows) if transpose else (rows, vocab)
+        base = torch.randn(shape, generator=g, dtype=torch.float64) * scale
+        base = base.t() if transpose else base
+        drop = torch.rand(rows, vocab, generator=g) < masked
+        drop[:, 0] = False  # every row keeps a finite logit
+        logits = base.masked_fill(drop, -float("inf")).to(dtype)
+        target = torch.randint(0, vocab, (rows,), generator=g)
+        target[torch.rand(rows, generator=g) < ignored] = -100
+        target = torch.where((target >= 0) & drop.gather(1, target.clamp(min=0)[:, None])[:, 0],
+                             torch.zeros_like(target), target)  # fmt: skip
+        check_against_reference(logits, target, dtype, temperature=temperature)
+
+    check()
+
+
 # --- linear_token_logprobs --------------------------------------------------------------------
 
 
