@@ -420,7 +420,8 @@ def test_linear_torch_func(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_linear_compile_fullgraph(device):
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_linear_compile_fullgraph(device, dynamic):
     torch._dynamo.reset()
 
     def step(x, w, y):
@@ -429,17 +430,18 @@ def test_linear_compile_fullgraph(device):
         )
         return lp.sum() + 0.01 * h.sum()
 
-    compiled = torch.compile(step, fullgraph=True)
-    x0, w0 = torch.randn(8, 16, device=device), torch.randn(50, 16, device=device)
-    y = make_target(8, 50, device)
-    x1, w1 = x0.clone().requires_grad_(), w0.clone().requires_grad_()
-    x2, w2 = x0.clone().requires_grad_(), w0.clone().requires_grad_()
-    eager, comp = step(x1, w1, y), compiled(x2, w2, y)
-    torch.testing.assert_close(comp, eager)
-    eager.backward()
-    comp.backward()
-    torch.testing.assert_close(x2.grad, x1.grad)
-    torch.testing.assert_close(w2.grad, w1.grad)
+    compiled = torch.compile(step, fullgraph=True, dynamic=dynamic)
+    for rows in (8, 11):  # a second token count: a recompile, or the dynamic graph again
+        x0, w0 = torch.randn(rows, 16, device=device), torch.randn(50, 16, device=device)
+        y = make_target(rows, 50, device)
+        x1, w1 = x0.clone().requires_grad_(), w0.clone().requires_grad_()
+        x2, w2 = x0.clone().requires_grad_(), w0.clone().requires_grad_()
+        eager, comp = step(x1, w1, y), compiled(x2, w2, y)
+        torch.testing.assert_close(comp, eager)
+        eager.backward()
+        comp.backward()
+        torch.testing.assert_close(x2.grad, x1.grad)
+        torch.testing.assert_close(w2.grad, w1.grad)
 
 
 def test_linear_autocast_cpu():
