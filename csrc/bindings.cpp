@@ -33,6 +33,9 @@ TORCH_LIBRARY(logitops, m) {
       "cross_entropy_backward(Tensor grad_loss, Tensor? grad_lse, Tensor logits, Tensor target, "
       "Tensor? weight, Tensor lse, Tensor total_weight, int ignore_index, float label_smoothing, "
       "float z_loss, float softcap, str reduction) -> Tensor");
+  // grad *= scale in place (scale 0-dim, read on the device; free when it is 1): how the
+  // backwards of the fused forwards (compute_grad) apply the upstream gradient.
+  m.def("scale_gradient_(Tensor(a!) grad, Tensor scale) -> ()");
   // Cross-entropy of logits [N, C] with class-probability targets [N, C].
   m.def(
       "cross_entropy_probs_forward(Tensor logits, Tensor target, Tensor? weight, "

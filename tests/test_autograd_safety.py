@@ -176,6 +176,37 @@ def test_inputs_untouched_and_retained_graph(device, dtype, name, case):
         torch.testing.assert_close(grad, leaf.grad)
 
 
+def test_retained_graph_with_other_upstreams_never_modifies_returned_gradients(
+    device, dtype, name, case
+):
+    # The fused forwards' saved gradient is scaled in place by the first backward (on CUDA): a
+    # later backward through the retained graph must neither see that nor modify what the first
+    # one returned, whatever the upstream of each (0 included, which no later scale can undo).
+    inputs, fn = case
+    leaves = _leaves(inputs)
+    loss = fn(*leaves).sum()
+    first = torch.autograd.grad(loss * 0.0, leaves, retain_graph=True)
+    kept = [g.clone() for g in first]
+    second = torch.autograd.grad(loss, leaves, retain_graph=True)
+    third = torch.autograd.grad(loss * 3.0, leaves)
+    fresh = _leaves(inputs)
+    expected = torch.autograd.grad(fn(*fresh).sum(), fresh)
+    for a, b, c, k, e in zip(first, second, third, kept, expected, strict=True):
+        assert torch.equal(a, k)
+        torch.testing.assert_close(a, torch.zeros_like(e))
+        torch.testing.assert_close(b, e)
+        torch.testing.assert_close(c, 3 * e)
+    # Reentrant: the same upstream twice gives the same bits (gradcheck checks this too).
+    leaves = _leaves(inputs)
+    loss = fn(*leaves).sum()
+    once = torch.autograd.grad(loss * 2.0, leaves, retain_graph=True)
+    twice = torch.autograd.grad(loss * 2.0, leaves, retain_graph=True)
+    thrice = torch.autograd.grad(loss * 0.5, leaves)
+    for a, b, c in zip(once, twice, thrice, strict=True):
+        assert torch.equal(a, b)
+        torch.testing.assert_close(c, a / 4)
+
+
 def test_upstream_op_that_saved_the_input(device, dtype, name, case):
     inputs, fn = case
     hs = _leaves(inputs)

@@ -84,7 +84,7 @@ def _run(binary: Path, case: str) -> subprocess.CompletedProcess:
         "divergent_barrier",
         "partial_warp",
         "misaligned",
-        "unused_misaligned",
+        "traffic",
         "launch_limits",
         "warp_ops",
         "cross_entropy",

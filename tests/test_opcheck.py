@@ -869,6 +869,23 @@ def sample_samples(device):
         )
 
 
+def scale_gradient_samples(device):
+    for dtype, shape, scale in (
+        (torch.float32, (3, 7), 2.5),
+        (torch.bfloat16, (1, 33), 1.0),
+        (torch.float64, (4, 1), -0.5),
+        (torch.float32, (0, 5), 3.0),
+        (torch.float16, (2, 3, 9), 0.0),
+    ):
+        yield (
+            kind(dtype=str(dtype).split(".")[1], shape="x".join(map(str, shape)), scale=scale),
+            (
+                torch.randn(shape, device=device, dtype=dtype),
+                torch.tensor(scale, device=device, dtype=torch.float32),
+            ),
+        )
+
+
 def _overloads(base, make):
     """The samples of an op and its float32_logits overload (autocast: half-precision operands)."""
     return {
@@ -942,6 +959,7 @@ SAMPLE_INPUTS = {
         ),
     ),
     "sample": sample_samples,
+    "scale_gradient_": scale_gradient_samples,
     "token_logprobs_backward": token_logprobs_backward_samples,
     "token_logprobs_forward": token_logprobs_forward_samples,
     "vocab_parallel_cross_entropy_backward": vocab_parallel_backward_samples,

@@ -383,7 +383,20 @@ at::Tensor cross_entropy_probs_backward_cpu(
 
 }  // namespace
 
+namespace {
+
+// grad *= scale in place unless scale is 1 (as the CUDA kernel: the product in the accumulation
+// dtype, rounded once). Reading the scale costs nothing on the CPU.
+void scale_gradient_cpu(at::Tensor& grad, const at::Tensor& scale) {
+  check_scale_gradient_inputs(grad, scale);
+  const double factor = scale.to(at::kDouble).item<double>();
+  if (factor != 1.0 && grad.numel() > 0) grad.mul_(factor);
+}
+
+}  // namespace
+
 TORCH_LIBRARY_IMPL(logitops, CPU, m) {
+  m.impl("scale_gradient_", &scale_gradient_cpu);
   m.impl("cross_entropy_forward", &cross_entropy_forward_cpu);
   m.impl("cross_entropy_backward", &cross_entropy_backward_cpu);
   m.impl("cross_entropy_probs_forward", &cross_entropy_probs_forward_cpu);

@@ -43,8 +43,8 @@ template <typename scalar_t>
 void launch_bce(const at::Tensor& input, const at::Tensor& target,
                 const std::optional<at::Tensor>& weight,
                 const std::optional<at::Tensor>& pos_weight, const at::Tensor& upstream,
-                double grad_scale, const Tiling& tiling, at::Tensor& loss, at::Tensor& grad,
-                at::Tensor& partials) {
+                const at::Tensor& upstream_elements, double grad_scale, const Tiling& tiling,
+                at::Tensor& loss, at::Tensor& grad, at::Tensor& partials) {
   using acc_t = at::opmath_type<scalar_t>;
   using cuda_t = typename CudaType<scalar_t>::type;
   cuda::BceArgs<cuda_t, acc_t> args;
@@ -55,6 +55,11 @@ void launch_bce(const at::Tensor& input, const at::Tensor& target,
   args.weight = strided<acc_t>(weight);
   args.pos_weight = strided<acc_t>(pos_weight);
   args.upstream = strided<acc_t>(upstream);
+  args.upstream_elements =
+      upstream_elements.defined()
+          ? reinterpret_cast<const cuda_t*>(upstream_elements.const_data_ptr<scalar_t>())
+          : nullptr;
+  args.upstream_stride = upstream_elements.defined() ? upstream_elements.stride(0) : 0;
   args.grad_scale = static_cast<acc_t>(grad_scale);
   args.tiling = tiling;
   args.group_shift = cuda::bce_group_shift<cuda_t>(tiling.col_tile);
@@ -111,8 +116,8 @@ std::tuple<at::Tensor, at::Tensor> bce_with_logits_forward_cuda(
         using cuda_t = typename CudaType<scalar_t>::type;
         // The fused gradient is that of the reduced loss for an upstream gradient of 1.
         const double grad_scale = reduction == kReductionMean ? 1.0 / numel : 1.0;
-        launch_bce<scalar_t>(input, target, weight, pos_weight, at::Tensor(), grad_scale, tiling,
-                             elementwise_loss, grad_out, partials);
+        launch_bce<scalar_t>(input, target, weight, pos_weight, at::Tensor(), at::Tensor(),
+                             grad_scale, tiling, elementwise_loss, grad_out, partials);
         if (reduction != kReductionNone) {
           cuda::launch_kernel("bce_with_logits_finish_kernel",
                               cuda::bce_with_logits_finish_kernel<cuda_t, acc_t>, 1,
@@ -142,8 +147,18 @@ at::Tensor bce_with_logits_backward_cuda(const at::Tensor& grad_loss_in, const a
   const at::Tensor target = rows_with_unit_stride(target_in);
   const int64_t rows = input.size(0), cols = input.size(1);
   const auto acc_dtype = accumulation_dtype(input.scalar_type());
-  // Read with strides by the kernel: a device scalar (stride 0) for "mean" / "sum".
-  const at::Tensor upstream = bce_upstream(grad_loss_in, rows, cols, reduction, acc_dtype);
+  // "none": read by the kernel in the input's dtype, rows with unit stride (no float32 copy of a
+  // half-precision upstream). "mean" / "sum": a device scalar, read with stride 0.
+  at::Tensor upstream, upstream_elements;
+  if (reduction == kReductionNone) {
+    TORCH_CHECK_VALUE(
+        grad_loss_in.dim() == 2 && grad_loss_in.size(0) == rows && grad_loss_in.size(1) == cols,
+        "logitops.bce_with_logits_backward: grad_loss must have shape [", rows, ", ", cols,
+        "], got ", grad_loss_in.sizes());
+    upstream_elements = rows_with_unit_stride(grad_loss_in.to(input.scalar_type()));
+  } else {
+    upstream = bce_upstream(grad_loss_in, rows, cols, reduction, acc_dtype);
+  }
   at::Tensor grad = at::empty({rows, cols}, input.options());
   if (rows * cols == 0) return grad;
 
@@ -151,8 +166,8 @@ at::Tensor bce_with_logits_backward_cuda(const at::Tensor& grad_loss_in, const a
   at::Tensor no_loss, no_partials;
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kBFloat16, at::kHalf, input.scalar_type(), "bce_with_logits_backward_cuda", [&] {
-        launch_bce<scalar_t>(input, target, weight, pos_weight, upstream, 1.0, tiling, no_loss,
-                             grad, no_partials);
+        launch_bce<scalar_t>(input, target, weight, pos_weight, upstream, upstream_elements, 1.0,
+                             tiling, no_loss, grad, no_partials);
       });
   return grad;
 }

@@ -44,8 +44,11 @@ struct BceArgs {
   StridedOperand<acc_t> weight;      // data nullptr: all ones
   StridedOperand<acc_t> pos_weight;  // data nullptr: all ones
   // Upstream gradient of each element's loss for the backward; data nullptr in the forward, where
-  // grad_scale (1, or 1 / numel for a mean) takes its place.
+  // grad_scale (1, or 1 / numel for a mean) takes its place. For reduction "none" it is read in
+  // the input's dtype instead, from upstream_elements (unit column stride), without a copy.
   StridedOperand<acc_t> upstream;
+  const scalar_t* upstream_elements;  // nullptr unless "none"
+  int64_t upstream_stride;
   acc_t grad_scale;
   Tiling tiling;
   int group_shift;  // log2 of the threads that share a row
@@ -72,7 +75,7 @@ struct RowOperand {
       : p(o.data != nullptr ? o.data + r * o.row_stride + c0 * o.col_stride : nullptr),
         col_stride(o.col_stride) {}
   __device__ __forceinline__ acc_t at(int j, acc_t absent) const {
-    return p != nullptr ? p[j * col_stride] : absent;
+    return p != nullptr ? load_element(p + j * col_stride) : absent;
   }
 };
 
@@ -111,24 +114,29 @@ __global__ void __launch_bounds__(kBceThreads)
       const RowOperand<acc_t> weight(args.weight, r, c0);
       const RowOperand<acc_t> pos_weight(args.pos_weight, r, c0);
       const RowOperand<acc_t> upstream(args.upstream, r, c0);
+      const scalar_t* __restrict__ up_row =
+          args.upstream_elements != nullptr ? args.upstream_elements + r * args.upstream_stride + c0
+                                            : nullptr;
 
       // Loss and gradient of column c0 + j, weighted, the gradient times its upstream. The same
       // order of products as the CPU kernel: (grad * w) * upstream.
-      auto element = [&](acc_t zj, acc_t yj, int j) {
+      auto element = [&](acc_t zj, acc_t yj, acc_t upj, int j) {
         BceTerms<acc_t> t = bce_with_logits(zj, yj, pos_weight.at(j, acc_t(1)));
         if (weight.p != nullptr) {
           const acc_t w = weight.at(j, acc_t(1));
           t.loss *= w;
           t.grad *= w;
         }
-        t.grad *= upstream.at(j, args.grad_scale);
+        t.grad *= up_row != nullptr ? upj : upstream.at(j, args.grad_scale);
         sum += t.loss;
         return t;
       };
       auto scalar_element = [&](int j) {
-        const BceTerms<acc_t> t = element(to_acc<acc_t>(z[j]), to_acc<acc_t>(y[j]), j);
-        if (loss_row != nullptr) loss_row[j] = from_acc<scalar_t>(t.loss);
-        if (grad_row != nullptr) grad_row[j] = from_acc<scalar_t>(t.grad);
+        const acc_t upj = up_row != nullptr ? to_acc<acc_t>(load_element(up_row + j)) : acc_t(0);
+        const BceTerms<acc_t> t =
+            element(to_acc<acc_t>(load_element(z + j)), to_acc<acc_t>(load_element(y + j)), upj, j);
+        if (loss_row != nullptr) store_element(loss_row + j, from_acc<scalar_t>(t.loss));
+        if (grad_row != nullptr) store_element(grad_row + j, from_acc<scalar_t>(t.grad));
       };
 
       // Vectors are aligned on the input; every other operand with the same offset from a
@@ -140,6 +148,7 @@ __global__ void __launch_bounds__(kBceThreads)
       const bool y_aligned = same_alignment(y, z);
       const bool loss_aligned = same_alignment(loss_row, z);
       const bool grad_aligned = same_alignment(grad_row, z);
+      const bool up_aligned = same_alignment(up_row, z);
 
       for (int j = lane; j < head; j += group_threads) scalar_element(j);
       for (int j = tail + lane; j < n; j += group_threads) scalar_element(j);
@@ -147,11 +156,13 @@ __global__ void __launch_bounds__(kBceThreads)
         const int j = head + v * kVec;
         const Vector zv = load_vector<scalar_t, kVec>(z + j, true);
         const Vector yv = load_vector<scalar_t, kVec>(y + j, y_aligned);
+        const Vector uv =
+            up_row != nullptr ? load_vector<scalar_t, kVec>(up_row + j, up_aligned) : Vector{};
         Vector loss_v, grad_v;
 #pragma unroll
         for (int k = 0; k < kVec; ++k) {
-          const BceTerms<acc_t> t =
-              element(to_acc<acc_t>(zv.val[k]), to_acc<acc_t>(yv.val[k]), j + k);
+          const BceTerms<acc_t> t = element(to_acc<acc_t>(zv.val[k]), to_acc<acc_t>(yv.val[k]),
+                                            to_acc<acc_t>(uv.val[k]), j + k);
           loss_v.val[k] = from_acc<scalar_t>(t.loss);
           grad_v.val[k] = from_acc<scalar_t>(t.grad);
         }

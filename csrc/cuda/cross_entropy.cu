@@ -104,6 +104,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cross_entropy_forward
   at::Tensor row_weight = at::empty({num_rows}, acc_options);  // each row's share of total_weight
   at::Tensor grad = compute_grad ? at::empty({num_rows, num_classes}, logits.options())
                                  : at::empty({0}, logits.options());
+  at::Tensor total_weight;
+  at::Tensor grad_upstream;  // per row, that of the reduced loss for an upstream gradient of 1
+  if (compute_grad && num_rows > 0) {
+    // The fused gradient needs the mean's denominator before any row is done: the row weights
+    // first (O(rows), from the targets alone), then the one pass over the logits.
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kBFloat16, at::kHalf, logits.scalar_type(), "cross_entropy_row_weight_cuda", [&] {
+          using acc_t = at::opmath_type<scalar_t>;
+          constexpr int kThreads = 256;
+          const int64_t blocks = std::min<int64_t>((num_rows + kThreads - 1) / kThreads, 65535);
+          cuda::launch_kernel("cross_entropy_row_weight_kernel",
+                              cuda::cross_entropy_row_weight_kernel<acc_t>, dim3(unsigned(blocks)),
+                              kThreads, 0, cuda::current_stream(), target.const_data_ptr<int64_t>(),
+                              weight_acc.defined() ? weight_acc.const_data_ptr<acc_t>() : nullptr,
+                              num_rows, num_classes, ignore_index,
+                              row_weight.mutable_data_ptr<acc_t>());
+          LOGITOPS_CHECK_LAUNCH();
+        });
+    total_weight = at::sum(row_weight, at::kDouble).to(acc_dtype);  // in double, as the CPU's
+    const at::Tensor one =
+        reduction == kReductionNone ? at::ones({num_rows}, acc_options) : at::ones({}, acc_options);
+    grad_upstream = upstream_per_row(one, total_weight, reduction, num_rows, acc_dtype);
+  }
 
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kBFloat16, at::kHalf, logits.scalar_type(), "cross_entropy_forward_cuda", [&] {
@@ -114,32 +137,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cross_entropy_forward
             make_args<scalar_t, acc_t>(logits, target, weight_acc, weight_total, ignore_index,
                                        label_smoothing, z_loss, softcap);
         const int threads = cuda::block_threads_for<cuda_t>(num_classes);
-        cuda::launch_kernel("cross_entropy_forward_kernel",
-                            cuda::cross_entropy_forward_kernel<cuda_t, acc_t>, row_grid(num_rows),
-                            threads, 0, cuda::current_stream(), args, lse.mutable_data_ptr<acc_t>(),
-                            row_loss.mutable_data_ptr<acc_t>(),
-                            row_weight.mutable_data_ptr<acc_t>());
+        if (compute_grad) {
+          const auto kernel = cuda::cross_entropy_fused_kernel<cuda_t, acc_t>;
+          const int64_t row_bytes = num_classes * int64_t(sizeof(cuda_t));
+          cuda::launch_kernel("cross_entropy_fused_kernel", kernel,
+                              cuda::l2_resident_row_grid(kernel, threads, num_rows, row_bytes),
+                              threads, 0, cuda::current_stream(), args,
+                              lse.mutable_data_ptr<acc_t>(), row_loss.mutable_data_ptr<acc_t>(),
+                              row_weight.mutable_data_ptr<acc_t>(),
+                              grad_upstream.const_data_ptr<acc_t>(),
+                              reinterpret_cast<cuda_t*>(grad.mutable_data_ptr<scalar_t>()));
+        } else {
+          cuda::launch_kernel("cross_entropy_forward_kernel",
+                              cuda::cross_entropy_forward_kernel<cuda_t, acc_t>, row_grid(num_rows),
+                              threads, 0, cuda::current_stream(), args,
+                              lse.mutable_data_ptr<acc_t>(), row_loss.mutable_data_ptr<acc_t>(),
+                              row_weight.mutable_data_ptr<acc_t>());
+        }
         LOGITOPS_CHECK_LAUNCH();
       });
 
   // In double, like the CPU kernel; ATen's CUDA sum is deterministic.
-  const at::Tensor total_weight = at::sum(row_weight, at::kDouble).to(acc_dtype);
-
-  if (compute_grad && num_rows > 0) {
-    // The fused gradient is that of the reduced loss for an upstream gradient of 1.
-    const at::Tensor one =
-        reduction == kReductionNone ? at::ones({num_rows}, acc_options) : at::ones({}, acc_options);
-    const at::Tensor upstream = upstream_per_row(one, total_weight, reduction, num_rows, acc_dtype);
-    AT_DISPATCH_FLOATING_TYPES_AND2(
-        at::kBFloat16, at::kHalf, logits.scalar_type(), "cross_entropy_forward_cuda_grad", [&] {
-          using acc_t = at::opmath_type<scalar_t>;
-          const auto args =
-              make_args<scalar_t, acc_t>(logits, target, weight_acc, weight_total, ignore_index,
-                                         label_smoothing, z_loss, softcap);
-          launch_backward<scalar_t, acc_t>(args, lse, upstream, at::Tensor(), grad);
-        });
-  }
-
+  if (!total_weight.defined()) total_weight = at::sum(row_weight, at::kDouble).to(acc_dtype);
   at::Tensor loss = reduce_row_loss(row_loss, total_weight, reduction, logits.scalar_type());
   return {loss, lse, total_weight, grad};
 }
@@ -203,22 +222,19 @@ cuda::SoftTargetArgs<typename CudaType<scalar_t>::type, acc_t> make_soft_args(
   return args;
 }
 
-// Writes grad (contiguous [rows, classes]) on the current stream. coef_sum (A per row) and
-// upstream_lse may be undefined; without coef_sum the kernel sums it from the target.
+// Writes grad (contiguous [rows, classes]) on the current stream; upstream_lse may be undefined.
 template <typename scalar_t, typename acc_t>
 void launch_probs_backward(
     const cuda::SoftTargetArgs<typename CudaType<scalar_t>::type, acc_t>& args,
-    const at::Tensor& lse, const at::Tensor& coef_sum, const at::Tensor& upstream,
-    const at::Tensor& upstream_lse, at::Tensor& grad) {
+    const at::Tensor& lse, const at::Tensor& upstream, const at::Tensor& upstream_lse,
+    at::Tensor& grad) {
   using cuda_t = typename CudaType<scalar_t>::type;
   if (args.num_rows == 0) return;
   const int threads = cuda::block_threads_for<cuda_t>(args.num_classes);
   cuda::launch_kernel("cross_entropy_probs_backward_kernel",
                       cuda::cross_entropy_probs_backward_kernel<cuda_t, acc_t>,
                       row_grid(args.num_rows), threads, 0, cuda::current_stream(), args,
-                      lse.const_data_ptr<acc_t>(),
-                      coef_sum.defined() ? coef_sum.const_data_ptr<acc_t>() : nullptr,
-                      upstream.const_data_ptr<acc_t>(),
+                      lse.const_data_ptr<acc_t>(), upstream.const_data_ptr<acc_t>(),
                       upstream_lse.defined() ? upstream_lse.const_data_ptr<acc_t>() : nullptr,
                       reinterpret_cast<cuda_t*>(grad.mutable_data_ptr<scalar_t>()));
   LOGITOPS_CHECK_LAUNCH();
@@ -244,8 +260,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_probs_forward_cuda(
 
   at::Tensor lse = at::empty({num_rows}, acc_options);
   at::Tensor row_loss = at::empty({num_rows}, acc_options);
-  // A per row, handed from the forward kernel to the gradient one.
-  const at::Tensor coef_sum = compute_grad ? at::empty({num_rows}, acc_options) : at::Tensor();
   at::Tensor grad = compute_grad ? at::empty({num_rows, num_classes}, logits.options())
                                  : at::empty({0}, logits.options());
 
@@ -257,21 +271,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_probs_forward_cuda(
           const auto args = make_soft_args<scalar_t, acc_t>(logits, target, weight_acc,
                                                             label_smoothing, z_loss, softcap);
           const int threads = cuda::block_threads_for<cuda_t>(num_classes);
-          cuda::launch_kernel("cross_entropy_probs_forward_kernel",
-                              cuda::cross_entropy_probs_forward_kernel<cuda_t, acc_t>,
-                              row_grid(num_rows), threads, 0, cuda::current_stream(), args,
-                              lse.mutable_data_ptr<acc_t>(), row_loss.mutable_data_ptr<acc_t>(),
-                              coef_sum.defined() ? coef_sum.mutable_data_ptr<acc_t>() : nullptr);
-          LOGITOPS_CHECK_LAUNCH();
           if (compute_grad) {
             // The fused gradient is that of the reduced loss for an upstream gradient of 1.
             const at::Tensor one = reduction == kReductionNone ? at::ones({num_rows}, acc_options)
                                                                : at::ones({}, acc_options);
-            const at::Tensor upstream =
+            const at::Tensor grad_upstream =
                 upstream_per_row(one, count, reduction, num_rows, acc_dtype);
-            launch_probs_backward<scalar_t, acc_t>(args, lse, coef_sum, upstream, at::Tensor(),
-                                                   grad);
+            const auto kernel = cuda::cross_entropy_probs_fused_kernel<cuda_t, acc_t>;
+            // Both rows, logits and target, are read twice.
+            const int64_t row_bytes = 2 * num_classes * int64_t(sizeof(cuda_t));
+            cuda::launch_kernel("cross_entropy_probs_fused_kernel", kernel,
+                                cuda::l2_resident_row_grid(kernel, threads, num_rows, row_bytes),
+                                threads, 0, cuda::current_stream(), args,
+                                lse.mutable_data_ptr<acc_t>(), row_loss.mutable_data_ptr<acc_t>(),
+                                grad_upstream.const_data_ptr<acc_t>(),
+                                reinterpret_cast<cuda_t*>(grad.mutable_data_ptr<scalar_t>()));
+          } else {
+            cuda::launch_kernel("cross_entropy_probs_forward_kernel",
+                                cuda::cross_entropy_probs_forward_kernel<cuda_t, acc_t>,
+                                row_grid(num_rows), threads, 0, cuda::current_stream(), args,
+                                lse.mutable_data_ptr<acc_t>(), row_loss.mutable_data_ptr<acc_t>());
           }
+          LOGITOPS_CHECK_LAUNCH();
         });
   }
 
@@ -309,14 +330,43 @@ at::Tensor cross_entropy_probs_backward_cuda(
         using acc_t = at::opmath_type<scalar_t>;
         const auto args = make_soft_args<scalar_t, acc_t>(logits, target, weight_acc,
                                                           label_smoothing, z_loss, softcap);
-        launch_probs_backward<scalar_t, acc_t>(args, lse, at::Tensor(), upstream, grad_lse, grad);
+        launch_probs_backward<scalar_t, acc_t>(args, lse, upstream, grad_lse, grad);
       });
   return grad;
+}
+
+// grad *= scale in place (scale a 0-dim tensor, read on the device: nothing waits for it), free
+// when scale is 1. The backward of the fused forwards applies the upstream gradient with it.
+void scale_gradient_cuda(at::Tensor& grad, const at::Tensor& scale) {
+  check_scale_gradient_inputs(grad, scale);
+  const cuda::DeviceGuard device_guard(grad.device());
+  const int64_t n = grad.numel();
+  if (n == 0) return;
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kBFloat16, at::kHalf, grad.scalar_type(), "scale_gradient_cuda", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        using cuda_t = typename CudaType<scalar_t>::type;
+        const at::Tensor factor =
+            scale.to(grad.options().dtype(accumulation_dtype(grad.scalar_type())));
+        const auto kernel = cuda::scale_gradient_kernel<cuda_t, acc_t>;
+        constexpr int kThreads = 256;
+        const int64_t vectors = cuda::vector_count<cuda_t>(n);
+        const int64_t wanted = (vectors + kThreads - 1) / kThreads;
+        const int64_t resident =
+            int64_t(cuda::sm_count()) * std::max(1, cuda::max_active_blocks(kernel, kThreads, 0));
+        const int64_t blocks = std::max<int64_t>(1, std::min(wanted, resident));
+        cuda::launch_kernel("scale_gradient_kernel", kernel, dim3(unsigned(blocks)), kThreads, 0,
+                            cuda::current_stream(),
+                            reinterpret_cast<cuda_t*>(grad.mutable_data_ptr<scalar_t>()), n,
+                            factor.const_data_ptr<acc_t>());
+        LOGITOPS_CHECK_LAUNCH();
+      });
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(logitops, LOGITOPS_CUDA_DISPATCH_KEY, m) {
+  m.impl("scale_gradient_", &scale_gradient_cuda);
   m.impl("cross_entropy_forward", &cross_entropy_forward_cuda);
   m.impl("cross_entropy_backward", &cross_entropy_backward_cuda);
   m.impl("cross_entropy_probs_forward", &cross_entropy_probs_forward_cuda);

@@ -77,34 +77,6 @@ struct alignas(sizeof(T) * N) AlignedVector {
   T val[N];
 };
 
-// p viewed as 16-byte vectors. Every vector access of the kernels goes through it, so that the
-// emulator can check the alignment of each access (a misaligned one is an error on the GPU);
-// forming a pointer that is never dereferenced is fine, as on the GPU.
-#ifdef LOGITOPS_CUDA_EMULATION
-template <typename Vector>
-struct CheckedVectors {
-  Vector* base;
-  Vector& operator[](int64_t i) const { return *check(base + i); }
-  Vector& operator*() const { return *check(base); }
-  static Vector* check(Vector* p) {
-    if (reinterpret_cast<uintptr_t>(p) % alignof(Vector) != 0) {
-      emulation::fail("misaligned " + std::to_string(sizeof(Vector)) + "-byte vector access");
-    }
-    return p;
-  }
-};
-
-template <typename Vector, typename T>
-CheckedVectors<Vector> vector_pointer(T* p) {
-  return {reinterpret_cast<Vector*>(p)};
-}
-#else
-template <typename Vector, typename T>
-__device__ __forceinline__ Vector* vector_pointer(T* p) {
-  return reinterpret_cast<Vector*>(p);
-}
-#endif
-
 // Whether a and b are equally far from their previous 16-byte boundary, so that peeling the head
 // of one aligns the other as well. Rows of tensors from the caching allocator usually are.
 template <typename A, typename B>
@@ -113,25 +85,73 @@ __device__ __forceinline__ bool same_alignment(const A* a, const B* b) {
          reinterpret_cast<uintptr_t>(b) % kVectorBytes;
 }
 
+// Every access of a kernel to the rows it streams (logits, targets, gradients, losses) goes
+// through the four helpers below: the emulator counts their bytes (cuda_emulation.h) and checks
+// the alignment of each vector access (a misaligned one is an error on the GPU).
+template <typename T>
+__device__ __forceinline__ T load_element(const T* p) {
+#ifdef LOGITOPS_CUDA_EMULATION
+  emulation::record_access(p, sizeof(T), false);
+#endif
+  return *p;
+}
+
+template <typename T>
+__device__ __forceinline__ void store_element(T* p, T value) {
+#ifdef LOGITOPS_CUDA_EMULATION
+  emulation::record_access(p, sizeof(T), true);
+#endif
+  *p = value;
+}
+
+#ifdef LOGITOPS_CUDA_EMULATION
+template <typename Vector>
+void check_vector_address(const void* p) {
+  if (reinterpret_cast<uintptr_t>(p) % alignof(Vector) != 0) {
+    emulation::fail("misaligned " + std::to_string(sizeof(Vector)) + "-byte vector access");
+  }
+}
+#endif
+
 // N elements starting at p: one 16-byte access when `aligned` (p sits at the offset the caller
 // vectorized on, see same_alignment), else N scalar ones.
 template <typename T, int N>
 __device__ __forceinline__ AlignedVector<T, N> load_vector(const T* p, bool aligned) {
-  if (aligned) return *vector_pointer<const AlignedVector<T, N>>(p);
-  AlignedVector<T, N> v;
+  using Vector = AlignedVector<T, N>;
+  if (aligned) {
+#ifdef LOGITOPS_CUDA_EMULATION
+    check_vector_address<Vector>(p);
+    emulation::record_access(p, sizeof(Vector), false);
+#endif
+    return *reinterpret_cast<const Vector*>(p);
+  }
+  Vector v;
 #pragma unroll
-  for (int k = 0; k < N; ++k) v.val[k] = p[k];
+  for (int k = 0; k < N; ++k) v.val[k] = load_element(p + k);
   return v;
 }
 
+// The aligned store is one 128-bit streaming store (st.global.cs.v4): written through the four
+// words, because a store of the struct itself may be split into one store per element (it was,
+// for the cross-entropy gradient), and evict-first, because each output is written once.
 template <typename T, int N>
 __device__ __forceinline__ void store_vector(T* p, const AlignedVector<T, N>& v, bool aligned) {
+  using Vector = AlignedVector<T, N>;
+  static_assert(sizeof(Vector) == kVectorBytes, "store_vector writes 16-byte vectors");
   if (aligned) {
-    *vector_pointer<AlignedVector<T, N>>(p) = v;
+#ifdef LOGITOPS_CUDA_EMULATION
+    check_vector_address<Vector>(p);
+    emulation::record_access(p, sizeof(Vector), true);
+    *reinterpret_cast<Vector*>(p) = v;
+#else
+    uint4 words;
+    memcpy(&words, &v, sizeof(words));
+    __stcs(reinterpret_cast<uint4*>(p), words);
+#endif
     return;
   }
 #pragma unroll
-  for (int k = 0; k < N; ++k) p[k] = v.val[k];
+  for (int k = 0; k < N; ++k) store_element(p + k, v.val[k]);
 }
 
 // Launches kernel<<<grid, block, shared_memory, stream>>>(args...). Under emulation it runs on the

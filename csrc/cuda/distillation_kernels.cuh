@@ -66,8 +66,8 @@ __device__ acc_t distill_row(const DistillArgs<scalar_t, acc_t>& args, int64_t r
   // Pass 1: both log-sum-exps of the logits divided by T.
   DistillLse<acc_t> part{lse_empty<acc_t>(), lse_empty<acc_t>()};
   for (int64_t j = threadIdx.x; j < num_classes; j += threads) {
-    const acc_t s[1] = {to_acc<acc_t>(student[j]) * inv_t};
-    const acc_t t[1] = {to_acc<acc_t>(teacher[j]) * inv_t};
+    const acc_t s[1] = {to_acc<acc_t>(load_element(student + j)) * inv_t};
+    const acc_t t[1] = {to_acc<acc_t>(load_element(teacher + j)) * inv_t};
     lse_push_values(part.student, s);
     lse_push_values(part.teacher, t);
   }
@@ -83,8 +83,8 @@ __device__ acc_t distill_row(const DistillArgs<scalar_t, acc_t>& args, int64_t r
   const DivergenceKind kind = args.kind;
   const acc_t beta = args.beta;
   auto term_at = [&](int64_t j) {
-    const acc_t s = to_acc<acc_t>(student[j]) * inv_t;
-    const acc_t t = to_acc<acc_t>(teacher[j]) * inv_t;
+    const acc_t s = to_acc<acc_t>(load_element(student + j)) * inv_t;
+    const acc_t t = to_acc<acc_t>(load_element(teacher + j)) * inv_t;
     return divergence_term(kind, beta, logs.lp(t), logs.lq(s), logs.lp_minus_lq(t, s));
   };
 
@@ -93,7 +93,8 @@ __device__ acc_t distill_row(const DistillArgs<scalar_t, acc_t>& args, int64_t r
   DistillSums<acc_t> sums{acc_t(0), acc_t(0)};
   if (forward_kl && !need_loss) {
     for (int64_t j = threadIdx.x; j < num_classes; j += threads) {
-      grad_row[j] = from_acc<scalar_t>(divergence_grad(term_at(j), acc_t(-1), scale));
+      store_element(grad_row + j,
+                    from_acc<scalar_t>(divergence_grad(term_at(j), acc_t(-1), scale)));
     }
     return acc_t(0);
   }
@@ -102,7 +103,7 @@ __device__ acc_t distill_row(const DistillArgs<scalar_t, acc_t>& args, int64_t r
     sums.loss += term.loss;
     sums.row_s += term.q_g;
     if (forward_kl && grad_row != nullptr) {
-      grad_row[j] = from_acc<scalar_t>(divergence_grad(term, acc_t(-1), scale));
+      store_element(grad_row + j, from_acc<scalar_t>(divergence_grad(term, acc_t(-1), scale)));
     }
   }
   sums = block_reduce(sums, DistillSums<acc_t>{acc_t(0), acc_t(0)},
@@ -116,7 +117,7 @@ __device__ acc_t distill_row(const DistillArgs<scalar_t, acc_t>& args, int64_t r
   __syncthreads();
   const acc_t row_s = shared_s;
   for (int64_t j = threadIdx.x; j < num_classes; j += threads) {
-    grad_row[j] = from_acc<scalar_t>(divergence_grad(term_at(j), row_s, scale));
+    store_element(grad_row + j, from_acc<scalar_t>(divergence_grad(term_at(j), row_s, scale)));
   }
   return sums.loss;
 }
@@ -124,7 +125,7 @@ __device__ acc_t distill_row(const DistillArgs<scalar_t, acc_t>& args, int64_t r
 template <typename scalar_t>
 __device__ __forceinline__ void zero_row(scalar_t* __restrict__ grad_row, int64_t num_classes) {
   for (int64_t j = threadIdx.x; j < num_classes; j += blockDim.x) {
-    grad_row[j] = from_acc<scalar_t>(0.0f);
+    store_element(grad_row + j, from_acc<scalar_t>(0.0f));
   }
 }
 

@@ -53,6 +53,48 @@ __device__ __forceinline__ void lse_push_values(LseState<acc_t>& state, const ac
   }
 }
 
+// 16-byte vectors each thread loads before using them. fp64 has the heaviest math per vector and
+// loads one at a time, which keeps its kernels within 64 registers.
+template <typename acc_t>
+constexpr int unroll_for() {
+  return sizeof(acc_t) == 8 ? 1 : 2;
+}
+
+// Calls fn(values, j) on this thread's share of row[0, n): values are the N consecutive elements
+// from j (a `const scalar_t (&)[N]`), N = 1 for the elements before the row's first 16-byte
+// boundary and after its last one, a 16-byte vector for the rest, kUnroll vectors loaded before
+// any is used (the loops are bound by memory latency). Rows rarely start on a boundary (vocab
+// sizes such as 50257), hence the peeling.
+template <int kUnroll, typename scalar_t, typename Fn>
+__device__ __forceinline__ void stream_row(const scalar_t* __restrict__ row, int64_t n, Fn&& fn) {
+  constexpr int kVec = vector_size<scalar_t>();
+  using Vector = AlignedVector<scalar_t, kVec>;
+  const int64_t threads = blockDim.x;
+  const int64_t head = unaligned_head(row, n);
+  const int64_t num_vectors = (n - head) / kVec;
+  const int64_t tail = head + num_vectors * kVec;
+  auto one = [&](int64_t j) {
+    const scalar_t value[1] = {load_element(row + j)};
+    fn(value, j);
+  };
+  for (int64_t j = threadIdx.x; j < head; j += threads) one(j);
+  for (int64_t j = tail + threadIdx.x; j < n; j += threads) one(j);
+  int64_t v = threadIdx.x;
+  for (; v + (kUnroll - 1) * threads < num_vectors; v += kUnroll * threads) {
+    Vector batch[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      batch[u] = load_vector<scalar_t, kVec>(row + head + (v + u * threads) * kVec, true);
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) fn(batch[u].val, head + (v + u * threads) * kVec);
+  }
+  for (; v < num_vectors; v += threads) {
+    const Vector last = load_vector<scalar_t, kVec>(row + head + v * kVec, true);
+    fn(last.val, head + v * kVec);
+  }
+}
+
 // A thread's share of one row: the log-sum-exp of its values and a plain sum beside it (the
 // cross-entropy forward's smoothing term sum_c w_c (z_c - shift), the vocab-parallel logit sum).
 template <typename acc_t>

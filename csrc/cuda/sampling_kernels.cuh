@@ -105,7 +105,7 @@ struct ScaledRow {
   bool divide;  // temperature != 1 (scaled_logit skips the division otherwise, NaN included)
 
   __device__ __forceinline__ acc_t operator()(int64_t j) const {
-    return scaled_logit(to_acc<acc_t>(x[j]), bias, j, temperature, divide);
+    return scaled_logit(to_acc<acc_t>(load_element(x + j)), bias, j, temperature, divide);
   }
 };
 
@@ -407,14 +407,14 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kSamplingMinBlocksPerSm)
     const RowScan<acc_t> scan = scan_row<acc_t>(z, n);
     if (scan.has_nan) {
       const scalar_t nan = from_acc<scalar_t>(std::numeric_limits<acc_t>::quiet_NaN());
-      for (int64_t j = threadIdx.x; j < n; j += blockDim.x) y[j] = nan;
+      for (int64_t j = threadIdx.x; j < n; j += blockDim.x) store_element(y + j, nan);
       continue;
     }
     const acc_t tau =
         block_row_threshold(z, n, scan.max, f, args.order, min_tokens_to_keep, scratch);
     for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
       const acc_t v = z(j);
-      y[j] = v >= tau ? from_acc<scalar_t>(v) : fill_value;
+      store_element(y + j, v >= tau ? from_acc<scalar_t>(v) : fill_value);
     }
   }
 }

@@ -51,7 +51,7 @@ at::Tensor vocab_parallel_cross_entropy_stats_cuda(const at::Tensor& logits_in,
         using cuda_t = typename CudaType<scalar_t>::type;
         cuda::launch_kernel(
             "vocab_parallel_stats_kernel", cuda::vocab_parallel_stats_kernel<cuda_t, acc_t>,
-            row_grid(num_rows), cuda::vocab_parallel_block_threads(logits.size(1)), 0,
+            row_grid(num_rows), cuda::vocab_parallel_block_threads<cuda_t>(logits.size(1)), 0,
             cuda::current_stream(), slice_args<scalar_t>(logits, target, vocab_start),
             stats.mutable_data_ptr<double>());
         LOGITOPS_CHECK_LAUNCH();
@@ -81,7 +81,7 @@ at::Tensor vocab_parallel_cross_entropy_backward_cuda(const at::Tensor& grad_row
         using cuda_t = typename CudaType<scalar_t>::type;
         cuda::launch_kernel(
             "vocab_parallel_backward_kernel", cuda::vocab_parallel_backward_kernel<cuda_t, acc_t>,
-            row_grid(num_rows), cuda::vocab_parallel_block_threads(logits.size(1)), 0,
+            row_grid(num_rows), cuda::vocab_parallel_block_threads<cuda_t>(logits.size(1)), 0,
             cuda::current_stream(), slice_args<scalar_t>(logits, target, vocab_start),
             grad_rows.const_data_ptr<acc_t>(), lse.const_data_ptr<acc_t>(), num_classes,
             ignore_index, static_cast<acc_t>(label_smoothing), static_cast<acc_t>(z_loss),

@@ -1,21 +1,24 @@
 // Vocabulary-parallel cross-entropy kernels for CUDA: the per-rank halves around the collective,
-// with the same semantics as csrc/cpu/vocab_parallel.cpp. One thread block per row, like the
-// cross-entropy kernels whose online log-sum-exp and block reduction they reuse.
+// with the same semantics as csrc/cpu/vocab_parallel.cpp. One thread block per row, with the
+// cross-entropy kernels' row machinery: the 16-byte vector stream with peeled head and tail
+// (stream_row), the online log-sum-exp and block reduction, and the gradient row writer.
 #pragma once
 
 #include <cstdint>
 #include <limits>
 
 #include "../common/logit_math.h"
+#include "cross_entropy_kernels.cuh"
 #include "cuda_utils.cuh"
 #include "row_reduce.cuh"
 
 namespace logitops {
 namespace cuda {
 
-// Threads per row: about four elements each.
+// Threads per row: about four 16-byte vectors each, as the cross-entropy kernels.
+template <typename scalar_t>
 inline int vocab_parallel_block_threads(int64_t local_classes) {
-  return threads_for(local_classes, 4);
+  return block_threads_for<scalar_t>(local_classes);
 }
 
 template <typename scalar_t>
@@ -30,8 +33,7 @@ struct VocabSliceArgs {
 
 // stats [3, num_rows], float64: the slice's lse, the target's logit (0 when on another rank), the
 // logit sum (accumulated relative to the slice's first logit, the shift added back in double).
-// Elements are read one at a time: these rows are slices of a sharded vocabulary and rarely start
-// on a 16-byte boundary, and the loop is bound by memory either way.
+// One read of the slice.
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm)
     vocab_parallel_stats_kernel(const VocabSliceArgs<scalar_t> args, double* __restrict__ stats) {
@@ -40,11 +42,15 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm)
     RowPartial<acc_t> part{lse_empty<acc_t>(), acc_t(0)};
     const acc_t shift =
         args.local_classes > 0 ? logit_sum_shift(to_acc<acc_t>(logits[0])) : acc_t(0);
-    for (int64_t j = threadIdx.x; j < args.local_classes; j += blockDim.x) {
-      const acc_t z[1] = {to_acc<acc_t>(logits[j])};
+    stream_row<unroll_for<acc_t>()>(logits, args.local_classes, [&](const auto& raw, int64_t) {
+      constexpr int N = sizeof(raw) / sizeof(raw[0]);
+      acc_t z[N];
+#pragma unroll
+      for (int k = 0; k < N; ++k) z[k] = to_acc<acc_t>(raw[k]);
       lse_push_values(part.lse, z);
-      part.weighted_sum += z[0] - shift;
-    }
+#pragma unroll
+      for (int k = 0; k < N; ++k) part.weighted_sum += z[k] - shift;
+    });
     part = block_reduce(part, RowPartial<acc_t>{lse_empty<acc_t>(), acc_t(0)},
                         [](const RowPartial<acc_t>& a, const RowPartial<acc_t>& b) {
                           return merge_partials(a, b);
@@ -61,9 +67,11 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm)
 }
 
 // grad [num_rows, local_classes] (contiguous) = upstream[row] * dloss/dz over the slice, with the
-// global lse and num_classes global classes.
+// global lse and num_classes global classes: one read of the slice, one write, by vectors. Rows
+// whose lse is not finite are NaN unless they have nothing to propagate (0). fp64 at one block of
+// 512 per SM: its 64-bit target offsets do not fit 64 registers beside the math.
 template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm)
+__global__ void __launch_bounds__(kMaxBlockThreads, sizeof(acc_t) == 8 ? 1 : kMinBlocksPerSm)
     vocab_parallel_backward_kernel(const VocabSliceArgs<scalar_t> args,
                                    const acc_t* __restrict__ upstream,
                                    const acc_t* __restrict__ lse_in, int64_t num_classes,
@@ -71,8 +79,6 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm)
                                    scalar_t* __restrict__ grad) {
   constexpr acc_t kInf = std::numeric_limits<acc_t>::infinity();
   for (int64_t row = blockIdx.x; row < args.num_rows; row += gridDim.x) {
-    const scalar_t* __restrict__ logits = args.logits + row * args.row_stride;
-    scalar_t* __restrict__ out = grad + row * args.local_classes;
     const int64_t t = args.target[row];
     const acc_t lse = lse_in[row];
     const acc_t up = upstream[row];
@@ -81,17 +87,10 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm)
                                                             label_smoothing, num_classes, z_loss);
     const bool zero = cross_entropy_row_grad_is_zero(coef, up, acc_t(0));
     const bool undefined = !zero && !(lse > -kInf && lse < kInf);
-    const int64_t local_target = t - args.vocab_start;
-    for (int64_t j = threadIdx.x; j < args.local_classes; j += blockDim.x) {
-      acc_t g = acc_t(0);
-      if (undefined) {
-        g = std::numeric_limits<acc_t>::quiet_NaN();
-      } else if (!zero) {
-        const acc_t prob = fast_exp(to_acc<acc_t>(logits[j]) - lse);
-        g = cross_entropy_grad(coef, up, acc_t(0), prob, j == local_target, acc_t(1));
-      }
-      out[j] = from_acc<scalar_t>(g);
-    }
+    write_cross_entropy_grad_row(
+        args.logits + row * args.row_stride, grad + row * args.local_classes, args.local_classes,
+        t - args.vocab_start, lse, coef, up, acc_t(0), static_cast<const acc_t*>(nullptr), acc_t(0),
+        zero || undefined, zero ? acc_t(0) : std::numeric_limits<acc_t>::quiet_NaN());
   }
 }
 

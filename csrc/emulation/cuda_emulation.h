@@ -18,6 +18,11 @@
 //   barriers and warp exchanges publish happens-before edges: a read of shared memory that no
 //   barrier orders after another thread's write is reported as a data race.
 //
+// - Memory traffic: while a log is open (start_traffic_log), each launch sums the bytes of the
+//   global-memory accesses the kernels make through their load / store helpers (cuda_utils.cuh),
+//   all accesses and distinct bytes, reads and writes apart. Per-row scalars (a row's target,
+//   lse or upstream gradient) are read directly and not counted: they are O(rows).
+//
 // What it does not prove: speed, the memory model's finer points (weak ordering between blocks,
 // caches), register and static shared-memory limits, or anything that depends on two blocks
 // running at once.
@@ -34,6 +39,7 @@
 #include <functional>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 // The toolkit's host_defines.h turns these into attributes a host compiler ignores; here they
 // mean host code (and __shared__ one variable for the block running now).
@@ -58,6 +64,7 @@ constexpr int kMaxThreadsPerBlock = 1024;
 constexpr int kMaxBlocksPerSm = 32;
 constexpr size_t kSharedMemoryPerSm = 228 * 1024;
 constexpr size_t kSharedMemoryPerBlock = 48 * 1024;
+constexpr int64_t kL2CacheBytes = 50 * 1024 * 1024;
 constexpr unsigned kWarpLanes = 32;
 
 // By value: under ThreadSanitizer, the emulator's own bookkeeping is invisible to it.
@@ -90,6 +97,21 @@ unsigned active_lanes();
 // Runs `body` as a kernel of `grid` x `block` threads; errors name `kernel_name`.
 void launch(const char* kernel_name, dim3 grid, dim3 block, size_t dynamic_shared_memory,
             const std::function<void()>& body);
+
+// The global-memory traffic of one launch (see the header comment): bytes accessed, and distinct
+// bytes (what a cache that kept the whole launch's working set would fetch or write back).
+struct LaunchTraffic {
+  std::string kernel;
+  uint64_t bytes_read = 0, bytes_written = 0;
+  uint64_t distinct_read = 0, distinct_written = 0;
+};
+
+// Opens the traffic log (clearing it); stop_traffic_log closes it and returns one entry per launch
+// since. Off by default: recording keeps every access until the launch ends.
+void start_traffic_log();
+std::vector<LaunchTraffic> stop_traffic_log();
+// Called by the kernels' load / store helpers for each global access.
+void record_access(const void* address, size_t bytes, bool write);
 
 // Blocks per SM an H100 would keep resident for this block size (threads and block limits).
 int max_active_blocks(int block_threads, size_t dynamic_shared_memory);

@@ -8,6 +8,7 @@
 #include <mutex>
 #include <sstream>
 #include <stdexcept>
+#include <utility>
 #include <vector>
 
 #include "cuda_emulation.h"
@@ -182,6 +183,30 @@ std::mutex g_launch_mutex;  // one launch at a time: __shared__ variables are fu
 char g_block_start_token;
 char g_block_end_token;
 #endif
+
+// The traffic log (see start_traffic_log): each access of the running launch as an address range,
+// merged when the launch ends.
+struct TrafficRecorder {
+  bool open = false;
+  std::vector<LaunchTraffic> log;
+  std::vector<std::pair<uintptr_t, uintptr_t>> reads, writes;  // [begin, end)
+  uint64_t bytes_read = 0, bytes_written = 0;
+};
+TrafficRecorder g_traffic;
+std::mutex g_traffic_mutex;  // start / stop may come from another thread than a launch's
+
+// Bytes covered by the union of the ranges (sorted in place).
+uint64_t distinct_bytes(std::vector<std::pair<uintptr_t, uintptr_t>>& ranges) {
+  std::sort(ranges.begin(), ranges.end());
+  uint64_t total = 0;
+  uintptr_t covered = 0;  // end of the union so far
+  for (const auto& [begin, end] : ranges) {
+    const uintptr_t from = std::max(begin, covered);
+    if (end > from) total += end - from;
+    covered = std::max(covered, end);
+  }
+  return total;
+}
 
 Fiber& current_fiber() {
   if (g_block == nullptr) throw std::logic_error("CUDA emulation: device code outside a kernel");
@@ -641,6 +666,27 @@ WarpView warp_exchange(unsigned mask, uint64_t word, const char* what) {
 
 unsigned active_lanes() { return warp_exchange(0u, 0, "__activemask").arrived; }
 
+void start_traffic_log() {
+  std::lock_guard<std::mutex> lock(g_traffic_mutex);
+  g_traffic = TrafficRecorder{};
+  g_traffic.open = true;
+}
+
+std::vector<LaunchTraffic> stop_traffic_log() {
+  std::lock_guard<std::mutex> lock(g_traffic_mutex);
+  g_traffic.open = false;
+  return std::move(g_traffic.log);
+}
+
+void record_access(const void* address, size_t bytes, bool write) {
+  IgnoreScope ignore;
+  std::lock_guard<std::mutex> lock(g_traffic_mutex);
+  if (!g_traffic.open || g_block == nullptr) return;
+  const auto begin = reinterpret_cast<uintptr_t>(address);
+  (write ? g_traffic.writes : g_traffic.reads).emplace_back(begin, begin + bytes);
+  (write ? g_traffic.bytes_written : g_traffic.bytes_read) += bytes;
+}
+
 int max_active_blocks(int block_threads, size_t dynamic_shared_memory) {
   if (block_threads <= 0) return 0;
   int blocks = std::min(kMaxBlocksPerSm, kMaxThreadsPerSm / block_threads);
@@ -690,6 +736,21 @@ void launch(const char* kernel_name, dim3 grid, dim3 block_dim, size_t dynamic_s
 #ifdef LOGITOPS_EMU_TSAN
   for (auto& fiber : pool.fibers) __tsan_destroy_fiber(fiber.tsan_fiber);
 #endif
+  {
+    std::lock_guard<std::mutex> traffic_lock(g_traffic_mutex);
+    if (g_traffic.open) {
+      LaunchTraffic entry;
+      entry.kernel = kernel_name;
+      entry.bytes_read = g_traffic.bytes_read;
+      entry.bytes_written = g_traffic.bytes_written;
+      entry.distinct_read = distinct_bytes(g_traffic.reads);
+      entry.distinct_written = distinct_bytes(g_traffic.writes);
+      g_traffic.log.push_back(std::move(entry));
+    }
+    g_traffic.reads.clear();
+    g_traffic.writes.clear();
+    g_traffic.bytes_read = g_traffic.bytes_written = 0;
+  }
   if (!block.failure.empty()) throw std::runtime_error("CUDA emulation: " + block.failure);
 }
 

@@ -42,6 +42,18 @@ void check_cross_entropy_inputs(const at::Tensor& logits, const at::Tensor& targ
                     target.device(), " but logits on ", logits.device());
 }
 
+void check_scale_gradient_inputs(const at::Tensor& grad, const at::Tensor& scale) {
+  TORCH_CHECK_TYPE(at::isFloatingType(grad.scalar_type()),
+                   "logitops.scale_gradient_: grad must be floating, got ", grad.scalar_type());
+  TORCH_CHECK_VALUE(grad.is_contiguous(), "logitops.scale_gradient_: grad must be contiguous");
+  TORCH_CHECK_TYPE(at::isFloatingType(scale.scalar_type()),
+                   "logitops.scale_gradient_: scale must be floating, got ", scale.scalar_type());
+  TORCH_CHECK_VALUE(scale.dim() == 0, "logitops.scale_gradient_: scale must be 0-dim, got shape ",
+                    scale.sizes());
+  TORCH_CHECK_VALUE(scale.device() == grad.device(), "logitops.scale_gradient_: scale is on ",
+                    scale.device(), " but grad on ", grad.device());
+}
+
 void check_cross_entropy_probs_inputs(const at::Tensor& logits, const at::Tensor& target,
                                       const std::optional<at::Tensor>& weight) {
   check_cross_entropy_common(logits, weight);

@@ -15,6 +15,9 @@ namespace logitops {
 void check_cross_entropy_inputs(const at::Tensor& logits, const at::Tensor& target,
                                 const std::optional<at::Tensor>& weight);
 
+// scale_gradient_: a floating contiguous grad and a 0-dim floating scale on its device.
+void check_scale_gradient_inputs(const at::Tensor& grad, const at::Tensor& scale);
+
 // cross_entropy_probs_*: the same, with class-probability targets [N, C] of the logits' dtype.
 void check_cross_entropy_probs_inputs(const at::Tensor& logits, const at::Tensor& target,
                                       const std::optional<at::Tensor>& weight);

@@ -118,6 +118,6 @@ def binary_cross_entropy_with_logits(
     else:
         # reduction "none" recomputes in the backward: its upstream gradient is a full tensor.
         loss, _ = _bce_ops.bce_with_logits_forward(
-            *operands, reduction != REDUCTION_NONE and compute_grad(input)
+            *operands, reduction != REDUCTION_NONE and compute_grad(input, reduction)
         )
     return loss.reshape(input.shape) if reduction == REDUCTION_NONE else loss

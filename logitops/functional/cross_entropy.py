@@ -135,7 +135,7 @@ def cross_entropy(
             loss, lse = _composite.cross_entropy_probs(logits_2d, probs_2d, *options)
         else:
             loss, lse, _ = _ce_ops.cross_entropy_probs_forward(
-                logits_2d, probs_2d, *options, compute_grad(input)
+                logits_2d, probs_2d, *options, compute_grad(input, reduction)
             )
     else:
         if target.dtype == torch.bool or target.is_complex():
@@ -156,7 +156,7 @@ def cross_entropy(
             loss, lse = _composite.cross_entropy(logits_2d, target_1d, *options)
         else:
             loss, lse, _, _ = _ce_ops.cross_entropy_forward(
-                logits_2d, target_1d, *options, compute_grad(input)
+                logits_2d, target_1d, *options, compute_grad(input, reduction)
             )
 
     out_shape = input.shape[:class_dim] + input.shape[class_dim + 1 :]

@@ -126,7 +126,9 @@ def kl_div_with_logits(
     if _composite.transforms_active(student_logits):
         loss = _composite.distillation(*operands)
     else:
-        loss, _, _ = _distill_ops.distillation_forward(*operands, compute_grad(student_logits))
+        loss, _, _ = _distill_ops.distillation_forward(
+            *operands, compute_grad(student_logits, reduction)
+        )
     return loss.reshape(lead) if reduction == REDUCTION_NONE else loss
 
 

@@ -4,6 +4,8 @@ are in logitops._validation."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from .._loader import cuda_emulation_requested
@@ -30,12 +32,16 @@ def runs_cpu_kernels(tensor: torch.Tensor) -> bool:
     return tensor.device.type == "cpu" and not CUDA_EMULATION
 
 
-def compute_grad(input: torch.Tensor) -> bool:
-    """The forward ops' ``compute_grad`` argument for this input: whether the forward also writes
-    the gradient (reading the logits once), which it does when one will be needed, on the CPU.
-    On CUDA the backward recomputes it from the saved lse instead, because skipping the
-    multiplication by the upstream gradient there would need a host sync."""
-    return input.requires_grad and torch.is_grad_enabled() and runs_cpu_kernels(input)
+def compute_grad(input: torch.Tensor, reduction: str) -> bool:
+    """The forward ops' ``compute_grad`` argument: whether the forward also writes the gradient
+    (for an upstream gradient of 1), which it does when one will be needed. On the CPU for every
+    reduction: the backward then scales it, or returns it as is when the upstream is 1. On CUDA
+    for the scalar reductions (the training path), whose backward applies the upstream on the
+    device without a host sync (:func:`fused_gradient`): the logits cross memory once each way;
+    with per-row upstreams (``none``) the backward's own pass applies them instead."""
+    if not (input.requires_grad and torch.is_grad_enabled()):
+        return False
+    return runs_cpu_kernels(input) or reduction != REDUCTION_NONE
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -91,6 +97,39 @@ def is_plain_eager_tensor(tensor: torch.Tensor) -> bool:
         if torch._C._get_dispatch_mode(mode) is not None:
             return False
     return True
+
+
+def fused_gradient(
+    ctx,
+    forward_grad: torch.Tensor,
+    grad_loss: torch.Tensor,
+    reduction: str,
+    recompute: Callable[[], torch.Tensor],
+) -> torch.Tensor:
+    """The gradient a forward computed (``compute_grad``) times the upstream gradient.
+
+    On the CPU, :func:`scale_forward_grad`. On CUDA, in eager mode, the first backward scales the
+    saved gradient in place with ``scale_gradient_``, which reads the upstream on the device and
+    does nothing when it is 1 (no host sync, no pass over the gradient); autograd copies the
+    result before accumulating if the graph is retained. A later backward through a retained
+    graph never modifies it again: it returns the scaled gradient times the ratio of the two
+    upstreams (bit for bit the first result when they are equal: backward is reentrant), or,
+    where the first upstream was 0, the ``recompute``\ d gradient. Under torch.compile and other
+    tracing, out of place."""
+    if runs_cpu_kernels(forward_grad) or reduction == REDUCTION_NONE:
+        return scale_forward_grad(forward_grad, grad_loss, reduction)
+    if not is_plain_eager_tensor(grad_loss) or not is_plain_eager_tensor(forward_grad):
+        return forward_grad * grad_loss.to(forward_grad.dtype)
+    first = getattr(ctx, "first_upstream", None)
+    if first is not None:
+        ratio = grad_loss.to(torch.float64) / first
+        return torch.where(first != 0, forward_grad * ratio.to(forward_grad.dtype), recompute())
+    ctx.first_upstream = grad_loss.detach().to(torch.float64)  # a copy: 0-dim, on the device
+    # The saved tensor is modified once, before anything reads it but this backward; keeping its
+    # version lets the saved-tensor check of a retained graph's next backward pass.
+    with torch.autograd._unsafe_preserve_version_counter(forward_grad):
+        torch.ops.logitops.scale_gradient_.default(forward_grad, grad_loss.detach())
+    return forward_grad
 
 
 def scale_forward_grad(

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from . import _composite
-from ._common import REDUCTION_MEAN, REDUCTION_NONE, scale_forward_grad
+from ._common import REDUCTION_MEAN, REDUCTION_NONE, fused_gradient
 
 __all__ = ["bce_with_logits_forward", "bce_with_logits_backward"]
 
@@ -78,12 +78,16 @@ def _backward(ctx, grad_loss, _grad_grad):
         return grad_input, grad_target, None, None, None, None
     grad_input = grad_target = None
     if ctx.needs_input_grad[0]:
-        if ctx.compute_grad and ctx.reduction != REDUCTION_NONE:
-            grad_input = scale_forward_grad(forward_grad, grad_loss, ctx.reduction)
-        else:
-            grad_input = bce_with_logits_backward(
+
+        def recompute():
+            return bce_with_logits_backward(
                 grad_loss, input, target, weight, pos_weight, ctx.reduction
             )
+
+        if ctx.compute_grad and ctx.reduction != REDUCTION_NONE:
+            grad_input = fused_gradient(ctx, forward_grad, grad_loss, ctx.reduction, recompute)
+        else:
+            grad_input = recompute()
     if ctx.needs_input_grad[1]:
         grad_target = _target_gradient(grad_loss, input, weight, pos_weight, ctx.reduction)
     return grad_input, grad_target, None, None, None, None

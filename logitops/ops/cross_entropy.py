@@ -10,10 +10,11 @@ from ._common import (
     REDUCTION_MEAN,
     REDUCTION_NONE,
     accumulation_dtype,
-    scale_forward_grad,
+    fused_gradient,
 )
 
 __all__ = [
+    "scale_gradient_",
     "cross_entropy_backward",
     "cross_entropy_forward",
     "cross_entropy_probs_backward",
@@ -78,6 +79,16 @@ def cross_entropy_backward(
         softcap,
         reduction,
     )
+
+
+def scale_gradient_(grad: Tensor, scale: Tensor) -> None:
+    """grad *= scale in place, scale a 0-dim tensor read on grad's device (free when it is 1)."""
+    torch.ops.logitops.scale_gradient_.default(grad, scale)
+
+
+@torch.library.register_fake("logitops::scale_gradient_")
+def _scale_gradient_fake(grad, scale):
+    torch._check(scale.dim() == 0, lambda: "scale must be 0-dim")
 
 
 @torch.library.register_fake("logitops::cross_entropy_forward")
@@ -156,30 +167,41 @@ def _backward(ctx, grad_loss, grad_lse, _grad_total_weight, _grad_grad):
             (logits,),
             (grad_loss, grad_lse),
         )
-    elif ctx.compute_grad and grad_lse is None:
-        grad_logits = scale_forward_grad(forward_grad, grad_loss, reduction)
     else:
-        if grad_loss is None:
-            grad_loss = (
-                logits.new_zeros(target.shape)
-                if reduction == REDUCTION_NONE
-                else logits.new_zeros(())
+        if ctx.compute_grad and grad_lse is None:
+            grad_logits = fused_gradient(
+                ctx,
+                forward_grad,
+                grad_loss,
+                reduction,
+                lambda: _recomputed_gradient(ctx, grad_loss, grad_lse),
             )
-        grad_logits = cross_entropy_backward(
-            grad_loss,
-            grad_lse,
-            logits,
-            target,
-            weight,
-            lse,
-            total_weight,
-            ignore_index,
-            label_smoothing,
-            z_loss,
-            softcap,
-            reduction,
-        )
+        else:
+            grad_logits = _recomputed_gradient(ctx, grad_loss, grad_lse)
     return (grad_logits,) + (None,) * 8
+
+
+def _recomputed_gradient(ctx, grad_loss, grad_lse):
+    logits, target, weight, lse, total_weight, _ = ctx.saved_tensors
+    ignore_index, label_smoothing, z_loss, softcap, reduction = ctx.options
+    if grad_loss is None:
+        grad_loss = (
+            logits.new_zeros(target.shape) if reduction == REDUCTION_NONE else logits.new_zeros(())
+        )
+    return cross_entropy_backward(
+        grad_loss,
+        grad_lse,
+        logits,
+        target,
+        weight,
+        lse,
+        total_weight,
+        ignore_index,
+        label_smoothing,
+        z_loss,
+        softcap,
+        reduction,
+    )
 
 
 torch.library.register_autograd(
@@ -291,29 +313,39 @@ def _probs_backward(ctx, grad_loss, grad_lse, _grad_grad):
     grad_logits = grad_target = None
     if ctx.needs_input_grad[0]:
         if ctx.compute_grad and grad_lse is None:
-            grad_logits = scale_forward_grad(forward_grad, grad_loss, reduction)
-        else:
-            if grad_loss is None:
-                grad_loss = logits.new_zeros(
-                    (logits.shape[0],) if reduction == REDUCTION_NONE else ()
-                )
-            grad_logits = cross_entropy_probs_backward(
+            grad_logits = fused_gradient(
+                ctx,
+                forward_grad,
                 grad_loss,
-                grad_lse,
-                logits,
-                target,
-                weight,
-                lse,
-                label_smoothing,
-                z_loss,
-                softcap,
                 reduction,
+                lambda: _probs_recomputed_gradient(ctx, grad_loss, grad_lse),
             )
+        else:
+            grad_logits = _probs_recomputed_gradient(ctx, grad_loss, grad_lse)
     if ctx.needs_input_grad[1] and grad_loss is not None:
         grad_target = _probs_target_gradient(
             grad_loss, logits, weight, lse, label_smoothing, softcap, reduction
         )
     return (grad_logits, grad_target) + (None,) * 6
+
+
+def _probs_recomputed_gradient(ctx, grad_loss, grad_lse):
+    logits, target, weight, lse, _ = ctx.saved_tensors
+    label_smoothing, z_loss, softcap, reduction = ctx.options
+    if grad_loss is None:
+        grad_loss = logits.new_zeros((logits.shape[0],) if reduction == REDUCTION_NONE else ())
+    return cross_entropy_probs_backward(
+        grad_loss,
+        grad_lse,
+        logits,
+        target,
+        weight,
+        lse,
+        label_smoothing,
+        z_loss,
+        softcap,
+        reduction,
+    )
 
 
 def _probs_target_gradient(grad_loss, logits, weight, lse, label_smoothing, softcap, reduction):

@@ -11,7 +11,7 @@ from ._common import (
     DIVERGENCE_KINDS,
     REDUCTION_NONE,
     accumulation_dtype,
-    scale_forward_grad,
+    fused_gradient,
 )
 
 __all__ = [
@@ -115,21 +115,26 @@ def _backward(ctx, grad_loss, _grad_count, _grad_grad):
             (student,),
             (grad_loss,),
         )
-    elif ctx.compute_grad:
-        grad = scale_forward_grad(forward_grad, grad_loss, reduction)
     else:
-        grad = distillation_backward(
-            grad_loss,
-            student,
-            teacher,
-            target,
-            ignore_index,
-            temperature,
-            kind,
-            beta,
-            reduction,
-            row_count,
-        )
+
+        def recompute():
+            return distillation_backward(
+                grad_loss,
+                student,
+                teacher,
+                target,
+                ignore_index,
+                temperature,
+                kind,
+                beta,
+                reduction,
+                row_count,
+            )
+
+        if ctx.compute_grad:
+            grad = fused_gradient(ctx, forward_grad, grad_loss, reduction, recompute)
+        else:
+            grad = recompute()
     return (grad,) + (None,) * 8
 
 

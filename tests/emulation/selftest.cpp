@@ -40,17 +40,18 @@ void partial_warp_kernel(int* out) {
 }
 
 void misaligned_kernel(const float* in, float* out) {
-  using Vector = cuda::AlignedVector<float, 4>;
-  const Vector v = *cuda::vector_pointer<const Vector>(in + 1);
+  const auto v = cuda::load_vector<float, 4>(in + 1, true);
   out[threadIdx.x] = v.val[0];
 }
 
-// Forms a misaligned vector pointer and never dereferences it: fine on the GPU, fine here.
-void unused_misaligned_kernel(const float* in, float* out) {
-  using Vector = cuda::AlignedVector<float, 4>;
-  const auto vectors = cuda::vector_pointer<const Vector>(in + 1);
-  (void)vectors;
-  out[threadIdx.x] = in[0];
+// Each thread loads one 16-byte vector and, unaligned, the four floats after the first one;
+// thread 0 stores one vector. Reads: 64 x 16 + 64 x 16 bytes, of which distinct: the 16 floats
+// of `in` read by vectors (the block's threads share them) cover the unaligned reads too.
+void traffic_kernel(const float* in, float* out) {
+  const auto v = cuda::load_vector<float, 4>(in + 4 * (threadIdx.x % 4), true);
+  const auto w = cuda::load_vector<float, 4>(in + 1, false);
+  if (threadIdx.x == 0) cuda::store_vector<float, 4>(out, v, true);
+  if (threadIdx.x == 1) cuda::store_element(out + 4, w.val[0]);
 }
 
 void warp_ops_kernel(unsigned* out) {
@@ -188,13 +189,28 @@ int main(int argc, char** argv) {
         },
         "kernel misaligned_kernel, block (0, 0, 0), thread (0, 0, 0): misaligned 16-byte vector");
   }
-  if (which == "unused_misaligned") {
-    alignas(16) float in[8] = {};
-    std::vector<float> result(kThreads, 1.f);
-    launch("unused_misaligned_kernel", dim3(1), dim3(kThreads), 0,
-           [&] { unused_misaligned_kernel(in, result.data()); });
-    std::printf(result[5] == 0.f ? "ok\n" : "wrong\n");
-    return result[5] == 0.f ? 0 : 1;
+  if (which == "traffic") {
+    alignas(16) float in[16] = {};
+    alignas(16) float result[8] = {};
+    logitops::emulation::start_traffic_log();
+    launch("traffic_kernel", dim3(2), dim3(kThreads), 0, [&] { traffic_kernel(in, result); });
+    launch("no_traffic", dim3(1), dim3(kThreads), 0, [] {});
+    const auto log = logitops::emulation::stop_traffic_log();
+    launch("after_log", dim3(1), dim3(kThreads), 0, [&] { traffic_kernel(in, result); });
+    const bool good = log.size() == 2 && log[0].kernel == "traffic_kernel" &&
+                      log[0].bytes_read == 2 * 64 * 32 && log[0].distinct_read == 64 &&
+                      log[0].bytes_written == 2 * 20 && log[0].distinct_written == 20 &&
+                      log[1].kernel == "no_traffic" && log[1].bytes_read == 0 &&
+                      logitops::emulation::stop_traffic_log().empty();
+    if (!good && !log.empty()) {
+      std::printf("%zu launches; first: %s read %llu (%llu distinct), wrote %llu (%llu)\n",
+                  log.size(), log[0].kernel.c_str(), (unsigned long long)log[0].bytes_read,
+                  (unsigned long long)log[0].distinct_read,
+                  (unsigned long long)log[0].bytes_written,
+                  (unsigned long long)log[0].distinct_written);
+    }
+    std::printf(good ? "ok\n" : "wrong\n");
+    return good ? 0 : 1;
   }
   if (which == "launch_limits") {
     return expect_error([&] { launch("too_big", dim3(1), dim3(2048), 0, [] {}); },
