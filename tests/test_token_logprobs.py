@@ -471,6 +471,47 @@ def test_grpo_example_runs_and_learns(capsys):
     assert max(h["clip_frac"] for h in history) > 0  # the clipping took effect
 
 
+@pytest.mark.skipif(not EMULATION, reason="the traffic log needs LOGITOPS_CUDA_EMULATION=1")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("return_entropy", [False, True])
+def test_cuda_traffic_one_read_forward_one_read_one_write_backward(dtype, return_entropy):
+    rows, vocab = 4, 1000  # 16-byte aligned rows for every dtype
+    x = torch.randn(rows, vocab, dtype=dtype, requires_grad=True)
+    target = torch.randint(0, vocab, (rows,))
+    unit = rows * vocab * x.element_size()
+
+    def log(fn):
+        torch.ops.logitops_emulation.start_traffic_log()
+        try:
+            fn()
+        finally:
+            names, *counts = torch.ops.logitops_emulation.stop_traffic_log()
+        return {
+            name: tuple(c / unit for c in row) for name, *row in zip(names, *counts, strict=True)
+        }
+
+    out = {}
+
+    def step():
+        out["stats"] = logitops.token_logprobs(x, target, return_entropy=return_entropy)
+
+    forward = log(step)
+    # The row once (the entropy in the same pass), plus each row's target logit.
+    read, written, distinct_read, _ = forward.pop("token_logprobs_forward_kernel")
+    assert read == pytest.approx(1 + 1 / vocab) and distinct_read == 1.0 and written == 0.0
+    assert not forward
+    stats = out["stats"]
+    loss = sum(t.sum() for t in stats) if return_entropy else stats.sum()
+    backward = log(loss.backward)
+    assert backward.pop("token_logprobs_backward_kernel") == (1.0, 1.0, 1.0, 1.0)
+    assert not backward
+    # Ignored rows read nothing, forward or backward.
+    target[:] = -100
+    assert log(lambda: logitops.token_logprobs(x, target, return_entropy=return_entropy))[
+        "token_logprobs_forward_kernel"
+    ] == (0.0, 0.0, 0.0, 0.0)
+
+
 # --- the ops directly --------------------------------------------------------------------------
 
 

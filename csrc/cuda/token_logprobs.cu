@@ -58,8 +58,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> token_logprobs_forward_cuda(
               make_token_args<scalar_t, acc_t>(logits, target, ignore_index, temperature);
           cuda::launch_kernel("token_logprobs_forward_kernel",
                               cuda::token_logprobs_forward_kernel<cuda_t, acc_t>, row_grid(rows),
-                              cuda::token_logprobs_block_threads(cols), 0, cuda::current_stream(),
-                              args, logprob.mutable_data_ptr<acc_t>(),
+                              cuda::token_logprobs_block_threads<scalar_t>(cols), 0,
+                              cuda::current_stream(), args, logprob.mutable_data_ptr<acc_t>(),
                               return_entropy ? entropy.mutable_data_ptr<acc_t>() : nullptr,
                               lse.mutable_data_ptr<acc_t>());
           LOGITOPS_CHECK_LAUNCH();
@@ -96,12 +96,13 @@ at::Tensor token_logprobs_backward_cuda(const std::optional<at::Tensor>& grad_lo
           using cuda_t = typename CudaType<scalar_t>::type;
           const auto args =
               make_token_args<scalar_t, acc_t>(logits, target, ignore_index, temperature);
-          cuda::launch_kernel(
-              "token_logprobs_backward_kernel", cuda::token_logprobs_backward_kernel<cuda_t, acc_t>,
-              row_grid(rows), cuda::token_logprobs_block_threads(cols), 0, cuda::current_stream(),
-              args, data_or_null<acc_t>(grad_logprob), data_or_null<acc_t>(grad_entropy),
-              lse.const_data_ptr<acc_t>(), data_or_null<acc_t>(entropy),
-              reinterpret_cast<cuda_t*>(grad.mutable_data_ptr<scalar_t>()));
+          cuda::launch_kernel("token_logprobs_backward_kernel",
+                              cuda::token_logprobs_backward_kernel<cuda_t, acc_t>, row_grid(rows),
+                              cuda::token_logprobs_block_threads<scalar_t>(cols), 0,
+                              cuda::current_stream(), args, data_or_null<acc_t>(grad_logprob),
+                              data_or_null<acc_t>(grad_entropy), lse.const_data_ptr<acc_t>(),
+                              data_or_null<acc_t>(entropy),
+                              reinterpret_cast<cuda_t*>(grad.mutable_data_ptr<scalar_t>()));
           LOGITOPS_CHECK_LAUNCH();
         });
   }
