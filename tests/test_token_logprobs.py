@@ -377,6 +377,14 @@ def test_linear_equals_token_logprobs_of_the_logits(device):
     assert_close(
         fused, logitops.token_logprobs(x @ w.T, y, temperature=1.5), torch.float32, what="fused"
     )
+    # No tokens at all: empty outputs, and a zero weight gradient.
+    x0 = torch.randn(0, 8, device=device, requires_grad=True)
+    w0 = w.clone().requires_grad_()
+    y0 = torch.zeros(0, dtype=torch.long, device=device)
+    lp, h = logitops.linear_token_logprobs(x0, w0, y0, return_entropy=True)
+    assert lp.shape == h.shape == (0,)
+    (lp.sum() + h.sum()).backward()
+    assert x0.grad.shape == (0, 8) and (w0.grad == 0).all()
 
 
 @pytest.mark.parametrize("device", DEVICES)
