@@ -187,8 +187,9 @@ ForwardResult linear_cross_entropy_forward_impl(
   const int64_t num_rows = input.size(0);
   const auto acc_dtype = accumulation_dtype(input.scalar_type());
   const auto acc_options = input.options().dtype(acc_dtype);
-  // The CPU kernel writes the gradient in the forward's sweep; CUDA recomputes it from the lse.
-  const bool chunk_compute_grad = compute_grad && input.device().is_cpu();
+  // Each chunk's forward writes its logits' gradient in the same sweep (on CUDA one fused kernel:
+  // the chunk's logits cross memory once each way).
+  const bool chunk_compute_grad = compute_grad;
   const at::Tensor total_weight =
       target_weight_total(target, weight, ignore_index, linear_weight.size(0), acc_dtype);
   // The chunks' gradients are of their summed loss (an upstream gradient of 1 per row). The

@@ -16,6 +16,7 @@ rank instead of leaving the others waiting in a collective.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -46,9 +47,11 @@ from .ops._common import (
 )
 
 __all__ = [
+    "RowOptions",
     "VocabLayout",
     "vocab_parallel_cross_entropy",
     "vocab_parallel_linear_cross_entropy",
+    "vocab_parallel_rows",
 ]
 
 
@@ -117,6 +120,9 @@ _MUST_MATCH = {
     "reduction": "reduction must be the same on every rank",
     "needs_grad": "requires_grad of input / linear_weight / linear_bias (and grad mode) must be "
     "the same on every rank",
+    "target_kind": "target must be class ids on every rank or probabilities on every rank, and "
+    "weight given on every rank or on none",
+    "weight_classes": "weight must have the same length on every rank",
 }
 
 
@@ -129,6 +135,8 @@ class _RankArguments:
     dtype: int
     reduction: int  # the index in REDUCTIONS
     needs_grad: int
+    target_kind: int = 0  # 0: class ids; 1: class ids with weight; 2: probabilities
+    weight_classes: int = -1  # the length of weight (-1: not given)
 
 
 def _agree_on_layout(
@@ -312,6 +320,7 @@ def vocab_parallel_cross_entropy(
     reduction: str = "mean",
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
+    weight: Tensor | None = None,
 ) -> Tensor:
     r"""Cross-entropy of logits whose vocabulary is split across the ranks of ``group``.
 
@@ -319,11 +328,14 @@ def vocab_parallel_cross_entropy(
     ``[vocab_start, vocab_start + V_local)``. By default the slices follow rank order (rank r
     starts where rank r - 1 ends; slices may be unequal); pass ``vocab_start`` on every rank for
     any other arrangement. ``target`` [...] holds global class ids (or ``ignore_index``) and is the
-    same on every rank. The result, on every rank, is
-    ``F.cross_entropy(full_logits, target, ignore_index=..., reduction=..., label_smoothing=...)``
-    plus ``z_loss * lse**2`` per row; the gradient of ``local_logits`` is this rank's slice of the
-    full gradient. Costs two all-gathers (the layout: 8 integers per rank; the statistics: 3
-    floats per row per rank), and one host sync for the layout.
+    same on every rank, or is this rank's columns [..., V_local] of class probabilities
+    (floating; then ``ignore_index`` must stay -100). ``weight`` [V] holds the class weights of
+    the whole vocabulary, the same on every rank. The result, on every rank, is
+    ``F.cross_entropy(full_logits, full_target, weight, ignore_index=..., reduction=...,
+    label_smoothing=...)`` plus ``z_loss * lse**2`` per row; the gradient of ``local_logits`` is
+    this rank's slice of the full gradient (and that of a probability target, its columns).
+    Costs two all-gathers (the layout: 10 integers per rank; the statistics: 3 floats per row
+    per rank, 4 with class weights), and one host sync for the layout.
 
     With NCCL the collectives run on the logits' GPU; with gloo on the CPU (CUDA statistics are
     copied to the host and back: [3, N] floats per call).
@@ -333,7 +345,8 @@ def vocab_parallel_cross_entropy(
     local_logits : Tensor
         This rank's columns [..., V_local] of the logits.
     target : Tensor
-        Global class ids [...], the same on every rank.
+        Global class ids [...], the same on every rank; or this rank's columns [..., V_local] of
+        class probabilities.
     group : torch.distributed.ProcessGroup, optional
         The ranks that share the vocabulary (default: the default group).
     vocab_start : int, optional
@@ -342,6 +355,8 @@ def vocab_parallel_cross_entropy(
         As in :func:`torch.nn.functional.cross_entropy`.
     z_loss : float
         As in :func:`logitops.cross_entropy`.
+    weight : Tensor, optional
+        Class weights [V] of the whole vocabulary, the same on every rank.
 
     Returns
     -------
@@ -373,11 +388,23 @@ def vocab_parallel_cross_entropy(
         check_floating("local_logits", local_logits)
         if local_logits.dim() < 1:
             raise ValueError("local_logits must have a class dimension, got a 0-dim tensor")
-        _check_common(target, local_logits.shape[:-1], local_logits, options)
+        probs = isinstance(target, Tensor) and target.is_floating_point()
+        if probs:
+            _check_probability_target(target, local_logits, options)
+        else:
+            _check_common(target, local_logits.shape[:-1], local_logits, options)
+        if weight is not None:
+            check_floating("weight", weight)
+            check_same_device("weight", weight, local_logits)
+            if weight.dim() != 1:
+                raise ValueError(
+                    f"weight must be the 1-D class weights [V] of the whole vocabulary, got "
+                    f"shape {tuple(weight.shape)}"
+                )
         if vocab_start is not None and (not isinstance(vocab_start, int) or vocab_start < 0):
             raise ValueError(f"vocab_start must be None or an int >= 0, got {vocab_start!r}")
         local_classes = local_logits.shape[-1]
-        num_rows = target.numel()
+        num_rows = math.prod(local_logits.shape[:-1])
         mine = _RankArguments(
             -1 if vocab_start is None else vocab_start,
             local_classes,
@@ -386,16 +413,82 @@ def vocab_parallel_cross_entropy(
             _DTYPE_CODES[local_logits.dtype],
             REDUCTIONS.index(options.reduction),
             0,  # the backward needs no collective
+            2 if probs else int(weight is not None),
+            -1 if weight is None else weight.shape[0],
         )
     except (TypeError, ValueError) as exc:
         error, mine = exc, None
     layout = _agree_on_layout(mine, group, local_logits, error)
+    if probs or weight is not None:
+        return _weighted_or_probabilities(local_logits, target, weight, layout, group, options)
     logits_2d = local_logits.reshape(num_rows, local_classes)
     target_1d = target.reshape(-1).to(torch.int64)
     # Every rank holds the same targets, so every rank raises alike.
     _check_target_range(target_1d, layout.num_classes, options.ignore_index)
     out = _VocabParallelCrossEntropy.apply(logits_2d, target_1d, layout, group, options)
     return out.reshape(target.shape) if options.reduction == REDUCTION_NONE else out
+
+
+def _check_probability_target(target: Tensor, local_logits: Tensor, options: _Options) -> None:
+    if target.shape != local_logits.shape:
+        raise ValueError(
+            f"target of dtype {target.dtype} is read as this rank's columns of class "
+            f"probabilities and must have local_logits' shape {tuple(local_logits.shape)}, got "
+            f"{tuple(target.shape)}"
+        )
+    check_floating("target", target)
+    check_same_device("target", target, local_logits)
+    if options.ignore_index != -100:
+        raise ValueError(
+            "ignore_index is not supported for floating point target (class-probability "
+            f"targets), got ignore_index={options.ignore_index}"
+        )
+    check_cross_entropy_options(options.label_smoothing, options.z_loss, None)
+
+
+def _weighted_or_probabilities(local_logits, target, weight, layout, group, options) -> Tensor:
+    """vocab_parallel_cross_entropy with class weights or probability targets: the per-row
+    losses of vocab_parallel_rows, reduced here."""
+    if weight is not None and weight.shape[0] != layout.num_classes:
+        # Every rank has the same weight length and vocabulary: every rank raises alike.
+        raise ValueError(
+            f"weight must have {layout.num_classes} class weights (the whole vocabulary), got "
+            f"{weight.shape[0]}"
+        )
+    lead = local_logits.shape[:-1]
+    num_rows = math.prod(lead)  # not -1: an empty slice leaves it ambiguous
+    logits_2d = local_logits.reshape(num_rows, layout.local_classes)
+    acc = accumulation_dtype(local_logits.dtype)
+    if target.is_floating_point():
+        t = target.reshape(num_rows, layout.local_classes).to(local_logits.dtype)
+        denominator = torch.tensor(float(logits_2d.shape[0]), dtype=acc)
+    else:
+        t = target.reshape(-1).to(torch.int64)
+        _check_target_range(t, layout.num_classes, options.ignore_index)
+    if weight is not None:
+        weight = weight.detach()
+    rows, _ = vocab_parallel_rows(
+        logits_2d,
+        t,
+        layout,
+        RowOptions(options.ignore_index, options.label_smoothing, options.z_loss),
+        weight=weight,
+        group=group,
+    )
+    if options.reduction == REDUCTION_NONE:
+        return rows.reshape(lead).to(local_logits.dtype)
+    total = rows.sum()
+    if options.reduction == "mean":
+        if not target.is_floating_point():
+            keep = t != options.ignore_index
+            safe = torch.where(keep, t, torch.zeros_like(t)).clamp(0, layout.num_classes - 1)
+            w = torch.ones_like(rows) if weight is None else weight.to(acc)[safe]
+            denominator = torch.where(keep, w, torch.zeros_like(w)).sum()
+        denominator = denominator.to(total.device)
+        # A mean over nothing is NaN and its gradient 0, as cross_entropy's.
+        scale = torch.where(denominator != 0, 1.0 / denominator, torch.zeros_like(denominator))
+        total = total * scale + torch.where(denominator != 0, 0.0, torch.nan).to(acc)
+    return total.to(local_logits.dtype)
 
 
 def _all_reduce_sum(tensor: Tensor, layout: VocabLayout, group: dist.ProcessGroup | None) -> Tensor:
@@ -586,3 +679,257 @@ def vocab_parallel_linear_cross_entropy(
         needs_grad,
     )
     return out.reshape(target.shape) if options.reduction == REDUCTION_NONE else out
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-row losses with every cross-entropy option, for logitops.dtensor (and any caller that
+# reduces the rows itself): class weights and probability targets next to ignore_index, label
+# smoothing and z-loss. The slice's log-sum-exp (and, without weights, the target's logit and the
+# logit sum) come from the vocab_parallel kernels; the weighted sums a weight or a probability
+# target adds are one pass of ATen ops over the slice. One all-gather of [k, N] statistics.
+
+
+@dataclass(frozen=True)
+class RowOptions:
+    """The per-row options of :func:`vocab_parallel_rows`.
+
+    Parameters
+    ----------
+    ignore_index : int
+        Class-index targets equal to it give a 0 loss (and no gradient).
+    label_smoothing : float
+        As in :func:`torch.nn.functional.cross_entropy`.
+    z_loss : float
+        As in :func:`logitops.cross_entropy`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import logitops
+    >>> from logitops.distributed import RowOptions
+    >>> RowOptions(ignore_index=-100, label_smoothing=0.1, z_loss=0.0).label_smoothing
+    0.1
+    """
+
+    ignore_index: int
+    label_smoothing: float
+    z_loss: float
+
+
+def _gather_rows(rows: Tensor, layout: VocabLayout, group: dist.ProcessGroup | None) -> Tensor:
+    """[world, k, N]: every rank's float64 [k, N] statistics (one all-gather)."""
+    if layout.world_size == 1:
+        return rows.unsqueeze(0)
+    device = _collective_device(group, rows)
+    parts = [torch.empty_like(rows, device=device) for _ in range(layout.world_size)]
+    dist.all_gather(parts, rows.to(device).contiguous(), group=group)
+    return torch.stack(parts).to(rows.device)
+
+
+def _finite_or_zero(lse: Tensor) -> Tensor:
+    """A slice's log-sum-exp as the shift of its logits: 0 for an empty or all -inf slice."""
+    return torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
+
+
+def _prob_coefficients(probs, local_weight, label_smoothing, num_classes, acc):
+    """a_c = w_c * ((1 - eps) * q_c + eps / C) on this rank's columns, in ``acc``."""
+    a = probs.to(acc)
+    if label_smoothing != 0.0:
+        a = (1.0 - label_smoothing) * a + label_smoothing / num_classes
+    return a if local_weight is None else a * local_weight
+
+
+def _softmax_slice(logits: Tensor, lse: Tensor, acc: torch.dtype) -> Tensor:
+    return torch.exp(logits.to(acc) - lse.unsqueeze(1))
+
+
+class _VocabParallelRows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits, target, weight, layout, group, options):
+        acc = accumulation_dtype(logits.dtype)
+        probs = target.is_floating_point()
+        num_rows = logits.shape[0]
+        start, size, num_classes = layout.vocab_start, layout.local_classes, layout.num_classes
+        eps, zl = options.label_smoothing, options.z_loss
+        local_weight = None if weight is None else weight[start : start + size].to(acc)
+        ids = target
+        if probs:  # a target on no rank: the kernel's target logit is 0 and unused
+            ids = torch.full((num_rows,), -1, dtype=torch.int64, device=logits.device)
+        stats = _vp_ops.vocab_parallel_cross_entropy_stats(logits, ids, start)
+        ctx.set_materialize_grads(False)
+        ctx.layout, ctx.options, ctx.probs = layout, options, probs
+        if not probs and weight is None:
+            opts = _Options(options.ignore_index, REDUCTION_NONE, eps, zl)
+            lse, loss = _combine(stats, target, layout, group, opts, acc)
+            ctx.save_for_backward(logits, target, None, lse, None)
+            return loss, lse
+        # Weighted sums relative to the slice's own log-sum-exp s_r, so that
+        # sum_c a_c (lse - z_c) = sum_r [A_r (lse - s_r) - sum_{c in r} a_c (z_c - s_r)]
+        # keeps the digits of rows whose logits are all large.
+        # s_r rounded to acc, so that z_c - s_r is exact near s_r; the combine below uses the
+        # same rounded value, recomputed from the gathered lse.
+        shifted = logits.to(acc) - _finite_or_zero(stats[0]).to(acc).unsqueeze(1)
+        if probs:
+            a = _prob_coefficients(target, local_weight, eps, num_classes, acc)
+            # An a_c of exactly 0 contributes 0, even on a -inf logit.
+            az = torch.where(a != 0, a * shifted, torch.zeros_like(a))
+            rows = torch.stack([stats[0], a.sum(1).double(), az.sum(1).double()])
+        else:
+            if eps != 0.0 and size > 0:
+                wz = (shifted @ local_weight).double()
+            else:
+                wz = torch.zeros(num_rows, dtype=torch.float64, device=logits.device)
+            mass = local_weight.sum().double().expand(num_rows)
+            rows = torch.stack([stats[0], stats[1], wz, mass])
+        gathered = _gather_rows(rows, layout, group)
+        lse = torch.logsumexp(gathered[:, 0], dim=0)
+        shift = _finite_or_zero(gathered[:, 0]).to(acc).double()
+        if probs:
+            total = gathered[:, 1].sum(0)  # sum_c a_c
+            loss = (gathered[:, 1] * (lse - shift) - gathered[:, 2]).sum(0)
+            if zl != 0.0:
+                loss = loss + zl * lse * lse
+            extra = total
+        else:
+            keep = target != options.ignore_index
+            safe = torch.where(keep, target, torch.zeros_like(target)).clamp(0, num_classes - 1)
+            w_t = torch.where(keep, weight.double()[safe], 0.0)
+            loss = (1.0 - eps) * w_t * (lse - gathered[:, 1].sum(0))
+            if eps != 0.0:
+                smooth = (gathered[:, 3] * (lse - shift) - gathered[:, 2]).sum(0)
+                loss = loss + eps / num_classes * smooth
+            if zl != 0.0:
+                loss = loss + zl * lse * lse
+            loss = torch.where(keep, loss, torch.zeros_like(loss))
+            opts = _Options(options.ignore_index, REDUCTION_NONE, eps, zl)
+            loss = torch.where(_invalid_targets(target, layout, opts), torch.nan, loss)
+            extra = w_t
+        lse, loss = lse.to(acc), loss.to(acc)
+        ctx.save_for_backward(logits, target, weight, lse, extra.to(acc))
+        return loss, lse
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_loss, grad_lse):
+        logits, target, weight, lse, extra = ctx.saved_tensors
+        layout, options, probs = ctx.layout, ctx.options, ctx.probs
+        acc = lse.dtype
+        start, size, num_classes = layout.vocab_start, layout.local_classes, layout.num_classes
+        eps, zl = options.label_smoothing, options.z_loss
+        num_rows = logits.shape[0]
+        if grad_loss is None:
+            grad_loss = torch.zeros(num_rows, dtype=acc, device=logits.device)
+        grad_loss = grad_loss.to(acc)
+        local_weight = None if weight is None else weight[start : start + size].to(acc)
+        grad_logits = grad_target = None
+        if not probs and weight is None:
+            opts = _Options(options.ignore_index, REDUCTION_NONE, eps, zl)
+            if ctx.needs_input_grad[0]:
+                grad_logits = _slice_grad(grad_loss, logits, target, lse, layout, opts)
+                if grad_lse is not None:
+                    p = _softmax_slice(logits, lse, acc)
+                    grad_logits = grad_logits.to(acc) + grad_lse.to(acc).unsqueeze(1) * p
+            return _cast(grad_logits, logits), None, None, None, None, None
+        coef = torch.zeros_like(grad_loss) if grad_lse is None else grad_lse.to(acc)
+        if probs:
+            a = _prob_coefficients(target, local_weight, eps, num_classes, acc)
+            if ctx.needs_input_grad[0]:
+                coef = coef + grad_loss * (extra + 2.0 * zl * lse)
+                p = _softmax_slice(logits, lse, acc)
+                grad_logits = coef.unsqueeze(1) * p - grad_loss.unsqueeze(1) * a
+            if ctx.needs_input_grad[1]:
+                scale = (1.0 - eps) * grad_loss.unsqueeze(1)
+                if local_weight is not None:
+                    scale = scale * local_weight
+                grad_target = scale * (lse.unsqueeze(1) - logits.to(acc))
+            return _cast(grad_logits, logits), _cast(grad_target, target), None, None, None, None
+        if ctx.needs_input_grad[0]:
+            opts = _Options(options.ignore_index, REDUCTION_NONE, eps, zl)
+            keep = target != options.ignore_index
+            grad_loss = torch.where(keep, grad_loss, torch.zeros_like(grad_loss))
+            grad_loss = torch.where(_invalid_targets(target, layout, opts), torch.nan, grad_loss)
+            w_t = extra
+            mass = weight.to(acc).sum()
+            coef = coef + grad_loss * ((1.0 - eps) * w_t + eps / num_classes * mass + 2 * zl * lse)
+            grad_logits = coef.unsqueeze(1) * _softmax_slice(logits, lse, acc)
+            if eps != 0.0:
+                grad_logits = grad_logits - (eps / num_classes * grad_loss).unsqueeze(1) * (
+                    local_weight.unsqueeze(0)
+                )
+            if size > 0:
+                local_t = target - start
+                in_slice = keep & (local_t >= 0) & (local_t < size)
+                picked = torch.where(in_slice, -(1.0 - eps) * grad_loss * w_t, 0.0)
+                grad_logits = grad_logits.scatter_add(
+                    1, local_t.clamp(0, size - 1).unsqueeze(1), picked.unsqueeze(1).to(acc)
+                )
+        return _cast(grad_logits, logits), None, None, None, None, None
+
+
+def _cast(grad: Tensor | None, like: Tensor) -> Tensor | None:
+    return None if grad is None else grad.to(like.dtype)
+
+
+def vocab_parallel_rows(
+    local_logits: Tensor,
+    target: Tensor,
+    layout: VocabLayout,
+    options: RowOptions,
+    *,
+    weight: Tensor | None = None,
+    group: dist.ProcessGroup | None = None,
+) -> tuple[Tensor, Tensor]:
+    r"""Per-row cross-entropy losses and log-sum-exps of vocabulary-sharded logits, with an
+    agreed ``layout`` (no layout exchange, no argument checks: the building block of
+    :mod:`logitops.dtensor`, whose DTensors carry the layout).
+
+    ``local_logits`` [N, V_local] are the global classes ``[layout.vocab_start,
+    layout.vocab_start + V_local)``; ``target`` is either global class ids [N] (int64, the same
+    on every rank) or this rank's columns [N, V_local] of class probabilities; ``weight`` the
+    full class weights [V] (the same on every rank). Per row, as :func:`logitops.cross_entropy`
+    with ``reduction="none"``: ``(1 - eps) w_y (lse - z_y) + eps / V sum_c w_c (lse - z_c) +
+    z_loss lse**2`` (0 where ``y == ignore_index``) for class ids, ``sum_c w_c q_c (lse - z_c) +
+    z_loss lse**2`` with ``q = (1 - eps) t + eps / V`` for probabilities. Both results are in the
+    accumulation dtype (float32, float64 for float64), the same on every rank, and
+    differentiable (the gradient of ``local_logits`` is this rank's slice; that of a
+    probability ``target``, its columns). One all-gather of [k, N] float64 statistics. Without
+    weights or probabilities the forward and backward are the two vocab_parallel kernels; class
+    weights and probability targets add a few [N, V_local] temporaries in the accumulation dtype
+    (their weighted sums and gradients are ATen ops over the slice).
+
+    Parameters
+    ----------
+    local_logits : Tensor
+        This rank's columns [N, V_local].
+    target : Tensor
+        Class ids [N] or this rank's probability columns [N, V_local].
+    layout : VocabLayout
+        Where this rank's columns sit (the same vocabulary on every rank).
+    options : RowOptions
+        ignore_index, label_smoothing, z_loss.
+    weight : Tensor, optional
+        Class weights [V], the whole vocabulary.
+    group : torch.distributed.ProcessGroup, optional
+        The ranks that share the vocabulary (default: the default group; not used for one rank).
+
+    Returns
+    -------
+    (Tensor, Tensor)
+        The per-row losses [N] and log-sum-exps [N].
+
+    Examples
+    --------
+    >>> import torch
+    >>> import logitops
+    >>> from logitops.distributed import RowOptions, VocabLayout, vocab_parallel_rows
+    >>> logits, target = torch.randn(4, 10), torch.tensor([1, 9, -100, 3])
+    >>> weight = torch.rand(10)
+    >>> layout = VocabLayout(0, 10, 10, 10, world_size=1)  # one rank holds every class
+    >>> loss, lse = vocab_parallel_rows(logits, target, layout, RowOptions(-100, 0.1, 0.0),
+    ...                                 weight=weight)
+    >>> expected = torch.nn.functional.cross_entropy(
+    ...     logits, target, weight, reduction="none", label_smoothing=0.1)
+    >>> torch.allclose(loss, expected, atol=1e-6)
+    True
+    """
+    return _VocabParallelRows.apply(local_logits, target, weight, layout, group, options)

@@ -24,9 +24,13 @@ def run_case(case: dict, rank: int) -> dict:
     kwargs = dict(case["kwargs"])
     if case["pass_vocab_start"]:
         kwargs["vocab_start"] = start
+    if case.get("class_weight") is not None and case.get("bad_rank") != rank:
+        kwargs["weight"] = case["class_weight"]
     if case.get("bad_rank") == rank:
         kwargs.update(case.get("bad_kwargs", {}))
     target = case["target"]
+    if target.is_floating_point():  # probabilities: this rank's columns
+        target = target[..., start : start + size].clone()
     if case["kind"] == "logits":
         local = case["logits"][..., start : start + size].clone()
         if case.get("bad_rank") == rank and "bad_dtype" in case:

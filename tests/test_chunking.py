@@ -10,7 +10,13 @@ import torch
 import torch.nn.functional as F
 from conftest import DEVICES
 
-from logitops._chunking import LinearGradients, chunks, default_chunk_size
+from logitops._chunking import (
+    LinearGradients,
+    chunk_bytes,
+    chunks,
+    cuda_chunk_bytes,
+    default_chunk_size,
+)
 from logitops.ops import cross_entropy as ce_ops
 from logitops.ops import linear_cross_entropy as lce_ops
 from logitops.ops._common import REDUCTION_NONE
@@ -69,6 +75,17 @@ def test_chunks_cover_the_tokens_once():
     assert list(chunks(10, 4)) == [(0, 4), (4, 8), (8, 10)]
     assert list(chunks(4, 4)) == [(0, 4)]
     assert list(chunks(0, 4)) == []
+
+
+def test_cuda_chunks_take_a_quarter_of_free_memory_within_bounds():
+    assert cuda_chunk_bytes(8 << 30) == 2 << 30
+    assert cuda_chunk_bytes(80 << 30) == 2 << 30
+    assert cuda_chunk_bytes(1 << 30) == 256 << 20
+    assert cuda_chunk_bytes(0) == 64 << 20
+    assert chunk_bytes(torch.device("cpu")) == 64 << 20
+    # 8192 tokens x 128256 bf16 with 60 GB free: one chunk, not the 32 of 64 MiB each
+    assert default_chunk_size(8192, 128256, 2, cuda_chunk_bytes(60 << 30)) == 8192
+    assert -(-8192 // default_chunk_size(8192, 128256, 2)) == 32
 
 
 def test_default_chunk_size_is_about_64_mib_of_logits():

@@ -47,14 +47,24 @@ def logits_case(
     reduction="mean",
     pass_vocab_start=False,
     lead=None,
+    probs=False,
+    class_weight=False,
     **kwargs,
 ):
     g = torch.Generator().manual_seed(len(name) * 1000 + world)
     vocab = sum(size for _, size in slices)
     shape = (lead if lead is not None else (rows,)) + (vocab,)
     logits = (3 * torch.randn(shape, generator=g, dtype=torch.float64)).to(dtype)
-    target = torch.randint(0, vocab, shape[:-1], generator=g)
-    target.view(-1)[::4] = kwargs.get("ignore_index", -100)
+    if probs:  # class probabilities, with exact zeros
+        target = torch.softmax(torch.randn(shape, generator=g, dtype=torch.float64), -1)
+        target[..., 1] = 0.0
+        target = target.to(dtype)
+    else:
+        target = torch.randint(0, vocab, shape[:-1], generator=g)
+        target.view(-1)[::4] = kwargs.get("ignore_index", -100)
+    weight = None
+    if class_weight:
+        weight = (torch.rand(vocab, generator=g, dtype=torch.float64) + 0.1).to(dtype)
     upstream = (
         torch.randn(shape[:-1], generator=g, dtype=torch.float64).to(dtype)
         if reduction == "none"
@@ -70,6 +80,7 @@ def logits_case(
         "upstream": upstream,
         "kwargs": {"reduction": reduction, **kwargs},
         "dtype": dtype,
+        "class_weight": weight,
     }
 
 
@@ -199,6 +210,44 @@ def build_cases(world):
     linear_ignored = linear_case("linear-all-ignored-mean", world, even, rows=4)
     linear_ignored["target"].fill_(-100)
     cases.append(linear_ignored)
+    # Class weights and probability targets (this rank's columns).
+    cases += [
+        logits_case(
+            "weight-smoothing",
+            world,
+            shuffled,
+            pass_vocab_start=True,
+            label_smoothing=0.1,
+            class_weight=True,
+        ),
+        logits_case(
+            "weight-sum-ignore-index-is-a-class",
+            world,
+            even,
+            reduction="sum",
+            ignore_index=2,
+            z_loss=1e-3,
+            class_weight=True,
+        ),
+        logits_case("weight-bfloat16", world, even, dtype=torch.bfloat16, class_weight=True),
+        logits_case("probs-mean", world, in_order, probs=True, label_smoothing=0.1),
+        logits_case(
+            "probs-weight-none-3d",
+            world,
+            shuffled,
+            pass_vocab_start=True,
+            lead=(2, 3),
+            probs=True,
+            class_weight=True,
+            reduction="none",
+            z_loss=1e-3,
+        ),
+    ]
+    weighted_ignored = logits_case(
+        "weight-all-ignored-mean", world, even, rows=3, class_weight=True
+    )
+    weighted_ignored["target"].fill_(-100)
+    cases.append(weighted_ignored)
     if torch.cuda.is_available():
         # The CUDA kernels under the same collectives (gloo moves CUDA tensors too).
         cases += [dict(c, name=c["name"] + "-cuda", device="cuda") for c in list(cases)]
@@ -226,6 +275,12 @@ def build_cases(world):
         )
         overlap["expect_error"] = {r: "ValueError: vocab_start" for r in range(world)}
         cases.append(overlap)
+        one_weight = logits_case("error-weight-on-one-rank", world, even, class_weight=True)
+        one_weight["bad_rank"] = 0  # rank 0 passes no weight
+        one_weight["expect_error"] = {
+            r: "ValueError: target must be class ids" for r in range(world)
+        }
+        cases.append(one_weight)
     return cases
 
 
@@ -268,11 +323,18 @@ def reference(case):
     """Loss and gradients of the single-process computation on the whole vocabulary, float64."""
     kwargs = dict(case["kwargs"])
     kwargs.pop("chunk_size", None)
+    target = case["target"]
+    if case.get("class_weight") is not None:
+        kwargs["weight"] = case["class_weight"].double()
     if case["kind"] == "logits":
         leaves = {"logits": case["logits"].double().requires_grad_()}
         logits = leaves["logits"]
+        if target.is_floating_point():
+            target = target.double()
         if logits.dim() > 2:  # the reference takes classes on dim 1
             logits = logits.movedim(-1, 1)
+            if target.is_floating_point():
+                target = target.movedim(-1, 1)
     else:
         leaves = {
             "input": case["input"].double().requires_grad_(),
@@ -281,7 +343,7 @@ def reference(case):
         if case["bias"] is not None:
             leaves["bias"] = case["bias"].double().requires_grad_()
         logits = F.linear(leaves["input"], leaves["weight"], leaves.get("bias"))
-    loss, _ = cross_entropy_reference(logits, case["target"], **kwargs)
+    loss, _ = cross_entropy_reference(logits, target, **kwargs)
     loss.backward(case["upstream"].double())
     return loss.detach(), {name: leaf.grad for name, leaf in leaves.items()}
 
@@ -412,7 +474,12 @@ BAD_CALLS = [
     ("group", RuntimeError, lambda: vpce(L, T)),  # no process group initialized
     ("local_logits", TypeError, lambda: vpce(L.long(), T)),
     ("local_logits", ValueError, lambda: vpce(torch.tensor(1.0), T)),
-    ("target", TypeError, lambda: vpce(L, T.float())),
+    ("target", TypeError, lambda: vpce(L, T.bool())),
+    ("target", ValueError, lambda: vpce(L, T.float())),  # probabilities of the wrong shape
+    ("ignore_index", ValueError, lambda: vpce(L, torch.rand(4, 6), ignore_index=1)),
+    ("weight", TypeError, lambda: vpce(L, T, weight=torch.ones(6, dtype=torch.long))),
+    ("weight", ValueError, lambda: vpce(L, T, weight=torch.ones(2, 3))),
+    ("weight", ValueError, lambda: vpce(L, T, weight=torch.ones(5))),  # V is 6
     ("target", ValueError, lambda: vpce(L, T[:3])),
     ("target", IndexError, lambda: vpce(L, torch.tensor([0, 6, 1, 2]))),
     ("vocab_start", ValueError, lambda: vpce(L, T, vocab_start=-2)),

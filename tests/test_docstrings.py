@@ -25,6 +25,7 @@ MODULES = [
     "logitops.nn",
     "logitops.processors",
     "logitops.distributed",
+    "logitops.dtensor",
     "logitops.calibration",
 ]
 

@@ -21,6 +21,7 @@ ABOVE_FUNCTIONAL = {
     "logitops.nn",
     "logitops.processors",
     "logitops.distributed",
+    "logitops.dtensor",
     "logitops.calibration",
 }
 

@@ -213,3 +213,19 @@ def test_filter_and_sample_read_the_row_and_write_once(dtype):
     # As designed today (issue 14 asks for <= 3): a scan, the radix passes of the k-th largest
     # and the top-p cut, then the write or the race.
     assert filtered.read <= 11 and sampled.read <= 11
+
+
+def test_linear_cross_entropy_chunks_use_the_fused_kernel():
+    hidden = torch.randn(ROWS, 16, requires_grad=True)
+    head = torch.randn(VOCAB, 16, requires_grad=True)
+    target = torch.randint(0, VOCAB, (ROWS,))
+    kernels = by_kernel(
+        traffic(
+            lambda: logitops.linear_cross_entropy(hidden, head, target, chunk_size=3).backward(),
+            unit(torch.float32),
+        )
+    )
+    # The chunks' logits (N x V in all) cross memory once each way; no recomputing backward.
+    assert kernels.pop("cross_entropy_fused_kernel") == (2.0, 1.0, 1.0, 1.0)
+    assert kernels.pop("cross_entropy_row_weight_kernel") == (0.0, 0.0, 0.0, 0.0)
+    assert not kernels, kernels

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 from torch.nn import _reduction as _Reduction
 
+from .._dispatch import dtensor_handler
 from .._validation import (
     check_cross_entropy_options,
     check_floating,
@@ -88,6 +89,12 @@ def cross_entropy(
     >>> torch.allclose(lse, torch.logsumexp(x, dim=1))
     True
     """
+    handler = dtensor_handler("cross_entropy", input, target, weight)
+    if handler is not None:  # DTensor arguments: logitops.dtensor
+        return handler(
+            input, target, weight, size_average, ignore_index, reduce, reduction,
+            label_smoothing, z_loss=z_loss, softcap=softcap, return_lse=return_lse,
+        )  # fmt: skip
     if size_average is not None or reduce is not None:
         reduction = _Reduction.legacy_get_string(size_average, reduce)
     reduction = check_reduction(reduction)

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._chunking import default_chunk_size
+from .._chunking import chunk_bytes, default_chunk_size
+from .._dispatch import dtensor_handler
 from .._validation import (
     check_cross_entropy_options,
     check_floating,
@@ -120,6 +121,15 @@ def linear_cross_entropy(
     >>> hidden.grad.shape, lm_head.grad.shape
     (torch.Size([64, 32]), torch.Size([1000, 32]))
     """
+    handler = dtensor_handler(
+        "linear_cross_entropy", input, linear_weight, target, linear_bias, weight
+    )
+    if handler is not None:  # DTensor arguments: logitops.dtensor
+        return handler(
+            input, linear_weight, target, linear_bias=linear_bias, weight=weight,
+            reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing,
+            options=options, z_loss=z_loss, softcap=softcap, chunk_size=chunk_size,
+        )  # fmt: skip
     reduction = check_reduction(reduction)
     if chunk_size is None:
         chunk_size = _options_chunk_size(options)
@@ -180,7 +190,7 @@ def linear_cross_entropy(
     if chunk_size is None:
         # under autocast each chunk's logits are also held in float32
         chunk_size = default_chunk_size(
-            x.shape[0], vocab, 4 if cast is not None else x.element_size()
+            x.shape[0], vocab, 4 if cast is not None else x.element_size(), chunk_bytes(x.device)
         )
     if not runs_cpu_kernels(x) and validate_cuda_targets_enabled():
         check_target_range(t, vocab, ignore_index)
