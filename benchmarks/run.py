@@ -32,6 +32,7 @@ FAMILIES = [
     "distillation",
     "linear_cross_entropy",
     "vocab_parallel",
+    "token_logprobs",
 ]
 # Tiny shapes and the two providers every machine has (no torch.compile): seconds per family.
 SMOKE_ARGS = {
@@ -48,6 +49,7 @@ SMOKE_ARGS = {
         "logitops,torch",
     ],
     "vocab_parallel": ["--shapes", "16x100", "--reps", "2", "--providers", "logitops,torch"],
+    "token_logprobs": ["--shapes", "16x8x50", "--reps", "2", "--providers", "logitops,torch"],
 }
 
 

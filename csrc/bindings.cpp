@@ -114,4 +114,14 @@ TORCH_LIBRARY(logitops, m) {
       "sample(Tensor logits, Tensor? logit_bias, Tensor temperature, Tensor top_k, Tensor top_p, "
       "Tensor min_p, str order, Tensor seed, bool per_row_seeds) -> (Tensor tokens, "
       "Tensor logprobs)");
+
+  // Log-probability of target[i] under softmax(logits[i] / temperature), the per-row lse and
+  // (when return_entropy, else [0]) the entropy; ignored rows give 0.
+  m.def(
+      "token_logprobs_forward(Tensor logits, Tensor target, float temperature, int ignore_index, "
+      "bool return_entropy) -> (Tensor logprob, Tensor entropy, Tensor lse)");
+  // Gradient of grad_logprob . logprob + grad_entropy . entropy with respect to the logits.
+  m.def(
+      "token_logprobs_backward(Tensor? grad_logprob, Tensor? grad_entropy, Tensor logits, "
+      "Tensor target, Tensor lse, Tensor entropy, float temperature, int ignore_index) -> Tensor");
 }

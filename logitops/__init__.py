@@ -18,8 +18,10 @@ from .functional import (  # noqa: E402
     filter_logits,
     kl_div_with_logits,
     linear_cross_entropy,
+    linear_token_logprobs,
     min_p_filter,
     sample,
+    token_logprobs,
     top_k_filter,
     top_p_filter,
 )
@@ -39,6 +41,7 @@ __all__ = [
     "distillation_loss",
     "kl_div_with_logits",
     "linear_cross_entropy",
+    "linear_token_logprobs",
     "filter_logits",
     "functional",
     "min_p_filter",
@@ -46,6 +49,7 @@ __all__ = [
     "ops",
     "processors",
     "sample",
+    "token_logprobs",
     "top_k_filter",
     "top_p_filter",
 ]

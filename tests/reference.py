@@ -311,3 +311,16 @@ def brier_decomposition_reference(probs: Tensor, labels: Tensor, n_bins: int) ->
             terms["variance"] += float(((pb - mean_p) ** 2).sum()) / n
             terms["covariance"] += float(((pb - mean_p) * (yb - freq)).sum()) / n
     return terms
+
+
+def token_logprobs_reference(logits, target, *, temperature=1.0, ignore_index=-100):
+    """(logprob, entropy) per row in float64, differentiable: log_softmax(logits / T) at the
+    target and -sum p log p of softmax(logits / T) (a p of 0 adds 0); ignored rows give 0."""
+    log_p = F.log_softmax(logits.double() / temperature, dim=-1)
+    keep = target != ignore_index
+    index = torch.where(keep, target, torch.zeros_like(target)).unsqueeze(-1)
+    logprob = log_p.gather(-1, index).squeeze(-1)
+    p = log_p.exp()
+    entropy = -(p * log_p.masked_fill(p == 0, 0.0)).sum(-1)
+    zero = torch.zeros_like(logprob)
+    return torch.where(keep, logprob, zero), torch.where(keep, entropy, zero)

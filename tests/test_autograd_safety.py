@@ -72,6 +72,22 @@ def _cases(device, dtype):
             (hidden, head),
             lambda h, w: logitops.linear_cross_entropy(h, w, index, reduction="none"),
         ),
+        "token_logprobs": (
+            (x,),
+            lambda z: sum(
+                t.sum()
+                for t in logitops.token_logprobs(z, index, temperature=0.7, return_entropy=True)
+            ),
+        ),
+        "linear_token_logprobs": (
+            (hidden, head, bias),
+            lambda h, w, b: sum(
+                t.sum()
+                for t in logitops.linear_token_logprobs(
+                    h, w, index, linear_bias=b, return_entropy=True, chunk_size=4
+                )
+            ),
+        ),
         # logitops.distributed, one rank
         "vocab_parallel_cross_entropy": (
             (x,),

@@ -19,6 +19,7 @@ import bench_cross_entropy  # noqa: E402
 import bench_distillation  # noqa: E402
 import bench_linear_cross_entropy  # noqa: E402
 import bench_sampling  # noqa: E402
+import bench_token_logprobs  # noqa: E402
 import bench_vocab_parallel  # noqa: E402
 import harness  # noqa: E402
 import plot  # noqa: E402
@@ -173,6 +174,18 @@ def test_vocab_parallel_benchmark_writes_results(tmp_path):
     import torch.distributed as dist
 
     assert not dist.is_initialized()  # the one-rank group is torn down
+
+
+def test_token_logprobs_benchmark_writes_results(tmp_path):
+    results = bench_token_logprobs.main(
+        ["--device", "cpu", "--shapes", "16x8x50", "--reps", "2", "--providers", "logitops,torch"]
+        + ["--out", str(tmp_path)]
+    )
+    timed = [r for r in results if r.median_ms]
+    assert {r.op for r in timed} == {"logprobs", "linear_logprobs"}
+    assert len(timed) == 16 and all(r.ratio_vs_torch for r in timed)
+    assert all(r.extra["peak_extra_mb"] is not None for r in timed if r.mode == "fwd+bwd")
+    assert len(list(tmp_path.glob("*.json"))) == 1
 
 
 def test_every_benchmark_script_is_a_family_of_run_py():

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
-from reference import cross_entropy_reference, kl_div_reference
+from reference import cross_entropy_reference, kl_div_reference, token_logprobs_reference
 
 import logitops
 import logitops.functional as LF
@@ -104,6 +104,13 @@ def _pairs():
                 0.3 * F.cross_entropy(z, index)
                 + 0.7 * 4.0 * kl_div_reference(z, teacher, temperature=2.0, target=index)
             ),
+        )
+    )
+    out.append(
+        (
+            "token_logprobs",
+            lambda z: sum(LF.token_logprobs(z, index, temperature=0.8, return_entropy=True)),
+            lambda z: sum(token_logprobs_reference(z, index, temperature=0.8)),
         )
     )
     return out

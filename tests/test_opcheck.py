@@ -919,6 +919,48 @@ def calibration_row_stats_samples(device):
         )
 
 
+# --- token log-probabilities -------------------------------------------------------------------
+
+
+def _token_logprobs_cases(device):
+    """(shape, dtype, temperature, target) with ignored rows, vocab 1 and odd sizes, no rows."""
+    yield (5, 17), torch.float32, 1.0, torch.tensor([0, -100, 2, 16, 4], device=device)
+    yield (4, 1), torch.float32, 0.7, torch.tensor([0, 0, -100, 0], device=device)
+    yield (3, 259), torch.bfloat16, 1.3, torch.tensor([258, 7, -100], device=device)
+    yield (3, 40), torch.float64, 0.5, torch.tensor([1, 2, 3], device=device)
+    yield (0, 9), torch.float32, 1.0, torch.zeros(0, dtype=torch.long, device=device)
+
+
+def token_logprobs_forward_samples(device):
+    for shape, dtype, temperature, target in _token_logprobs_cases(device):
+        for requires_grad, return_entropy in itertools.product((False, True), (False, True)):
+            logits = torch.randn(shape, device=device, dtype=dtype, requires_grad=requires_grad)
+            yield (
+                kind(
+                    shape="x".join(map(str, shape)),
+                    dtype=str(dtype).split(".")[1],
+                    entropy=return_entropy,
+                    grad=requires_grad,
+                ),
+                (logits, target, temperature, -100, return_entropy),
+            )
+
+
+def token_logprobs_backward_samples(device):
+    for shape, dtype, temperature, target in _token_logprobs_cases(device):
+        logits = torch.randn(shape, device=device, dtype=dtype)
+        logprob, entropy, lse = op("token_logprobs_forward")(
+            logits, target, temperature, -100, True
+        )
+        for upstream in ("logprob", "entropy", "both"):
+            grad_logprob = torch.randn_like(logprob) if upstream != "entropy" else None
+            grad_entropy = torch.randn_like(entropy) if upstream != "logprob" else None
+            yield (
+                kind(shape="x".join(map(str, shape)), dtype=str(dtype).split(".")[1], up=upstream),
+                (grad_logprob, grad_entropy, logits, target, lse, entropy, temperature, -100),
+            )
+
+
 SAMPLE_INPUTS = {
     "bce_with_logits_backward": bce_backward_samples,
     "bce_with_logits_forward": bce_forward_samples,
@@ -942,6 +984,8 @@ SAMPLE_INPUTS = {
     ),
     "sample": sample_samples,
     "scale_gradient_": scale_gradient_samples,
+    "token_logprobs_backward": token_logprobs_backward_samples,
+    "token_logprobs_forward": token_logprobs_forward_samples,
     "vocab_parallel_cross_entropy_backward": vocab_parallel_backward_samples,
     "vocab_parallel_cross_entropy_stats": vocab_parallel_stats_samples,
 }

@@ -32,6 +32,7 @@ VECTOR_STORE_KERNELS = (
     "scale_gradient_kernel",
     "bce_with_logits_kernel",
     "vocab_parallel_backward_kernel",
+    "token_logprobs_backward_kernel",
 )
 VECTOR_LOAD_KERNELS = (
     "calibration_row_stats_kernel",
@@ -40,6 +41,7 @@ VECTOR_LOAD_KERNELS = (
     "vocab_parallel_stats_kernel",
     "filter_logits_kernel",
     "sample_kernel",
+    "token_logprobs_forward_kernel",
 )
 STORE_128 = re.compile(r"\bSTG\.E(?:\.[A-Z0-9_]+)*\.128\b")
 LOAD_128 = re.compile(r"\bLDG\.E(?:\.[A-Z0-9_]+)*\.128\b")

@@ -168,4 +168,26 @@ void check_sampling_inputs(const at::Tensor& logits, const std::optional<at::Ten
                     "logitops: per-row top_k must be int64 [", rows, "]");
 }
 
+void check_token_logprobs_inputs(const at::Tensor& logits, const at::Tensor& target,
+                                 double temperature) {
+  TORCH_CHECK_VALUE(
+      logits.dim() == 2 && logits.size(1) >= 1,
+      "logitops.token_logprobs: logits must be 2-D [rows, vocab] with vocab >= 1, got ",
+      logits.sizes());
+  TORCH_CHECK_TYPE(at::isFloatingType(logits.scalar_type()),
+                   "logitops.token_logprobs: logits must be floating point, got ",
+                   logits.scalar_type());
+  TORCH_CHECK_TYPE(target.scalar_type() == at::kLong,
+                   "logitops.token_logprobs: target must be int64 token ids, got ",
+                   target.scalar_type());
+  TORCH_CHECK_VALUE(target.dim() == 1 && target.size(0) == logits.size(0),
+                    "logitops.token_logprobs: target must have shape [", logits.size(0), "], got ",
+                    target.sizes());
+  TORCH_CHECK_VALUE(target.device() == logits.device(), "logitops.token_logprobs: target is on ",
+                    target.device(), " but logits on ", logits.device());
+  TORCH_CHECK_VALUE(temperature > 0 && temperature < std::numeric_limits<double>::infinity(),
+                    "logitops.token_logprobs: temperature must be finite and > 0, got ",
+                    temperature);
+}
+
 }  // namespace logitops

@@ -46,4 +46,9 @@ void check_sampling_inputs(const at::Tensor& logits, const std::optional<at::Ten
                            const at::Tensor& temperature, const at::Tensor& top_k,
                            const at::Tensor& top_p, const at::Tensor& min_p);
 
+// token_logprobs_forward / _backward: logits [N, V] floating with V >= 1, int64 target [N] on the
+// logits' device, temperature finite and > 0.
+void check_token_logprobs_inputs(const at::Tensor& logits, const at::Tensor& target,
+                                 double temperature);
+
 }  // namespace logitops

@@ -7,6 +7,7 @@ extras are keyword-only.
 - :mod:`.linear_cross_entropy`: :func:`linear_cross_entropy`
 - :mod:`.sampling`: :func:`filter_logits`, :func:`top_k_filter`, :func:`top_p_filter`,
   :func:`min_p_filter`, :func:`sample`
+- :mod:`.token_logprobs`: :func:`token_logprobs`, :func:`linear_token_logprobs`
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from .cross_entropy import cross_entropy
 from .distillation import distillation_loss, kl_div_with_logits
 from .linear_cross_entropy import linear_cross_entropy
 from .sampling import filter_logits, min_p_filter, sample, top_k_filter, top_p_filter
+from .token_logprobs import linear_token_logprobs, token_logprobs
 
 __all__ = [
     "binary_cross_entropy_with_logits",
@@ -24,8 +26,10 @@ __all__ = [
     "filter_logits",
     "kl_div_with_logits",
     "linear_cross_entropy",
+    "linear_token_logprobs",
     "min_p_filter",
     "sample",
+    "token_logprobs",
     "top_k_filter",
     "top_p_filter",
 ]

@@ -7,6 +7,7 @@ from . import (
     distillation,
     linear_cross_entropy,
     sampling,
+    token_logprobs,
     vocab_parallel,
 )
 
@@ -17,5 +18,6 @@ __all__ = [
     "distillation",
     "linear_cross_entropy",
     "sampling",
+    "token_logprobs",
     "vocab_parallel",
 ]
