@@ -31,6 +31,8 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).parent))
 import harness  # noqa: E402
 
+import logitops  # noqa: E402
+
 try:  # optional: without transformers every provider is reported as skipped
     import transformers
 except ImportError:
@@ -104,7 +106,10 @@ def run_child(args, provider: str, shape, dtype: str) -> dict:
     cmd = [sys.executable, __file__, "--child", "--device", args.device, "--arch", args.arch]
     cmd += ["--reps", str(args.reps), "--child-provider", provider]
     cmd += ["--child-shape", "x".join(map(str, shape)), "--child-dtype", dtype]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    # the child imports the logitops this process imported (a source tree or the installed one)
+    path = [str(Path(logitops.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in path if p)}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=env)
     if result.returncode != 0:
         raise RuntimeError(f"{provider} {shape} {dtype} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])

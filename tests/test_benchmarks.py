@@ -19,6 +19,7 @@ import bench_cross_entropy  # noqa: E402
 import bench_distillation  # noqa: E402
 import bench_linear_cross_entropy  # noqa: E402
 import bench_sampling  # noqa: E402
+import bench_transformers  # noqa: E402
 import bench_vocab_parallel  # noqa: E402
 import harness  # noqa: E402
 import plot  # noqa: E402
@@ -289,3 +290,19 @@ def test_gpu_check_rejects_unknown_arguments(tmp_path):
     proc = run_gpu_check(tmp_path / "out", "--budget", "ten")
     assert proc.returncode == 2 and "--budget" in proc.stdout
     assert not (tmp_path / "out").exists()
+
+
+def test_transformers_benchmark_writes_results(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    results = bench_transformers.main(
+        ["--device", "cpu", "--shapes", "1x8x16x50", "--dtypes", "fp32", "--reps", "1",
+         "--providers", "stock,logitops fused", "--out", str(tmp_path)]
+    )  # fmt: skip
+    assert "logitops fused" in capsys.readouterr().out
+    payload = json.loads(next(tmp_path.glob("*.json")).read_text())
+    timed = [r for r in payload["results"] if r["median_ms"]]
+    assert {r["provider"] for r in timed} == {"stock", "logitops fused"}
+    assert all(r["extra"]["peak_extra_mb"] is not None for r in timed)
+    stock, fused = (r["extra"]["loss"] for r in timed)
+    assert abs(stock - fused) < 1e-5 * abs(stock)
+    assert len(results) == len(payload["results"])
