@@ -155,11 +155,16 @@ def check_causal_lm_model(model: object) -> None:
         )
 
 
-def check_patch_options(mode: str, options: dict) -> None:
+def check_patch_options(mode: str, options: dict, fused_in_eval: bool = False) -> None:
     """``mode`` 'fused' or 'loss_function'; options among chunk_size, label_smoothing, z_loss
-    (chunk_size only in the fused mode), with the values the cross-entropy accepts."""
+    (chunk_size only in the fused mode), with the values the cross-entropy accepts;
+    ``fused_in_eval`` a bool, True only in the fused mode."""
     if mode not in PATCH_MODES:
         raise ValueError(f"mode must be one of 'fused', 'loss_function', got {mode!r}")
+    if not isinstance(fused_in_eval, bool):
+        raise TypeError(f"fused_in_eval must be a bool, got {type(fused_in_eval).__name__}")
+    if fused_in_eval and mode != "fused":
+        raise ValueError("fused_in_eval applies only to mode='fused', got mode='loss_function'")
     unknown = sorted(set(options) - set(PATCH_OPTIONS))
     if unknown:
         raise TypeError(

@@ -228,6 +228,26 @@ def test_without_labels_the_model_is_unchanged(arch):
     assert torch.equal(model.generate(ids, **kwargs), stock.generate(ids, **kwargs))
 
 
+@pytest.mark.parametrize("fused_in_eval", [False, True])
+def test_eval_mode(fused_in_eval):
+    """In eval mode the forward is the original one (logits and stock's loss), unless
+    fused_in_eval; back in training mode, fused again."""
+    stock = make_model("gemma2")
+    model = copy.deepcopy(stock)
+    apply(model, fused_in_eval=fused_in_eval)
+    model.eval(), stock.eval()
+    inputs = make_batch()
+    with torch.no_grad():
+        ours, expected = model(**inputs), stock(**inputs)
+    torch.testing.assert_close(ours.loss, expected.loss, **TOLERANCE[torch.float32])
+    if fused_in_eval:
+        assert ours.logits is None
+    else:
+        assert torch.equal(ours.logits, expected.logits) and torch.equal(ours.loss, expected.loss)
+    model.train()
+    assert model(**inputs).logits is None
+
+
 def test_return_dict_false_gives_the_tuple_without_logits():
     stock = make_model("llama")
     model = copy.deepcopy(stock)
@@ -363,9 +383,12 @@ def _trainer_run(model, tmp_path, name):
         seed=0,
         disable_tqdm=True,
     )
-    trainer = transformers.Trainer(model=model, args=args, train_dataset=data)
+    trainer = transformers.Trainer(
+        model=model, args=args, train_dataset=data, eval_dataset=data[:5]
+    )
     trainer.train()
     losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
+    losses.append(trainer.evaluate()["eval_loss"])
     return trainer, losses, {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
@@ -380,7 +403,7 @@ def test_trainer_steps_with_gradient_accumulation_match_stock(arch, mode, tmp_pa
     trainer, losses, params = _trainer_run(model, tmp_path, "ours")
     assert trainer.model_accepts_loss_kwargs  # so the Trainer passed num_items_in_batch
     _, expected_losses, expected_params = _trainer_run(stock, tmp_path, "stock")
-    assert len(losses) == len(expected_losses) == 3
+    assert len(losses) == len(expected_losses) == 4  # 3 steps, then evaluate()
     torch.testing.assert_close(
         torch.tensor(losses), torch.tensor(expected_losses), rtol=1e-5, atol=1e-5
     )
@@ -408,6 +431,12 @@ BAD_CALLS = [
     ),
     ("z_loss", ValueError, lambda: apply(make_model("llama"), z_loss=-1.0)),
     ("label_smoothing", ValueError, lambda: apply(make_model("llama"), label_smoothing=2.0)),
+    ("fused_in_eval", TypeError, lambda: apply(make_model("llama"), fused_in_eval=1)),
+    (
+        "fused_in_eval",
+        ValueError,
+        lambda: apply(make_model("llama"), mode="loss_function", fused_in_eval=True),
+    ),
 ]
 
 

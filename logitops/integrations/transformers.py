@@ -3,16 +3,16 @@
 Two modes, both patching one model instance (never transformers itself, never a class), both
 undone by the handle's ``remove()``:
 
-- ``"fused"`` (default): with ``labels`` the forward computes the loss with
+- ``"fused"`` (default): with ``labels``, in training mode, the forward computes the loss with
   :func:`logitops.linear_cross_entropy` from the last hidden states and the LM head, and never
   forms the [tokens, vocab] logits; its output has ``logits=None``. The model's own forward still
   runs (the decoder, ``logits_to_keep``, the caches, every model-specific argument): only its
-  ``lm_head`` call is intercepted for that one call, and answers a zero-size placeholder whose
-  identity is checked afterwards, so a model that transforms its logits in a way this module does
-  not reproduce raises instead of giving a wrong loss. Logit soft-capping
+  ``lm_head`` call is intercepted for that one call, and answers a placeholder of stride 0 (no
+  memory) whose identity is checked afterwards, so a model that transforms its logits in a way
+  this module does not reproduce raises instead of giving a wrong loss. Logit soft-capping
   (``config.final_logit_softcapping``, Gemma 2 / 3: ``cap * tanh(logits / cap)``) is the one
-  transformation reproduced, by the fused loss's ``softcap``. Without ``labels`` the call is the
-  original forward, untouched.
+  transformation reproduced, by the fused loss's ``softcap``. Without ``labels``, or in eval
+  mode (unless ``fused_in_eval=True``), the call is the original forward, untouched.
 - ``"loss_function"``: sets ``model.loss_function`` (the route through which transformers looks up
   ``LOSS_MAPPING["ForCausalLM"]``) to :func:`causal_lm_loss`, transformers' ``ForCausalLMLoss``
   with :func:`logitops.cross_entropy`; the logits are computed and returned as usual.
@@ -206,7 +206,7 @@ def _attribute(obj, name: str, value):
             assign(obj, name, saved)
 
 
-def _make_fused_forward(model: torch.nn.Module, options: dict):
+def _make_fused_forward(model: torch.nn.Module, options: dict, fused_in_eval: bool):
     """The instance forward of the fused mode (a function of ``self``, bound to the model)."""
     previous = model.__dict__.get("forward", _MISSING)
     if previous is _MISSING:
@@ -232,7 +232,7 @@ def _make_fused_forward(model: torch.nn.Module, options: dict):
         except TypeError:
             return call_original(self, args, kwargs)  # the model's own error
         labels = bound.arguments.get("labels")
-        if labels is None:
+        if labels is None or not (self.training or fused_in_eval):
             return call_original(self, args, kwargs)
         bound.arguments["labels"] = None
         extra = bound.arguments.setdefault(var_keyword, {}) if var_keyword else {}
@@ -356,11 +356,14 @@ class LossPatch:
         return f"LossPatch({name}, mode={self.mode!r}, active={self.active})"
 
 
-def apply(model: torch.nn.Module, *, mode: str = "fused", **loss_options) -> LossPatch:
+def apply(
+    model: torch.nn.Module, *, mode: str = "fused", fused_in_eval: bool = False, **loss_options
+) -> LossPatch:
     """Compute a transformers causal LM's training loss with logitops; returns the handle whose
     ``remove()`` undoes it.
 
-    ``mode="fused"``: when ``labels`` are passed, the forward computes transformers'
+    ``mode="fused"``: when ``labels`` are passed to a model in training mode (``model.train()``,
+    or in any mode with ``fused_in_eval=True``), the forward computes transformers'
     ``ForCausalLMLoss`` with :func:`logitops.linear_cross_entropy` from the last hidden states
     and ``model.lm_head`` (weight and bias), chunk by chunk, without the [tokens, vocab] logits,
     and returns ``logits=None`` (as Liger-Kernel's patch does). Everything else of the model's
@@ -368,9 +371,12 @@ def apply(model: torch.nn.Module, *, mode: str = "fused", **loss_options) -> Los
     ``num_items_in_batch`` (sum, then divide), ``ignore_index``, ``return_dict``. A model whose
     forward transforms its logits is refused at its first call (RuntimeError), except for
     ``config.final_logit_softcapping``, which the fused loss applies (``softcap``); for the call
-    the attribute is set to None on the model's config. Without ``labels`` the forward is the
-    original one. ``mode="loss_function"``: ``model.loss_function`` becomes :func:`causal_lm_loss`
-    (our cross-entropy on the logits the model computes and returns).
+    the attribute is set to None on the model's config. Without ``labels``, and in eval mode
+    unless ``fused_in_eval`` (so that evaluation loops that read the logits, such as the
+    Trainer's ``evaluate``, get them, as with Liger-Kernel), the forward is the original one.
+
+    ``mode="loss_function"``: ``model.loss_function`` becomes :func:`causal_lm_loss` (our
+    cross-entropy on the logits the model computes and returns), in every mode.
 
     Dtypes: float32 and float64 models get their own dtype's loss (float64 stays float64, where
     transformers rounds the logits to float32 first); bfloat16 / float16 models a float32 loss
@@ -387,6 +393,8 @@ def apply(model: torch.nn.Module, *, mode: str = "fused", **loss_options) -> Los
         and an ``lm_head`` that is a ``torch.nn.Linear``, whose forward takes ``labels``.
     mode : str
         ``"fused"`` (default) or ``"loss_function"``.
+    fused_in_eval : bool
+        Fused mode: also take the fused route (no logits) when the model is in eval mode.
     **loss_options
         ``label_smoothing`` and ``z_loss`` (as in :func:`logitops.cross_entropy`; default 0,
         transformers' loss) and, fused only, ``chunk_size`` (tokens per chunk).
@@ -418,13 +426,14 @@ def apply(model: torch.nn.Module, *, mode: str = "fused", **loss_options) -> Los
     torch.Size([2, 12, 100])
     """
     check_causal_lm_model(model)
-    check_patch_options(mode, loss_options)
+    check_patch_options(mode, loss_options, fused_in_eval)
     if model in _PATCHES:
         raise RuntimeError(
             f"this {type(model).__name__} is already patched ({_PATCHES[model]!r}); call its "
             "remove() first"
         )
     if mode == "fused":
-        return LossPatch(model, mode, "forward", _make_fused_forward(model, loss_options))
+        forward = _make_fused_forward(model, loss_options, fused_in_eval)
+        return LossPatch(model, mode, "forward", forward)
     loss_function = functools.partial(causal_lm_loss, **loss_options)
     return LossPatch(model, mode, "_loss_function", loss_function)
