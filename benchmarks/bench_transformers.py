@@ -93,7 +93,7 @@ def child(args) -> None:
         model.zero_grad(set_to_none=False)  # the .grad buffers stay: a training loop's steady state
         out = model(**inputs)
         out.loss.backward()
-        losses.append(float(out.loss))
+        losses.append(float(out.loss.detach()))
         del out
 
     step()
