@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import inspect
 import sys
 from pathlib import Path
@@ -317,6 +318,7 @@ def test_bfloat16_model_gets_a_float32_loss_close_to_stock():
 def test_remove_restores_the_model_exactly():
     model = make_model("llama")
     before = dict(vars(model))
+    head_before = dict(vars(model.lm_head))
     state = {k: v.clone() for k, v in model.state_dict().items()}
     inputs = make_batch()
     expected = model(**inputs)
@@ -330,6 +332,8 @@ def test_remove_restores_the_model_exactly():
     assert not patch.active
     assert vars(model).keys() == before.keys()
     assert all(vars(model)[k] is v for k, v in before.items())
+    assert vars(model.lm_head).keys() == head_before.keys()
+    assert all(vars(model.lm_head)[k] is v for k, v in head_before.items())
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     out = model(**inputs)
     assert torch.equal(out.logits, expected.logits) and torch.equal(out.loss, expected.loss)
@@ -467,3 +471,49 @@ def test_fused_step_peaks_lower_than_stock():
     assert stock["peak"] > 3 * 131  # the logits held more than three times
     assert fused["peak"] < stock["peak"] / 2, (fused, stock)
     assert abs(fused["loss"] - stock["loss"]) < 1e-5 * stock["loss"]
+
+
+def test_torch_compile_of_a_patched_model():
+    stock = make_model("gemma2")
+    model = copy.deepcopy(stock)
+    apply(model)
+    compiled = torch.compile(model, backend="eager")
+    inputs = make_batch()
+    ours, ours_grads = loss_and_grads(compiled, **inputs)
+    expected, expected_grads = loss_and_grads(stock, **inputs)
+    assert ours.logits is None
+    torch.testing.assert_close(ours.loss, expected.loss, **TOLERANCE[torch.float32])
+    assert_grads_close(
+        {k.removeprefix("_orig_mod."): v for k, v in ours_grads.items()},
+        expected_grads,
+        **TOLERANCE[torch.float32],
+    )
+
+
+def test_an_instance_forward_set_before_apply_is_kept():
+    """A forward already on the instance (as accelerate's hooks set one) is called, and
+    restored by remove()."""
+    stock = make_model("llama")
+    model = copy.deepcopy(stock)
+    calls = []
+
+    def hooked(*args, **kwargs):
+        calls.append(1)
+        return type(model).forward(model, *args, **kwargs)
+
+    model.forward = functools.update_wrapper(hooked, model.forward)  # as accelerate's hooks
+    patch = apply(model)
+    inputs = make_batch()
+    out = model(**inputs)
+    assert calls and out.logits is None
+    torch.testing.assert_close(out.loss, stock(**inputs).loss, **TOLERANCE[torch.float32])
+    patch.remove()
+    assert model.forward is hooked
+
+
+def test_a_replaced_lm_head_is_refused():
+    model = make_model("llama")
+    apply(model)
+    model.lm_head = torch.nn.Linear(HIDDEN, VOCAB, bias=False)
+    with pytest.raises(RuntimeError, match="lm_head was replaced"):
+        model(**make_batch())

@@ -7,9 +7,9 @@ undone by the handle's ``remove()``:
   :func:`logitops.linear_cross_entropy` from the last hidden states and the LM head, and never
   forms the [tokens, vocab] logits; its output has ``logits=None``. The model's own forward still
   runs (the decoder, ``logits_to_keep``, the caches, every model-specific argument): only its
-  ``lm_head`` call is intercepted for that one call, and answers a placeholder of stride 0 (no
-  memory) whose identity is checked afterwards, so a model that transforms its logits in a way
-  this module does not reproduce raises instead of giving a wrong loss. Logit soft-capping
+  ``lm_head`` is told, for that call, to record its input and answer a placeholder of stride 0
+  (no memory) whose identity is checked afterwards, so a model that transforms its logits in a
+  way this module does not reproduce raises instead of giving a wrong loss. Logit soft-capping
   (``config.final_logit_softcapping``, Gemma 2 / 3: ``cap * tanh(logits / cap)``) is the one
   transformation reproduced, by the fused loss's ``softcap``. Without ``labels``, or in eval
   mode (unless ``fused_in_eval=True``), the call is the original forward, untouched.
@@ -173,41 +173,38 @@ def _fused_loss(
     return _divide_by_items(loss, num_items_in_batch)
 
 
-class _Placeholder:
-    """The LM head's stand-in for one forward call: records the hidden states it is given and
-    answers a zero-size view of the logits' shape (stride 0: no memory)."""
+class _Capture:
+    """What the patched LM head does during a fused call: while ``active``, it records the
+    hidden states it is given and answers a stride-0 view of the logits' shape (no memory);
+    otherwise it is the head it was."""
 
-    def __init__(self, head: torch.nn.Linear):
-        self.head = head
+    def __init__(self):
+        self.active = False
         self.hidden: list[Tensor] = []
         self.returned: list[Tensor] = []
 
-    def __call__(self, hidden: Tensor) -> Tensor:
-        self.hidden.append(hidden)
-        out = hidden.new_zeros(()).expand(*hidden.shape[:-1], self.head.out_features)
-        self.returned.append(out)
-        return out
 
+def _make_head_forward(head: torch.nn.Linear, capture: _Capture):
+    """The LM head's instance forward (bound to the head; set once, by apply)."""
+    previous = head.__dict__.get("forward", _MISSING)
 
-@contextlib.contextmanager
-def _attribute(obj, name: str, value):
-    """Set ``obj.name`` (as an instance attribute) for the block, then restore it exactly."""
-    # object.__setattr__ on modules: a plain instance attribute, whatever nn.Module would make
-    # of the value.
-    assign = object.__setattr__ if isinstance(obj, torch.nn.Module) else setattr
-    saved = obj.__dict__.get(name, _MISSING)
-    assign(obj, name, value)
-    try:
-        yield
-    finally:
-        if saved is _MISSING:
-            delattr(obj, name)
-        else:
-            assign(obj, name, saved)
+    def head_forward(self, hidden: Tensor) -> Tensor:
+        if capture.active:
+            capture.hidden.append(hidden)
+            out = hidden.new_zeros(()).expand(*hidden.shape[:-1], self.out_features)
+            capture.returned.append(out)
+            return out
+        if previous is _MISSING:
+            return type(self).forward(self, hidden)
+        return previous(hidden)
+
+    return head_forward
 
 
 def _make_fused_forward(model: torch.nn.Module, options: dict, fused_in_eval: bool):
-    """The instance forward of the fused mode (a function of ``self``, bound to the model)."""
+    """(model forward, head forward): the instance forwards of the fused mode, bound to the
+    model and to its LM head. Neither mutates a module while it runs (torch.compile traces the
+    calls): the head's forward reads the capture flag the model's forward sets."""
     previous = model.__dict__.get("forward", _MISSING)
     if previous is _MISSING:
         original = type(model).forward  # called with self: a deep copy stays self-consistent
@@ -225,6 +222,8 @@ def _make_fused_forward(model: torch.nn.Module, options: dict, fused_in_eval: bo
     )
     if "labels" not in signature.parameters:
         raise TypeError(f"{type(model).__name__}.forward takes no labels argument")
+    capture = _Capture()
+    head_forward = _make_head_forward(model.lm_head, capture)
 
     def forward(self, *args, **kwargs):
         try:
@@ -234,6 +233,12 @@ def _make_fused_forward(model: torch.nn.Module, options: dict, fused_in_eval: bo
         labels = bound.arguments.get("labels")
         if labels is None or not (self.training or fused_in_eval):
             return call_original(self, args, kwargs)
+        head = self.lm_head
+        if getattr(head.forward, "__func__", None) is not head_forward:
+            raise RuntimeError(
+                f"{type(self).__name__}.lm_head was replaced after "
+                "logitops.integrations.transformers.apply(); remove() the patch and apply again"
+            )
         bound.arguments["labels"] = None
         extra = bound.arguments.setdefault(var_keyword, {}) if var_keyword else {}
         # Force a ModelOutput (to read and replace its logits); the caller's choice afterwards.
@@ -246,25 +251,30 @@ def _make_fused_forward(model: torch.nn.Module, options: dict, fused_in_eval: bo
                 extra["return_dict"] = True
         if return_dict is None:
             return_dict = getattr(self.config, "return_dict", True)
-        head = self.lm_head
         softcap = getattr(self.config, "final_logit_softcapping", None)
-        placeholder = _Placeholder(head)
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(_attribute(head, "forward", placeholder))
+        capture.active = True
+        try:
             if softcap is not None:  # applied by the fused loss instead
-                stack.enter_context(_attribute(self.config, "final_logit_softcapping", None))
+                self.config.final_logit_softcapping = None
             output = call_original(self, bound.args, bound.kwargs)
+        finally:
+            capture.active = False
+            if softcap is not None:
+                self.config.final_logit_softcapping = softcap
+        hidden, returned = list(capture.hidden), list(capture.returned)
+        capture.hidden.clear()  # no reference to this call's graph survives it
+        capture.returned.clear()
         if (
-            len(placeholder.hidden) != 1
+            len(hidden) != 1
             or not isinstance(output, ModelOutput)
-            or getattr(output, "logits", None) is not placeholder.returned[0]
+            or getattr(output, "logits", None) is not returned[0]
         ):
             raise RuntimeError(
                 f"{type(self).__name__}'s forward does not return lm_head(hidden_states) as its "
                 "logits (it transforms them, or calls the head more than once), so the fused loss "
                 "cannot reproduce its loss; use apply(model, mode='loss_function')"
             )
-        loss = _fused_loss(placeholder.hidden[0], head, labels, extra, softcap, options)
+        loss = _fused_loss(hidden[0], head, labels, extra, softcap, options)
         output = dataclasses.replace(output, loss=loss, logits=None)
         return output if return_dict else output.to_tuple()
 
@@ -276,13 +286,14 @@ def _make_fused_forward(model: torch.nn.Module, options: dict, fused_in_eval: bo
     forward.__signature__ = signature.replace(
         parameters=[self_parameter, *signature.parameters.values()]
     )
-    return types.MethodType(forward, model)
+    return types.MethodType(forward, model), types.MethodType(head_forward, model.lm_head)
 
 
 class LossPatch:
-    """The handle :func:`apply` returns: ``remove()`` restores the model exactly (its instance
-    ``forward`` or ``loss_function`` attribute as it was before, nothing else was changed). Also a
-    context manager that removes the patch on exit.
+    """The handle :func:`apply` returns: ``remove()`` restores the model exactly (the instance
+    attributes it set, the model's and its LM head's ``forward`` or the model's
+    ``loss_function``, as they were before; nothing else was changed). Also a context manager
+    that removes the patch on exit.
 
     Parameters
     ----------
@@ -290,10 +301,9 @@ class LossPatch:
         The patched model.
     mode : str
         ``"fused"`` or ``"loss_function"``.
-    attribute : str
-        The instance attribute the patch set (``"forward"`` or ``"_loss_function"``).
-    value : object
-        What it set there.
+    attributes : list of (torch.nn.Module, str, object)
+        The instance attributes the patch sets: the model's and its LM head's ``forward``
+        (fused), or the model's ``_loss_function`` (the ``loss_function`` setter's attribute).
 
     Examples
     --------
@@ -312,13 +322,16 @@ class LossPatch:
     (False, False)
     """
 
-    def __init__(self, model: torch.nn.Module, mode: str, attribute: str, value: object):
+    def __init__(self, model: torch.nn.Module, mode: str, attributes: list[tuple]):
         self._model = weakref.ref(model)
         self.mode = mode
-        self._attribute = attribute
-        self._value = value
-        self._saved = model.__dict__.get(attribute, _MISSING)
-        object.__setattr__(model, attribute, value)
+        # (weak reference to the module, attribute, value set, value it had or _MISSING)
+        self._set = []
+        for module, name, value in attributes:
+            self._set.append(
+                (weakref.ref(module), name, value, module.__dict__.get(name, _MISSING))
+            )
+            object.__setattr__(module, name, value)
         _PATCHES[model] = self
 
     @property
@@ -328,20 +341,26 @@ class LossPatch:
         return model is not None and _PATCHES.get(model) is self
 
     def remove(self) -> None:
-        """Undo the patch (a second call does nothing). RuntimeError if the attribute was
+        """Undo the patch (a second call does nothing). RuntimeError if an attribute it set was
         replaced by someone else since: that patch must be removed first."""
         model = self._model()
         if model is None or _PATCHES.get(model) is not self:
             return
-        if model.__dict__.get(self._attribute, _MISSING) is not self._value:
-            raise RuntimeError(
-                f"{type(model).__name__}.{self._attribute} was replaced after "
-                "logitops.integrations.transformers.apply(); undo that first"
-            )
-        if self._saved is _MISSING:
-            del model.__dict__[self._attribute]
-        else:
-            object.__setattr__(model, self._attribute, self._saved)
+        for ref, name, value, _ in self._set:
+            module = ref()
+            if module is not None and module.__dict__.get(name, _MISSING) is not value:
+                raise RuntimeError(
+                    f"{type(module).__name__}.{name} was replaced after "
+                    "logitops.integrations.transformers.apply(); undo that first"
+                )
+        for ref, name, _, saved in self._set:
+            module = ref()
+            if module is None:
+                continue
+            if saved is _MISSING:
+                del module.__dict__[name]
+            else:
+                object.__setattr__(module, name, saved)
         del _PATCHES[model]
 
     def __enter__(self) -> LossPatch:
@@ -380,11 +399,13 @@ def apply(
 
     Dtypes: float32 and float64 models get their own dtype's loss (float64 stays float64, where
     transformers rounds the logits to float32 first); bfloat16 / float16 models a float32 loss
-    from logits in the model's dtype, as transformers' upcast. The patch is on the instance (an
-    instance ``forward`` or ``loss_function`` attribute), so ``Trainer``, ``generate`` and
-    ``torch.compile`` see it, and ``inspect.signature(model.forward)`` is unchanged. Labels set
-    by a Trainer with ``label_smoothing_factor`` never reach the model, so that Trainer computes
-    its own loss from the logits: use the ``label_smoothing`` option here instead.
+    from logits in the model's dtype, as transformers' upcast. The patch is on the instance
+    (instance ``forward`` attributes of the model and its ``lm_head``, or the model's
+    ``loss_function``), so ``Trainer``, ``generate`` and ``torch.compile`` see it, and
+    ``inspect.signature(model.forward)`` is unchanged. Replacing ``lm_head`` after ``apply``
+    (``resize_token_embeddings``) makes the next fused call raise: remove and apply again.
+    Labels set by a Trainer with ``label_smoothing_factor`` never reach the model, so that
+    Trainer computes its own loss from the logits: use the ``label_smoothing`` option instead.
 
     Parameters
     ----------
@@ -433,7 +454,8 @@ def apply(
             "remove() first"
         )
     if mode == "fused":
-        forward = _make_fused_forward(model, loss_options, fused_in_eval)
-        return LossPatch(model, mode, "forward", forward)
+        forward, head_forward = _make_fused_forward(model, loss_options, fused_in_eval)
+        attributes = [(model, "forward", forward), (model.lm_head, "forward", head_forward)]
+        return LossPatch(model, mode, attributes)
     loss_function = functools.partial(causal_lm_loss, **loss_options)
-    return LossPatch(model, mode, "_loss_function", loss_function)
+    return LossPatch(model, mode, [(model, "_loss_function", loss_function)])
