@@ -23,7 +23,7 @@ import bench_transformers  # noqa: E402
 
 from logitops.integrations.transformers import apply, causal_lm_loss  # noqa: E402
 
-pytestmark = pytest.mark.emulation_skip("whole models; the kernels are tested on their own")
+EMULATION_SKIP = pytest.mark.emulation_skip("Trainer runs and peak memory: real kernels only")
 
 VOCAB = 131
 HIDDEN = 32
@@ -402,6 +402,7 @@ def _trainer_run(model, tmp_path, name):
     return trainer, losses, {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+@EMULATION_SKIP
 @pytest.mark.parametrize("mode", ["fused", "loss_function"])
 @pytest.mark.parametrize("arch", ["llama", "gemma2"])
 def test_trainer_steps_with_gradient_accumulation_match_stock(arch, mode, tmp_path):
@@ -458,6 +459,7 @@ def test_bad_arguments_raise_clear_errors(argument, exc, call):
         call()
 
 
+@EMULATION_SKIP
 @pytest.mark.slow
 def test_fused_step_peaks_lower_than_stock():
     """A training step's peak memory (peak RSS over the step, each in a fresh process, as the
