@@ -32,6 +32,7 @@ FAMILIES = [
     "distillation",
     "linear_cross_entropy",
     "vocab_parallel",
+    "transformers",
 ]
 # Tiny shapes and the two providers every machine has (no torch.compile): seconds per family.
 SMOKE_ARGS = {
@@ -48,6 +49,14 @@ SMOKE_ARGS = {
         "logitops,torch",
     ],
     "vocab_parallel": ["--shapes", "16x100", "--reps", "2", "--providers", "logitops,torch"],
+    "transformers": [
+        "--shapes",
+        "1x8x16x50",
+        "--reps",
+        "2",
+        "--providers",
+        "logitops,transformers",
+    ],
 }
 
 
