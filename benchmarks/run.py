@@ -33,6 +33,7 @@ FAMILIES = [
     "linear_cross_entropy",
     "vocab_parallel",
     "token_logprobs",
+    "transformers",
 ]
 # Tiny shapes and the two providers every machine has (no torch.compile): seconds per family.
 SMOKE_ARGS = {
@@ -50,6 +51,14 @@ SMOKE_ARGS = {
     ],
     "vocab_parallel": ["--shapes", "16x100", "--reps", "2", "--providers", "logitops,torch"],
     "token_logprobs": ["--shapes", "16x8x50", "--reps", "2", "--providers", "logitops,torch"],
+    "transformers": [
+        "--shapes",
+        "1x8x16x50",
+        "--reps",
+        "2",
+        "--providers",
+        "logitops,transformers",
+    ],
 }
 
 

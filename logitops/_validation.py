@@ -21,7 +21,9 @@ __all__ = [
     "FLOATING_DTYPES",
     "check_cross_entropy_options",
     "check_floating",
+    "check_causal_lm_model",
     "check_linear_arguments",
+    "check_patch_options",
     "check_reduction",
     "check_same_device",
     "check_target_range",
@@ -128,3 +130,51 @@ def check_linear_arguments(
             raise ValueError(
                 f"linear_bias must be [{linear_weight.shape[0]}], got {tuple(linear_bias.shape)}"
             )
+
+
+# The loss options logitops.integrations.transformers.apply passes to the fused loss.
+PATCH_OPTIONS = ("chunk_size", "label_smoothing", "z_loss")
+PATCH_MODES = ("fused", "loss_function")
+
+
+def check_causal_lm_model(model: object) -> None:
+    """A causal language model with an LM head: a torch.nn.Module with a ``config`` and an
+    ``lm_head`` that is a torch.nn.Linear (TypeError otherwise)."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not hasattr(model, "config"):
+        raise TypeError(
+            f"model must be a transformers model with a config, got {type(model).__name__}"
+        )
+    head = getattr(model, "lm_head", None)
+    if not isinstance(head, torch.nn.Linear):
+        found = "none" if head is None else type(head).__name__
+        raise TypeError(
+            f"model must have an lm_head that is a torch.nn.Linear (a *ForCausalLM), "
+            f"{type(model).__name__} has {found}"
+        )
+
+
+def check_patch_options(mode: str, options: dict, fused_in_eval: bool = False) -> None:
+    """``mode`` 'fused' or 'loss_function'; options among chunk_size, label_smoothing, z_loss
+    (chunk_size only in the fused mode), with the values the cross-entropy accepts;
+    ``fused_in_eval`` a bool, True only in the fused mode."""
+    if mode not in PATCH_MODES:
+        raise ValueError(f"mode must be one of 'fused', 'loss_function', got {mode!r}")
+    if not isinstance(fused_in_eval, bool):
+        raise TypeError(f"fused_in_eval must be a bool, got {type(fused_in_eval).__name__}")
+    if fused_in_eval and mode != "fused":
+        raise ValueError("fused_in_eval applies only to mode='fused', got mode='loss_function'")
+    unknown = sorted(set(options) - set(PATCH_OPTIONS))
+    if unknown:
+        raise TypeError(
+            f"unknown loss option {unknown[0]!r}; expected some of {', '.join(PATCH_OPTIONS)}"
+        )
+    chunk_size = options.get("chunk_size")
+    if chunk_size is not None:
+        if mode != "fused":
+            raise ValueError("chunk_size applies only to mode='fused', got mode='loss_function'")
+        if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    label_smoothing, z_loss = options.get("label_smoothing", 0.0), options.get("z_loss", 0.0)
+    check_cross_entropy_options(label_smoothing, z_loss, None)

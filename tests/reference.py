@@ -324,3 +324,29 @@ def token_logprobs_reference(logits, target, *, temperature=1.0, ignore_index=-1
     entropy = -(p * log_p.masked_fill(p == 0, 0.0)).sum(-1)
     zero = torch.zeros_like(logprob)
     return torch.where(keep, logprob, zero), torch.where(keep, entropy, zero)
+
+
+def causal_lm_loss_reference(
+    logits: Tensor,
+    labels: Tensor,
+    num_items_in_batch=None,
+    ignore_index: int = -100,
+    shift_labels: Tensor | None = None,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+) -> Tensor:
+    """transformers' ForCausalLMLoss in float64 (logits [..., T, V], labels [..., T]): position t
+    predicts labels[t + 1], the last position nothing (or shift_labels as given); the mean over
+    non-ignored tokens, or their sum divided by num_items_in_batch."""
+    if shift_labels is None:
+        shift_labels = torch.cat(
+            [labels[..., 1:], torch.full_like(labels[..., :1], ignore_index)], dim=-1
+        )
+    x = logits.double().reshape(-1, logits.shape[-1])
+    t = shift_labels.reshape(-1)
+    reduction = "mean" if num_items_in_batch is None else "sum"
+    loss, _ = cross_entropy_reference(
+        x, t, None, ignore_index, reduction, label_smoothing, z_loss, softcap
+    )
+    return loss if num_items_in_batch is None else loss / num_items_in_batch

@@ -20,6 +20,7 @@ import bench_distillation  # noqa: E402
 import bench_linear_cross_entropy  # noqa: E402
 import bench_sampling  # noqa: E402
 import bench_token_logprobs  # noqa: E402
+import bench_transformers  # noqa: E402
 import bench_vocab_parallel  # noqa: E402
 import harness  # noqa: E402
 import plot  # noqa: E402
@@ -302,3 +303,17 @@ def test_gpu_check_rejects_unknown_arguments(tmp_path):
     proc = run_gpu_check(tmp_path / "out", "--budget", "ten")
     assert proc.returncode == 2 and "--budget" in proc.stdout
     assert not (tmp_path / "out").exists()
+
+
+def test_transformers_benchmark_writes_results(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    results = bench_transformers.main(
+        ["--device", "cpu", "--shapes", "1x8x16x50", "--dtypes", "fp32", "--reps", "1",
+         "--providers", "transformers,logitops,logitops loss_function", "--out", str(tmp_path)]
+    )  # fmt: skip
+    assert "logitops loss_function" in capsys.readouterr().out
+    payload = json.loads(next(tmp_path.glob("*.json")).read_text())
+    timed = [r for r in payload["results"] if r["median_ms"]]
+    assert {r["provider"] for r in timed} == {"transformers", "logitops", "logitops loss_function"}
+    assert all(r["extra"]["peak_extra_mb"] is not None for r in timed)
+    assert len(results) == len(payload["results"])

@@ -32,6 +32,7 @@ def test_contract_has_rows_for_every_family():
         "test_linear_cross_entropy",
         "test_distributed",
         "test_token_logprobs",
+        "test_integration_transformers",
     }
     assert {row[4] for row in ROWS} == families
 

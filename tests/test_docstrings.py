@@ -4,6 +4,7 @@ doctests are executed here (CPU, small inputs), so an example that no longer wor
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import os
 import re
@@ -27,6 +28,8 @@ MODULES = [
     "logitops.distributed",
     "logitops.dtensor",
     "logitops.calibration",
+    # an optional dependency's integration, where that dependency is installed
+    *(["logitops.integrations.transformers"] if importlib.util.find_spec("transformers") else []),
 ]
 
 # Examples open with these two lines, so each one can be pasted into a fresh interpreter.

@@ -285,7 +285,7 @@ fi
 # --- 4. the remaining benchmarks ------------------------------------------------------------
 # The headline families last: their headline shapes are already measured.
 RUN_ARGS=(--device "$DEVICE" --out "$WORK/raw/benchmarks"
-  --families linear_cross_entropy,bce_with_logits,distillation,vocab_parallel,token_logprobs,cross_entropy,sampling)
+  --families linear_cross_entropy,bce_with_logits,distillation,vocab_parallel,token_logprobs,transformers,cross_entropy,sampling)
 [ -n "$FULL" ] && RUN_ARGS+=(--full)
 [ -n "$SMOKE" ] && RUN_ARGS+=(--smoke)
 stage benchmarks 20 0 "$PY" benchmarks/run.py "${RUN_ARGS[@]}"
