@@ -57,57 +57,17 @@ __device__ __forceinline__ void write_cross_entropy_grad_row(
     const scalar_t* __restrict__ logits, scalar_t* __restrict__ out, int64_t n, int64_t t,
     acc_t lse, const CrossEntropyRow<acc_t>& coef, acc_t up, acc_t up_lse,
     const acc_t* __restrict__ class_weight, acc_t cap, bool constant_row, acc_t constant) {
-  constexpr int kVec = vector_size<scalar_t>();
-  constexpr int kUnroll = unroll_for<acc_t>();
-  using Vector = AlignedVector<scalar_t, kVec>;
   constexpr acc_t kInf = std::numeric_limits<acc_t>::infinity();
-  const int64_t threads = blockDim.x;
   const acc_t inv_cap = cap > acc_t(0) ? acc_t(1) / cap : acc_t(0);
-
   // Gradient of one element from its raw logit (the cap's derivative from the capped value).
-  auto element_grad = [&](acc_t raw, int64_t j) -> acc_t {
-    if (constant_row) return constant;
+  write_row(logits, out, n, constant_row, constant, [&](acc_t raw, int64_t j) -> acc_t {
     const acc_t z = softcap_value(raw, cap);
     const acc_t prob = lse == -kInf ? acc_t(0) : fast_exp(z - lse);
     acc_t g = cross_entropy_grad(coef, up, up_lse, prob, j == t,
                                  class_weight != nullptr ? class_weight[j] : acc_t(1));
     if (cap > acc_t(0)) g *= softcap_derivative_from_capped(z, inv_cap);
     return g;
-  };
-
-  // Vectors are aligned on the output; the input is read by vectors too when it has the same
-  // offset from a 16-byte boundary (as contiguous logits starting on a boundary do).
-  const int64_t head = unaligned_head(out, n);
-  const int64_t num_vectors = (n - head) / kVec;
-  const int64_t tail = head + num_vectors * kVec;
-  const bool vector_loads = same_alignment(logits, out);
-  auto write_one = [&](int64_t j) {
-    const acc_t raw = constant_row ? acc_t(0) : to_acc<acc_t>(load_element(logits + j));
-    store_element(out + j, from_acc<scalar_t>(element_grad(raw, j)));
-  };
-  auto load = [&](int64_t j) -> Vector {
-    if (constant_row) return Vector{};  // nothing to read
-    return load_vector<scalar_t, kVec>(logits + j, vector_loads);
-  };
-  auto store = [&](int64_t j, const Vector& raw) {
-    Vector result;
-#pragma unroll
-    for (int k = 0; k < kVec; ++k) {
-      result.val[k] = from_acc<scalar_t>(element_grad(to_acc<acc_t>(raw.val[k]), j + k));
-    }
-    store_vector<scalar_t, kVec>(out + j, result, true);
-  };
-  for (int64_t j = threadIdx.x; j < head; j += threads) write_one(j);
-  for (int64_t j = tail + threadIdx.x; j < n; j += threads) write_one(j);
-  int64_t v = threadIdx.x;
-  for (; v + (kUnroll - 1) * threads < num_vectors; v += kUnroll * threads) {
-    Vector batch[kUnroll];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) batch[u] = load(head + (v + u * threads) * kVec);
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) store(head + (v + u * threads) * kVec, batch[u]);
-  }
-  for (; v < num_vectors; v += threads) store(head + v * kVec, load(head + v * kVec));
+  });
 }
 
 // Writes one row of the gradient, grad_row[j] = up * dloss/dz_j + up_lse * dlse/dz_j. Rows with

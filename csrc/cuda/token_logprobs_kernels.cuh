@@ -98,53 +98,6 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm)
   }
 }
 
-// Writes out[0, n) = element_grad(logit_j, j), reading the logits and writing the gradient by
-// 16-byte vectors (the input by vectors too when it has the output's offset from a 16-byte
-// boundary); a constant_row is `constant` everywhere and reads nothing. Uniform across the
-// block; no barrier.
-template <typename scalar_t, typename acc_t, typename ElementGrad>
-__device__ __forceinline__ void write_token_grad_row(const scalar_t* __restrict__ logits,
-                                                     scalar_t* __restrict__ out, int64_t n,
-                                                     bool constant_row, acc_t constant,
-                                                     ElementGrad&& element_grad) {
-  constexpr int kVec = vector_size<scalar_t>();
-  constexpr int kUnroll = unroll_for<acc_t>();
-  using Vector = AlignedVector<scalar_t, kVec>;
-  const int64_t threads = blockDim.x;
-  const int64_t head = unaligned_head(out, n);
-  const int64_t num_vectors = (n - head) / kVec;
-  const int64_t tail = head + num_vectors * kVec;
-  const bool vector_loads = same_alignment(logits, out);
-  auto value = [&](acc_t raw, int64_t j) { return constant_row ? constant : element_grad(raw, j); };
-  auto write_one = [&](int64_t j) {
-    const acc_t raw = constant_row ? acc_t(0) : to_acc<acc_t>(load_element(logits + j));
-    store_element(out + j, from_acc<scalar_t>(value(raw, j)));
-  };
-  auto load = [&](int64_t j) -> Vector {
-    if (constant_row) return Vector{};  // nothing to read
-    return load_vector<scalar_t, kVec>(logits + j, vector_loads);
-  };
-  auto store = [&](int64_t j, const Vector& raw) {
-    Vector result;
-#pragma unroll
-    for (int k = 0; k < kVec; ++k) {
-      result.val[k] = from_acc<scalar_t>(value(to_acc<acc_t>(raw.val[k]), j + k));
-    }
-    store_vector<scalar_t, kVec>(out + j, result, true);
-  };
-  for (int64_t j = threadIdx.x; j < head; j += threads) write_one(j);
-  for (int64_t j = tail + threadIdx.x; j < n; j += threads) write_one(j);
-  int64_t v = threadIdx.x;
-  for (; v + (kUnroll - 1) * threads < num_vectors; v += kUnroll * threads) {
-    Vector batch[kUnroll];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) batch[u] = load(head + (v + u * threads) * kVec);
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) store(head + (v + u * threads) * kVec, batch[u]);
-  }
-  for (; v < num_vectors; v += threads) store(head + v * kVec, load(head + v * kVec));
-}
-
 // Backward: grad[row, :] = d (a logprob + b entropy) / d logits with a = grad_logprob[row] and
 // b = grad_entropy[row] (either may be nullptr: 0), from the saved lse and entropy. grad is
 // contiguous [num_rows, num_classes]. Rows with nothing to propagate are 0 and rows whose
@@ -168,11 +121,11 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm)
         !zero &&
         !token_logprob_grad_is_defined(target_is_valid(y, num_classes, args.ignore_index), row_lse);
     const acc_t h = grad_entropy != nullptr && !zero ? entropy[row] : acc_t(0);
-    write_token_grad_row(
-        args.logits + row * args.stride, grad + row * num_classes, num_classes, zero || undefined,
-        zero ? acc_t(0) : std::numeric_limits<acc_t>::quiet_NaN(), [&](acc_t raw, int64_t j) {
-          return token_logprob_grad(raw * inv_t - row_lse, j == y, a, b, h, inv_t);
-        });
+    write_row(args.logits + row * args.stride, grad + row * num_classes, num_classes,
+              zero || undefined, zero ? acc_t(0) : std::numeric_limits<acc_t>::quiet_NaN(),
+              [&](acc_t raw, int64_t j) {
+                return token_logprob_grad(raw * inv_t - row_lse, j == y, a, b, h, inv_t);
+              });
   }
 }
 
