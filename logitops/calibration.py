@@ -35,6 +35,7 @@ confidence of exactly 0 lands in the first bin and exactly 1 in the last. Equal-
 
 from __future__ import annotations
 
+import abc
 import math
 import os
 from collections.abc import Iterator
@@ -1420,7 +1421,7 @@ def _all_gather_rows(tensor: Tensor, process_group) -> Tensor:
     return torch.cat([part[:n] for part, n in zip(parts, counts, strict=True)])
 
 
-class _StatefulMetric:
+class _StatefulMetric(abc.ABC):
     """update(logits, labels) per batch, compute() once, reset() to start over; the states are
     float64 sums (and, for the rank-based metrics, per-sample values) that compute() sums (or
     concatenates) across the ranks of ``process_group`` when torch.distributed is initialized
@@ -1443,16 +1444,16 @@ class _StatefulMetric:
     def _cat_shapes(self) -> dict[str, tuple[int, ...]]:
         return {}
 
+    @abc.abstractmethod
     def _batch_states(
         self, logits: Tensor, labels: Tensor
-    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        raise NotImplementedError
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]: ...
 
-    def _compute(self, sums: dict[str, Tensor], cats: dict[str, Tensor]) -> Tensor:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _compute(self, sums: dict[str, Tensor], cats: dict[str, Tensor]) -> Tensor: ...
 
-    def _count(self, sums: dict[str, Tensor], cats: dict[str, Tensor]) -> int:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _count(self, sums: dict[str, Tensor], cats: dict[str, Tensor]) -> int: ...
 
     def reset(self) -> None:
         """Forgets every batch seen (the states go back to zero, on the CPU)."""

@@ -183,24 +183,11 @@ def _backward(ctx, grad_loss, grad_lse, _grad_total_weight, _grad_grad):
 
 def _recomputed_gradient(ctx, grad_loss, grad_lse):
     logits, target, weight, lse, total_weight, _ = ctx.saved_tensors
-    ignore_index, label_smoothing, z_loss, softcap, reduction = ctx.options
     if grad_loss is None:
-        grad_loss = (
-            logits.new_zeros(target.shape) if reduction == REDUCTION_NONE else logits.new_zeros(())
-        )
+        reduction = ctx.options[-1]
+        grad_loss = logits.new_zeros(target.shape if reduction == REDUCTION_NONE else ())
     return cross_entropy_backward(
-        grad_loss,
-        grad_lse,
-        logits,
-        target,
-        weight,
-        lse,
-        total_weight,
-        ignore_index,
-        label_smoothing,
-        z_loss,
-        softcap,
-        reduction,
+        grad_loss, grad_lse, logits, target, weight, lse, total_weight, *ctx.options
     )
 
 
@@ -331,20 +318,11 @@ def _probs_backward(ctx, grad_loss, grad_lse, _grad_grad):
 
 def _probs_recomputed_gradient(ctx, grad_loss, grad_lse):
     logits, target, weight, lse, _ = ctx.saved_tensors
-    label_smoothing, z_loss, softcap, reduction = ctx.options
     if grad_loss is None:
+        reduction = ctx.options[-1]
         grad_loss = logits.new_zeros((logits.shape[0],) if reduction == REDUCTION_NONE else ())
     return cross_entropy_probs_backward(
-        grad_loss,
-        grad_lse,
-        logits,
-        target,
-        weight,
-        lse,
-        label_smoothing,
-        z_loss,
-        softcap,
-        reduction,
+        grad_loss, grad_lse, logits, target, weight, lse, *ctx.options
     )
 
 
