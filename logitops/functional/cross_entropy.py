@@ -118,8 +118,11 @@ def cross_entropy(
             f"weight must be a 1-D tensor of {num_classes} class weights, got shape "
             f"{tuple(weight.shape)}"
         )
-    logits_2d = input.unsqueeze(0) if input.dim() == 1 else input.movedim(1, -1)
-    logits_2d = logits_2d.reshape(-1, num_classes)
+    if input.dim() == 2:  # the common case, without the two views (a few us at small shapes)
+        logits_2d = input
+    else:
+        logits_2d = input.unsqueeze(0) if input.dim() == 1 else input.movedim(1, -1)
+        logits_2d = logits_2d.reshape(-1, num_classes)
     cap = 0.0 if softcap is None else float(softcap)
 
     if target.is_floating_point():
@@ -155,7 +158,8 @@ def cross_entropy(
                 f"target of class indices must have shape {tuple(index_shape)} for input of "
                 f"shape {tuple(input.shape)}, got {tuple(target.shape)}"
             )
-        target_1d = target.reshape(-1).to(torch.int64)
+        target_1d = target if target.dim() == 1 else target.reshape(-1)
+        target_1d = target_1d.to(torch.int64)
         if not runs_cpu_kernels(input) and validate_cuda_targets_enabled():
             check_target_range(target_1d, num_classes, ignore_index)
         options = (weight, int(ignore_index), float(label_smoothing), float(z_loss), cap, reduction)

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from . import _composite
-from ._common import REDUCTION_MEAN, REDUCTION_NONE, fused_gradient
+from ._common import REDUCTION_MEAN, REDUCTION_NONE, fused_gradient, register_differentiable
 
 __all__ = ["bce_with_logits_forward", "bce_with_logits_backward"]
 
@@ -21,9 +21,7 @@ def bce_with_logits_forward(
 ) -> tuple[Tensor, Tensor]:
     """Loss and (when compute_grad) its gradient for an upstream of 1. input / target [R, C];
     weight / pos_weight in the accumulation dtype, expanded to [R, C]."""
-    return torch.ops.logitops.bce_with_logits_forward.default(
-        input, target, weight, pos_weight, reduction, compute_grad
-    )
+    return _bce_with_logits_forward(input, target, weight, pos_weight, reduction, compute_grad)
 
 
 def bce_with_logits_backward(
@@ -108,6 +106,6 @@ def _target_gradient(grad_loss, input, weight, pos_weight, reduction):
     return g.to(input.dtype)
 
 
-torch.library.register_autograd(
-    "logitops::bce_with_logits_forward", _backward, setup_context=_setup_context
+_bce_with_logits_forward = register_differentiable(
+    "logitops::bce_with_logits_forward", _backward, _setup_context
 )

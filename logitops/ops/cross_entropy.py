@@ -11,6 +11,7 @@ from ._common import (
     REDUCTION_NONE,
     accumulation_dtype,
     fused_gradient,
+    register_differentiable,
 )
 
 __all__ = [
@@ -37,7 +38,7 @@ def cross_entropy_forward(
 
     logits [N, C] with unit stride along C, target int64 [N]. softcap 0 means off.
     """
-    return torch.ops.logitops.cross_entropy_forward.default(
+    return _cross_entropy_forward(
         logits,
         target,
         weight,
@@ -191,8 +192,8 @@ def _recomputed_gradient(ctx, grad_loss, grad_lse):
     )
 
 
-torch.library.register_autograd(
-    "logitops::cross_entropy_forward", _backward, setup_context=_setup_context
+_cross_entropy_forward = register_differentiable(
+    "logitops::cross_entropy_forward", _backward, _setup_context
 )
 
 
@@ -211,7 +212,7 @@ def cross_entropy_probs_forward(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Loss, per-row lse and (when compute_grad) the fused gradient, for class-probability
     targets [N, C] of the logits' dtype. `mean` divides by N."""
-    return torch.ops.logitops.cross_entropy_probs_forward.default(
+    return _cross_entropy_probs_forward(
         logits, target, weight, label_smoothing, z_loss, softcap, reduction, compute_grad
     )
 
@@ -343,6 +344,6 @@ def _probs_target_gradient(grad_loss, logits, weight, lse, label_smoothing, soft
     return (grad * upstream).to(logits.dtype)
 
 
-torch.library.register_autograd(
-    "logitops::cross_entropy_probs_forward", _probs_backward, setup_context=_probs_setup_context
+_cross_entropy_probs_forward = register_differentiable(
+    "logitops::cross_entropy_probs_forward", _probs_backward, _probs_setup_context
 )

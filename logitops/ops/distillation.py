@@ -12,6 +12,7 @@ from ._common import (
     REDUCTION_NONE,
     accumulation_dtype,
     fused_gradient,
+    register_differentiable,
 )
 
 __all__ = [
@@ -34,7 +35,7 @@ def distillation_forward(
     compute_grad: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Loss, counted rows and (when compute_grad) the student gradient for an upstream of 1."""
-    return torch.ops.logitops.distillation_forward.default(
+    return _distillation_forward(
         student, teacher, target, ignore_index, temperature, kind, beta, reduction, compute_grad
     )
 
@@ -138,6 +139,6 @@ def _backward(ctx, grad_loss, _grad_count, _grad_grad):
     return (grad,) + (None,) * 8
 
 
-torch.library.register_autograd(
-    "logitops::distillation_forward", _backward, setup_context=_setup_context
+_distillation_forward = register_differentiable(
+    "logitops::distillation_forward", _backward, _setup_context
 )

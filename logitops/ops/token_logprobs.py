@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from . import _composite
-from ._common import accumulation_dtype
+from ._common import accumulation_dtype, register_differentiable
 
 __all__ = [
     "token_logprobs_backward",
@@ -23,9 +23,7 @@ def token_logprobs_forward(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(logprob [N], entropy [N] or [0], lse [N]) of softmax(logits / temperature), in the
     accumulation dtype; rows whose target is ``ignore_index`` give 0 for all three."""
-    return torch.ops.logitops.token_logprobs_forward.default(
-        logits, target, temperature, ignore_index, return_entropy
-    )
+    return _token_logprobs_forward(logits, target, temperature, ignore_index, return_entropy)
 
 
 def token_logprobs_backward(
@@ -145,8 +143,8 @@ def _backward(ctx, grad_logprob, grad_entropy, _grad_lse):
     return (grad,) + (None,) * 4
 
 
-torch.library.register_autograd(
-    "logitops::token_logprobs_forward", _backward, setup_context=_setup_context
+_token_logprobs_forward = register_differentiable(
+    "logitops::token_logprobs_forward", _backward, _setup_context
 )
 
 
