@@ -26,6 +26,7 @@ import harness  # noqa: E402
 import plot  # noqa: E402
 import pytest  # noqa: E402
 import run  # noqa: E402
+import sweep  # noqa: E402
 
 pytestmark = pytest.mark.emulation_skip("benchmark shapes (the scripts time the kernels)")
 
@@ -317,3 +318,22 @@ def test_transformers_benchmark_writes_results(tmp_path, capsys):
     assert {r["provider"] for r in timed} == {"transformers", "logitops", "logitops loss_function"}
     assert all(r["extra"]["peak_extra_mb"] is not None for r in timed)
     assert len(results) == len(payload["results"])
+
+
+@pytest.mark.parametrize("family", sweep.FAMILIES)
+def test_sweep_writes_ratios_and_heat_map(tmp_path, family):
+    argv = ["--family", family, "--rows", "2,5", "--vocab", "7,40", "--rounds", "1"]
+    argv += ["--reps", "2", "--hidden", "8", "--providers", "logitops,eager"]
+    argv += ["--out", str(tmp_path)]
+    argv += ["--max-elements", "100"]  # 5 x 40 is left out
+    result = sweep.main(argv)
+    (written,) = tmp_path.glob("*.json")
+    assert json.loads(written.read_text()) == result
+    cells = {(c["rows"], c["vocab"]): c for c in result["cells"]}
+    assert set(cells) == {(2, 7), (2, 40), (5, 7), (5, 40)}
+    assert "skipped" in cells[(5, 40)] and "ratio_vs_eager" not in cells[(5, 40)]
+    for key in [(2, 7), (2, 40), (5, 7)]:
+        c = cells[key]
+        assert c["logitops_ms"] > 0 and c["eager_ms"] > 0
+        assert c["ratio_vs_eager"] == pytest.approx(c["eager_ms"] / c["logitops_ms"], rel=1e-2)
+    assert list(tmp_path.glob("*.png"))
