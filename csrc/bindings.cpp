@@ -137,7 +137,7 @@ TORCH_LIBRARY(logitops, m) {
       "probs_sample(Tensor probs, Tensor top_k, Tensor top_p, Tensor min_p, str order, "
       "Tensor seed, bool per_row_seeds) -> Tensor");
   // Per row of z = logits / temperature: the num_logprobs largest z [B, N] with their ids, the
-  // log-sum-exp, and token's z and vLLM rank (log-probabilities are z - lse).
+  // log-sum-exp, and token's z and vLLM rank ([0] without token; log-probabilities: z - lse).
   m.def(
       "top_logprobs(Tensor logits, Tensor temperature, Tensor? token, int num_logprobs) -> "
       "(Tensor values, Tensor ids, Tensor lse, Tensor token_value, Tensor token_rank)");

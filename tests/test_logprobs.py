@@ -93,6 +93,7 @@ def test_more_logprobs_than_vocab_pads():
     out = logitops.top_logprobs(torch.tensor([[0.0, 1.0]]), 4)
     assert out.top_ids.tolist() == [[1, 0, -1, -1]]
     assert out.top_logprobs[0, 2:].eq(-math.inf).all()
+    assert out.token_logprob is None and out.token_rank is None  # no token asked for
 
 
 @pytest.mark.emulation_skip("vocab 32000")

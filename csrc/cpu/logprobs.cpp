@@ -36,8 +36,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> top_logpr
   at::Tensor values = at::empty({rows, num_logprobs}, acc);
   at::Tensor ids = at::empty({rows, num_logprobs}, logits.options().dtype(at::kLong));
   at::Tensor lse = at::empty({rows}, acc);
-  at::Tensor token_value = at::empty({rows}, acc);
-  at::Tensor token_rank = at::empty({rows}, logits.options().dtype(at::kLong));
+  // Without a token, its outputs are [0].
+  const int64_t token_rows = token.defined() ? rows : 0;
+  at::Tensor token_value = at::empty({token_rows}, acc);
+  at::Tensor token_rank = at::empty({token_rows}, logits.options().dtype(at::kLong));
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kBFloat16, at::kHalf, logits.scalar_type(), "top_logprobs_cpu", [&] {
         using acc_t = at::opmath_type<scalar_t>;
@@ -82,8 +84,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> top_logpr
               std::fill(vi, vi + top, kNaN);
               std::fill(ii, ii + top, int64_t(-1));
               row_lse[i] = kNaN;
-              tv[i] = kNaN;
-              rank[i] = -1;
+              if (tok != nullptr) {
+                tv[i] = kNaN;
+                rank[i] = -1;
+              }
               continue;
             }
             double sum = 0;
@@ -99,7 +103,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> top_logpr
               for (int64_t j = 0; j < n; ++j) count += counts_toward_rank(z[j], own);
               tv[i] = own;
               rank[i] = count;
-            } else {
+            } else if (tok != nullptr) {
               tv[i] = kNaN;
               rank[i] = -1;
             }

@@ -41,8 +41,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> top_logpr
   at::Tensor values = at::empty({rows, num_logprobs}, acc);
   at::Tensor ids = at::empty({rows, num_logprobs}, logits.options().dtype(at::kLong));
   at::Tensor lse = at::empty({rows}, acc);
-  at::Tensor token_value = at::empty({rows}, acc);
-  at::Tensor token_rank = at::empty({rows}, logits.options().dtype(at::kLong));
+  // Without a token, its outputs are [0].
+  const int64_t token_rows = token.defined() ? rows : 0;
+  at::Tensor token_value = at::empty({token_rows}, acc);
+  at::Tensor token_rank = at::empty({token_rows}, logits.options().dtype(at::kLong));
   if (rows == 0) return {values, ids, lse, token_value, token_rank};
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kBFloat16, at::kHalf, logits.scalar_type(), "top_logprobs_cuda", [&] {

@@ -34,7 +34,7 @@ struct TopLogprobsArgs {
   acc_t* values;              // [num_rows, N]
   int64_t* ids;               // [num_rows, N]
   acc_t* lse;                 // [num_rows]
-  acc_t* token_value;
+  acc_t* token_value;         // [num_rows], or [0] without token
   int64_t* token_rank;
 };
 
@@ -126,15 +126,19 @@ __global__ void __launch_bounds__(kMaxBlockThreads, 1)
       }
       if (threadIdx.x == 0) {
         args.lse[row] = kNaN;
-        args.token_value[row] = kNaN;
-        args.token_rank[row] = -1;
+        if (args.token != nullptr) {
+          args.token_value[row] = kNaN;
+          args.token_rank[row] = -1;
+        }
       }
       continue;
     }
     if (threadIdx.x == 0) {
       args.lse[row] = lse_finalize(scan.lse);
-      args.token_value[row] = own;
-      args.token_rank[row] = valid_token ? scan.rank : -1;
+      if (args.token != nullptr) {
+        args.token_value[row] = own;
+        args.token_rank[row] = valid_token ? scan.rank : -1;
+      }
     }
     if (top == 0) continue;
 

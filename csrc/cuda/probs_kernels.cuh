@@ -58,6 +58,12 @@ __device__ __forceinline__ RowFilter probs_row_filter(const ProbsArgs<scalar_t>&
   return {1.0, args.top_k[row], args.top_p[row], args.min_p[row]};
 }
 
+// A thread's best race score so far and its token (kNoIndex: none yet).
+struct RaceBest {
+  double score;
+  int64_t index;
+};
+
 // probs_sample: per row, the kept token maximizing log(p) - log(E) with the exponential noise of
 // (seed[row], per_row_seeds ? 0 : row, token), as sample_kernel races logits; -1 for a row with
 // an invalid probability (NaN z) or nothing to draw (all zero).
@@ -91,13 +97,9 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kSampleMinBlocksPerSm)
         best = j;
       }
     }
-    struct Best {
-      double score;
-      int64_t index;
-    };
-    const Best winner = block_reduce(
-        Best{best_score, best}, Best{-std::numeric_limits<double>::infinity(), kNoIndex},
-        [](const Best& a, const Best& b) {
+    const RaceBest winner = block_reduce(
+        RaceBest{best_score, best}, RaceBest{-std::numeric_limits<double>::infinity(), kNoIndex},
+        [](const RaceBest& a, const RaceBest& b) {
           return ranks_before(b.score, b.index, a.score, a.index) ? b : a;
         });
     if (threadIdx.x == 0) tokens[row] = winner.index == kNoIndex ? -1 : winner.index;

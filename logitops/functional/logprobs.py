@@ -48,8 +48,8 @@ class TopLogprobs(NamedTuple):
 
     top_logprobs: Tensor  # [B, N], float32 (float64 for float64 logits)
     top_ids: Tensor  # [B, N], int64
-    token_logprob: Tensor  # [B]
-    token_rank: Tensor  # [B], int64
+    token_logprob: Tensor | None  # [B]; None without token
+    token_rank: Tensor | None  # [B], int64; None without token
 
 
 class SampleLogprobs(NamedTuple):
@@ -102,7 +102,10 @@ def _top(logits2d: Tensor, temperature: Tensor, token, num_logprobs: int, normal
     if normalize:
         # z - lse rounded once from float64: both are exact in it.
         values = (values.double() - lse.double().unsqueeze(1)).to(values.dtype)
-        token_value = (token_value.double() - lse.double()).to(token_value.dtype)
+        if token is not None:
+            token_value = (token_value.double() - lse.double()).to(token_value.dtype)
+    if token is None:
+        return values, ids, None, None
     return values, ids, token_value, rank
 
 
@@ -132,7 +135,8 @@ def top_logprobs(
     temperature : float or Tensor
         > 0, a number or a per-row tensor [B].
     token : Tensor, optional
-        int64 [B]: the tokens whose log-probability and rank to return (NaN / -1 without).
+        int64 [B]: the tokens whose log-probability and rank to return (without it, those
+        fields are None).
 
     Returns
     -------
@@ -165,7 +169,8 @@ def top_logprobs(
         token = token.unsqueeze(0)
     values, ids, token_value, rank = _top(logits2d, temp, _token(token, rows, logits2d), n, True)
     if squeeze:
-        return TopLogprobs(values[0], ids[0], token_value[0], rank[0])
+        first = lambda t: None if t is None else t[0]  # noqa: E731
+        return TopLogprobs(values[0], ids[0], first(token_value), first(rank))
     return TopLogprobs(values, ids, token_value, rank)
 
 

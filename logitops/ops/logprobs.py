@@ -16,7 +16,8 @@ def top_logprobs(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Per row of z = logits [B, V] / temperature float64 [B]: the num_logprobs largest z [B, N]
     (float32; float64 for float64 logits; -inf past V) and their ids int64 (-1 past V), the
-    log-sum-exp [B], token's z [B] and its vLLM rank int64 [B] (-1 without a valid token)."""
+    log-sum-exp [B], token's z [B] and its vLLM rank int64 [B] (-1 for a token outside [0, V);
+    both [0] without token)."""
     return torch.ops.logitops.top_logprobs.default(logits, temperature, token, num_logprobs)
 
 
@@ -29,6 +30,6 @@ def _top_logprobs_fake(logits, temperature, token, num_logprobs):
         logits.new_empty((rows, num_logprobs), dtype=acc),
         logits.new_empty((rows, num_logprobs), dtype=torch.int64),
         logits.new_empty((rows,), dtype=acc),
-        logits.new_empty((rows,), dtype=acc),
-        logits.new_empty((rows,), dtype=torch.int64),
+        logits.new_empty((rows if token is not None else 0,), dtype=acc),
+        logits.new_empty((rows if token is not None else 0,), dtype=torch.int64),
     )
