@@ -124,4 +124,21 @@ TORCH_LIBRARY(logitops, m) {
   m.def(
       "token_logprobs_backward(Tensor? grad_logprob, Tensor? grad_entropy, Tensor logits, "
       "Tensor target, Tensor lse, Tensor entropy, float temperature, int ignore_index) -> Tensor");
+
+  // softmax(logits[i] / temperature[i]) per row [B, V], in float32 (float64 for float64 logits).
+  m.def("softmax(Tensor logits, Tensor temperature) -> Tensor");
+  // Probabilities [B, V] (any scale) renormalized over what top-k / top-p / min-p keep of them.
+  m.def(
+      "probs_renorm(Tensor probs, Tensor top_k, Tensor top_p, Tensor min_p, str order) "
+      "-> Tensor");
+  // One token per row drawn from probabilities [B, V] after top-k / top-p / min-p, seeded per
+  // row as sample.
+  m.def(
+      "probs_sample(Tensor probs, Tensor top_k, Tensor top_p, Tensor min_p, str order, "
+      "Tensor seed, bool per_row_seeds) -> Tensor");
+  // Per row of z = logits / temperature: the num_logprobs largest z [B, N] with their ids, the
+  // log-sum-exp, and token's z and vLLM rank ([0] without token; log-probabilities: z - lse).
+  m.def(
+      "top_logprobs(Tensor logits, Tensor temperature, Tensor? token, int num_logprobs) -> "
+      "(Tensor values, Tensor ids, Tensor lse, Tensor token_value, Tensor token_rank)");
 }

@@ -25,6 +25,25 @@ from .functional import (  # noqa: E402
     top_k_filter,
     top_p_filter,
 )
+from .functional.logprobs import (  # noqa: E402
+    SampleLogprobs,
+    TopLogprobs,
+    sample_with_logprobs,
+    top_logprobs,
+)
+from .functional.probs import (  # noqa: E402
+    min_p_sampling_from_probs,
+    renorm_probs,
+    sample_from_probs,
+    sampling_from_probs,
+    softmax,
+    top_k_mask_logits,
+    top_k_renorm_probs,
+    top_k_sampling_from_probs,
+    top_k_top_p_sampling_from_probs,
+    top_p_renorm_probs,
+    top_p_sampling_from_probs,
+)
 
 try:  # the one source of the version is pyproject.toml, through the installed metadata
     __version__ = _metadata.version("logitops")
@@ -52,6 +71,21 @@ __all__ = [
     "token_logprobs",
     "top_k_filter",
     "top_p_filter",
+    "SampleLogprobs",
+    "TopLogprobs",
+    "sample_with_logprobs",
+    "top_logprobs",
+    "min_p_sampling_from_probs",
+    "renorm_probs",
+    "sample_from_probs",
+    "sampling_from_probs",
+    "softmax",
+    "top_k_mask_logits",
+    "top_k_renorm_probs",
+    "top_k_sampling_from_probs",
+    "top_k_top_p_sampling_from_probs",
+    "top_p_renorm_probs",
+    "top_p_sampling_from_probs",
 ]
 
 

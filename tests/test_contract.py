@@ -33,6 +33,8 @@ def test_contract_has_rows_for_every_family():
         "test_distributed",
         "test_token_logprobs",
         "test_integration_transformers",
+        "test_probs",
+        "test_logprobs",
     }
     assert {row[4] for row in ROWS} == families
 

@@ -23,6 +23,8 @@ MODULES = [
     "logitops.functional.distillation",
     "logitops.functional.linear_cross_entropy",
     "logitops.functional.sampling",
+    "logitops.functional.probs",
+    "logitops.functional.logprobs",
     "logitops.nn",
     "logitops.processors",
     "logitops.distributed",

@@ -961,6 +961,74 @@ def token_logprobs_backward_samples(device):
             )
 
 
+# --- probabilities and top log-probabilities ---------------------------------------------------
+
+
+def _probs(rows, vocab, device, dtype=torch.float32):
+    p = torch.rand(rows, vocab, device=device) ** 2
+    return (p / p.sum(-1, keepdim=True)).to(dtype)
+
+
+def softmax_samples(device):
+    f64 = dict(dtype=torch.float64, device=device)
+    for dtype, vocab in ((torch.float32, 40), (torch.bfloat16, 259), (torch.float64, 1)):
+        yield (
+            kind(dtype=str(dtype).split(".")[1], vocab=vocab),
+            (
+                torch.randn(3, vocab, device=device, dtype=dtype),
+                torch.tensor([0.5, 1.0, 2.0], **f64),
+            ),
+        )
+
+
+def probs_renorm_samples(device):
+    _, top_k, top_p, min_p = _decoding_parameters(device)
+    for order in ORDERS:
+        yield kind(order=order), (_probs(3, 40, device), top_k, top_p, min_p, order)
+    for dtype, vocab in ((torch.bfloat16, 40), (torch.float64, 259), (torch.float32, 1)):
+        yield (
+            kind(dtype=str(dtype).split(".")[1], vocab=vocab),
+            (_probs(3, vocab, device, dtype), top_k, top_p, min_p, "hf"),
+        )
+
+
+def probs_sample_samples(device):
+    _, top_k, top_p, min_p = _decoding_parameters(device)
+    seed = torch.tensor([1, 2, 3], device=device)
+    for order, per_row_seeds in itertools.product(ORDERS, (True, False)):
+        yield (
+            kind(order=order, per_row_seeds=per_row_seeds),
+            (_probs(3, 40, device), top_k, top_p, min_p, order, seed, per_row_seeds),
+        )
+    for dtype, vocab in ((torch.bfloat16, 40), (torch.float64, 259), (torch.float32, 1)):
+        yield (
+            kind(dtype=str(dtype).split(".")[1], vocab=vocab),
+            (_probs(3, vocab, device, dtype), top_k, top_p, min_p, "hf", seed, True),
+        )
+
+
+def top_logprobs_samples(device):
+    f64 = dict(dtype=torch.float64, device=device)
+    temperature = torch.tensor([0.5, 1.0, 2.0], **f64)
+    token = torch.tensor([0, 5, 2], device=device)
+    for dtype, vocab, n, with_token in (
+        (torch.float32, 40, 5, True),
+        (torch.float32, 7, 20, False),
+        (torch.bfloat16, 259, 20, True),
+        (torch.float64, 40, 0, True),
+        (torch.float16, 1, 1, False),
+    ):
+        yield (
+            kind(dtype=str(dtype).split(".")[1], vocab=vocab, n=n, token=with_token),
+            (
+                torch.randn(3, vocab, device=device, dtype=dtype),
+                temperature,
+                token.clamp_max(vocab - 1) if with_token else None,
+                n,
+            ),
+        )
+
+
 SAMPLE_INPUTS = {
     "bce_with_logits_backward": bce_backward_samples,
     "bce_with_logits_forward": bce_forward_samples,
@@ -982,10 +1050,14 @@ SAMPLE_INPUTS = {
             device, dtype, name.replace("backward", "forward")
         ),
     ),
+    "probs_renorm": probs_renorm_samples,
+    "probs_sample": probs_sample_samples,
     "sample": sample_samples,
     "scale_gradient_": scale_gradient_samples,
+    "softmax": softmax_samples,
     "token_logprobs_backward": token_logprobs_backward_samples,
     "token_logprobs_forward": token_logprobs_forward_samples,
+    "top_logprobs": top_logprobs_samples,
     "vocab_parallel_cross_entropy_backward": vocab_parallel_backward_samples,
     "vocab_parallel_cross_entropy_stats": vocab_parallel_stats_samples,
 }

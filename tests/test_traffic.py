@@ -229,3 +229,32 @@ def test_linear_cross_entropy_chunks_use_the_fused_kernel():
     assert kernels.pop("cross_entropy_fused_kernel") == (2.0, 1.0, 1.0, 1.0)
     assert kernels.pop("cross_entropy_row_weight_kernel") == (0.0, 0.0, 0.0, 0.0)
     assert not kernels, kernels
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_probability_ops_read_the_row_once_from_memory(dtype):
+    p = torch.softmax(torch.randn(ROWS, VOCAB), -1).to(dtype)
+    u = unit(dtype)
+    (softmax,) = traffic(lambda: logitops.softmax(p, temperature=0.7), u)
+    (renorm,) = traffic(lambda: logitops.renorm_probs(p, top_k=50, top_p=0.9), u)
+    (sampled,) = traffic(lambda: logitops.sample_from_probs(p, top_k=50, top_p=0.9, seed=1), u)
+    # The softmax writes float32 probabilities: twice the bytes of a bf16 row.
+    out_width = 4 / torch.empty((), dtype=dtype).element_size()
+    assert (softmax.read, softmax.distinct_read, softmax.written) == (2.0, 1.0, out_width)
+    assert (renorm.distinct_read, renorm.written) == (1.0, 1.0)
+    assert (sampled.distinct_read, sampled.written) == (1.0, 0.0)
+    # A scan, the radix passes of the k-th largest and the top-p cut, then the race (sample), or
+    # the kept mass and the write (renorm).
+    assert sampled.read <= 11 and renorm.read <= 12
+
+
+@pytest.mark.parametrize("num_logprobs", [0, 20])
+def test_top_logprobs_reads_the_row_once_from_memory(num_logprobs):
+    x = torch.randn(ROWS, VOCAB)
+    token = torch.randint(0, VOCAB, (ROWS,))
+    (launch,) = traffic(lambda: logitops.top_logprobs(x, num_logprobs, token=token), unit(x.dtype))
+    assert (launch.distinct_read, launch.written) == (1.0, 0.0)
+    # N = 0: one pass (log-sum-exp and rank), plus every thread's read of the token's logit
+    # (512 threads x 4 bytes per row of 1000 here: 0.51; one L1 line on a GPU); N > 0: + 4 radix
+    # passes, the collection, and the ties at the N-th value in id order (stops once N are taken).
+    assert launch.read <= (1.52 if num_logprobs == 0 else 8.52)
