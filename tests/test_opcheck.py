@@ -667,6 +667,8 @@ def distillation_backward_samples(device):
             kind(shape=f"{rows}x{classes}", kind="jsd"),
             distillation_backward_args(torch.randn_like(loss), student, teacher, count, kind="jsd"),
         )
+    student = torch.randn(5, 17, device=device)
+    teacher = torch.randn(5, 17, device=device)
     for name, options in _distillation_hard_cases(device):
         loss, count, _ = op("distillation_forward")(
             *distillation_forward_args(student, teacher, **options)

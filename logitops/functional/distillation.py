@@ -190,8 +190,11 @@ def distillation_loss(
 
     The cross-entropy is at temperature 1 over the non-ignored targets (mean); the soft term is
     the divergence at temperature T (batchmean over the rows whose target is not ignored) times
-    T**2, which keeps its gradients the same size as T changes. Without ``target``, the soft term
-    alone: ``T**2 * kl_div_with_logits(...)`` over every row.
+    T**2, which keeps its gradients the same size as T changes; both means divide by the same
+    count of rows, so one fused kernel computes both terms per row (the student's log-sum-exp at
+    temperature 1 beside the two at T) and writes one gradient,
+    ``alpha (softmax(s) - onehot) + (1 - alpha) T d KL / d(s / T)`` over that count. Without
+    ``target``, the soft term alone: ``T**2 * kl_div_with_logits(...)`` over every row.
 
     Parameters
     ----------
