@@ -46,16 +46,17 @@ TORCH_LIBRARY(logitops, m) {
       "cross_entropy_probs_backward(Tensor grad_loss, Tensor? grad_lse, Tensor logits, "
       "Tensor target, Tensor? weight, Tensor lse, float label_smoothing, float z_loss, "
       "float softcap, str reduction) -> Tensor");
-  // Distillation divergence (kind forward / reverse / jsd) per row of student and teacher logits.
+  // Distillation per row of student and teacher logits: soft_weight times the divergence (kind
+  // forward / reverse / jsd) at temperature T plus hard_weight times the cross-entropy at T = 1.
   m.def(
       "distillation_forward(Tensor student, Tensor teacher, Tensor? target, int ignore_index, "
-      "float temperature, str kind, float beta, str reduction, bool compute_grad) "
-      "-> (Tensor loss, Tensor row_count, Tensor grad)");
+      "float temperature, str kind, float beta, float hard_weight, float soft_weight, "
+      "str reduction, bool compute_grad) -> (Tensor loss, Tensor row_count, Tensor grad)");
   // Gradient of distillation_forward's loss with respect to the student logits.
   m.def(
       "distillation_backward(Tensor grad_loss, Tensor student, Tensor teacher, Tensor? target, "
-      "int ignore_index, float temperature, str kind, float beta, str reduction, "
-      "Tensor row_count) -> Tensor");
+      "int ignore_index, float temperature, str kind, float beta, float hard_weight, "
+      "float soft_weight, str reduction, Tensor row_count) -> Tensor");
   // Binary cross-entropy with logits of input [R, C] and same-shaped target.
   m.def(
       "bce_with_logits_forward(Tensor input, Tensor target, Tensor? weight, Tensor? pos_weight, "

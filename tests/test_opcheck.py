@@ -166,6 +166,8 @@ def distillation_forward_args(
     temperature=1.0,
     kind="forward",
     beta=0.5,
+    hard_weight=0.0,
+    soft_weight=1.0,
     reduction="mean",
     compute_grad=False,
 ):
@@ -177,6 +179,8 @@ def distillation_forward_args(
         temperature,
         kind,
         beta,
+        hard_weight,
+        soft_weight,
         distillation_reduction_arg(reduction),
         compute_grad,
     )
@@ -193,6 +197,8 @@ def distillation_backward_args(
     temperature=1.0,
     kind="forward",
     beta=0.5,
+    hard_weight=0.0,
+    soft_weight=1.0,
     reduction="mean",
 ):
     return (
@@ -204,6 +210,8 @@ def distillation_backward_args(
         temperature,
         kind,
         beta,
+        hard_weight,
+        soft_weight,
         distillation_reduction_arg(reduction),
         row_count,
     )
@@ -599,6 +607,43 @@ def distillation_forward_samples(device):
                     compute_grad=fused(device, requires_grad),
                 ),
             )
+    for requires_grad in (False, True):
+        student = torch.randn(5, 17, device=device, requires_grad=requires_grad)
+        teacher = torch.randn(5, 17, device=device)
+        for name, options in _distillation_hard_cases(device):
+            yield (
+                f"{name}-grad{requires_grad}",
+                distillation_forward_args(
+                    student,
+                    teacher,
+                    compute_grad=fused(device, requires_grad),
+                    **options,
+                ),
+            )
+
+
+def _distillation_hard_cases(device):
+    """(name, options) with the hard term on: with the divergence (T 1 and 2), alone (soft
+    weight 0), every kind, ignored rows."""
+    target = torch.tensor([0, -100, 2, 16, 4], device=device)
+    for k, temperature, hard, soft, reduction in (
+        ("forward", 2.0, 0.3, 2.8, "batchmean"),
+        ("forward", 1.0, 0.5, 0.5, "sum"),
+        ("reverse", 2.0, 0.7, 1.2, "none"),
+        ("jsd", 1.5, 1.0, 0.0, "batchmean"),
+    ):
+        yield (
+            kind(kind=k, hard=hard, soft=soft, T=temperature, reduction=reduction),
+            dict(
+                target=target,
+                temperature=temperature,
+                kind=k,
+                beta=0.4,
+                hard_weight=hard,
+                soft_weight=soft,
+                reduction=reduction,
+            ),
+        )
 
 
 def distillation_backward_samples(device):
@@ -621,6 +666,16 @@ def distillation_backward_samples(device):
         yield (
             kind(shape=f"{rows}x{classes}", kind="jsd"),
             distillation_backward_args(torch.randn_like(loss), student, teacher, count, kind="jsd"),
+        )
+    student = torch.randn(5, 17, device=device)
+    teacher = torch.randn(5, 17, device=device)
+    for name, options in _distillation_hard_cases(device):
+        loss, count, _ = op("distillation_forward")(
+            *distillation_forward_args(student, teacher, **options)
+        )
+        yield (
+            name,
+            distillation_backward_args(torch.randn_like(loss), student, teacher, count, **options),
         )
 
 

@@ -185,6 +185,47 @@ def test_distillation_forward_fused(kind, passes):
     assert not kernels, kernels
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kind,passes", [("forward", 2), ("reverse", 3), ("jsd", 3)])
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_distillation_loss_training_step_is_one_fused_kernel(dtype, kind, passes, temperature):
+    student = logits_like(dtype)
+    teacher = torch.randn(ROWS, VOCAB).to(dtype)
+    target = torch.randint(0, VOCAB, (ROWS,))
+    kernels = by_kernel(
+        traffic(
+            lambda: logitops.distillation_loss(
+                student, teacher, target, temperature=temperature, alpha=0.3, kind=kind
+            ).backward(),
+            unit(dtype),
+        )
+    )
+    # Hard and soft term in one kernel: student and teacher once per pass (after the first, from
+    # L2), the gradient written once; no cross-entropy kernel, no scaling pass, no sum of two
+    # gradients (upstream 1: scale_gradient_ moves nothing).
+    assert kernels.pop("distill_forward_kernel") == (2.0 * passes, 1.0, 2.0, 1.0)
+    assert kernels.pop("scale_gradient_kernel") == (0.0, 0.0, 0.0, 0.0)
+    assert not kernels, kernels
+
+
+def test_distillation_loss_hard_term_alone_and_ignored_rows():
+    student = logits_like(torch.float32)
+    teacher = torch.randn(ROWS, VOCAB)
+    target = torch.randint(0, VOCAB, (ROWS,))
+    target[1] = -100
+    u = unit(torch.float32)
+    kernels = by_kernel(
+        traffic(
+            lambda: logitops.distillation_loss(student, teacher, target, alpha=1.0).backward(), u
+        )
+    )
+    # alpha = 1: the teacher is not read; the student twice (the lse, then the gradient); the
+    # ignored row is written (zeros), not read.
+    assert kernels.pop("distill_forward_kernel") == (1.5, 1.0, 0.75, 1.0)
+    assert kernels.pop("scale_gradient_kernel") == (0.0, 0.0, 0.0, 0.0)
+    assert not kernels, kernels
+
+
 def test_vocab_parallel_kernels():
     x = torch.randn(ROWS, VOCAB)
     target = torch.randint(0, 2 * VOCAB, (ROWS,))

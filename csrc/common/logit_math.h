@@ -351,6 +351,50 @@ LOGITOPS_HD acc_t divergence_grad(const DivergenceTerm<acc_t>& term, acc_t row_s
   return scale * (term.q_g - term.q * row_s);
 }
 
+// Distillation's hard term: hard_weight times the cross-entropy at temperature 1 of the student
+// row s against the target y, beside the soft term (the divergence at T, weighted by
+// soft_weight). Per row, loss = hard_weight (lse(s) - s_y) + soft_weight divergence; per element,
+// d loss / d s_j = hard_weight (softmax(s)_j - [j == y]) + soft_weight / T d divergence / d (s_j /
+// T). A weight of 0 drops its term outright (no 0 * inf = NaN from the other softmax's row).
+//
+// The student's log-softmax at temperature 1, max and log(sum) kept apart (LogSoftmaxPair's rule).
+template <typename acc_t>
+struct LogSoftmaxRow {
+  acc_t max, log_sum;
+
+  LOGITOPS_HD acc_t log_prob(acc_t z) const { return (z - max) - log_sum; }
+};
+
+template <typename acc_t>
+LOGITOPS_HD LogSoftmaxRow<acc_t> log_softmax_row(LseState<acc_t> state) {
+  const bool finite = lse_state_is_finite(state);
+  return {finite ? state.max : lse_finalize(state), finite ? std::log(state.sum) : acc_t(0)};
+}
+
+// The hard term's gradient at one element, hard_scale = upstream * hard_weight: hard_scale (p_j -
+// [j == y]), p_j the student's softmax at temperature 1.
+template <typename acc_t>
+LOGITOPS_HD acc_t distill_hard_grad(acc_t prob, bool is_target, acc_t hard_scale) {
+  return hard_scale * (is_target ? prob - acc_t(1) : prob);
+}
+
+// The row's scales of the two terms' gradients from its upstream gradient: the soft term's
+// upstream * soft_weight / T (d / d s = d / d (s / T) / T) and the hard term's upstream *
+// hard_weight, computed in math_t and rounded once: the forward's in double, the backward's in
+// acc_t. With soft_weight 1 the soft scale is exactly the upstream / T of the divergence alone.
+template <typename acc_t>
+struct DistillScales {
+  acc_t soft;
+  acc_t hard;
+};
+
+template <typename acc_t, typename math_t>
+LOGITOPS_HD DistillScales<acc_t> distill_scales(math_t upstream, math_t soft_weight,
+                                                math_t hard_weight, math_t temperature) {
+  return {static_cast<acc_t>(upstream * soft_weight / temperature),
+          static_cast<acc_t>(upstream * hard_weight)};
+}
+
 // A class-index target is valid when it is ignore_index or in [0, num_classes).
 LOGITOPS_HD bool target_is_valid(int64_t target, int64_t num_classes, int64_t ignore_index) {
   return target == ignore_index || (target >= 0 && target < num_classes);

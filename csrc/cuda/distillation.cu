@@ -23,12 +23,16 @@ namespace logitops {
 namespace {
 
 using cuda::CudaType;
-using cuda::row_grid;
+
+// The bytes of a row that the kernels re-read after their first pass (student and teacher): what
+// l2_resident_row_grid keeps in L2 for the rows in flight.
+int64_t pass_bytes(int64_t cols, size_t element_size) { return 2 * cols * int64_t(element_size); }
 
 template <typename scalar_t, typename acc_t>
 cuda::DistillArgs<typename CudaType<scalar_t>::type, acc_t> make_distill_args(
     const at::Tensor& student, const at::Tensor& teacher, const at::Tensor& target,
-    int64_t ignore_index, double temperature, DivergenceKind kind, double beta) {
+    int64_t ignore_index, double temperature, DivergenceKind kind, double beta, double hard_weight,
+    double soft_weight) {
   using cuda_t = typename CudaType<scalar_t>::type;
   cuda::DistillArgs<cuda_t, acc_t> args;
   args.student = reinterpret_cast<const cuda_t*>(student.const_data_ptr<scalar_t>());
@@ -42,16 +46,20 @@ cuda::DistillArgs<typename CudaType<scalar_t>::type, acc_t> make_distill_args(
   args.inv_temperature = static_cast<acc_t>(1.0 / temperature);
   args.kind = kind;
   args.beta = static_cast<acc_t>(beta);
+  args.soft_weight = static_cast<acc_t>(soft_weight);
+  args.hard_weight = static_cast<acc_t>(hard_weight);
   return args;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> distillation_forward_cuda(
     const at::Tensor& student_in, const at::Tensor& teacher_in,
     const std::optional<at::Tensor>& target_in, int64_t ignore_index, double temperature,
-    c10::string_view kind_name, double beta, c10::string_view reduction_name, bool compute_grad) {
+    c10::string_view kind_name, double beta, double hard_weight, double soft_weight,
+    c10::string_view reduction_name, bool compute_grad) {
   const DivergenceKind kind = parse_divergence_kind(kind_name);
   const Reduction reduction = parse_distillation_reduction(reduction_name);
-  check_distill_inputs(student_in, teacher_in, target_in, temperature, kind, beta);
+  check_distill_inputs(student_in, teacher_in, target_in, temperature, kind, beta, hard_weight,
+                       soft_weight);
   const cuda::DeviceGuard device_guard(student_in.device());
   const at::Tensor student = rows_with_unit_stride(student_in);
   const at::Tensor teacher = rows_with_unit_stride(teacher_in);
@@ -71,13 +79,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> distillation_forward_cuda(
         at::kBFloat16, at::kHalf, student.scalar_type(), "distillation_forward_cuda", [&] {
           using acc_t = at::opmath_type<scalar_t>;
           using cuda_t = typename CudaType<scalar_t>::type;
-          const auto args = make_distill_args<scalar_t, acc_t>(
-              student, teacher, target, ignore_index, temperature, kind, beta);
+          const auto args =
+              make_distill_args<scalar_t, acc_t>(student, teacher, target, ignore_index,
+                                                 temperature, kind, beta, hard_weight, soft_weight);
           const int threads = cuda::distill_block_threads(cols);
+          const auto kernel = cuda::distill_forward_kernel<cuda_t, acc_t>;
           cuda::launch_kernel(
-              "distill_forward_kernel", cuda::distill_forward_kernel<cuda_t, acc_t>, row_grid(rows),
+              "distill_forward_kernel", kernel,
+              cuda::l2_resident_row_grid(kernel, threads, rows, pass_bytes(cols, sizeof(cuda_t))),
               threads, 0, cuda::current_stream(), args, row_count.const_data_ptr<acc_t>(),
-              reduction == kReductionMean, temperature, row_loss.mutable_data_ptr<acc_t>(),
+              reduction == kReductionMean, temperature, soft_weight, hard_weight,
+              row_loss.mutable_data_ptr<acc_t>(),
               compute_grad ? reinterpret_cast<cuda_t*>(grad.mutable_data_ptr<scalar_t>())
                            : nullptr);
           LOGITOPS_CHECK_LAUNCH();
@@ -92,12 +104,13 @@ at::Tensor distillation_backward_cuda(const at::Tensor& grad_loss, const at::Ten
                                       const at::Tensor& teacher_in,
                                       const std::optional<at::Tensor>& target_in,
                                       int64_t ignore_index, double temperature,
-                                      c10::string_view kind_name, double beta,
-                                      c10::string_view reduction_name,
+                                      c10::string_view kind_name, double beta, double hard_weight,
+                                      double soft_weight, c10::string_view reduction_name,
                                       const at::Tensor& row_count) {
   const DivergenceKind kind = parse_divergence_kind(kind_name);
   const Reduction reduction = parse_distillation_reduction(reduction_name);
-  check_distill_inputs(student_in, teacher_in, target_in, temperature, kind, beta);
+  check_distill_inputs(student_in, teacher_in, target_in, temperature, kind, beta, hard_weight,
+                       soft_weight);
   TORCH_CHECK_VALUE(grad_loss.device() == student_in.device(),
                     "logitops.distillation_backward: grad_loss is on ", grad_loss.device(),
                     " but the logits on ", student_in.device());
@@ -115,14 +128,18 @@ at::Tensor distillation_backward_cuda(const at::Tensor& grad_loss, const at::Ten
         at::kBFloat16, at::kHalf, student.scalar_type(), "distillation_backward_cuda", [&] {
           using acc_t = at::opmath_type<scalar_t>;
           using cuda_t = typename CudaType<scalar_t>::type;
-          const auto args = make_distill_args<scalar_t, acc_t>(
-              student, teacher, target, ignore_index, temperature, kind, beta);
+          const auto args =
+              make_distill_args<scalar_t, acc_t>(student, teacher, target, ignore_index,
+                                                 temperature, kind, beta, hard_weight, soft_weight);
           const int threads = cuda::distill_block_threads(cols);
-          cuda::launch_kernel("distill_backward_kernel",
-                              cuda::distill_backward_kernel<cuda_t, acc_t>, row_grid(rows), threads,
-                              0, cuda::current_stream(), args, upstream.const_data_ptr<acc_t>(),
-                              static_cast<acc_t>(temperature),
-                              reinterpret_cast<cuda_t*>(grad.mutable_data_ptr<scalar_t>()));
+          const auto kernel = cuda::distill_backward_kernel<cuda_t, acc_t>;
+          cuda::launch_kernel(
+              "distill_backward_kernel", kernel,
+              cuda::l2_resident_row_grid(kernel, threads, rows, pass_bytes(cols, sizeof(cuda_t))),
+              threads, 0, cuda::current_stream(), args, upstream.const_data_ptr<acc_t>(),
+              static_cast<acc_t>(temperature), static_cast<acc_t>(soft_weight),
+              static_cast<acc_t>(hard_weight),
+              reinterpret_cast<cuda_t*>(grad.mutable_data_ptr<scalar_t>()));
           LOGITOPS_CHECK_LAUNCH();
         });
   }

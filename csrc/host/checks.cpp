@@ -1,5 +1,7 @@
 #include "checks.h"
 
+#include <cmath>
+
 #include "../common/logit_math.h"
 #include "../common/sampling_math.h"
 #include "operands.h"
@@ -120,7 +122,8 @@ void check_bce_inputs(const at::Tensor& input, const at::Tensor& target,
 
 void check_distill_inputs(const at::Tensor& student, const at::Tensor& teacher,
                           const std::optional<at::Tensor>& target, double temperature,
-                          DivergenceKind kind, double beta) {
+                          DivergenceKind kind, double beta, double hard_weight,
+                          double soft_weight) {
   TORCH_CHECK_VALUE(student.dim() == 2 && student.size(1) >= 1,
                     "logitops.kl_div_with_logits: student_logits must be 2-D [rows, classes], got ",
                     student.sizes());
@@ -141,6 +144,10 @@ void check_distill_inputs(const at::Tensor& student, const at::Tensor& teacher,
   TORCH_CHECK_VALUE(temperature > 0, "logitops.kl_div_with_logits: temperature must be > 0");
   TORCH_CHECK_VALUE(kind != kJsd || (beta > 0 && beta < 1),
                     "logitops.kl_div_with_logits: JSD beta must be in (0, 1)");
+  TORCH_CHECK_VALUE(std::isfinite(hard_weight) && std::isfinite(soft_weight),
+                    "logitops.distillation_loss: hard_weight and soft_weight must be finite");
+  TORCH_CHECK_VALUE(hard_weight == 0 || target.has_value(),
+                    "logitops.distillation_loss: the hard term (hard_weight != 0) needs a target");
 }
 
 void check_sampling_inputs(const at::Tensor& logits, const std::optional<at::Tensor>& bias,

@@ -35,10 +35,11 @@ void check_bce_inputs(const at::Tensor& input, const at::Tensor& target,
                       const std::optional<at::Tensor>& pos_weight);
 
 // distillation_forward / _backward: student and teacher [N, V] of one floating dtype and device,
-// optional int64 target [N], temperature > 0, kind, JSD beta in (0, 1).
+// optional int64 target [N], temperature > 0, kind, JSD beta in (0, 1), finite term weights
+// (the hard one non-zero only with a target).
 void check_distill_inputs(const at::Tensor& student, const at::Tensor& teacher,
                           const std::optional<at::Tensor>& target, double temperature,
-                          DivergenceKind kind, double beta);
+                          DivergenceKind kind, double beta, double hard_weight, double soft_weight);
 
 // filter_logits and sample: logits [B, V], logit_bias [1 or B, V] in float32 (float64 for float64
 // logits), per-row float64 temperature / top_p / min_p and int64 top_k.

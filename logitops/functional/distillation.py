@@ -5,11 +5,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._validation import check_floating, check_same_device, is_finite
+from .._validation import (
+    check_floating,
+    check_same_device,
+    check_target_range,
+    is_finite,
+    validate_cuda_targets_enabled,
+)
 from ..ops import _composite
 from ..ops import distillation as _distill_ops
-from ..ops._common import REDUCTION_NONE, compute_grad
-from .cross_entropy import cross_entropy
+from ..ops._common import REDUCTION_NONE, compute_grad, runs_cpu_kernels
 
 __all__ = ["distillation_loss", "kl_div_with_logits"]
 
@@ -82,6 +87,35 @@ def kl_div_with_logits(
     >>> torch.allclose(logitops.kl_div_with_logits(s, t), torch_kl)
     True
     """
+    return _distillation(
+        student_logits,
+        teacher_logits,
+        target,
+        temperature=temperature,
+        kind=kind,
+        beta=beta,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        hard_weight=0.0,
+        soft_weight=1.0,
+    )
+
+
+def _distillation(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    target: Tensor | None,
+    *,
+    temperature: float,
+    kind: str,
+    beta: float,
+    ignore_index: int,
+    reduction: str,
+    hard_weight: float,
+    soft_weight: float,
+) -> Tensor:
+    """The checks and the one op call of both public functions: per row soft_weight times the
+    divergence plus hard_weight times the cross-entropy at temperature 1 (which needs target)."""
     check_floating("student_logits", student_logits)
     check_floating("teacher_logits", teacher_logits)
     check_same_device("teacher_logits", teacher_logits, student_logits)
@@ -112,6 +146,10 @@ def kl_div_with_logits(
             raise ValueError(f"target must have shape {tuple(lead)}, got {tuple(target.shape)}")
         check_same_device("target", target, student_logits)
         target_1d = target.reshape(-1).to(torch.int64)
+        # With the hard term on, the CPU kernel range-checks the targets itself.
+        if hard_weight != 0 and not runs_cpu_kernels(student_logits):
+            if validate_cuda_targets_enabled():
+                check_target_range(target_1d, vocab, ignore_index, prefix="distillation_loss: ")
     student_2d = student_logits.reshape(-1, vocab)
     operands = (
         student_2d,
@@ -121,6 +159,8 @@ def kl_div_with_logits(
         float(temperature),
         kind,
         float(beta),
+        float(hard_weight),
+        float(soft_weight),
         reduction,
     )
     if _composite.transforms_active(student_logits):
@@ -150,8 +190,11 @@ def distillation_loss(
 
     The cross-entropy is at temperature 1 over the non-ignored targets (mean); the soft term is
     the divergence at temperature T (batchmean over the rows whose target is not ignored) times
-    T**2, which keeps its gradients the same size as T changes. Without ``target``, the soft term
-    alone: ``T**2 * kl_div_with_logits(...)`` over every row.
+    T**2, which keeps its gradients the same size as T changes; both means divide by the same
+    count of rows, so one fused kernel computes both terms per row (the student's log-sum-exp at
+    temperature 1 beside the two at T) and writes one gradient,
+    ``alpha (softmax(s) - onehot) + (1 - alpha) T d KL / d(s / T)`` over that count. Without
+    ``target``, the soft term alone: ``T**2 * kl_div_with_logits(...)`` over every row.
 
     Parameters
     ----------
@@ -186,20 +229,30 @@ def distillation_loss(
     """
     if not (0.0 <= float(alpha) <= 1.0):
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    soft = kl_div_with_logits(
+    if not (is_finite(temperature) and float(temperature) > 0):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+    alpha, temperature = float(alpha), float(temperature)
+    if target is not None and alpha == 0 and isinstance(target, torch.Tensor):
+        # The targets are class indices even when their term has no weight (as they were when
+        # the cross-entropy was a separate call); the kernels check them only for the hard term.
+        if runs_cpu_kernels(student_logits) or validate_cuda_targets_enabled():
+            check_target_range(
+                target.reshape(-1),
+                student_logits.shape[-1] if student_logits.dim() else 0,
+                ignore_index,
+                prefix="distillation_loss: ",
+            )
+    # One fused op: both terms' losses and one gradient for an upstream of 1 (the cross-entropy's
+    # mean and the divergence's batchmean share the denominator, the non-ignored rows).
+    return _distillation(
         student_logits,
         teacher_logits,
+        target,
         temperature=temperature,
         kind=kind,
         beta=beta,
         ignore_index=ignore_index,
-        target=target,
+        reduction="batchmean",
+        hard_weight=0.0 if target is None else alpha,
+        soft_weight=temperature**2 if target is None else (1 - alpha) * temperature**2,
     )
-    soft = soft * (float(temperature) ** 2)
-    if target is None:
-        return soft
-    vocab = student_logits.shape[-1]
-    hard = cross_entropy(
-        student_logits.reshape(-1, vocab), target.reshape(-1), ignore_index=ignore_index
-    )
-    return alpha * hard + (1 - alpha) * soft

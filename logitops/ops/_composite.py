@@ -173,27 +173,41 @@ def distillation(
     temperature: float,
     kind: str,
     beta: float,
+    hard_weight: float,
+    soft_weight: float,
     reduction: str,
 ) -> Tensor:
-    """Loss of ``distillation_forward`` (kind forward KL, reverse KL or jsd; reduction none,
-    batchmean over the counted rows, or sum)."""
+    """Loss of ``distillation_forward``: per row, soft_weight times the divergence (kind forward
+    KL, reverse KL or jsd) at temperature T plus hard_weight times the cross-entropy at T = 1
+    (a weight of 0 drops its term); reduction none, batchmean over the counted rows, or sum."""
     acc = accumulation_dtype(student.dtype)
-    log_q = torch.log_softmax(student.to(acc) / temperature, dim=-1)
-    log_p = torch.log_softmax(teacher.to(acc) / temperature, dim=-1)
-    p, q = log_p.exp(), log_q.exp()
-    zero = torch.zeros_like(log_q)
-    if kind == "forward":
-        terms = torch.where(p > 0, p * (log_p - log_q), zero)
-    elif kind == "reverse":
-        terms = torch.where(q > 0, q * (log_q - log_p), zero)
-    else:
-        log_m = torch.logsumexp(
-            torch.stack([log_p + math.log(beta), log_q + math.log1p(-beta)]), dim=0
-        )
-        terms = torch.where(p > 0, beta * p * (log_p - log_m), zero) + torch.where(
-            q > 0, (1.0 - beta) * q * (log_q - log_m), zero
-        )
-    row = terms.sum(-1)
+    row = torch.zeros(student.shape[:-1], dtype=acc, device=student.device)
+    if soft_weight != 0:
+        log_q = torch.log_softmax(student.to(acc) / temperature, dim=-1)
+        log_p = torch.log_softmax(teacher.to(acc) / temperature, dim=-1)
+        p, q = log_p.exp(), log_q.exp()
+        zero = torch.zeros_like(log_q)
+        if kind == "forward":
+            terms = torch.where(p > 0, p * (log_p - log_q), zero)
+        elif kind == "reverse":
+            terms = torch.where(q > 0, q * (log_q - log_p), zero)
+        else:
+            log_m = torch.logsumexp(
+                torch.stack([log_p + math.log(beta), log_q + math.log1p(-beta)]), dim=0
+            )
+            terms = torch.where(p > 0, beta * p * (log_p - log_m), zero) + torch.where(
+                q > 0, (1.0 - beta) * q * (log_q - log_m), zero
+            )
+        row = terms.sum(-1) if soft_weight == 1 else soft_weight * terms.sum(-1)
+    if hard_weight != 0:
+        log_probs = torch.log_softmax(student.to(acc), dim=-1)
+        num_classes = log_probs.shape[-1]
+        valid = target != ignore_index
+        # Out-of-range targets give NaN rows, as the kernels do when the range check is skipped.
+        in_range = (target >= 0) & (target < num_classes)
+        safe_target = torch.where(valid & in_range, target, torch.zeros_like(target))
+        nll = -log_probs.gather(1, safe_target.unsqueeze(1)).squeeze(1)
+        row = row + hard_weight * torch.where(in_range, nll, torch.full_like(nll, math.nan))
     if target is not None:
         counted = target != ignore_index
         row = torch.where(counted, row, torch.zeros_like(row))

@@ -31,12 +31,26 @@ def distillation_forward(
     temperature: float,
     kind: str,
     beta: float,
+    hard_weight: float,
+    soft_weight: float,
     reduction: str,
     compute_grad: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Loss, counted rows and (when compute_grad) the student gradient for an upstream of 1."""
+    """Loss (soft_weight times the divergence at T plus hard_weight times the cross-entropy at
+    T = 1 per row, reduced), counted rows and (when compute_grad) the student gradient for an
+    upstream of 1."""
     return _distillation_forward(
-        student, teacher, target, ignore_index, temperature, kind, beta, reduction, compute_grad
+        student,
+        teacher,
+        target,
+        ignore_index,
+        temperature,
+        kind,
+        beta,
+        hard_weight,
+        soft_weight,
+        reduction,
+        compute_grad,
     )
 
 
@@ -49,6 +63,8 @@ def distillation_backward(
     temperature: float,
     kind: str,
     beta: float,
+    hard_weight: float,
+    soft_weight: float,
     reduction: str,
     row_count: Tensor,
 ) -> Tensor:
@@ -62,6 +78,8 @@ def distillation_backward(
         temperature,
         kind,
         beta,
+        hard_weight,
+        soft_weight,
         reduction,
         row_count,
     )
@@ -69,7 +87,17 @@ def distillation_backward(
 
 @torch.library.register_fake("logitops::distillation_forward")
 def _forward_fake(
-    student, teacher, target, ignore_index, temperature, kind, beta, reduction, compute_grad
+    student,
+    teacher,
+    target,
+    ignore_index,
+    temperature,
+    kind,
+    beta,
+    hard_weight,
+    soft_weight,
+    reduction,
+    compute_grad,
 ):
     torch._check(student.dim() == 2, lambda: "student logits must be 2-D")
     torch._check(teacher.shape == student.shape, lambda: "teacher must match the student")
@@ -82,19 +110,30 @@ def _forward_fake(
 
 @torch.library.register_fake("logitops::distillation_backward")
 def _backward_fake(
-    grad_loss, student, teacher, target, ignore_index, temperature, kind, beta, reduction, row_count
+    grad_loss,
+    student,
+    teacher,
+    target,
+    ignore_index,
+    temperature,
+    kind,
+    beta,
+    hard_weight,
+    soft_weight,
+    reduction,
+    row_count,
 ):
     torch._check(student.dim() == 2, lambda: "student logits must be 2-D")
     return student.new_empty(student.shape)
 
 
 def _setup_context(ctx, inputs, output):
-    student, teacher, target, ignore_index, temperature, kind, beta, reduction, compute_grad = (
-        inputs
-    )
+    student, teacher, target, *options, compute_grad = inputs
     _, row_count, grad = output
     ctx.save_for_backward(student, teacher, target, row_count, grad)
-    ctx.options = (ignore_index, temperature, kind, beta, reduction)
+    # (ignore_index, temperature, kind, beta, hard_weight, soft_weight, reduction): the backward
+    # ops' own order.
+    ctx.options = tuple(options)
     ctx.compute_grad = compute_grad
     ctx.mark_non_differentiable(row_count, grad)
     ctx.set_materialize_grads(False)
@@ -102,41 +141,27 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_loss, _grad_count, _grad_grad):
     student, teacher, target, row_count, forward_grad = ctx.saved_tensors
-    ignore_index, temperature, kind, beta, reduction = ctx.options
+    options = ctx.options
+    reduction = options[-1]
     if grad_loss is None or not ctx.needs_input_grad[0]:
-        return (None,) * 9
+        return (None,) * 11
     if _composite.needs_composite_backward(student, upstream=(grad_loss,)):
         # create_graph=True: the kernels' gradient has no graph, the composite's has.
         (grad,) = _composite.recompute_vjp(
-            lambda: (
-                _composite.distillation(
-                    student, teacher, target, ignore_index, temperature, kind, beta, reduction
-                ),
-            ),
+            lambda: (_composite.distillation(student, teacher, target, *options),),
             (student,),
             (grad_loss,),
         )
     else:
 
         def recompute():
-            return distillation_backward(
-                grad_loss,
-                student,
-                teacher,
-                target,
-                ignore_index,
-                temperature,
-                kind,
-                beta,
-                reduction,
-                row_count,
-            )
+            return distillation_backward(grad_loss, student, teacher, target, *options, row_count)
 
         if ctx.compute_grad:
             grad = fused_gradient(ctx, forward_grad, grad_loss, reduction, recompute)
         else:
             grad = recompute()
-    return (grad,) + (None,) * 8
+    return (grad,) + (None,) * 10
 
 
 _distillation_forward = register_differentiable(
