@@ -371,7 +371,8 @@ def penalty_args(device, rows, vocab, history, *, output_only=False):
     ids = torch.stack(
         [torch.randperm(vocab, device=device)[:history].sort().values for _ in range(rows)]
     )
-    ids[0, -1] = vocab
+    if history > 0:
+        ids[0, -1] = vocab
     counts = torch.randint(0, 3, (rows, history), device=device)
     return (
         ids,

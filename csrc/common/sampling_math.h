@@ -43,6 +43,22 @@ struct RowPenalty {
   bool repetition_output_only;  // SGLang: only tokens with an output count are scaled
 };
 
+// a * b rounded on its own: never fused into a following add (an FMA, which GCC with -mfma and
+// nvcc form by default), so v - frequency * count rounds twice, as vLLM's two torch ops do.
+template <typename acc_t>
+LOGITOPS_HD acc_t unfused_product(acc_t a, acc_t b) {
+#if defined(__CUDA_ARCH__)
+  if constexpr (sizeof(acc_t) == 8) {
+    return __dmul_rn(a, b);
+  } else {
+    return __fmul_rn(a, b);
+  }
+#else
+  volatile acc_t product = a * b;
+  return product;
+#endif
+}
+
 // v penalised for a token of the row's history with `count` occurrences in the output (0 for a
 // prompt-only token): repetition first (a negative v multiplied, any other divided, once per
 // distinct token), then v - frequency * count, then v - presence, each rounded in acc_t, in
@@ -53,7 +69,7 @@ LOGITOPS_HD acc_t penalized_logit(acc_t v, int64_t count, const RowPenalty<acc_t
   if (!p.repetition_output_only || count > 0)
     v = v < acc_t(0) ? v * p.repetition : v / p.repetition;
   if (count > 0) {
-    v = v - p.frequency * static_cast<acc_t>(count);
+    v = v - unfused_product(p.frequency, static_cast<acc_t>(count));
     v = v - p.presence;
   }
   return v;
