@@ -105,16 +105,23 @@ TORCH_LIBRARY(logitops, m) {
   // [N, C] with int64 labels [N], for the calibration metrics.
   m.def("calibration_row_stats(Tensor logits, Tensor labels) -> (Tensor stats, Tensor prediction)");
 
-  // Filters logits [B, V]: bias, temperature, then top-k / top-p / min-p in the given order.
+  // Filters logits [B, V]: bias, penalties, temperature, then top-k / top-p / min-p in the given
+  // order.
   m.def(
       "filter_logits(Tensor logits, Tensor? logit_bias, Tensor temperature, Tensor top_k, "
-      "Tensor top_p, Tensor min_p, str order, float filter_value, int min_tokens_to_keep) "
-      "-> Tensor");
+      "Tensor top_p, Tensor min_p, str order, float filter_value, int min_tokens_to_keep, "
+      // Penalties (penalty_ids: distinct ids per row, any outside [0, V) skipped; penalty_counts:
+      // their output counts): all or none.
+      "Tensor? penalty_ids=None, Tensor? penalty_counts=None, Tensor? repetition_penalty=None, "
+      "Tensor? presence_penalty=None, Tensor? frequency_penalty=None, "
+      "bool repetition_output_only=False) -> Tensor");
   // Samples one token per row of the filtered softmax, seeded per row (tokens and logprobs).
   m.def(
       "sample(Tensor logits, Tensor? logit_bias, Tensor temperature, Tensor top_k, Tensor top_p, "
-      "Tensor min_p, str order, Tensor seed, bool per_row_seeds) -> (Tensor tokens, "
-      "Tensor logprobs)");
+      "Tensor min_p, str order, Tensor seed, bool per_row_seeds, "
+      "Tensor? penalty_ids=None, Tensor? penalty_counts=None, Tensor? repetition_penalty=None, "
+      "Tensor? presence_penalty=None, Tensor? frequency_penalty=None, "
+      "bool repetition_output_only=False) -> (Tensor tokens, Tensor logprobs)");
 
   // Log-probability of target[i] under softmax(logits[i] / temperature), the per-row lse and
   // (when return_entropy, else [0]) the entropy; ignored rows give 0.

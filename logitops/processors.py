@@ -13,6 +13,8 @@ from . import functional as lf
 __all__ = [
     "LogitsFilter",
     "MinPLogitsWarper",
+    "PresenceFrequencyPenaltyLogitsProcessor",
+    "RepetitionPenaltyLogitsProcessor",
     "TemperatureLogitsWarper",
     "TopKLogitsWarper",
     "TopPLogitsWarper",
@@ -214,3 +216,129 @@ class MinPLogitsWarper(LogitsFilter):
         self.min_p = min_p
         self.filter_value = filter_value
         self.min_tokens_to_keep = min_tokens_to_keep
+
+
+def _history_ids(input_ids: Tensor, vocab: int, skip: int | Tensor | None) -> Tensor:
+    """input_ids [B, L] (or [L]) as a history for the fused op: ids outside the scores'
+    vocabulary and the first `skip` positions (an int or per-row [B]) become the pad id -1, as
+    transformers drops them."""
+    ids = input_ids if input_ids.dim() == 2 else input_ids.unsqueeze(0)
+    ids = ids.long()
+    if isinstance(skip, int):
+        ids = ids[:, skip:]
+    elif isinstance(skip, Tensor):
+        if skip.shape[0] != ids.shape[0]:
+            raise ValueError("Incompatible `prompt_ignore_length` batch size")
+        positions = torch.arange(ids.shape[1], device=ids.device)
+        ids = ids.masked_fill(positions[None, :] < skip.to(ids.device)[:, None], -1)
+    return ids.masked_fill((ids >= vocab) | (ids < 0), -1)
+
+
+class RepetitionPenaltyLogitsProcessor:
+    """transformers' ``RepetitionPenaltyLogitsProcessor`` on logitops' fused filter: over the
+    distinct tokens of ``input_ids`` (the prompt included), a negative score is multiplied by
+    ``penalty`` and any other divided by it. The same output as transformers' for float32 and
+    float64 scores; for bfloat16 / float16 scores logitops computes in float32 and rounds once,
+    where torch divides by a Python number as a multiplication by its float32 reciprocal, which can
+    differ by one ulp of the scores' dtype near a rounding boundary.
+
+    Parameters
+    ----------
+    penalty : float
+        > 0; 1 is no penalty.
+    prompt_ignore_length : int or Tensor, optional
+        Leading positions of ``input_ids`` not counted (an int, or per-row int64 [B]).
+
+    Examples
+    --------
+    >>> import torch
+    >>> import logitops
+    >>> processor = logitops.processors.RepetitionPenaltyLogitsProcessor(2.0)
+    >>> processor(torch.tensor([[0, 2, 2]]), torch.tensor([[1.0, 3.0, -1.0]]))
+    tensor([[ 0.5000,  3.0000, -2.0000]])
+    """
+
+    def __init__(self, penalty: float, prompt_ignore_length: int | Tensor | None = None) -> None:
+        if not isinstance(penalty, float) or not (penalty > 0):
+            raise ValueError(f"`penalty` has to be a strictly positive float, but is {penalty}")
+        if isinstance(prompt_ignore_length, int) and prompt_ignore_length < 0:
+            raise ValueError(
+                "`prompt_ignore_length` has to be a positive integer, but is "
+                f"{prompt_ignore_length}"
+            )
+        if isinstance(prompt_ignore_length, Tensor) and prompt_ignore_length.dim() != 1:
+            raise ValueError("`prompt_ignore_length` must be 1D")
+        self.penalty = penalty
+        self.prompt_ignore_length = prompt_ignore_length
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        ids = _history_ids(input_ids, scores.shape[-1], self.prompt_ignore_length)
+        return lf.filter_logits(scores, prompt_ids=ids, pad_id=-1, repetition_penalty=self.penalty)
+
+
+class PresenceFrequencyPenaltyLogitsProcessor:
+    """OpenAI's (and vLLM's) presence and frequency penalties as a transformers logits processor
+    (transformers has none): ``score -= frequency_penalty * count + presence_penalty * (count > 0)``
+    with ``count`` a token's occurrences among the generated tokens, ``input_ids`` after the first
+    ``prompt_length`` positions.
+
+    Parameters
+    ----------
+    presence_penalty, frequency_penalty : float or Tensor
+        Finite; a number or per-row [B] (0: off).
+    prompt_length : int or Tensor
+        The prompt's length (an int, or per-row int64 [B] for left-aligned prompts of several
+        lengths): what ``generate()`` passes as ``input_ids`` is the prompt and the output.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import logitops
+    >>> processor = logitops.processors.PresenceFrequencyPenaltyLogitsProcessor(
+    ...     presence_penalty=0.5, frequency_penalty=0.25, prompt_length=1
+    ... )
+    >>> processor(torch.tensor([[1, 0, 0, 2]]), torch.tensor([[1.0, 1.0, 1.0]]))
+    tensor([[0.0000, 1.0000, 0.2500]])
+    """
+
+    def __init__(
+        self,
+        presence_penalty: float | Tensor = 0.0,
+        frequency_penalty: float | Tensor = 0.0,
+        prompt_length: int | Tensor = 0,
+    ) -> None:
+        if isinstance(prompt_length, bool) or not isinstance(prompt_length, (int, Tensor)):
+            raise TypeError(
+                f"prompt_length must be an int or an int64 tensor, got {prompt_length!r}"
+            )
+        if isinstance(prompt_length, int) and prompt_length < 0:
+            raise ValueError(f"prompt_length must be >= 0, got {prompt_length}")
+        if isinstance(prompt_length, Tensor) and prompt_length.dim() != 1:
+            raise ValueError("prompt_length must be an int or a 1-D tensor [B]")
+        self.presence_penalty = presence_penalty
+        self.frequency_penalty = frequency_penalty
+        self.prompt_length = prompt_length
+        # Checked now, as transformers' processors check theirs in their constructors.
+        rows = 1
+        for value in (presence_penalty, frequency_penalty):
+            if isinstance(value, Tensor) and value.dim() == 1:
+                rows = value.shape[0]
+        lf.filter_logits(
+            torch.zeros(rows, 1),
+            presence_penalty=presence_penalty
+            if not isinstance(presence_penalty, Tensor)
+            else presence_penalty.cpu(),
+            frequency_penalty=frequency_penalty
+            if not isinstance(frequency_penalty, Tensor)
+            else frequency_penalty.cpu(),
+        )
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        ids = _history_ids(input_ids, scores.shape[-1], self.prompt_length)
+        return lf.filter_logits(
+            scores,
+            output_ids=ids,
+            pad_id=-1,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+        )

@@ -329,6 +329,7 @@ def filter_logits_args(
     order="hf",
     filter_value=-float("inf"),
     min_tokens_to_keep=1,
+    penalties=(),
 ):
     return (
         logits,
@@ -340,11 +341,22 @@ def filter_logits_args(
         order,
         filter_value,
         min_tokens_to_keep,
+        *penalties,
     )
 
 
 def sample_args(
-    logits, temperature, top_k, top_p, min_p, seed, *, logit_bias=None, order="hf", per_row_seeds
+    logits,
+    temperature,
+    top_k,
+    top_p,
+    min_p,
+    seed,
+    *,
+    logit_bias=None,
+    order="hf",
+    per_row_seeds,
+    penalties=(),
 ):
     return (
         logits,
@@ -356,6 +368,27 @@ def sample_args(
         order,
         seed,
         per_row_seeds,
+        *penalties,
+    )
+
+
+def penalty_args(device, rows, vocab, history, *, output_only=False):
+    """The ops' penalty arguments: per row, distinct ids (ascending; vocab = skipped) and their
+    output counts (0: prompt only), and per-row penalties."""
+    f64 = dict(device=device, dtype=torch.float64)
+    ids = torch.stack(
+        [torch.randperm(vocab, device=device)[:history].sort().values for _ in range(rows)]
+    )
+    if history > 0:
+        ids[0, -1] = vocab
+    counts = torch.randint(0, 3, (rows, history), device=device)
+    return (
+        ids,
+        counts,
+        torch.tensor([1.3, 0.7, 1.0], **f64)[:rows],
+        torch.tensor([0.5, 0.0, -0.2], **f64)[:rows],
+        torch.tensor([0.1, 0.4, 0.0], **f64)[:rows],
+        output_only,
     )
 
 
@@ -896,6 +929,27 @@ def filter_logits_samples(device):
                 min_tokens_to_keep=keep,
             ),
         )
+    for dtype, vocab, history, output_only in (
+        (torch.float32, 40, 6, False),
+        (torch.bfloat16, 40, 0, False),
+        (torch.float64, 7, 7, True),
+    ):
+        yield (
+            kind(
+                penalties=True, dtype=str(dtype).split(".")[1], history=history, output=output_only
+            ),
+            filter_logits_args(
+                torch.randn(3, vocab, device=device, dtype=dtype),
+                temperature,
+                top_k,
+                top_p,
+                min_p,
+                logit_bias=torch.randn(1, vocab, device=device, dtype=torch.float64)
+                if dtype == torch.float64
+                else None,
+                penalties=penalty_args(device, 3, vocab, history, output_only=output_only),
+            ),
+        )
 
 
 def sample_samples(device):
@@ -920,6 +974,23 @@ def sample_samples(device):
                 seed,
                 logit_bias=torch.randn(1, vocab, device=device) if bias else None,
                 per_row_seeds=True,
+            ),
+        )
+    for dtype, vocab, history, output_only in (
+        (torch.float32, 40, 6, False),
+        (torch.float16, 40, 0, True),
+        (torch.float64, 7, 7, False),
+    ):
+        yield (
+            kind(
+                penalties=True, dtype=str(dtype).split(".")[1], history=history, output=output_only
+            ),
+            sample_args(
+                torch.randn(3, vocab, device=device, dtype=dtype),
+                *parameters,
+                seed,
+                per_row_seeds=True,
+                penalties=penalty_args(device, 3, vocab, history, output_only=output_only),
             ),
         )
 

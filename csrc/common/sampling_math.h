@@ -30,6 +30,51 @@ LOGITOPS_HD acc_t scaled_logit(acc_t x, const acc_t* bias, int64_t j, acc_t temp
   return divide ? x / temperature : x;
 }
 
+// Penalties (repetition, frequency, presence) of one row. They act on the biased logit v = x + b,
+// before the temperature, where transformers' generate() (RepetitionPenaltyLogitsProcessor among
+// the processors, TemperatureLogitsWarper among the later warpers) and vLLM's sampler
+// (apply_penalties, then the temperature) apply them. The values are rounded to acc_t, as
+// torch's float32 arithmetic with a Python number or vLLM's float32 tensors round them.
+template <typename acc_t>
+struct RowPenalty {
+  acc_t repetition;             // 1: off
+  acc_t presence;               // 0: off
+  acc_t frequency;              // 0: off
+  bool repetition_output_only;  // SGLang: only tokens with an output count are scaled
+};
+
+// a * b rounded on its own: never fused into a following add (an FMA, which GCC with -mfma and
+// nvcc form by default), so v - frequency * count rounds twice, as vLLM's two torch ops do.
+template <typename acc_t>
+LOGITOPS_HD acc_t unfused_product(acc_t a, acc_t b) {
+#if defined(__CUDA_ARCH__)
+  if constexpr (sizeof(acc_t) == 8) {
+    return __dmul_rn(a, b);
+  } else {
+    return __fmul_rn(a, b);
+  }
+#else
+  volatile acc_t product = a * b;
+  return product;
+#endif
+}
+
+// v penalised for a token of the row's history with `count` occurrences in the output (0 for a
+// prompt-only token): repetition first (a negative v multiplied, any other divided, once per
+// distinct token), then v - frequency * count, then v - presence, each rounded in acc_t, in
+// vLLM's order (transformers has the repetition penalty only). A token with count 0 gets no
+// frequency or presence term (vLLM subtracts frequency * 0 and presence * 0: the same values).
+template <typename acc_t>
+LOGITOPS_HD acc_t penalized_logit(acc_t v, int64_t count, const RowPenalty<acc_t>& p) {
+  if (!p.repetition_output_only || count > 0)
+    v = v < acc_t(0) ? v * p.repetition : v / p.repetition;
+  if (count > 0) {
+    v = v - unfused_product(p.frequency, static_cast<acc_t>(count));
+    v = v - p.presence;
+  }
+  return v;
+}
+
 // Top-p on the tail (transformers' TopPLogitsWarper: sort ascending, cumulative softmax, remove
 // where it is <= 1 - p). With m_j = exp(z_j - max) in double over the candidates and T their
 // total, a group of equal values v is removed when its tail, the mass of the candidates <= v (v's

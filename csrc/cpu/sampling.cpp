@@ -1,4 +1,5 @@
-// Logit filtering (temperature, bias, top-k, top-p, min-p) and seeded sampling on the CPU.
+// Logit filtering (bias, penalties, temperature, top-k, top-p, min-p) and seeded sampling on the
+// CPU.
 //
 // Every filter is a threshold on the row's scaled logits z: a token is kept when z >= tau. Top-k's
 // tau is the k-th largest value (ties kept, as HF); min-p's is the smallest z with
@@ -179,6 +180,39 @@ bool scaled_row(const scalar_t* x, const acc_t* bias, double temperature, int64_
   return !has_nan;
 }
 
+// The row's penalties over z from scaled_row: each of the m history entries (distinct ids; ids
+// outside [0, n) skipped) is recomputed from x as penalized_logit(x + b) / temperature, the same
+// roundings as z's other entries, so the row costs O(m) more, not another pass. row_max follows;
+// it is rescanned only when an entry that held it went down. Returns false when a penalty made a
+// NaN (+inf minus an overflowed frequency term).
+template <typename scalar_t, typename acc_t>
+bool penalize_row(const scalar_t* x, const acc_t* bias, double temperature, const int64_t* ids,
+                  const int64_t* counts, int64_t m, const RowPenalty<acc_t>& p, int64_t n, acc_t* z,
+                  double& row_max) {
+  const acc_t t = static_cast<acc_t>(temperature);
+  const bool divide = t != acc_t(1);
+  bool lost_max = false;
+  double new_max = row_max;
+  for (int64_t e = 0; e < m; ++e) {
+    const int64_t j = ids[e];
+    if (j < 0 || j >= n) continue;
+    acc_t v = static_cast<acc_t>(x[j]);
+    if (bias != nullptr) v = v + bias[j];
+    v = penalized_logit(v, counts[e], p);
+    if (divide) v = v / t;
+    if (v != v) return false;
+    if (double(z[j]) == row_max && v < z[j]) lost_max = true;
+    new_max = std::max(new_max, double(v));
+    z[j] = v;
+  }
+  if (lost_max) {
+    new_max = -std::numeric_limits<double>::infinity();
+    for (int64_t j = 0; j < n; ++j) new_max = std::max(new_max, double(z[j]));
+  }
+  row_max = new_max;
+  return true;
+}
+
 // y_j = z_j where z_j >= tau, else fill.
 template <typename scalar_t, typename acc_t>
 void write_filtered(const acc_t* z, int64_t n, acc_t tau, scalar_t fill, scalar_t* y) {
@@ -200,6 +234,44 @@ struct SamplingInputs {
   const at::Tensor temperature, top_k, top_p, min_p;  // [B] each (float64; top_k int64)
 };
 
+// The penalties' operands, contiguous (undefined when absent).
+struct PenaltyInputs {
+  at::Tensor ids, counts;                      // int64 [B, M]
+  at::Tensor repetition, presence, frequency;  // float64 [B]
+  bool repetition_output_only;
+
+  bool defined() const { return ids.defined(); }
+  int64_t history() const { return ids.size(1); }
+  template <typename acc_t>
+  RowPenalty<acc_t> row(int64_t i) const {
+    return {static_cast<acc_t>(repetition.const_data_ptr<double>()[i]),
+            static_cast<acc_t>(presence.const_data_ptr<double>()[i]),
+            static_cast<acc_t>(frequency.const_data_ptr<double>()[i]), repetition_output_only};
+  }
+};
+
+PenaltyInputs penalty_inputs(const at::Tensor& logits, const std::optional<at::Tensor>& ids,
+                             const std::optional<at::Tensor>& counts,
+                             const std::optional<at::Tensor>& repetition,
+                             const std::optional<at::Tensor>& presence,
+                             const std::optional<at::Tensor>& frequency, bool output_only) {
+  if (!check_penalty_inputs(logits, ids, counts, repetition, presence, frequency)) return {};
+  return {ids->contiguous(),      counts->contiguous(),    repetition->contiguous(),
+          presence->contiguous(), frequency->contiguous(), output_only};
+}
+
+// scaled_row, then the row's penalties when there are any.
+template <typename scalar_t, typename acc_t>
+bool penalized_scaled_row(const scalar_t* x, const acc_t* bias, double temperature, int64_t n,
+                          const PenaltyInputs& pen, int64_t i, acc_t* z, double& row_max) {
+  if (!scaled_row(x, bias, temperature, n, z, row_max)) return false;
+  if (!pen.defined()) return true;
+  const int64_t m = pen.history();
+  return penalize_row(x, bias, temperature, pen.ids.const_data_ptr<int64_t>() + i * m,
+                      pen.counts.const_data_ptr<int64_t>() + i * m, m, pen.row<acc_t>(i), n, z,
+                      row_max);
+}
+
 RowFilter row_filter(const SamplingInputs& in, int64_t i) {
   return {in.temperature.const_data_ptr<double>()[i], in.top_k.const_data_ptr<int64_t>()[i],
           in.top_p.const_data_ptr<double>()[i], in.min_p.const_data_ptr<double>()[i]};
@@ -209,9 +281,18 @@ at::Tensor filter_logits_cpu(const at::Tensor& logits_in, const std::optional<at
                              const at::Tensor& temperature, const at::Tensor& top_k,
                              const at::Tensor& top_p, const at::Tensor& min_p,
                              c10::string_view order_name, double filter_value,
-                             int64_t min_tokens_to_keep) {
+                             int64_t min_tokens_to_keep,
+                             const std::optional<at::Tensor>& penalty_ids,
+                             const std::optional<at::Tensor>& penalty_counts,
+                             const std::optional<at::Tensor>& repetition_penalty,
+                             const std::optional<at::Tensor>& presence_penalty,
+                             const std::optional<at::Tensor>& frequency_penalty,
+                             bool repetition_output_only) {
   const FilterOrder order = parse_filter_order(order_name);
   check_sampling_inputs(logits_in, bias_in, temperature, top_k, top_p, min_p);
+  const PenaltyInputs pen =
+      penalty_inputs(logits_in, penalty_ids, penalty_counts, repetition_penalty, presence_penalty,
+                     frequency_penalty, repetition_output_only);
   const at::Tensor logits = logits_in.contiguous();
   const at::Tensor bias = bias_in.has_value() ? bias_in->contiguous() : at::Tensor();
   const SamplingInputs in{logits,
@@ -236,8 +317,8 @@ at::Tensor filter_logits_cpu(const at::Tensor& logits_in, const std::optional<at
             const RowFilter f = row_filter(in, i);
             scalar_t* yi = y + i * n;
             double row_max;
-            if (!scaled_row(x + i * n, b != nullptr ? b + i * bias_stride : nullptr, f.temperature,
-                            n, z.data(), row_max)) {
+            if (!penalized_scaled_row(x + i * n, b != nullptr ? b + i * bias_stride : nullptr,
+                                      f.temperature, n, pen, i, z.data(), row_max)) {
               std::fill(yi, yi + n, static_cast<scalar_t>(NAN));  // documented: NaN in, NaN out
               continue;
             }
@@ -250,14 +331,20 @@ at::Tensor filter_logits_cpu(const at::Tensor& logits_in, const std::optional<at
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor> sample_cpu(const at::Tensor& logits_in,
-                                              const std::optional<at::Tensor>& bias_in,
-                                              const at::Tensor& temperature,
-                                              const at::Tensor& top_k, const at::Tensor& top_p,
-                                              const at::Tensor& min_p, c10::string_view order_name,
-                                              const at::Tensor& seeds, bool per_row_seeds) {
+std::tuple<at::Tensor, at::Tensor> sample_cpu(
+    const at::Tensor& logits_in, const std::optional<at::Tensor>& bias_in,
+    const at::Tensor& temperature, const at::Tensor& top_k, const at::Tensor& top_p,
+    const at::Tensor& min_p, c10::string_view order_name, const at::Tensor& seeds,
+    bool per_row_seeds, const std::optional<at::Tensor>& penalty_ids,
+    const std::optional<at::Tensor>& penalty_counts,
+    const std::optional<at::Tensor>& repetition_penalty,
+    const std::optional<at::Tensor>& presence_penalty,
+    const std::optional<at::Tensor>& frequency_penalty, bool repetition_output_only) {
   const FilterOrder order = parse_filter_order(order_name);
   check_sampling_inputs(logits_in, bias_in, temperature, top_k, top_p, min_p);
+  const PenaltyInputs pen =
+      penalty_inputs(logits_in, penalty_ids, penalty_counts, repetition_penalty, presence_penalty,
+                     frequency_penalty, repetition_output_only);
   const int64_t rows = logits_in.size(0), n = logits_in.size(1);
   TORCH_CHECK_VALUE(seeds.dim() == 1 && seeds.size(0) == rows && seeds.scalar_type() == at::kLong,
                     "logitops.sample: seed must be int64 [", rows, "]");
@@ -289,8 +376,8 @@ std::tuple<at::Tensor, at::Tensor> sample_cpu(const at::Tensor& logits_in,
             tok[i] = -1;  // documented: a NaN row, or one with nothing to sample, gives -1
             lp[i] = NAN;
             double row_max;
-            if (!scaled_row(x + i * n, b != nullptr ? b + i * bias_stride : nullptr,
-                            greedy ? 1.0 : f.temperature, n, z.data(), row_max)) {
+            if (!penalized_scaled_row(x + i * n, b != nullptr ? b + i * bias_stride : nullptr,
+                                      greedy ? 1.0 : f.temperature, n, pen, i, z.data(), row_max)) {
               continue;
             }
             if (greedy) {

@@ -5,6 +5,7 @@
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/where.h>
 #include <torch/library.h>
 
 #include <limits>
@@ -79,17 +80,71 @@ cuda::SamplingArgs<typename CudaType<scalar_t>::type, at::opmath_type<scalar_t>>
   return args;
 }
 
-at::Tensor filter_logits_cuda(const at::Tensor& logits, const std::optional<at::Tensor>& bias,
-                              const at::Tensor& temperature, const at::Tensor& top_k,
-                              const at::Tensor& top_p, const at::Tensor& min_p,
-                              c10::string_view order_name, double filter_value,
-                              int64_t min_tokens_to_keep) {
+// Penalties on CUDA: the biased logits are copied into an acc_t [B, V] buffer (one extra column
+// that absorbs the history's skipped entries) and penalised there by torch ops over the [B, M]
+// history only (gather, sampling_math.h's penalized_logit written elementwise, scatter), all on
+// the device and without a sync; the kernels then filter / sample that buffer with no bias. Each
+// entry gets the float operations of penalized_logit in its order, so the values are the CPU
+// kernel's. This costs one [B, V] write and read more than the fused CPU path; the single-pass
+// design (a shared-memory bitmap of the row's history consulted by ScaledRow) is not built yet.
+at::Tensor penalized_logits(const at::Tensor& logits, const std::optional<at::Tensor>& bias,
+                            const std::optional<at::Tensor>& ids_in,
+                            const std::optional<at::Tensor>& counts_in,
+                            const std::optional<at::Tensor>& repetition,
+                            const std::optional<at::Tensor>& presence,
+                            const std::optional<at::Tensor>& frequency, bool output_only) {
+  const at::ScalarType acc = accumulation_dtype(logits.scalar_type());
+  const int64_t rows = logits.size(0), n = logits.size(1);
+  at::Tensor z = at::empty({rows, n + 1}, logits.options().dtype(acc));
+  at::Tensor body = z.narrow(1, 0, n);
+  body.copy_(logits);
+  if (bias.has_value()) body.add_(*bias);
+  z.select(1, n).zero_();
+  const at::Tensor& ids = *ids_in;
+  const at::Tensor idx = at::where(ids.ge(0).logical_and_(ids.lt(n)), ids, n);
+  at::Tensor v = z.gather(1, idx);
+  const at::Tensor counts = *counts_in;
+  const at::Tensor rep = repetition->to(acc).unsqueeze(1);
+  const at::Tensor scaled = at::where(v.lt(0), v.mul(rep), v.div(rep));
+  v = output_only ? at::where(counts.gt(0), scaled, v) : scaled;
+  const at::Tensor penalised = v.sub(frequency->to(acc).unsqueeze(1).mul(counts.to(acc)))
+                                   .sub(presence->to(acc).unsqueeze(1));
+  v = at::where(counts.gt(0), penalised, v);
+  z.scatter_(1, idx, v);
+  return body;
+}
+
+at::Tensor filter_logits_cuda(
+    const at::Tensor& logits, const std::optional<at::Tensor>& bias, const at::Tensor& temperature,
+    const at::Tensor& top_k, const at::Tensor& top_p, const at::Tensor& min_p,
+    c10::string_view order_name, double filter_value, int64_t min_tokens_to_keep,
+    const std::optional<at::Tensor>& penalty_ids, const std::optional<at::Tensor>& penalty_counts,
+    const std::optional<at::Tensor>& repetition_penalty,
+    const std::optional<at::Tensor>& presence_penalty,
+    const std::optional<at::Tensor>& frequency_penalty, bool repetition_output_only) {
   const FilterOrder order = parse_filter_order(order_name);
   check_sampling_inputs(logits, bias, temperature, top_k, top_p, min_p);
+  const bool penalised = check_penalty_inputs(
+      logits, penalty_ids, penalty_counts, repetition_penalty, presence_penalty, frequency_penalty);
   check_sampling_devices(logits, bias, {&temperature, &top_k, &top_p, &min_p});
   const cuda::DeviceGuard device_guard(logits.device());
-  const SamplingTensors in = prepare(logits, bias, temperature, top_k, top_p, min_p);
   const int64_t rows = logits.size(0), n = logits.size(1);
+  if (penalised && rows > 0 && n > 0) {
+    // The fill is rounded to the logits' dtype first, as without penalties; the acc_t result is
+    // rounded once to that dtype.
+    double fill_value = filter_value;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(), "fill", [&] {
+      fill_value = double(static_cast<scalar_t>(filter_value));
+    });
+    const at::Tensor z =
+        penalized_logits(logits, bias, penalty_ids, penalty_counts, repetition_penalty,
+                         presence_penalty, frequency_penalty, repetition_output_only);
+    return filter_logits_cuda(z, std::nullopt, temperature, top_k, top_p, min_p, order_name,
+                              fill_value, min_tokens_to_keep, std::nullopt, std::nullopt,
+                              std::nullopt, std::nullopt, std::nullopt, false)
+        .to(logits.scalar_type());
+  }
+  const SamplingTensors in = prepare(logits, bias, temperature, top_k, top_p, min_p);
   at::Tensor out = at::empty({rows, n}, logits.options());  // contiguous, whatever the input
   if (rows == 0 || n == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(
@@ -108,19 +163,31 @@ at::Tensor filter_logits_cuda(const at::Tensor& logits, const std::optional<at::
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor> sample_cuda(const at::Tensor& logits,
-                                               const std::optional<at::Tensor>& bias,
-                                               const at::Tensor& temperature,
-                                               const at::Tensor& top_k, const at::Tensor& top_p,
-                                               const at::Tensor& min_p, c10::string_view order_name,
-                                               const at::Tensor& seeds, bool per_row_seeds) {
+std::tuple<at::Tensor, at::Tensor> sample_cuda(
+    const at::Tensor& logits, const std::optional<at::Tensor>& bias, const at::Tensor& temperature,
+    const at::Tensor& top_k, const at::Tensor& top_p, const at::Tensor& min_p,
+    c10::string_view order_name, const at::Tensor& seeds, bool per_row_seeds,
+    const std::optional<at::Tensor>& penalty_ids, const std::optional<at::Tensor>& penalty_counts,
+    const std::optional<at::Tensor>& repetition_penalty,
+    const std::optional<at::Tensor>& presence_penalty,
+    const std::optional<at::Tensor>& frequency_penalty, bool repetition_output_only) {
   const FilterOrder order = parse_filter_order(order_name);
   check_sampling_inputs(logits, bias, temperature, top_k, top_p, min_p);
+  const bool penalised = check_penalty_inputs(
+      logits, penalty_ids, penalty_counts, repetition_penalty, presence_penalty, frequency_penalty);
   const int64_t rows = logits.size(0);
   TORCH_CHECK_VALUE(seeds.dim() == 1 && seeds.size(0) == rows && seeds.scalar_type() == at::kLong,
                     "logitops.sample: seed must be int64 [", rows, "]");
   check_sampling_devices(logits, bias, {&temperature, &top_k, &top_p, &min_p, &seeds});
   const cuda::DeviceGuard device_guard(logits.device());
+  if (penalised && rows > 0 && logits.size(1) > 0) {
+    const at::Tensor z =
+        penalized_logits(logits, bias, penalty_ids, penalty_counts, repetition_penalty,
+                         presence_penalty, frequency_penalty, repetition_output_only);
+    return sample_cuda(z, std::nullopt, temperature, top_k, top_p, min_p, order_name, seeds,
+                       per_row_seeds, std::nullopt, std::nullopt, std::nullopt, std::nullopt,
+                       std::nullopt, false);
+  }
   const SamplingTensors in = prepare(logits, bias, temperature, top_k, top_p, min_p);
   const at::Tensor seed = seeds.contiguous();
   at::Tensor tokens = at::empty({rows}, logits.options().dtype(at::kLong));

@@ -175,6 +175,37 @@ void check_sampling_inputs(const at::Tensor& logits, const std::optional<at::Ten
                     "logitops: per-row top_k must be int64 [", rows, "]");
 }
 
+bool check_penalty_inputs(const at::Tensor& logits, const std::optional<at::Tensor>& ids,
+                          const std::optional<at::Tensor>& counts,
+                          const std::optional<at::Tensor>& repetition,
+                          const std::optional<at::Tensor>& presence,
+                          const std::optional<at::Tensor>& frequency) {
+  const int given = int(ids.has_value()) + int(counts.has_value()) + int(repetition.has_value()) +
+                    int(presence.has_value()) + int(frequency.has_value());
+  if (given == 0) return false;
+  TORCH_CHECK_VALUE(given == 5,
+                    "logitops: penalty_ids, penalty_counts and the repetition / presence / "
+                    "frequency penalties go together (all or none)");
+  const int64_t rows = logits.size(0);
+  TORCH_CHECK_VALUE(ids->dim() == 2 && ids->size(0) == rows && ids->scalar_type() == at::kLong,
+                    "logitops: penalty_ids must be int64 [", rows, ", M], got ", ids->scalar_type(),
+                    " ", ids->sizes());
+  TORCH_CHECK_VALUE(counts->sizes() == ids->sizes() && counts->scalar_type() == at::kLong,
+                    "logitops: penalty_counts must be int64 of penalty_ids' shape ", ids->sizes());
+  for (const auto* t : {&*repetition, &*presence, &*frequency}) {
+    TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == rows && t->scalar_type() == at::kDouble,
+                      "logitops: per-row repetition / presence / frequency penalties must be "
+                      "float64 [",
+                      rows, "]");
+  }
+  for (const auto* t : {&*ids, &*counts, &*repetition, &*presence, &*frequency}) {
+    TORCH_CHECK_VALUE(t->device() == logits.device(),
+                      "logitops: penalty tensors must be on the logits' device ", logits.device(),
+                      ", got ", t->device());
+  }
+  return true;
+}
+
 void check_token_logprobs_inputs(const at::Tensor& logits, const at::Tensor& target,
                                  double temperature) {
   TORCH_CHECK_VALUE(

@@ -47,6 +47,15 @@ void check_sampling_inputs(const at::Tensor& logits, const std::optional<at::Ten
                            const at::Tensor& temperature, const at::Tensor& top_k,
                            const at::Tensor& top_p, const at::Tensor& min_p);
 
+// filter_logits and sample's penalties: all of penalty_ids / penalty_counts (int64 [B, M]) and
+// the per-row float64 [B] repetition / presence / frequency penalties, or none of them, on the
+// logits' device. Returns whether they are given.
+bool check_penalty_inputs(const at::Tensor& logits, const std::optional<at::Tensor>& ids,
+                          const std::optional<at::Tensor>& counts,
+                          const std::optional<at::Tensor>& repetition,
+                          const std::optional<at::Tensor>& presence,
+                          const std::optional<at::Tensor>& frequency);
+
 // token_logprobs_forward / _backward: logits [N, V] floating with V >= 1, int64 target [N] on the
 // logits' device, temperature finite and > 0.
 void check_token_logprobs_inputs(const at::Tensor& logits, const at::Tensor& target,

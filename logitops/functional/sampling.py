@@ -144,6 +144,161 @@ def _parameters(logits, temperature, top_k, top_p, min_p, *, greedy_ok):
     return temp, k, p, mp
 
 
+# Penalties: histories and per-row values (see the README's "Penalties").
+REPETITION_SCOPES = ("prompt_and_output", "output")
+_FINITE = 1.7976931348623157e308
+
+
+def _history(name: str, ids, rows: int, like: Tensor, squeeze: bool) -> Tensor | None:
+    """A padded [B, L] token-id history (or [L] for 1-D logits) as int64 on the logits' device."""
+    if ids is None:
+        return None
+    if not isinstance(ids, Tensor):
+        raise TypeError(f"{name} must be an int64 tensor [{rows}, L], got {type(ids).__name__}")
+    if squeeze and ids.dim() == 1:
+        ids = ids.unsqueeze(0)
+    if ids.dim() != 2 or ids.shape[0] != rows:
+        raise ValueError(f"{name} must be [{rows}, L] token ids, got shape {tuple(ids.shape)}")
+    if ids.dtype != torch.int64:
+        raise TypeError(f"{name} must be int64 token ids, got {ids.dtype}")
+    check_same_device(name, ids, like)
+    return ids
+
+
+def _penalty_tables(
+    logits: Tensor,
+    prompt_ids: Tensor | None,
+    output_ids: Tensor | None,
+    output_counts: Tensor | None,
+    pad_id: int | None,
+) -> tuple[Tensor, Tensor]:
+    """The ops' penalty_ids / penalty_counts: each row's distinct history ids and their output
+    counts, from torch ops over the [B, L] histories only (a sort, cumsum, scatters; no [B, V]
+    work, no host sync). Pads become V, which the kernels skip."""
+    rows, vocab = logits.shape
+    device = logits.device
+    parts, weights, kept = [], [], []
+    if prompt_ids is not None:
+        parts.append(prompt_ids)
+        weights.append(torch.zeros_like(prompt_ids))
+        kept.append(torch.ones_like(prompt_ids, dtype=torch.bool))
+    if output_ids is not None:
+        parts.append(output_ids)
+        w = torch.ones_like(output_ids) if output_counts is None else output_counts
+        weights.append(w)
+        kept.append(w > 0)  # an output entry counted 0 times is not in the history
+    if not parts:
+        empty = torch.empty((rows, 0), dtype=torch.int64, device=device)
+        return empty, empty
+    ids = torch.cat(parts, 1)
+    w = torch.cat(weights, 1)
+    valid = (ids >= 0) & (ids < vocab) & torch.cat(kept, 1)
+    if pad_id is not None:
+        valid &= ids != pad_id
+    ids = torch.where(valid, ids, vocab)
+    w = torch.where(valid, w, 0)
+    if ids.shape[1] == 0:
+        return ids, w
+    ids, perm = torch.sort(ids, dim=1, stable=True)
+    w = w.gather(1, perm)
+    start = torch.ones_like(ids, dtype=torch.bool)
+    start[:, 1:] = ids[:, 1:] != ids[:, :-1]
+    run = start.long().cumsum(1) - 1  # each entry's rank among the row's distinct ids
+    table = torch.full_like(ids, vocab).scatter_(1, run, ids)  # a run's entries agree
+    counts = torch.zeros_like(w).scatter_add_(1, run, w)
+    return table, counts
+
+
+def _penalties(
+    logits: Tensor,
+    squeeze: bool,
+    prompt_ids,
+    output_ids,
+    output_counts,
+    pad_id,
+    repetition_penalty,
+    presence_penalty,
+    frequency_penalty,
+    repetition_scope,
+) -> dict:
+    """The ops' penalty arguments (empty when no penalty is set)."""
+    rows, vocab = logits.shape
+    if repetition_scope not in REPETITION_SCOPES:
+        raise ValueError(
+            f"repetition_scope must be one of {REPETITION_SCOPES}, got {repetition_scope!r}"
+        )
+    if pad_id is not None and (isinstance(pad_id, bool) or not isinstance(pad_id, Integral)):
+        raise TypeError(f"pad_id must be an int or None, got {pad_id!r}")
+    prompt = _history("prompt_ids", prompt_ids, rows, logits, squeeze)
+    output = _history("output_ids", output_ids, rows, logits, squeeze)
+    counts = None
+    if output_counts is not None:
+        if output is None:
+            raise ValueError("output_counts needs output_ids (the ids they count)")
+        counts = _history("output_counts", output_counts, rows, logits, squeeze)
+        if counts.shape != output.shape:
+            raise ValueError(
+                f"output_counts must have output_ids' shape {tuple(output.shape)}, got "
+                f"{tuple(counts.shape)}"
+            )
+        if counts.device.type == "cpu" and bool((counts < 0).any()):
+            raise ValueError("output_counts must be >= 0")
+    for name, ids in (("prompt_ids", prompt), ("output_ids", output)):
+        # Range checked where that needs no host sync (CPU tensors, as the per-row parameters).
+        if ids is not None and ids.device.type == "cpu" and ids.numel() > 0:
+            bad = (ids < 0) | (ids >= vocab)
+            if pad_id is not None:
+                bad &= ids != pad_id
+            if bool(bad.any()):
+                raise ValueError(
+                    f"{name} must hold token ids in [0, {vocab})"
+                    + (f" or the pad id {pad_id}" if pad_id is not None else "")
+                    + f", got {ids[bad][0].item()}"
+                )
+    if repetition_penalty is None and presence_penalty is None and frequency_penalty is None:
+        return {}
+    rep = _per_row(
+        "repetition_penalty",
+        repetition_penalty,
+        rows,
+        logits,
+        integer=False,
+        default=1.0,
+        low=0.0,
+        high=_FINITE,
+        low_open=True,
+    )
+    pres = _per_row(
+        "presence_penalty",
+        presence_penalty,
+        rows,
+        logits,
+        integer=False,
+        default=0.0,
+        low=-_FINITE,
+        high=_FINITE,
+    )
+    freq = _per_row(
+        "frequency_penalty",
+        frequency_penalty,
+        rows,
+        logits,
+        integer=False,
+        default=0.0,
+        low=-_FINITE,
+        high=_FINITE,
+    )
+    table, table_counts = _penalty_tables(logits, prompt, output, counts, pad_id)
+    return dict(
+        penalty_ids=table,
+        penalty_counts=table_counts,
+        repetition_penalty=rep,
+        presence_penalty=pres,
+        frequency_penalty=freq,
+        repetition_output_only=repetition_scope == "output",
+    )
+
+
 def filter_logits(
     logits: Tensor,
     *,
@@ -155,11 +310,20 @@ def filter_logits(
     order: str = "hf",
     filter_value: float = -math.inf,
     min_tokens_to_keep: int = 1,
+    prompt_ids: Tensor | None = None,
+    output_ids: Tensor | None = None,
+    output_counts: Tensor | None = None,
+    pad_id: int | None = None,
+    repetition_penalty: float | Tensor | None = None,
+    presence_penalty: float | Tensor | None = None,
+    frequency_penalty: float | Tensor | None = None,
+    repetition_scope: str = "prompt_and_output",
 ) -> Tensor:
     r"""Temperature, logit bias, top-k, top-p and min-p in one pass over [batch, vocab] logits.
 
-    ``logit_bias`` ([V] or [B, V]) is added first, then the logits are divided by
-    ``temperature`` (> 0), then filtered; removed entries become ``filter_value``. All of it is
+    ``logit_bias`` ([V] or [B, V]) is added first, then the penalties (repetition, frequency,
+    presence, over token histories) apply, then the logits are divided by ``temperature``
+    (> 0), then filtered; removed entries become ``filter_value``. All of it is
     computed in float32 (float64 for float64 logits) and the result rounded once to the logits'
     dtype. Parameters are Python numbers or per-row tensors of shape [B]. ``order``:
 
@@ -196,6 +360,22 @@ def filter_logits(
         What removed entries become.
     min_tokens_to_keep : int
         At least this many tokens survive each filter.
+    prompt_ids, output_ids : Tensor, optional
+        Token histories, int64 [B, L] (any L, 0 included; [L] for 1-D logits), padded with
+        ``pad_id``. Repetition counts both (``repetition_scope="output"``: output only);
+        presence and frequency count the output only.
+    output_counts : Tensor, optional
+        int64 counts of ``output_ids``' entries (a sparse per-row histogram; default 1 each).
+    pad_id : int, optional
+        History entries equal to it are ignored.
+    repetition_penalty : float or Tensor, optional
+        > 0 (1: off): a history token's negative logit is multiplied by it, any other divided,
+        once per distinct token (transformers' ``RepetitionPenaltyLogitsProcessor``).
+    presence_penalty, frequency_penalty : float or Tensor, optional
+        Finite (0: off): ``logit -= frequency * count + presence * (count > 0)`` over the output
+        tokens (OpenAI / vLLM).
+    repetition_scope : {"prompt_and_output", "output"}
+        The repetition penalty's history: transformers' and vLLM's, or SGLang's.
 
     Returns
     -------
@@ -216,6 +396,14 @@ def filter_logits(
     ... )
     >>> (per_row > -float("inf")).sum(1) <= torch.tensor([5, 10])
     tensor([True, True])
+    >>> logitops.filter_logits(  # token 1 was generated twice, token 3 is in the prompt
+    ...     torch.tensor([[1.0, 2.0, 0.5, -1.0]]),
+    ...     prompt_ids=torch.tensor([[3]]),
+    ...     output_ids=torch.tensor([[1, 1]]),
+    ...     repetition_penalty=2.0,
+    ...     frequency_penalty=0.25,
+    ... )
+    tensor([[ 1.0000,  0.5000,  0.5000, -2.0000]])
     """
     logits2d, squeeze = _as_2d(logits)
     temp, k, p, mp = _parameters(logits2d, temperature, top_k, top_p, min_p, greedy_ok=False)
@@ -229,6 +417,18 @@ def filter_logits(
         _order(order),
         float(filter_value),
         _min_tokens(min_tokens_to_keep),
+        **_penalties(
+            logits2d,
+            squeeze,
+            prompt_ids,
+            output_ids,
+            output_counts,
+            pad_id,
+            repetition_penalty,
+            presence_penalty,
+            frequency_penalty,
+            repetition_scope,
+        ),
     )
     return out.squeeze(0) if squeeze else out
 
@@ -245,6 +445,14 @@ def sample(
     seed: int | Tensor | None = None,
     generator: torch.Generator | None = None,
     return_logprobs: bool = False,
+    prompt_ids: Tensor | None = None,
+    output_ids: Tensor | None = None,
+    output_counts: Tensor | None = None,
+    pad_id: int | None = None,
+    repetition_penalty: float | Tensor | None = None,
+    presence_penalty: float | Tensor | None = None,
+    frequency_penalty: float | Tensor | None = None,
+    repetition_scope: str = "prompt_and_output",
 ) -> Tensor | tuple[Tensor, Tensor]:
     r"""Samples one token id per row from the filtered softmax, without a sort and without a
     host sync: the kept token maximizing ``z - log(E)``, ``E ~ Exp(1)`` (exactly a draw from the
@@ -275,6 +483,10 @@ def sample(
         Draws the key when no seed is given.
     return_logprobs : bool
         Also return each token's log-probability.
+    prompt_ids, output_ids, output_counts, pad_id, repetition_penalty, presence_penalty
+        As for :func:`filter_logits`.
+    frequency_penalty, repetition_scope
+        As for :func:`filter_logits`.
 
     Returns
     -------
@@ -327,8 +539,29 @@ def sample(
             -(2**63), 2**63 - 1, (1,), generator=generator, device=device, dtype=torch.int64
         )
         seeds = key.to(logits2d.device).expand(rows).contiguous()
+    penalties = _penalties(
+        logits2d,
+        squeeze,
+        prompt_ids,
+        output_ids,
+        output_counts,
+        pad_id,
+        repetition_penalty,
+        presence_penalty,
+        frequency_penalty,
+        repetition_scope,
+    )
     tokens, logprobs = _sampling_ops.sample(
-        logits2d, _bias(logit_bias, logits2d), temp, k, p, mp, _order(order), seeds, per_row
+        logits2d,
+        _bias(logit_bias, logits2d),
+        temp,
+        k,
+        p,
+        mp,
+        _order(order),
+        seeds,
+        per_row,
+        **penalties,
     )
     if squeeze:
         tokens, logprobs = tokens.squeeze(0), logprobs.squeeze(0)

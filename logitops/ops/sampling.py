@@ -21,10 +21,21 @@ def filter_logits(
     order: str,
     filter_value: float,
     min_tokens_to_keep: int,
+    penalty_ids: Tensor | None = None,
+    penalty_counts: Tensor | None = None,
+    repetition_penalty: Tensor | None = None,
+    presence_penalty: Tensor | None = None,
+    frequency_penalty: Tensor | None = None,
+    repetition_output_only: bool = False,
 ) -> Tensor:
     """logits [B, V]; logit_bias [1 or B, V] float32 (float64 for float64 logits); per-row
     temperature / top_p / min_p float64 [B], top_k int64 [B] (>= V: off). Computed in float32
-    (float64 for float64 logits); returns the logits' dtype."""
+    (float64 for float64 logits); returns the logits' dtype.
+
+    Penalties (all or none): penalty_ids int64 [B, M], each row's distinct token ids (ids outside
+    [0, V) skipped); penalty_counts int64 [B, M], their counts in the output (0: prompt only);
+    float64 [B] repetition / presence / frequency penalties; repetition_output_only scales only
+    the ids with a count (SGLang)."""
     return torch.ops.logitops.filter_logits.default(
         logits,
         logit_bias,
@@ -35,6 +46,12 @@ def filter_logits(
         order,
         filter_value,
         min_tokens_to_keep,
+        penalty_ids,
+        penalty_counts,
+        repetition_penalty,
+        presence_penalty,
+        frequency_penalty,
+        repetition_output_only,
     )
 
 
@@ -48,23 +65,74 @@ def sample(
     order: str,
     seed: Tensor,
     per_row_seeds: bool,
+    penalty_ids: Tensor | None = None,
+    penalty_counts: Tensor | None = None,
+    repetition_penalty: Tensor | None = None,
+    presence_penalty: Tensor | None = None,
+    frequency_penalty: Tensor | None = None,
+    repetition_output_only: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """Token ids int64 [B] (-1 for NaN rows) and their float32 log-probabilities."""
+    """Token ids int64 [B] (-1 for NaN rows) and their float32 log-probabilities. Penalties as
+    for :func:`filter_logits`."""
     return torch.ops.logitops.sample.default(
-        logits, logit_bias, temperature, top_k, top_p, min_p, order, seed, per_row_seeds
+        logits,
+        logit_bias,
+        temperature,
+        top_k,
+        top_p,
+        min_p,
+        order,
+        seed,
+        per_row_seeds,
+        penalty_ids,
+        penalty_counts,
+        repetition_penalty,
+        presence_penalty,
+        frequency_penalty,
+        repetition_output_only,
     )
 
 
 @torch.library.register_fake("logitops::filter_logits")
 def _filter_logits_fake(
-    logits, logit_bias, temperature, top_k, top_p, min_p, order, filter_value, min_tokens_to_keep
+    logits,
+    logit_bias,
+    temperature,
+    top_k,
+    top_p,
+    min_p,
+    order,
+    filter_value,
+    min_tokens_to_keep,
+    penalty_ids=None,
+    penalty_counts=None,
+    repetition_penalty=None,
+    presence_penalty=None,
+    frequency_penalty=None,
+    repetition_output_only=False,
 ):
     torch._check(logits.dim() == 2, lambda: "logits must be 2-D")
     return torch.empty_like(logits, memory_format=torch.contiguous_format)
 
 
 @torch.library.register_fake("logitops::sample")
-def _sample_fake(logits, logit_bias, temperature, top_k, top_p, min_p, order, seed, per_row_seeds):
+def _sample_fake(
+    logits,
+    logit_bias,
+    temperature,
+    top_k,
+    top_p,
+    min_p,
+    order,
+    seed,
+    per_row_seeds,
+    penalty_ids=None,
+    penalty_counts=None,
+    repetition_penalty=None,
+    presence_penalty=None,
+    frequency_penalty=None,
+    repetition_output_only=False,
+):
     torch._check(logits.dim() == 2, lambda: "logits must be 2-D")
     rows = logits.shape[0]
     return (
