@@ -107,13 +107,13 @@ TORCH_LIBRARY(logitops, m) {
   // Filters logits [B, V]: bias, temperature, then top-k / top-p / min-p in the given order.
   m.def(
       "filter_logits(Tensor logits, Tensor? logit_bias, Tensor temperature, Tensor top_k, "
-      "Tensor top_p, Tensor min_p, str order, float filter_value, int min_tokens_to_keep) "
-      "-> Tensor");
+      "Tensor top_p, Tensor min_p, str order, float filter_value, int min_tokens_to_keep, "
+      "Tensor? typical_p=None, Tensor? epsilon_cutoff=None, Tensor? eta_cutoff=None) -> Tensor");
   // Samples one token per row of the filtered softmax, seeded per row (tokens and logprobs).
   m.def(
       "sample(Tensor logits, Tensor? logit_bias, Tensor temperature, Tensor top_k, Tensor top_p, "
-      "Tensor min_p, str order, Tensor seed, bool per_row_seeds) -> (Tensor tokens, "
-      "Tensor logprobs)");
+      "Tensor min_p, str order, Tensor seed, bool per_row_seeds, Tensor? typical_p=None, "
+      "Tensor? epsilon_cutoff=None, Tensor? eta_cutoff=None) -> (Tensor tokens, Tensor logprobs)");
 
   // Log-probability of target[i] under softmax(logits[i] / temperature), the per-row lse and
   // (when return_entropy, else [0]) the entropy; ignored rows give 0.

@@ -33,6 +33,7 @@ def test_contract_has_rows_for_every_family():
         "test_distributed",
         "test_token_logprobs",
         "test_integration_transformers",
+        "test_warpers",
     }
     assert {row[4] for row in ROWS} == families
 

@@ -321,6 +321,7 @@ def filter_logits_args(
     order="hf",
     filter_value=-float("inf"),
     min_tokens_to_keep=1,
+    warpers=(),
 ):
     return (
         logits,
@@ -332,11 +333,22 @@ def filter_logits_args(
         order,
         filter_value,
         min_tokens_to_keep,
+        *warpers,
     )
 
 
 def sample_args(
-    logits, temperature, top_k, top_p, min_p, seed, *, logit_bias=None, order="hf", per_row_seeds
+    logits,
+    temperature,
+    top_k,
+    top_p,
+    min_p,
+    seed,
+    *,
+    logit_bias=None,
+    order="hf",
+    per_row_seeds,
+    warpers=(),
 ):
     return (
         logits,
@@ -348,6 +360,21 @@ def sample_args(
         order,
         seed,
         per_row_seeds,
+        *warpers,
+    )
+
+
+def _warper_parameters(device):
+    """typical_p, epsilon_cutoff, eta_cutoff per row (off in some rows, None for absent)."""
+    f64 = dict(dtype=torch.float64, device=device)
+    return (
+        (torch.tensor([0.5, 1.0, 0.9], **f64), torch.tensor([1e-3, 0.0, 0.02], **f64), None),
+        (None, None, torch.tensor([2e-3, 0.05, 0.0], **f64)),
+        (
+            torch.tensor([0.3, 0.95, 1.0], **f64),
+            torch.tensor([0.0, 1e-3, 0.01], **f64),
+            torch.tensor([1e-3, 0.0, 0.01], **f64),
+        ),
     )
 
 
@@ -841,6 +868,20 @@ def filter_logits_samples(device):
                 min_tokens_to_keep=keep,
             ),
         )
+    for i, warpers in enumerate(_warper_parameters(device)):
+        yield (
+            kind(warpers=i, order=ORDERS[i % len(ORDERS)]),
+            filter_logits_args(
+                torch.randn(3, 97, device=device, dtype=(torch.float32, torch.bfloat16)[i % 2]),
+                temperature,
+                top_k,
+                top_p,
+                min_p,
+                order=ORDERS[i % len(ORDERS)],
+                min_tokens_to_keep=1 + i,
+                warpers=warpers,
+            ),
+        )
 
 
 def sample_samples(device):
@@ -865,6 +906,17 @@ def sample_samples(device):
                 seed,
                 logit_bias=torch.randn(1, vocab, device=device) if bias else None,
                 per_row_seeds=True,
+            ),
+        )
+    for i, warpers in enumerate(_warper_parameters(device)):
+        yield (
+            kind(warpers=i, dtype=("float32", "float64")[i % 2]),
+            sample_args(
+                torch.randn(3, 97, device=device, dtype=(torch.float32, torch.float64)[i % 2]),
+                *parameters,
+                seed,
+                per_row_seeds=bool(i % 2),
+                warpers=warpers,
             ),
         )
 

@@ -21,9 +21,13 @@ def filter_logits(
     order: str,
     filter_value: float,
     min_tokens_to_keep: int,
+    typical_p: Tensor | None = None,
+    epsilon_cutoff: Tensor | None = None,
+    eta_cutoff: Tensor | None = None,
 ) -> Tensor:
     """logits [B, V]; logit_bias [1 or B, V] float32 (float64 for float64 logits); per-row
-    temperature / top_p / min_p float64 [B], top_k int64 [B] (>= V: off). Computed in float32
+    temperature / top_p / min_p float64 [B], top_k int64 [B] (>= V: off); the HF-only warpers'
+    typical_p / epsilon_cutoff / eta_cutoff float64 [B] or None (off). Computed in float32
     (float64 for float64 logits); returns the logits' dtype."""
     return torch.ops.logitops.filter_logits.default(
         logits,
@@ -35,6 +39,9 @@ def filter_logits(
         order,
         filter_value,
         min_tokens_to_keep,
+        typical_p,
+        epsilon_cutoff,
+        eta_cutoff,
     )
 
 
@@ -48,23 +55,61 @@ def sample(
     order: str,
     seed: Tensor,
     per_row_seeds: bool,
+    typical_p: Tensor | None = None,
+    epsilon_cutoff: Tensor | None = None,
+    eta_cutoff: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Token ids int64 [B] (-1 for NaN rows) and their float32 log-probabilities."""
     return torch.ops.logitops.sample.default(
-        logits, logit_bias, temperature, top_k, top_p, min_p, order, seed, per_row_seeds
+        logits,
+        logit_bias,
+        temperature,
+        top_k,
+        top_p,
+        min_p,
+        order,
+        seed,
+        per_row_seeds,
+        typical_p,
+        epsilon_cutoff,
+        eta_cutoff,
     )
 
 
 @torch.library.register_fake("logitops::filter_logits")
 def _filter_logits_fake(
-    logits, logit_bias, temperature, top_k, top_p, min_p, order, filter_value, min_tokens_to_keep
+    logits,
+    logit_bias,
+    temperature,
+    top_k,
+    top_p,
+    min_p,
+    order,
+    filter_value,
+    min_tokens_to_keep,
+    typical_p=None,
+    epsilon_cutoff=None,
+    eta_cutoff=None,
 ):
     torch._check(logits.dim() == 2, lambda: "logits must be 2-D")
     return torch.empty_like(logits, memory_format=torch.contiguous_format)
 
 
 @torch.library.register_fake("logitops::sample")
-def _sample_fake(logits, logit_bias, temperature, top_k, top_p, min_p, order, seed, per_row_seeds):
+def _sample_fake(
+    logits,
+    logit_bias,
+    temperature,
+    top_k,
+    top_p,
+    min_p,
+    order,
+    seed,
+    per_row_seeds,
+    typical_p=None,
+    epsilon_cutoff=None,
+    eta_cutoff=None,
+):
     torch._check(logits.dim() == 2, lambda: "logits must be 2-D")
     rows = logits.shape[0]
     return (
