@@ -111,17 +111,19 @@ TORCH_LIBRARY(logitops, m) {
       "filter_logits(Tensor logits, Tensor? logit_bias, Tensor temperature, Tensor top_k, "
       "Tensor top_p, Tensor min_p, str order, float filter_value, int min_tokens_to_keep, "
       // Penalties (penalty_ids: distinct ids per row, any outside [0, V) skipped; penalty_counts:
-      // their output counts): all or none.
+      // their output counts): all or none. Then the warpers (typical, epsilon, eta).
       "Tensor? penalty_ids=None, Tensor? penalty_counts=None, Tensor? repetition_penalty=None, "
       "Tensor? presence_penalty=None, Tensor? frequency_penalty=None, "
-      "bool repetition_output_only=False) -> Tensor");
+      "bool repetition_output_only=False, Tensor? typical_p=None, Tensor? epsilon_cutoff=None, "
+      "Tensor? eta_cutoff=None) -> Tensor");
   // Samples one token per row of the filtered softmax, seeded per row (tokens and logprobs).
   m.def(
       "sample(Tensor logits, Tensor? logit_bias, Tensor temperature, Tensor top_k, Tensor top_p, "
       "Tensor min_p, str order, Tensor seed, bool per_row_seeds, "
       "Tensor? penalty_ids=None, Tensor? penalty_counts=None, Tensor? repetition_penalty=None, "
       "Tensor? presence_penalty=None, Tensor? frequency_penalty=None, "
-      "bool repetition_output_only=False) -> (Tensor tokens, Tensor logprobs)");
+      "bool repetition_output_only=False, Tensor? typical_p=None, Tensor? epsilon_cutoff=None, "
+      "Tensor? eta_cutoff=None) -> (Tensor tokens, Tensor logprobs)");
 
   // Log-probability of target[i] under softmax(logits[i] / temperature), the per-row lse and
   // (when return_entropy, else [0]) the entropy; ignored rows give 0.

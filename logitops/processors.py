@@ -11,6 +11,8 @@ from torch import Tensor
 from . import functional as lf
 
 __all__ = [
+    "EpsilonLogitsWarper",
+    "EtaLogitsWarper",
     "LogitsFilter",
     "MinPLogitsWarper",
     "PresenceFrequencyPenaltyLogitsProcessor",
@@ -18,15 +20,24 @@ __all__ = [
     "TemperatureLogitsWarper",
     "TopKLogitsWarper",
     "TopPLogitsWarper",
+    "TypicalLogitsWarper",
 ]
 
 
 # The parameters that may be per-row tensors [B] (one value per row of the scores).
-_PER_ROW = ("temperature", "top_k", "top_p", "min_p")
+_PER_ROW = (
+    "temperature",
+    "top_k",
+    "top_p",
+    "min_p",
+    "typical_p",
+    "epsilon_cutoff",
+    "eta_cutoff",
+)
 
 
 class LogitsFilter:
-    """Temperature, top-k, top-p and min-p in one fused pass (see
+    """Temperature, top-k, top-p, min-p, typical, epsilon and eta in one fused pass (see
     :func:`logitops.filter_logits`). Each parameter is a number or, as in ``filter_logits``, a
     per-row tensor [B] (on the scores' device) with one value per row of the scores it is called
     on, so per-row parameters reach transformers' ``generate()``.
@@ -36,6 +47,8 @@ class LogitsFilter:
     temperature, top_k, top_p, min_p, order, filter_value, min_tokens_to_keep, logit_bias
         As for :func:`logitops.filter_logits`; checked here, as transformers' warpers check
         theirs in their constructors.
+    typical_p, epsilon_cutoff, eta_cutoff
+        As for :func:`logitops.filter_logits` (transformers' GenerationConfig names).
 
     Examples
     --------
@@ -60,6 +73,9 @@ class LogitsFilter:
         filter_value: float = -math.inf,
         min_tokens_to_keep: int = 1,
         logit_bias: Tensor | None = None,
+        typical_p: float | Tensor | None = None,
+        epsilon_cutoff: float | Tensor | None = None,
+        eta_cutoff: float | Tensor | None = None,
     ) -> None:
         self.kwargs = dict(
             temperature=temperature,
@@ -70,6 +86,9 @@ class LogitsFilter:
             filter_value=filter_value,
             min_tokens_to_keep=min_tokens_to_keep,
             logit_bias=logit_bias,
+            typical_p=typical_p,
+            epsilon_cutoff=epsilon_cutoff,
+            eta_cutoff=eta_cutoff,
         )
         # Validate now, as transformers' warpers do in their constructors: on a dummy batch with
         # as many rows as the per-row tensors (or logit_bias) have, on their device.
@@ -77,7 +96,8 @@ class LogitsFilter:
         lengths = {t.shape[0] for t in tensors if t.dim() == 1}
         if len(lengths) > 1:
             raise ValueError(
-                "per-row temperature / top_k / top_p / min_p tensors must all have one length "
+                "per-row temperature / top_k / top_p / min_p / typical_p / epsilon_cutoff / "
+                "eta_cutoff tensors must all have one length "
                 f"(the batch size), got {sorted(lengths)}"
             )
         bias = logit_bias if isinstance(logit_bias, Tensor) else None
@@ -214,6 +234,131 @@ class MinPLogitsWarper(LogitsFilter):
             min_p=float(min_p), filter_value=filter_value, min_tokens_to_keep=min_tokens_to_keep
         )
         self.min_p = min_p
+        self.filter_value = filter_value
+        self.min_tokens_to_keep = min_tokens_to_keep
+
+
+def _check_min_tokens(min_tokens_to_keep) -> int:
+    if isinstance(min_tokens_to_keep, bool) or int(min_tokens_to_keep) < 1:
+        raise ValueError(
+            f"min_tokens_to_keep has to be a strictly positive integer, got {min_tokens_to_keep}"
+        )
+    return int(min_tokens_to_keep)
+
+
+class TypicalLogitsWarper(LogitsFilter):
+    """Typical decoding, as transformers' warper: keeps the tokens whose ``|-log p - H|`` (H the
+    entropy) is at most that of the first token, in increasing order of it, at which the
+    cumulative probability reaches ``mass``, and the ``min_tokens_to_keep`` most typical ones.
+    It may remove the most likely tokens. No sort: a radix search on that distance.
+
+    Parameters
+    ----------
+    mass : float
+        In (0, 1).
+    filter_value, min_tokens_to_keep
+        As for :class:`TopKLogitsWarper`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import logitops
+    >>> warper = logitops.processors.TypicalLogitsWarper(mass=0.5)
+    >>> warper(None, torch.tensor([[0.4, 0.2, 0.2, 0.2]]).log())  # the top token is atypical
+    tensor([[   -inf, -1.6094, -1.6094, -1.6094]])
+    """
+
+    def __init__(
+        self, mass: float = 0.9, filter_value: float = -math.inf, min_tokens_to_keep: int = 1
+    ) -> None:
+        mass = float(mass)
+        if not (0 < mass < 1):
+            raise ValueError(f"typical_p has to be a float > 0 and < 1, got {mass}")
+        if not isinstance(min_tokens_to_keep, int) or min_tokens_to_keep < 1:
+            raise ValueError(
+                f"min_tokens_to_keep has to be a positive integer, got {min_tokens_to_keep}"
+            )
+        super().__init__(
+            typical_p=mass, filter_value=filter_value, min_tokens_to_keep=min_tokens_to_keep
+        )
+        self.mass = mass
+        self.filter_value = filter_value
+        self.min_tokens_to_keep = min_tokens_to_keep
+
+
+class EpsilonLogitsWarper(LogitsFilter):
+    """Epsilon sampling, as transformers' warper: keeps ``p >= epsilon`` and the
+    ``min_tokens_to_keep`` most likely tokens (with their ties).
+
+    Parameters
+    ----------
+    epsilon : float
+        In (0, 1).
+    filter_value, min_tokens_to_keep
+        As for :class:`TopKLogitsWarper`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import logitops
+    >>> warper = logitops.processors.EpsilonLogitsWarper(epsilon=0.1)
+    >>> warper(None, torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log())
+    tensor([[-0.6931, -1.2040, -1.8971,    -inf]])
+    """
+
+    def __init__(
+        self, epsilon: float, filter_value: float = -math.inf, min_tokens_to_keep: int = 1
+    ) -> None:
+        epsilon = float(epsilon)
+        if epsilon <= 0 or epsilon >= 1:
+            raise ValueError(f"epsilon_cutoff has to be a float > 0 and < 1, got {epsilon}")
+        min_tokens_to_keep = _check_min_tokens(min_tokens_to_keep)
+        super().__init__(
+            epsilon_cutoff=epsilon, filter_value=filter_value, min_tokens_to_keep=min_tokens_to_keep
+        )
+        self.epsilon = epsilon
+        self.filter_value = filter_value
+        self.min_tokens_to_keep = min_tokens_to_keep
+
+
+class EtaLogitsWarper(LogitsFilter):
+    """Eta sampling, as transformers' warper: keeps ``p >= min(epsilon, sqrt(epsilon) *
+    exp(-H))`` (H the entropy; epsilon rounded to float32, as transformers' tensor of it) and the
+    ``min_tokens_to_keep`` most likely tokens (with their ties).
+
+    Parameters
+    ----------
+    epsilon : float
+        In (0, 1).
+    filter_value, min_tokens_to_keep
+        As for :class:`TopKLogitsWarper`.
+    device : str
+        Accepted for transformers' signature; the cutoff goes with the scores.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import logitops
+    >>> warper = logitops.processors.EtaLogitsWarper(epsilon=0.1)
+    >>> warper(None, torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log())
+    tensor([[-0.6931, -1.2040, -1.8971,    -inf]])
+    """
+
+    def __init__(
+        self,
+        epsilon: float,
+        filter_value: float = -math.inf,
+        min_tokens_to_keep: int = 1,
+        device: str = "cpu",
+    ) -> None:
+        epsilon = float(epsilon)
+        if epsilon <= 0 or epsilon >= 1:
+            raise ValueError(f"eta_cutoff has to be a float > 0 and < 1, got {epsilon}")
+        min_tokens_to_keep = _check_min_tokens(min_tokens_to_keep)
+        super().__init__(
+            eta_cutoff=epsilon, filter_value=filter_value, min_tokens_to_keep=min_tokens_to_keep
+        )
+        self.epsilon = torch.tensor(epsilon, device=device)
         self.filter_value = filter_value
         self.min_tokens_to_keep = min_tokens_to_keep
 

@@ -36,6 +36,7 @@ def test_contract_has_rows_for_every_family():
         "test_integration_transformers",
         "test_probs",
         "test_logprobs",
+        "test_warpers",
     }
     assert {row[4] for row in ROWS} == families
 

@@ -330,6 +330,7 @@ def filter_logits_args(
     filter_value=-float("inf"),
     min_tokens_to_keep=1,
     penalties=(),
+    warpers=(),
 ):
     return (
         logits,
@@ -341,7 +342,8 @@ def filter_logits_args(
         order,
         filter_value,
         min_tokens_to_keep,
-        *penalties,
+        *(penalties or (((None,) * 5 + (False,)) if warpers else ())),
+        *warpers,
     )
 
 
@@ -357,6 +359,7 @@ def sample_args(
     order="hf",
     per_row_seeds,
     penalties=(),
+    warpers=(),
 ):
     return (
         logits,
@@ -368,7 +371,8 @@ def sample_args(
         order,
         seed,
         per_row_seeds,
-        *penalties,
+        *(penalties or (((None,) * 5 + (False,)) if warpers else ())),
+        *warpers,
     )
 
 
@@ -389,6 +393,20 @@ def penalty_args(device, rows, vocab, history, *, output_only=False):
         torch.tensor([0.5, 0.0, -0.2], **f64)[:rows],
         torch.tensor([0.1, 0.4, 0.0], **f64)[:rows],
         output_only,
+    )
+
+
+def _warper_parameters(device):
+    """typical_p, epsilon_cutoff, eta_cutoff per row (off in some rows, None for absent)."""
+    f64 = dict(dtype=torch.float64, device=device)
+    return (
+        (torch.tensor([0.5, 1.0, 0.9], **f64), torch.tensor([1e-3, 0.0, 0.02], **f64), None),
+        (None, None, torch.tensor([2e-3, 0.05, 0.0], **f64)),
+        (
+            torch.tensor([0.3, 0.95, 1.0], **f64),
+            torch.tensor([0.0, 1e-3, 0.01], **f64),
+            torch.tensor([1e-3, 0.0, 0.01], **f64),
+        ),
     )
 
 
@@ -950,6 +968,20 @@ def filter_logits_samples(device):
                 penalties=penalty_args(device, 3, vocab, history, output_only=output_only),
             ),
         )
+    for i, warpers in enumerate(_warper_parameters(device)):
+        yield (
+            kind(warpers=i, order=ORDERS[i % len(ORDERS)]),
+            filter_logits_args(
+                torch.randn(3, 97, device=device, dtype=(torch.float32, torch.bfloat16)[i % 2]),
+                temperature,
+                top_k,
+                top_p,
+                min_p,
+                order=ORDERS[i % len(ORDERS)],
+                min_tokens_to_keep=1 + i,
+                warpers=warpers,
+            ),
+        )
 
 
 def sample_samples(device):
@@ -991,6 +1023,17 @@ def sample_samples(device):
                 seed,
                 per_row_seeds=True,
                 penalties=penalty_args(device, 3, vocab, history, output_only=output_only),
+            ),
+        )
+    for i, warpers in enumerate(_warper_parameters(device)):
+        yield (
+            kind(warpers=i, dtype=("float32", "float64")[i % 2]),
+            sample_args(
+                torch.randn(3, 97, device=device, dtype=(torch.float32, torch.float64)[i % 2]),
+                *parameters,
+                seed,
+                per_row_seeds=bool(i % 2),
+                warpers=warpers,
             ),
         )
 

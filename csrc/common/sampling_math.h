@@ -16,6 +16,11 @@ struct RowFilter {
   int64_t top_k;       // >= the vocabulary: off
   double top_p;        // >= 1: off
   double min_p;        // <= 0: off
+  // transformers' HF-only warpers (TypicalLogitsWarper, EpsilonLogitsWarper, EtaLogitsWarper);
+  // zero (what the brace initializers of the older call sites leave) means off.
+  double typical_p;  // off unless 0 < typical_p < 1
+  double epsilon;    // epsilon_cutoff, off unless > 0
+  double eta;        // eta_cutoff, off unless > 0
 };
 
 // The filtering arithmetic. Whatever the logits' dtype, z_j = (x_j + bias_j) / temperature is
@@ -150,6 +155,109 @@ LOGITOPS_HD acc_t row_threshold(int64_t n, acc_t row_max, const RowFilter& f, Fi
     tau_p = smaller(top_p_threshold(f.top_p, lower), floor_keep);
   }
   return larger(larger(tau_k, tau_min_p), tau_p);
+}
+
+// The HF-only warpers: typical, epsilon, eta, in transformers' order after temperature, top-k,
+// top-p and min-p, each measured on the previous one's survivors (renormalized over them). With
+// every order ("hf", "vllm", "joint") they apply after that order's top-k / top-p / min-p stage,
+// on its survivors: vLLM and SGLang have no such warpers, so the HF chain is the one definition.
+// Typical may remove the most likely tokens, so the kept set is an interval of z, lo <= z <= hi.
+template <typename acc_t>
+struct KeepRange {
+  acc_t lo, hi;
+};
+
+// Over the finite z of a range: the mass sum exp(z - row_max), sum exp(z - row_max) (z - row_max)
+// (for the mean of z and the entropy), the largest z and the count.
+template <typename acc_t>
+struct RangeStats {
+  double total;
+  double weighted;
+  acc_t max;
+  int64_t count;
+};
+
+template <typename acc_t>
+LOGITOPS_HD bool in_range(acc_t z, const KeepRange<acc_t>& r) {
+  return z >= r.lo && z <= r.hi && z > -std::numeric_limits<acc_t>::infinity();
+}
+
+// Typical's distance of a token from the entropy: |-log p - H| = |E_p[z] - z| (both sides
+// shifted by the log-normalizer), in acc_t, as transformers' float32 shifted_scores; c = E_p[z].
+template <typename acc_t>
+LOGITOPS_HD acc_t typical_distance(acc_t z, acc_t c) {
+  const acc_t d = z - c;
+  return d < acc_t(0) ? -d : d;
+}
+
+LOGITOPS_HD bool warpers_active(const RowFilter& f) {
+  return (f.typical_p > 0 && f.typical_p < 1) || f.epsilon > 0 || f.eta > 0;
+}
+
+// The kept range: row_threshold's tau (tau), then the warpers, with the callables of the backend
+// (each over the finite z of a range r, r.lo >= tau):
+//   range_stats(r)                   RangeStats of r;
+//   distance_cut(r, c, target)       the smallest distance g = typical_distance(z, c) of a z in r
+//                                    with sum over r's z at distance <= g of exp(z - row_max)
+//                                    >= target; +inf when none (rounding: keep all);
+//   kth_smallest_distance(r, c, k)   the k-th smallest distance in r, ties counted (k <= count);
+//   distance_bounds(r, c, d)         min and max z of r at distance <= d (d >= the smallest);
+//   prob_threshold(r, lse, cut)      the smallest z of r with exp(z - lse) >= cut, +inf if none;
+//   kth_largest_in(r, k)             the k-th largest z of r, ties counted (k <= count).
+// Transformers' exact rules: typical keeps the distances <= the distance of the first sorted
+// position whose cumulative mass reaches typical_p (rounded to acc_t) and the min_tokens_to_keep
+// most typical tokens (ties at those cuts kept together); epsilon keeps p >= epsilon (rounded to
+// acc_t); eta keeps p >= min(e, sqrt(e) exp(-H)), e = eta_cutoff rounded to float32 (its tensor)
+// and the result to acc_t; both keep the min_tokens_to_keep largest survivors and their ties. A
+// +inf max (NaN softmax) skips the warpers.
+template <typename acc_t, typename RangeStatsFn, typename DistanceCut, typename KthSmallestDistance,
+          typename DistanceBounds, typename ProbThreshold, typename KthLargestIn>
+LOGITOPS_HD KeepRange<acc_t> warper_range(
+    acc_t tau, acc_t row_max, const RowFilter& f, int64_t min_tokens_to_keep,
+    const RangeStatsFn& range_stats, const DistanceCut& distance_cut,
+    const KthSmallestDistance& kth_smallest_distance, const DistanceBounds& distance_bounds,
+    const ProbThreshold& prob_threshold, const KthLargestIn& kth_largest_in) {
+  constexpr acc_t kInf = std::numeric_limits<acc_t>::infinity();
+  KeepRange<acc_t> r{tau, kInf};
+  if (!warpers_active(f) || !(row_max < kInf) || row_max == -kInf) return r;
+  const int64_t m = min_tokens_to_keep > 1 ? min_tokens_to_keep : 1;
+  if (f.typical_p > 0 && f.typical_p < 1) {
+    const RangeStats<acc_t> st = range_stats(r);
+    if (st.count > 0 && st.total > 0) {
+      const acc_t c = static_cast<acc_t>(double(row_max) + st.weighted / st.total);
+      const double target = double(static_cast<acc_t>(f.typical_p)) * st.total;
+      acc_t d = distance_cut(r, c, target);
+      if (m > 1 && d < kInf) {
+        const acc_t dm = st.count > m ? kth_smallest_distance(r, c, m) : kInf;
+        d = d < dm ? dm : d;
+      }
+      if (d < kInf) r = distance_bounds(r, c, d);
+    }
+  }
+  // Epsilon then eta: a probability cut over the survivors, lowered to keep the m largest.
+  for (int stage = 0; stage < 2; ++stage) {
+    const double cutoff = stage == 0 ? f.epsilon : f.eta;
+    if (!(cutoff > 0)) continue;
+    const RangeStats<acc_t> st = range_stats(r);
+    if (st.count == 0 || !(st.total > 0)) continue;
+    const double log_total = std::log(st.total);
+    const double lse = double(row_max) + log_total;
+    double cut;
+    if (stage == 0) {
+      cut = double(static_cast<acc_t>(cutoff));
+    } else {
+      const double e = double(static_cast<float>(cutoff));
+      const double entropy = log_total - st.weighted / st.total;
+      const double scaled = std::sqrt(e) * std::exp(-entropy);
+      cut = double(static_cast<acc_t>(scaled < e ? scaled : e));
+    }
+    const acc_t t = prob_threshold(r, lse, cut);
+    acc_t floor_keep = st.max;
+    if (m > 1) floor_keep = st.count > m ? kth_largest_in(r, m) : -kInf;
+    const acc_t lo = t < floor_keep ? t : floor_keep;
+    if (r.lo < lo) r.lo = lo;
+  }
+  return r;
 }
 
 // Philox4x32-10 (Salmon et al., SC'11): four 32-bit outputs from a 128-bit counter and a 64-bit

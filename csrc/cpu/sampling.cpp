@@ -16,9 +16,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <queue>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "../common/sampling_math.h"
@@ -139,6 +142,132 @@ acc_t keep_threshold(const acc_t* z, int64_t n, double row_max, const RowFilter&
       });
 }
 
+// Typical's distance cut (warper_range's distance_cut): an MSB-first radix search over the
+// order-preserving bits of the distances (non-negative, so their IEEE bits are ordered), on a
+// compacted copy of the range's (distance, mass) pairs that shrinks to one 8-bit digit's bucket
+// per pass: no sort.
+template <typename acc_t>
+acc_t distance_cut(const acc_t* z, int64_t n, double row_max, const KeepRange<acc_t>& r, acc_t c,
+                   double target) {
+  using key_t = std::conditional_t<sizeof(acc_t) == 8, uint64_t, uint32_t>;
+  constexpr int kKeyBits = int(sizeof(key_t)) * 8;
+  std::vector<std::pair<key_t, double>> cand;
+  for (int64_t j = 0; j < n; ++j) {
+    if (!in_range(z[j], r)) continue;
+    const acc_t d = typical_distance(z[j], c) + acc_t(0);  // + 0: -0 becomes +0
+    key_t key;
+    std::memcpy(&key, &d, sizeof(key));
+    cand.emplace_back(key, std::exp(double(z[j]) - row_max));
+  }
+  double below = 0;  // mass of the distances under the current bucket range
+  key_t prefix = 0;
+  for (int shift = kKeyBits - 8; shift >= 0; shift -= 8) {
+    double mass[256] = {};
+    bool nonempty[256] = {};
+    for (const auto& [key, m] : cand) {
+      const int digit = int((key >> shift) & 0xff);
+      mass[digit] += m;
+      nonempty[digit] = true;
+    }
+    int chosen = -1, last = -1;
+    double chosen_below = 0, last_below = 0, run = below;
+    for (int digit = 0; digit < 256; ++digit) {
+      if (!nonempty[digit]) continue;
+      last = digit;
+      last_below = run;
+      if (run + mass[digit] >= target) {
+        chosen = digit;
+        chosen_below = run;
+        break;
+      }
+      run += mass[digit];
+    }
+    if (chosen < 0) {
+      // Nothing reaches the target: over the whole range, keep everything (transformers clamps
+      // to the last position); inside a bucket only rounding of the re-summed masses does this.
+      if (shift == kKeyBits - 8) return std::numeric_limits<acc_t>::infinity();
+      chosen = last;
+      chosen_below = last_below;
+    }
+    below = chosen_below;
+    prefix |= key_t(chosen) << shift;
+    size_t kept = 0;
+    for (const auto& e : cand) {
+      if (int((e.first >> shift) & 0xff) == chosen) cand[kept++] = e;
+    }
+    cand.resize(kept);
+  }
+  acc_t d;
+  std::memcpy(&d, &prefix, sizeof(d));
+  return d;
+}
+
+template <typename acc_t>
+RangeStats<acc_t> range_stats(const acc_t* z, int64_t n, double row_max,
+                              const KeepRange<acc_t>& r) {
+  RangeStats<acc_t> st{0.0, 0.0, -std::numeric_limits<acc_t>::infinity(), 0};
+  for (int64_t j = 0; j < n; ++j) {
+    if (!in_range(z[j], r)) continue;
+    const double y = double(z[j]) - row_max;
+    const double m = std::exp(y);
+    st.total += m;
+    st.weighted += m * y;
+    st.max = std::max(st.max, z[j]);
+    ++st.count;
+  }
+  return st;
+}
+
+// The row's kept range: keep_threshold, then warper_range over this file's searches.
+template <typename acc_t>
+KeepRange<acc_t> keep_range(const acc_t* z, int64_t n, double row_max, const RowFilter& f,
+                            FilterOrder order, int64_t min_tokens_to_keep,
+                            std::vector<acc_t>& scratch) {
+  const acc_t tau = keep_threshold(z, n, row_max, f, order, min_tokens_to_keep, scratch);
+  constexpr acc_t kInf = std::numeric_limits<acc_t>::infinity();
+  using Range = KeepRange<acc_t>;
+  return warper_range(
+      tau, acc_t(row_max), f, min_tokens_to_keep,
+      [&](const Range& r) { return range_stats(z, n, row_max, r); },
+      [&](const Range& r, acc_t c, double target) {
+        return distance_cut(z, n, row_max, r, c, target);
+      },
+      [&](const Range& r, acc_t c, int64_t k) {
+        scratch.clear();
+        for (int64_t j = 0; j < n; ++j) {
+          if (in_range(z[j], r)) scratch.push_back(typical_distance(z[j], c));
+        }
+        std::nth_element(scratch.begin(), scratch.begin() + (k - 1), scratch.end());
+        return scratch[k - 1];
+      },
+      [&](const Range& r, acc_t c, acc_t d) {
+        Range out{kInf, -kInf};
+        for (int64_t j = 0; j < n; ++j) {
+          if (in_range(z[j], r) && typical_distance(z[j], c) <= d) {
+            out.lo = std::min(out.lo, z[j]);
+            out.hi = std::max(out.hi, z[j]);
+          }
+        }
+        return out;
+      },
+      [&](const Range& r, double lse, double cut) {
+        acc_t t = kInf;
+        for (int64_t j = 0; j < n; ++j) {
+          if (in_range(z[j], r) && z[j] < t && std::exp(double(z[j]) - lse) >= cut) t = z[j];
+        }
+        return t;
+      },
+      [&](const Range& r, int64_t k) {
+        scratch.clear();
+        for (int64_t j = 0; j < n; ++j) {
+          if (in_range(z[j], r)) scratch.push_back(z[j]);
+        }
+        std::nth_element(scratch.begin(), scratch.begin() + (k - 1), scratch.end(),
+                         std::greater<acc_t>());
+        return scratch[k - 1];
+      });
+}
+
 // z_j = (x_j + bias_j) / temperature in acc_t (scaled_logit: float32 for bf16 / fp16 logits,
 // never rounded back to their dtype), also the row's max. Returns false when the row holds a NaN.
 template <typename scalar_t, typename acc_t>
@@ -213,10 +342,14 @@ bool penalize_row(const scalar_t* x, const acc_t* bias, double temperature, cons
   return true;
 }
 
-// y_j = z_j where z_j >= tau, else fill.
+// y_j = z_j where tau <= z_j <= hi, else fill.
 template <typename scalar_t, typename acc_t>
-void write_filtered(const acc_t* z, int64_t n, acc_t tau, scalar_t fill, scalar_t* y) {
+void write_filtered(const acc_t* z, int64_t n, acc_t tau, acc_t hi, scalar_t fill, scalar_t* y) {
   int64_t j = 0;
+  if (hi < std::numeric_limits<acc_t>::infinity()) {
+    for (; j < n; ++j) y[j] = z[j] >= tau && z[j] <= hi ? static_cast<scalar_t>(z[j]) : fill;
+    return;
+  }
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
     using Vec = at::vec::Vectorized<acc_t>;
     const Vec vtau(tau), vfill(fill);
@@ -232,6 +365,8 @@ struct SamplingInputs {
   const at::Tensor logits;
   const at::Tensor bias;                              // [V] or [B, V] or undefined
   const at::Tensor temperature, top_k, top_p, min_p;  // [B] each (float64; top_k int64)
+  // HF-only warpers: [B] float64 each, or undefined (off).
+  const at::Tensor typical_p, epsilon_cutoff, eta_cutoff;
 };
 
 // The penalties' operands, contiguous (undefined when absent).
@@ -272,27 +407,41 @@ bool penalized_scaled_row(const scalar_t* x, const acc_t* bias, double temperatu
                       row_max);
 }
 
-RowFilter row_filter(const SamplingInputs& in, int64_t i) {
-  return {in.temperature.const_data_ptr<double>()[i], in.top_k.const_data_ptr<int64_t>()[i],
-          in.top_p.const_data_ptr<double>()[i], in.min_p.const_data_ptr<double>()[i]};
+double optional_at(const at::Tensor& t, int64_t i) {
+  return t.defined() ? t.const_data_ptr<double>()[i] : 0.0;
 }
 
-at::Tensor filter_logits_cpu(const at::Tensor& logits_in, const std::optional<at::Tensor>& bias_in,
-                             const at::Tensor& temperature, const at::Tensor& top_k,
-                             const at::Tensor& top_p, const at::Tensor& min_p,
-                             c10::string_view order_name, double filter_value,
-                             int64_t min_tokens_to_keep,
-                             const std::optional<at::Tensor>& penalty_ids,
-                             const std::optional<at::Tensor>& penalty_counts,
-                             const std::optional<at::Tensor>& repetition_penalty,
-                             const std::optional<at::Tensor>& presence_penalty,
-                             const std::optional<at::Tensor>& frequency_penalty,
-                             bool repetition_output_only) {
+RowFilter row_filter(const SamplingInputs& in, int64_t i) {
+  return {in.temperature.const_data_ptr<double>()[i],
+          in.top_k.const_data_ptr<int64_t>()[i],
+          in.top_p.const_data_ptr<double>()[i],
+          in.min_p.const_data_ptr<double>()[i],
+          optional_at(in.typical_p, i),
+          optional_at(in.epsilon_cutoff, i),
+          optional_at(in.eta_cutoff, i)};
+}
+
+at::Tensor optional_contiguous(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? t->contiguous() : at::Tensor();
+}
+
+at::Tensor filter_logits_cpu(
+    const at::Tensor& logits_in, const std::optional<at::Tensor>& bias_in,
+    const at::Tensor& temperature, const at::Tensor& top_k, const at::Tensor& top_p,
+    const at::Tensor& min_p, c10::string_view order_name, double filter_value,
+    int64_t min_tokens_to_keep, const std::optional<at::Tensor>& penalty_ids,
+    const std::optional<at::Tensor>& penalty_counts,
+    const std::optional<at::Tensor>& repetition_penalty,
+    const std::optional<at::Tensor>& presence_penalty,
+    const std::optional<at::Tensor>& frequency_penalty, bool repetition_output_only,
+    const std::optional<at::Tensor>& typical_p, const std::optional<at::Tensor>& epsilon_cutoff,
+    const std::optional<at::Tensor>& eta_cutoff) {
   const FilterOrder order = parse_filter_order(order_name);
   check_sampling_inputs(logits_in, bias_in, temperature, top_k, top_p, min_p);
   const PenaltyInputs pen =
       penalty_inputs(logits_in, penalty_ids, penalty_counts, repetition_penalty, presence_penalty,
                      frequency_penalty, repetition_output_only);
+  check_warper_inputs(logits_in, typical_p, epsilon_cutoff, eta_cutoff);
   const at::Tensor logits = logits_in.contiguous();
   const at::Tensor bias = bias_in.has_value() ? bias_in->contiguous() : at::Tensor();
   const SamplingInputs in{logits,
@@ -300,7 +449,10 @@ at::Tensor filter_logits_cpu(const at::Tensor& logits_in, const std::optional<at
                           temperature.contiguous(),
                           top_k.contiguous(),
                           top_p.contiguous(),
-                          min_p.contiguous()};
+                          min_p.contiguous(),
+                          optional_contiguous(typical_p),
+                          optional_contiguous(epsilon_cutoff),
+                          optional_contiguous(eta_cutoff)};
   const int64_t rows = logits.size(0), n = logits.size(1);
   at::Tensor out = at::empty_like(logits);
   AT_DISPATCH_FLOATING_TYPES_AND2(
@@ -322,9 +474,9 @@ at::Tensor filter_logits_cpu(const at::Tensor& logits_in, const std::optional<at
               std::fill(yi, yi + n, static_cast<scalar_t>(NAN));  // documented: NaN in, NaN out
               continue;
             }
-            const acc_t tau =
-                keep_threshold(z.data(), n, row_max, f, order, min_tokens_to_keep, scratch);
-            write_filtered(z.data(), n, tau, fill, yi);
+            const KeepRange<acc_t> keep =
+                keep_range(z.data(), n, row_max, f, order, min_tokens_to_keep, scratch);
+            write_filtered(z.data(), n, keep.lo, keep.hi, fill, yi);
           }
         });
       });
@@ -339,12 +491,15 @@ std::tuple<at::Tensor, at::Tensor> sample_cpu(
     const std::optional<at::Tensor>& penalty_counts,
     const std::optional<at::Tensor>& repetition_penalty,
     const std::optional<at::Tensor>& presence_penalty,
-    const std::optional<at::Tensor>& frequency_penalty, bool repetition_output_only) {
+    const std::optional<at::Tensor>& frequency_penalty, bool repetition_output_only,
+    const std::optional<at::Tensor>& typical_p, const std::optional<at::Tensor>& epsilon_cutoff,
+    const std::optional<at::Tensor>& eta_cutoff) {
   const FilterOrder order = parse_filter_order(order_name);
   check_sampling_inputs(logits_in, bias_in, temperature, top_k, top_p, min_p);
   const PenaltyInputs pen =
       penalty_inputs(logits_in, penalty_ids, penalty_counts, repetition_penalty, presence_penalty,
                      frequency_penalty, repetition_output_only);
+  check_warper_inputs(logits_in, typical_p, epsilon_cutoff, eta_cutoff);
   const int64_t rows = logits_in.size(0), n = logits_in.size(1);
   TORCH_CHECK_VALUE(seeds.dim() == 1 && seeds.size(0) == rows && seeds.scalar_type() == at::kLong,
                     "logitops.sample: seed must be int64 [", rows, "]");
@@ -355,7 +510,10 @@ std::tuple<at::Tensor, at::Tensor> sample_cpu(
                           temperature.contiguous(),
                           top_k.contiguous(),
                           top_p.contiguous(),
-                          min_p.contiguous()};
+                          min_p.contiguous(),
+                          optional_contiguous(typical_p),
+                          optional_contiguous(epsilon_cutoff),
+                          optional_contiguous(eta_cutoff)};
   const at::Tensor seed = seeds.contiguous();
   at::Tensor tokens = at::empty({rows}, logits.options().dtype(at::kLong));
   at::Tensor logprobs = at::empty({rows}, logits.options().dtype(at::kFloat));
@@ -392,14 +550,18 @@ std::tuple<at::Tensor, at::Tensor> sample_cpu(
               lp[i] = 0.f;
               continue;
             }
-            const acc_t tau = keep_threshold(z.data(), n, row_max, f, order, 1, scratch);
+            const KeepRange<acc_t> keep = keep_range(z.data(), n, row_max, f, order, 1, scratch);
+            const acc_t tau = keep.lo;
             const uint64_t key = static_cast<uint64_t>(s[i]);
             const uint64_t stream = per_row_seeds ? 0 : static_cast<uint64_t>(i);
             double best_score = -std::numeric_limits<double>::infinity();
             int64_t best = -1;
             LseState<double> kept = lse_empty<double>();
             for (int64_t j = 0; j < n; ++j) {
-              if (!(z[j] >= tau) || z[j] == -std::numeric_limits<acc_t>::infinity()) continue;
+              if (!(z[j] >= tau) || z[j] > keep.hi ||
+                  z[j] == -std::numeric_limits<acc_t>::infinity()) {
+                continue;
+              }
               kept = lse_push(kept, double(z[j]));
               const double score = race_score(double(z[j]), exponential_noise(key, stream, j));
               if (score > best_score) {

@@ -46,17 +46,32 @@ void check_sampling_devices(const at::Tensor& logits, const std::optional<at::Te
 
 struct SamplingTensors {
   at::Tensor logits, bias, temperature, top_k, top_p, min_p;
+  at::Tensor typical_p, epsilon_cutoff, eta_cutoff;  // undefined when off
 };
+
+at::Tensor optional_contiguous(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? t->contiguous() : at::Tensor();
+}
+
+const double* optional_data(const at::Tensor& t) {
+  return t.defined() ? t.const_data_ptr<double>() : nullptr;
+}
 
 SamplingTensors prepare(const at::Tensor& logits, const std::optional<at::Tensor>& bias,
                         const at::Tensor& temperature, const at::Tensor& top_k,
-                        const at::Tensor& top_p, const at::Tensor& min_p) {
+                        const at::Tensor& top_p, const at::Tensor& min_p,
+                        const std::optional<at::Tensor>& typical_p,
+                        const std::optional<at::Tensor>& epsilon_cutoff,
+                        const std::optional<at::Tensor>& eta_cutoff) {
   return {rows_with_unit_stride(logits),
           bias.has_value() ? rows_with_unit_stride(*bias) : at::Tensor(),
           temperature.contiguous(),
           top_k.contiguous(),
           top_p.contiguous(),
-          min_p.contiguous()};
+          min_p.contiguous(),
+          optional_contiguous(typical_p),
+          optional_contiguous(epsilon_cutoff),
+          optional_contiguous(eta_cutoff)};
 }
 
 template <typename scalar_t>
@@ -77,6 +92,9 @@ cuda::SamplingArgs<typename CudaType<scalar_t>::type, at::opmath_type<scalar_t>>
   args.top_p = in.top_p.const_data_ptr<double>();
   args.min_p = in.min_p.const_data_ptr<double>();
   args.order = order;
+  args.typical_p = optional_data(in.typical_p);
+  args.epsilon_cutoff = optional_data(in.epsilon_cutoff);
+  args.eta_cutoff = optional_data(in.eta_cutoff);
   return args;
 }
 
@@ -121,11 +139,14 @@ at::Tensor filter_logits_cuda(
     const std::optional<at::Tensor>& penalty_ids, const std::optional<at::Tensor>& penalty_counts,
     const std::optional<at::Tensor>& repetition_penalty,
     const std::optional<at::Tensor>& presence_penalty,
-    const std::optional<at::Tensor>& frequency_penalty, bool repetition_output_only) {
+    const std::optional<at::Tensor>& frequency_penalty, bool repetition_output_only,
+    const std::optional<at::Tensor>& typical_p, const std::optional<at::Tensor>& epsilon_cutoff,
+    const std::optional<at::Tensor>& eta_cutoff) {
   const FilterOrder order = parse_filter_order(order_name);
   check_sampling_inputs(logits, bias, temperature, top_k, top_p, min_p);
   const bool penalised = check_penalty_inputs(
       logits, penalty_ids, penalty_counts, repetition_penalty, presence_penalty, frequency_penalty);
+  check_warper_inputs(logits, typical_p, epsilon_cutoff, eta_cutoff);
   check_sampling_devices(logits, bias, {&temperature, &top_k, &top_p, &min_p});
   const cuda::DeviceGuard device_guard(logits.device());
   const int64_t rows = logits.size(0), n = logits.size(1);
@@ -141,10 +162,12 @@ at::Tensor filter_logits_cuda(
                          presence_penalty, frequency_penalty, repetition_output_only);
     return filter_logits_cuda(z, std::nullopt, temperature, top_k, top_p, min_p, order_name,
                               fill_value, min_tokens_to_keep, std::nullopt, std::nullopt,
-                              std::nullopt, std::nullopt, std::nullopt, false)
+                              std::nullopt, std::nullopt, std::nullopt, false, typical_p,
+                              epsilon_cutoff, eta_cutoff)
         .to(logits.scalar_type());
   }
-  const SamplingTensors in = prepare(logits, bias, temperature, top_k, top_p, min_p);
+  const SamplingTensors in = prepare(logits, bias, temperature, top_k, top_p, min_p, typical_p,
+                                     epsilon_cutoff, eta_cutoff);
   at::Tensor out = at::empty({rows, n}, logits.options());  // contiguous, whatever the input
   if (rows == 0 || n == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(
@@ -170,11 +193,14 @@ std::tuple<at::Tensor, at::Tensor> sample_cuda(
     const std::optional<at::Tensor>& penalty_ids, const std::optional<at::Tensor>& penalty_counts,
     const std::optional<at::Tensor>& repetition_penalty,
     const std::optional<at::Tensor>& presence_penalty,
-    const std::optional<at::Tensor>& frequency_penalty, bool repetition_output_only) {
+    const std::optional<at::Tensor>& frequency_penalty, bool repetition_output_only,
+    const std::optional<at::Tensor>& typical_p, const std::optional<at::Tensor>& epsilon_cutoff,
+    const std::optional<at::Tensor>& eta_cutoff) {
   const FilterOrder order = parse_filter_order(order_name);
   check_sampling_inputs(logits, bias, temperature, top_k, top_p, min_p);
   const bool penalised = check_penalty_inputs(
       logits, penalty_ids, penalty_counts, repetition_penalty, presence_penalty, frequency_penalty);
+  check_warper_inputs(logits, typical_p, epsilon_cutoff, eta_cutoff);
   const int64_t rows = logits.size(0);
   TORCH_CHECK_VALUE(seeds.dim() == 1 && seeds.size(0) == rows && seeds.scalar_type() == at::kLong,
                     "logitops.sample: seed must be int64 [", rows, "]");
@@ -186,9 +212,10 @@ std::tuple<at::Tensor, at::Tensor> sample_cuda(
                          presence_penalty, frequency_penalty, repetition_output_only);
     return sample_cuda(z, std::nullopt, temperature, top_k, top_p, min_p, order_name, seeds,
                        per_row_seeds, std::nullopt, std::nullopt, std::nullopt, std::nullopt,
-                       std::nullopt, false);
+                       std::nullopt, false, typical_p, epsilon_cutoff, eta_cutoff);
   }
-  const SamplingTensors in = prepare(logits, bias, temperature, top_k, top_p, min_p);
+  const SamplingTensors in = prepare(logits, bias, temperature, top_k, top_p, min_p, typical_p,
+                                     epsilon_cutoff, eta_cutoff);
   const at::Tensor seed = seeds.contiguous();
   at::Tensor tokens = at::empty({rows}, logits.options().dtype(at::kLong));
   at::Tensor logprobs = at::empty({rows}, logits.options().dtype(at::kFloat));

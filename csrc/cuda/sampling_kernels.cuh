@@ -94,12 +94,22 @@ struct SamplingArgs {
   const double* top_p;
   const double* min_p;
   FilterOrder order;
+  // HF-only warpers: [num_rows] each, or nullptr (off).
+  const double* typical_p;
+  const double* epsilon_cutoff;
+  const double* eta_cutoff;
 };
 
 template <typename scalar_t, typename acc_t>
 __device__ __forceinline__ RowFilter row_filter(const SamplingArgs<scalar_t, acc_t>& args,
                                                 int64_t row) {
-  return {args.temperature[row], args.top_k[row], args.top_p[row], args.min_p[row]};
+  return {args.temperature[row],
+          args.top_k[row],
+          args.top_p[row],
+          args.min_p[row],
+          args.typical_p != nullptr ? args.typical_p[row] : 0.0,
+          args.epsilon_cutoff != nullptr ? args.epsilon_cutoff[row] : 0.0,
+          args.eta_cutoff != nullptr ? args.eta_cutoff[row] : 0.0};
 }
 
 // z_j of one row in acc_t (sampling_math.h's scaled_logit). Cheap enough to recompute on every
@@ -434,6 +444,167 @@ __device__ acc_t block_row_threshold(const Row& z, int64_t n, acc_t row_max, con
       });
 }
 
+// The warpers' searches (sampling_math.h's warper_range), each over the finite z of a range.
+
+template <typename acc_t, typename Row>
+__device__ RangeStats<acc_t> block_range_stats(const Row& z, int64_t n, double row_max,
+                                               const KeepRange<acc_t>& r) {
+  const RangeStats<acc_t> none{0.0, 0.0, -std::numeric_limits<acc_t>::infinity(), 0};
+  RangeStats<acc_t> st = none;
+  z.for_each(n, [&](acc_t v, int64_t) {
+    if (!in_range(v, r)) return;
+    const double y = double(v) - row_max;
+    const double m = exp(y);
+    st.total += m;
+    st.weighted += m * y;
+    st.max = st.max < v ? v : st.max;
+    ++st.count;
+  });
+  return block_all_reduce(st, none, [](const RangeStats<acc_t>& a, const RangeStats<acc_t>& b) {
+    return RangeStats<acc_t>{a.total + b.total, a.weighted + b.weighted,
+                             a.max < b.max ? b.max : a.max, a.count + b.count};
+  });
+}
+
+// Typical's distance cut: the smallest distance whose cumulative mass (distances ascending, ties
+// together) reaches target, by an MSB-first radix search over the distances' bits (non-negative:
+// their IEEE bits are ordered), as block_top_p_threshold searches z. +inf when the whole range
+// does not reach it. Every thread must call it.
+template <typename acc_t, typename Row>
+__device__ acc_t block_distance_cut(const Row& z, int64_t n, double row_max,
+                                    const KeepRange<acc_t>& r, acc_t c, double target,
+                                    RadixScratch& s) {
+  using key_t = typename OrderedKey<acc_t>::type;
+  constexpr int kKeyBits = int(sizeof(key_t)) * 8;
+  key_t prefix = 0, fixed = 0;
+  double below = 0;
+#pragma unroll 1
+  for (int shift = kKeyBits - kRadixBits; shift >= 0; shift -= kRadixBits) {
+    clear_histogram(s);
+    z.for_each(n, [&](acc_t v, int64_t) {
+      unsigned digit = kNoDigit;
+      if (in_range(v, r)) {
+        const key_t key = ordered_key(typical_distance(v, c));
+        if ((key & fixed) == prefix) digit = unsigned(key >> shift) & (kRadixBuckets - 1);
+      }
+      count_digit(s.count, digit);
+      add_digit_mass(s, digit, digit != kNoDigit ? exp(double(v) - row_max) : 0.0);
+    });
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      // 256 buckets walked by one thread: this search runs only for rows with typical_p.
+      int chosen = -1, last = -1;
+      double run = below, chosen_below = 0, last_below = 0;
+      for (int d = 0; d < kRadixBuckets; ++d) {
+        if (s.count[d] == 0) continue;
+        last = d;
+        last_below = run;
+        if (run + s.mass[d] >= target) {
+          chosen = d;
+          chosen_below = run;
+          break;
+        }
+        run += s.mass[d];
+      }
+      if (chosen < 0 && fixed != 0) {
+        chosen = last;  // rounding of the re-summed masses inside a bucket
+        chosen_below = last_below;
+      }
+      s.digit = chosen >= 0 ? unsigned(chosen) : kNoDigit;
+      s.below = chosen_below;
+    }
+    __syncthreads();
+    const unsigned digit = s.digit;
+    below = s.below;
+    if (digit == kNoDigit) return std::numeric_limits<acc_t>::infinity();  // block-uniform
+    prefix |= key_t(digit) << shift;
+    fixed |= key_t(kRadixBuckets - 1) << shift;
+  }
+  return key_value(prefix);
+}
+
+// The k-th largest key(v) over the values with valid(v) (1 <= k <= their count), ties counted, as
+// block_kth_largest. Every thread must call it.
+template <typename acc_t, typename Row, typename Valid, typename Key>
+__device__ typename OrderedKey<acc_t>::type block_kth_largest_key(const Row& z, int64_t n,
+                                                                  int64_t k, const Valid& valid,
+                                                                  const Key& key_of,
+                                                                  RadixScratch& s) {
+  using key_t = typename OrderedKey<acc_t>::type;
+  constexpr int kKeyBits = int(sizeof(key_t)) * 8;
+  key_t prefix = 0, fixed = 0;
+  unsigned rank = static_cast<unsigned>(k);
+#pragma unroll 1
+  for (int shift = kKeyBits - kRadixBits; shift >= 0; shift -= kRadixBits) {
+    clear_histogram(s);
+    z.for_each(n, [&](acc_t v, int64_t) {
+      unsigned digit = kNoDigit;
+      if (valid(v)) {
+        const key_t key = key_of(v);
+        if ((key & fixed) == prefix) digit = unsigned(key >> shift) & (kRadixBuckets - 1);
+      }
+      count_digit(s.count, digit);
+    });
+    __syncthreads();
+    if (threadIdx.x < kWarpSize) select_rank_digit(s, rank);
+    __syncthreads();
+    prefix |= key_t(s.digit) << shift;
+    fixed |= key_t(kRadixBuckets - 1) << shift;
+    rank = s.rank;
+  }
+  return prefix;
+}
+
+// The row's kept range: block_row_threshold, then sampling_math.h's warper_range over the
+// block-wide searches above. Every thread must call it; the result is the same in all.
+template <typename acc_t, typename Row>
+__device__ KeepRange<acc_t> block_keep_range(const Row& z, int64_t n, acc_t row_max,
+                                             const RowFilter& f, FilterOrder order,
+                                             int64_t min_tokens_to_keep, RadixScratch& s) {
+  using Range = KeepRange<acc_t>;
+  constexpr acc_t kInf = std::numeric_limits<acc_t>::infinity();
+  const acc_t tau = block_row_threshold(z, n, row_max, f, order, min_tokens_to_keep, s);
+  if (!warpers_active(f)) return Range{tau, kInf};
+  const double max_d = double(row_max);
+  return warper_range(
+      tau, row_max, f, min_tokens_to_keep,
+      [&](const Range& r) { return block_range_stats(z, n, max_d, r); },
+      [&](const Range& r, acc_t c, double target) {
+        return block_distance_cut(z, n, max_d, r, c, target, s);
+      },
+      [&](const Range& r, acc_t c, int64_t k) {
+        // The k-th smallest distance: the k-th largest complemented key.
+        const auto key = block_kth_largest_key<acc_t>(
+            z, n, k, [&](acc_t v) { return in_range(v, r); },
+            [&](acc_t v) { return ~ordered_key(typical_distance(v, c)); }, s);
+        return key_value(static_cast<decltype(key)>(~key));
+      },
+      [&](const Range& r, acc_t c, acc_t d) {
+        Range mine{kInf, -kInf};
+        z.for_each(n, [&](acc_t v, int64_t) {
+          if (in_range(v, r) && typical_distance(v, c) <= d) {
+            mine.lo = v < mine.lo ? v : mine.lo;
+            mine.hi = mine.hi < v ? v : mine.hi;
+          }
+        });
+        return block_all_reduce(mine, Range{kInf, -kInf}, [](const Range& a, const Range& b) {
+          return Range{b.lo < a.lo ? b.lo : a.lo, a.hi < b.hi ? b.hi : a.hi};
+        });
+      },
+      [&](const Range& r, double lse, double cut) {
+        acc_t t = kInf;
+        z.for_each(n, [&](acc_t v, int64_t) {
+          if (in_range(v, r) && v < t && exp(double(v) - lse) >= cut) t = v;
+        });
+        return block_all_reduce(t, kInf, [](acc_t a, acc_t b) { return b < a ? b : a; });
+      },
+      [&](const Range& r, int64_t k) {
+        return key_value(block_kth_largest_key<acc_t>(
+            z, n, k, [&](acc_t v) { return in_range(v, r); },
+            [](acc_t v) { return ordered_key(v); }, s));
+      });
+}
+
 // filter_logits: out[row, j] = z_j if z_j >= tau else fill; whole NaN rows for rows with NaN.
 // out is contiguous [num_rows, vocab]. One block per row, blockDim.x from sampling_block_threads.
 template <typename scalar_t, typename acc_t>
@@ -453,10 +624,10 @@ __global__ void __launch_bounds__(kMaxBlockThreads, filter_min_blocks_per_sm<acc
       for (int64_t j = threadIdx.x; j < n; j += blockDim.x) store_element(y + j, nan);
       continue;
     }
-    const acc_t tau =
-        block_row_threshold(z, n, scan.max, f, args.order, min_tokens_to_keep, scratch);
+    const KeepRange<acc_t> keep =
+        block_keep_range(z, n, scan.max, f, args.order, min_tokens_to_keep, scratch);
     z.for_each(n, [&](acc_t v, int64_t j) {
-      store_element(y + j, v >= tau ? from_acc<scalar_t>(v) : fill_value);
+      store_element(y + j, v >= keep.lo && v <= keep.hi ? from_acc<scalar_t>(v) : fill_value);
     });
   }
 }
@@ -500,7 +671,8 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kSampleMinBlocksPerSm)
       }
       continue;
     }
-    const acc_t tau = block_row_threshold(z, n, scan.max, f, args.order, 1, scratch);
+    const KeepRange<acc_t> keep = block_keep_range(z, n, scan.max, f, args.order, 1, scratch);
+    const acc_t tau = keep.lo;
 
     // The row's max is always kept, so it is the max of every thread's log-sum-exp state; adding
     // exp(z - max) then needs no rescaling. A +inf max makes the lse +inf through lse_merge.
@@ -513,7 +685,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kSampleMinBlocksPerSm)
     // fit 64 registers.
     for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
       const acc_t v = z(j);
-      if (!(v >= tau) || v == kNegInf) continue;
+      if (!(v >= tau) || v > keep.hi || v == kNegInf) continue;
       if (finite_max) mine.lse.sum += exp(double(v) - max_d);
       const double score =
           race_score(double(v), exponential_noise(key, stream, static_cast<uint64_t>(j)));

@@ -206,6 +206,19 @@ bool check_penalty_inputs(const at::Tensor& logits, const std::optional<at::Tens
   return true;
 }
 
+void check_warper_inputs(const at::Tensor& logits, const std::optional<at::Tensor>& typical_p,
+                         const std::optional<at::Tensor>& epsilon_cutoff,
+                         const std::optional<at::Tensor>& eta_cutoff) {
+  const int64_t rows = logits.size(0);
+  for (const auto* t : {&typical_p, &epsilon_cutoff, &eta_cutoff}) {
+    if (!t->has_value()) continue;
+    TORCH_CHECK_VALUE((*t)->dim() == 1 && (*t)->size(0) == rows &&
+                          (*t)->scalar_type() == at::kDouble && (*t)->device() == logits.device(),
+                      "logitops: per-row typical_p / epsilon_cutoff / eta_cutoff must be float64 [",
+                      rows, "] on the logits' device");
+  }
+}
+
 void check_token_logprobs_inputs(const at::Tensor& logits, const at::Tensor& target,
                                  double temperature) {
   TORCH_CHECK_VALUE(

@@ -56,6 +56,11 @@ bool check_penalty_inputs(const at::Tensor& logits, const std::optional<at::Tens
                           const std::optional<at::Tensor>& presence,
                           const std::optional<at::Tensor>& frequency);
 
+// filter_logits and sample's HF-only warpers: each absent or float64 [B] on the logits' device.
+void check_warper_inputs(const at::Tensor& logits, const std::optional<at::Tensor>& typical_p,
+                         const std::optional<at::Tensor>& epsilon_cutoff,
+                         const std::optional<at::Tensor>& eta_cutoff);
+
 // token_logprobs_forward / _backward: logits [N, V] floating with V >= 1, int64 target [N] on the
 // logits' device, temperature finite and > 0.
 void check_token_logprobs_inputs(const at::Tensor& logits, const at::Tensor& target,

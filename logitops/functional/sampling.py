@@ -45,6 +45,7 @@ def _per_row(
     low: float,
     high: float,
     low_open: bool = False,
+    high_open: bool = False,
 ) -> Tensor:
     """A per-row parameter as a [rows] tensor on the logits' device (int64 or float64: a
     Python number reaches the kernels unrounded, as transformers' warpers use it).
@@ -67,11 +68,13 @@ def _per_row(
         check_same_device(name, value, like)
         if value.device.type == "cpu":
             v = value.double()
-            bad = ~((v > low) if low_open else (v >= low)) | ~(v <= high)
+            bad = ~((v > low) if low_open else (v >= low)) | ~(
+                (v < high) if high_open else (v <= high)
+            )
             if bool(bad.any()):
                 raise ValueError(
                     f"{name} values must be in {'(' if low_open else '['}{low}, "
-                    f"{high}], got {value[bad][0].item()}"
+                    f"{high}{')' if high_open else ']'}, got {value[bad][0].item()}"
                 )
         return value.to(dtype)
     if integer:
@@ -83,9 +86,12 @@ def _per_row(
         raise TypeError(
             f"{name} must be a number or a float tensor of shape [{rows}], got {value!r}"
         )
-    ok = (value > low if low_open else value >= low) and value <= high
+    ok = (value > low if low_open else value >= low) and (
+        value < high if high_open else value <= high
+    )
     if not ok or (not integer and math.isnan(value)):
-        raise ValueError(f"{name} must be in {'(' if low_open else '['}{low}, {high}], got {value}")
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise ValueError(f"{name} must be in {interval}, got {value}")
     return torch.full((rows,), value, dtype=dtype, device=like.device)
 
 
@@ -297,6 +303,48 @@ def _penalties(
         frequency_penalty=freq,
         repetition_output_only=repetition_scope == "output",
     )
+def _warper_parameters(logits, typical_p, epsilon_cutoff, eta_cutoff):
+    """The HF-only warpers' per-row tensors, None when off (transformers' GenerationConfig ranges:
+    typical_p in (0, 1] with 1 off; epsilon_cutoff and eta_cutoff in [0, 1) with 0 off)."""
+    rows = logits.shape[0]
+    typical = eps = eta = None
+    if typical_p is not None:
+        typical = _per_row(
+            "typical_p",
+            typical_p,
+            rows,
+            logits,
+            integer=False,
+            default=1.0,
+            low=0.0,
+            high=1.0,
+            low_open=True,
+        )
+    if epsilon_cutoff is not None:
+        eps = _per_row(
+            "epsilon_cutoff",
+            epsilon_cutoff,
+            rows,
+            logits,
+            integer=False,
+            default=0.0,
+            low=0.0,
+            high=1.0,
+            high_open=True,
+        )
+    if eta_cutoff is not None:
+        eta = _per_row(
+            "eta_cutoff",
+            eta_cutoff,
+            rows,
+            logits,
+            integer=False,
+            default=0.0,
+            low=0.0,
+            high=1.0,
+            high_open=True,
+        )
+    return typical, eps, eta
 
 
 def filter_logits(
@@ -318,8 +366,12 @@ def filter_logits(
     presence_penalty: float | Tensor | None = None,
     frequency_penalty: float | Tensor | None = None,
     repetition_scope: str = "prompt_and_output",
+    typical_p: float | Tensor | None = None,
+    epsilon_cutoff: float | Tensor | None = None,
+    eta_cutoff: float | Tensor | None = None,
 ) -> Tensor:
-    r"""Temperature, logit bias, top-k, top-p and min-p in one pass over [batch, vocab] logits.
+    r"""Temperature, logit bias, top-k, top-p and min-p in one pass over [batch, vocab] logits,
+    and transformers' typical, epsilon and eta warpers.
 
     ``logit_bias`` ([V] or [B, V]) is added first, then the penalties (repetition, frequency,
     presence, over token histories) apply, then the logits are divided by ``temperature``
@@ -340,6 +392,14 @@ def filter_logits(
     min-p keeps ``p >= min_p * p_max``; at least
     ``min_tokens_to_keep`` tokens survive each filter. No sort of the vocabulary. Rows that
     contain NaN come back as NaN.
+
+    Then, with any order, transformers' HF-only warpers, each on the previous survivors
+    (renormalized over them): ``typical_p`` (TypicalLogitsWarper: keeps the tokens whose
+    ``|-log p - H|`` is at most that of the first token, by increasing distance, at which the
+    cumulative mass reaches ``typical_p``; it may remove the most likely tokens),
+    ``epsilon_cutoff`` (keeps ``p >= epsilon_cutoff``) and ``eta_cutoff`` (keeps
+    ``p >= min(eta, sqrt(eta) * exp(-H))``), the last two keeping the ``min_tokens_to_keep``
+    most likely survivors.
 
     Parameters
     ----------
@@ -376,6 +436,12 @@ def filter_logits(
         tokens (OpenAI / vLLM).
     repetition_scope : {"prompt_and_output", "output"}
         The repetition penalty's history: transformers' and vLLM's, or SGLang's.
+    typical_p : float or Tensor, optional
+        In (0, 1] (default 1: off).
+    epsilon_cutoff : float or Tensor, optional
+        In [0, 1) (default 0: off).
+    eta_cutoff : float or Tensor, optional
+        In [0, 1) (default 0: off).
 
     Returns
     -------
@@ -404,9 +470,12 @@ def filter_logits(
     ...     frequency_penalty=0.25,
     ... )
     tensor([[ 1.0000,  0.5000,  0.5000, -2.0000]])
+    >>> logitops.filter_logits(torch.tensor([0.5, 0.3, 0.15, 0.05]).log(), epsilon_cutoff=0.1)
+    tensor([-0.6931, -1.2040, -1.8971,    -inf])
     """
     logits2d, squeeze = _as_2d(logits)
     temp, k, p, mp = _parameters(logits2d, temperature, top_k, top_p, min_p, greedy_ok=False)
+    typical, eps, eta = _warper_parameters(logits2d, typical_p, epsilon_cutoff, eta_cutoff)
     out = _sampling_ops.filter_logits(
         logits2d,
         _bias(logit_bias, logits2d),
@@ -429,6 +498,9 @@ def filter_logits(
             frequency_penalty,
             repetition_scope,
         ),
+        typical_p=typical,
+        epsilon_cutoff=eps,
+        eta_cutoff=eta,
     )
     return out.squeeze(0) if squeeze else out
 
@@ -453,6 +525,9 @@ def sample(
     presence_penalty: float | Tensor | None = None,
     frequency_penalty: float | Tensor | None = None,
     repetition_scope: str = "prompt_and_output",
+    typical_p: float | Tensor | None = None,
+    epsilon_cutoff: float | Tensor | None = None,
+    eta_cutoff: float | Tensor | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     r"""Samples one token id per row from the filtered softmax, without a sort and without a
     host sync: the kept token maximizing ``z - log(E)``, ``E ~ Exp(1)`` (exactly a draw from the
@@ -487,6 +562,8 @@ def sample(
         As for :func:`filter_logits`.
     frequency_penalty, repetition_scope
         As for :func:`filter_logits`.
+    typical_p, epsilon_cutoff, eta_cutoff
+        As for :func:`filter_logits` (not applied to greedy rows).
 
     Returns
     -------
@@ -514,6 +591,7 @@ def sample(
     logits2d, squeeze = _as_2d(logits)
     rows = logits2d.shape[0]
     temp, k, p, mp = _parameters(logits2d, temperature, top_k, top_p, min_p, greedy_ok=True)
+    typical, eps, eta = _warper_parameters(logits2d, typical_p, epsilon_cutoff, eta_cutoff)
     if seed is not None and generator is not None:
         raise ValueError("pass seed or generator, not both")
     per_row = isinstance(seed, Tensor)
@@ -562,6 +640,9 @@ def sample(
         seeds,
         per_row,
         **penalties,
+        typical_p=typical,
+        epsilon_cutoff=eps,
+        eta_cutoff=eta,
     )
     if squeeze:
         tokens, logprobs = tokens.squeeze(0), logprobs.squeeze(0)

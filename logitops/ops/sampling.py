@@ -27,9 +27,13 @@ def filter_logits(
     presence_penalty: Tensor | None = None,
     frequency_penalty: Tensor | None = None,
     repetition_output_only: bool = False,
+    typical_p: Tensor | None = None,
+    epsilon_cutoff: Tensor | None = None,
+    eta_cutoff: Tensor | None = None,
 ) -> Tensor:
     """logits [B, V]; logit_bias [1 or B, V] float32 (float64 for float64 logits); per-row
-    temperature / top_p / min_p float64 [B], top_k int64 [B] (>= V: off). Computed in float32
+    temperature / top_p / min_p float64 [B], top_k int64 [B] (>= V: off); the HF-only warpers'
+    typical_p / epsilon_cutoff / eta_cutoff float64 [B] or None (off). Computed in float32
     (float64 for float64 logits); returns the logits' dtype.
 
     Penalties (all or none): penalty_ids int64 [B, M], each row's distinct token ids (ids outside
@@ -52,6 +56,9 @@ def filter_logits(
         presence_penalty,
         frequency_penalty,
         repetition_output_only,
+        typical_p,
+        epsilon_cutoff,
+        eta_cutoff,
     )
 
 
@@ -71,6 +78,9 @@ def sample(
     presence_penalty: Tensor | None = None,
     frequency_penalty: Tensor | None = None,
     repetition_output_only: bool = False,
+    typical_p: Tensor | None = None,
+    epsilon_cutoff: Tensor | None = None,
+    eta_cutoff: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Token ids int64 [B] (-1 for NaN rows) and their float32 log-probabilities. Penalties as
     for :func:`filter_logits`."""
@@ -90,6 +100,9 @@ def sample(
         presence_penalty,
         frequency_penalty,
         repetition_output_only,
+        typical_p,
+        epsilon_cutoff,
+        eta_cutoff,
     )
 
 
@@ -110,6 +123,9 @@ def _filter_logits_fake(
     presence_penalty=None,
     frequency_penalty=None,
     repetition_output_only=False,
+    typical_p=None,
+    epsilon_cutoff=None,
+    eta_cutoff=None,
 ):
     torch._check(logits.dim() == 2, lambda: "logits must be 2-D")
     return torch.empty_like(logits, memory_format=torch.contiguous_format)
@@ -132,6 +148,9 @@ def _sample_fake(
     presence_penalty=None,
     frequency_penalty=None,
     repetition_output_only=False,
+    typical_p=None,
+    epsilon_cutoff=None,
+    eta_cutoff=None,
 ):
     torch._check(logits.dim() == 2, lambda: "logits must be 2-D")
     rows = logits.shape[0]
