@@ -7,6 +7,8 @@ extras are keyword-only.
 - :mod:`.linear_cross_entropy`: :func:`linear_cross_entropy`
 - :mod:`.sampling`: :func:`filter_logits`, :func:`top_k_filter`, :func:`top_p_filter`,
   :func:`min_p_filter`, :func:`sample`
+- :mod:`.speculative`: :func:`chain_speculative_sampling`,
+  :func:`chain_speculative_sampling_from_logits`
 - :mod:`.token_logprobs`: :func:`token_logprobs`, :func:`linear_token_logprobs`
 """
 
@@ -17,10 +19,13 @@ from .cross_entropy import cross_entropy
 from .distillation import distillation_loss, kl_div_with_logits
 from .linear_cross_entropy import linear_cross_entropy
 from .sampling import filter_logits, min_p_filter, sample, top_k_filter, top_p_filter
+from .speculative import chain_speculative_sampling, chain_speculative_sampling_from_logits
 from .token_logprobs import linear_token_logprobs, token_logprobs
 
 __all__ = [
     "binary_cross_entropy_with_logits",
+    "chain_speculative_sampling",
+    "chain_speculative_sampling_from_logits",
     "cross_entropy",
     "distillation_loss",
     "filter_logits",

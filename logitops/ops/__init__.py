@@ -7,6 +7,7 @@ from . import (
     distillation,
     linear_cross_entropy,
     sampling,
+    speculative,
     token_logprobs,
     vocab_parallel,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "distillation",
     "linear_cross_entropy",
     "sampling",
+    "speculative",
     "token_logprobs",
     "vocab_parallel",
 ]
