@@ -106,7 +106,8 @@ __device__ LogitsScan scan_logits(const DeviceDistribution<scalar_t, acc_t>& d, 
       lse_push_finite(s.lse, v);
     }
   });
-  return block_all_reduce(s, empty, merge_scans);
+  return block_all_reduce(
+      s, empty, [](const LogitsScan& a, const LogitsScan& b) { return merge_scans(a, b); });
 }
 
 struct ScanResult {
