@@ -125,6 +125,14 @@ TORCH_LIBRARY(logitops, m) {
       "bool repetition_output_only=False, Tensor? typical_p=None, Tensor? epsilon_cutoff=None, "
       "Tensor? eta_cutoff=None) -> (Tensor tokens, Tensor logprobs)");
 
+  // Chain speculative sampling: verifies draft tokens [B, S] against the target's [B, S + 1, V]
+  // (and the draft's [B, S, V]) probabilities or logits; tokens [B, S + 1] (-1 after the first
+  // rejection), accepted and emitted draft counts [B].
+  m.def(
+      "speculative_sample(Tensor target, Tensor? draft, Tensor draft_token_ids, "
+      "Tensor temperature, bool logits, Tensor seed, bool per_row_seeds) -> (Tensor tokens, "
+      "Tensor accepted, Tensor emitted)");
+
   // Log-probability of target[i] under softmax(logits[i] / temperature), the per-row lse and
   // (when return_entropy, else [0]) the entropy; ignored rows give 0.
   m.def(

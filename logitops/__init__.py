@@ -13,6 +13,8 @@ _build_info = load_extension()
 from . import calibration, functional, nn, ops, processors  # noqa: E402
 from .functional import (  # noqa: E402
     binary_cross_entropy_with_logits,
+    chain_speculative_sampling,
+    chain_speculative_sampling_from_logits,
     cross_entropy,
     distillation_loss,
     filter_logits,
@@ -55,6 +57,8 @@ __all__ = [
     "binary_cross_entropy_with_logits",
     "build_info",
     "calibration",
+    "chain_speculative_sampling",
+    "chain_speculative_sampling_from_logits",
     "cross_entropy",
     "cuda_kernels_available",
     "distillation_loss",

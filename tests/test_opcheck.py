@@ -1038,6 +1038,52 @@ def sample_samples(device):
         )
 
 
+def speculative_sample_samples(device):
+    rows, drafts, vocab = 3, 2, 40
+    ids = torch.randint(0, vocab, (rows, drafts), device=device)
+    seed = torch.tensor([1, 2, 3], device=device)
+    ones = torch.ones(rows, dtype=torch.float64, device=device)
+    temperature = torch.tensor([0.7, 0.0, 1.0], dtype=torch.float64, device=device)
+    for dtype, with_draft, per_row_seeds in (
+        (torch.float32, True, True),
+        (torch.bfloat16, False, False),
+        (torch.float64, True, False),
+    ):
+        target = torch.randn(rows, drafts + 1, vocab, device=device).softmax(-1).to(dtype)
+        draft = torch.randn(rows, drafts, vocab, device=device).softmax(-1).to(dtype)
+        yield (
+            kind(probs=str(dtype).split(".")[1], draft=with_draft, per_row_seeds=per_row_seeds),
+            (target, draft if with_draft else None, ids, ones, False, seed, per_row_seeds),
+        )
+    for dtype, vocab_, with_draft in ((torch.float32, 40, True), (torch.float16, 7, False)):
+        target = torch.randn(rows, drafts + 1, vocab_, device=device, dtype=dtype)
+        draft = torch.randn(rows, drafts, vocab_, device=device, dtype=dtype)
+        yield (
+            kind(logits=str(dtype).split(".")[1], vocab=vocab_, draft=with_draft),
+            (
+                target,
+                draft if with_draft else None,
+                ids % vocab_,
+                temperature,
+                True,
+                seed,
+                True,
+            ),
+        )
+    yield (
+        "no_drafts",
+        (
+            torch.rand(rows, 1, 5, device=device),
+            None,
+            torch.empty(rows, 0, dtype=torch.int64, device=device),
+            ones,
+            False,
+            seed,
+            True,
+        ),
+    )
+
+
 def scale_gradient_samples(device):
     for dtype, shape, scale in (
         (torch.float32, (3, 7), 2.5),
@@ -1224,6 +1270,7 @@ SAMPLE_INPUTS = {
     "sample": sample_samples,
     "scale_gradient_": scale_gradient_samples,
     "softmax": softmax_samples,
+    "speculative_sample": speculative_sample_samples,
     "token_logprobs_backward": token_logprobs_backward_samples,
     "token_logprobs_forward": token_logprobs_forward_samples,
     "top_logprobs": top_logprobs_samples,

@@ -7,6 +7,8 @@ extras are keyword-only.
 - :mod:`.linear_cross_entropy`: :func:`linear_cross_entropy`
 - :mod:`.sampling`: :func:`filter_logits`, :func:`top_k_filter`, :func:`top_p_filter`,
   :func:`min_p_filter`, :func:`sample`
+- :mod:`.speculative`: :func:`chain_speculative_sampling`,
+  :func:`chain_speculative_sampling_from_logits`
 - :mod:`.token_logprobs`: :func:`token_logprobs`, :func:`linear_token_logprobs`
 - :mod:`.probs`: :func:`softmax`, :func:`sample_from_probs`, :func:`renorm_probs` and FlashInfer's
   names (:func:`top_k_renorm_probs`, :func:`top_p_sampling_from_probs`, ...)
@@ -39,10 +41,13 @@ from .probs import (
     top_p_sampling_from_probs,
 )
 from .sampling import filter_logits, min_p_filter, sample, top_k_filter, top_p_filter
+from .speculative import chain_speculative_sampling, chain_speculative_sampling_from_logits
 from .token_logprobs import linear_token_logprobs, token_logprobs
 
 __all__ = [
     "binary_cross_entropy_with_logits",
+    "chain_speculative_sampling",
+    "chain_speculative_sampling_from_logits",
     "cross_entropy",
     "distillation_loss",
     "filter_logits",

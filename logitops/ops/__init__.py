@@ -9,6 +9,7 @@ from . import (
     logprobs,
     probs,
     sampling,
+    speculative,
     token_logprobs,
     vocab_parallel,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "logprobs",
     "probs",
     "sampling",
+    "speculative",
     "token_logprobs",
     "vocab_parallel",
 ]
