@@ -12,6 +12,8 @@ _build_info = load_extension()
 
 from . import calibration, functional, nn, ops, processors  # noqa: E402
 from .functional import (  # noqa: E402
+    BeamSearchStep,
+    beam_search_step,
     binary_cross_entropy_with_logits,
     cross_entropy,
     distillation_loss,
@@ -32,7 +34,9 @@ except _metadata.PackageNotFoundError:  # a source tree on sys.path that was nev
     __version__ = "0+unknown"
 
 __all__ = [
+    "BeamSearchStep",
     "__version__",
+    "beam_search_step",
     "binary_cross_entropy_with_logits",
     "build_info",
     "calibration",

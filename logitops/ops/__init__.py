@@ -2,6 +2,7 @@
 
 from . import (
     bce_with_logits,
+    beam_search,
     calibration,
     cross_entropy,
     distillation,
@@ -13,6 +14,7 @@ from . import (
 
 __all__ = [
     "bce_with_logits",
+    "beam_search",
     "calibration",
     "cross_entropy",
     "distillation",
