@@ -10,7 +10,7 @@ from ._loader import cuda_emulation_requested, load_extension
 
 _build_info = load_extension()
 
-from . import calibration, functional, nn, ops, processors  # noqa: E402
+from . import calibration, functional, generation, nn, ops, processors  # noqa: E402
 from .functional import (  # noqa: E402
     BeamSearchStep,
     beam_search_step,
@@ -48,6 +48,7 @@ __all__ = [
     "linear_token_logprobs",
     "filter_logits",
     "functional",
+    "generation",
     "min_p_filter",
     "nn",
     "ops",

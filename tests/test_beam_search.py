@@ -44,9 +44,7 @@ def oracle(logits, beam_scores, num_beams, num_candidates):
 
 
 def check(logits, beam_scores, num_beams, num_candidates=None, *, exact=True):
-    step = logitops.beam_search_step(
-        logits, beam_scores, num_beams, num_candidates=num_candidates
-    )
+    step = logitops.beam_search_step(logits, beam_scores, num_beams, num_candidates=num_candidates)
     c = num_candidates if num_candidates is not None else 2 * num_beams
     scores, beams, tokens = oracle(logits, beam_scores, num_beams, c)
     assert step.scores.dtype == acc_dtype(logits.dtype)
@@ -160,7 +158,9 @@ def test_beam_scores_forms_and_dtypes():
     sliced = wide[:, 5:16]
     c = logitops.beam_search_step(sliced, torch.zeros(6), 3)
     d = logitops.beam_search_step(sliced.contiguous(), torch.zeros(6), 3)
-    assert torch.equal(c.tokens, d.tokens) and torch.equal(c.scores, d.scores)
+    # (The CUDA kernels' summation order follows the rows' alignment: equal up to rounding.)
+    assert torch.equal(c.tokens, d.tokens)
+    torch.testing.assert_close(c.scores, d.scores)
 
 
 def test_empty_batch():
@@ -181,6 +181,14 @@ def test_torch_compile_matches_eager():
 
 L = torch.randn(4, 10)
 S = torch.zeros(4)
+
+
+def _generate(input_ids=None, **overrides):
+    kw = dict(num_beams=2, max_new_tokens=3, eos_token_id=0)
+    kw.update(overrides)
+    ids = torch.tensor([[3, 4, 5]]) if input_ids is None else input_ids
+    return logitops.generation.beam_search(None, ids, **kw)
+
 
 BAD_CALLS = [
     ("logits", TypeError, lambda: logitops.beam_search_step(L.long(), S, 2)),
@@ -203,6 +211,16 @@ BAD_CALLS = [
         TypeError,
         lambda: logitops.beam_search_step(L, S, 2, num_candidates=True),
     ),
+    # The loop checks its arguments before it calls the model.
+    ("num_beams", ValueError, lambda: _generate(num_beams=0)),
+    ("num_beams", ValueError, lambda: _generate(num_beams=40)),
+    ("max_new_tokens", ValueError, lambda: _generate(max_new_tokens=0)),
+    ("num_return_sequences", ValueError, lambda: _generate(num_return_sequences=3)),
+    ("early_stopping", ValueError, lambda: _generate(early_stopping="always")),
+    ("early_stopping", ValueError, lambda: _generate(early_stopping=1)),
+    ("eos_token_id", ValueError, lambda: _generate(eos_token_id=-1)),
+    ("length_penalty", TypeError, lambda: _generate(length_penalty="1")),
+    ("input_ids", TypeError, lambda: _generate(input_ids=torch.zeros(1, 3))),
 ]
 
 
@@ -355,27 +373,3 @@ def test_generation_one_beam_is_greedy_without_eos(kind):
     logprobs = torch.stack([torch.log_softmax(s, -1) for s in ref.scores], 1)
     total = logprobs.gather(2, new.unsqueeze(-1)).squeeze(-1).sum(1) / new.shape[1]
     torch.testing.assert_close(ours.sequences_scores, total, rtol=1e-5, atol=1e-5)
-
-
-GENERATION_BAD_CALLS = [
-    ("num_beams", ValueError, dict(num_beams=0)),
-    ("num_beams", ValueError, dict(num_beams=40)),
-    ("max_new_tokens", ValueError, dict(max_new_tokens=0)),
-    ("num_return_sequences", ValueError, dict(num_return_sequences=3)),
-    ("early_stopping", ValueError, dict(early_stopping="always")),
-    ("eos_token_id", ValueError, dict(eos_token_id=-1)),
-    ("length_penalty", TypeError, dict(length_penalty="1")),
-]
-
-
-@pytest.mark.parametrize(
-    "argument,exc,overrides",
-    GENERATION_BAD_CALLS,
-    ids=[a for a, _, _ in GENERATION_BAD_CALLS],
-)
-def test_generation_bad_arguments(argument, exc, overrides):
-    model = tiny_model("gpt2")
-    kw = dict(num_beams=2, max_new_tokens=3, eos_token_id=0, **{})
-    kw.update(overrides)
-    with pytest.raises(exc, match=argument):
-        logitops.generation.beam_search(model, prompts(1)[0], **kw)

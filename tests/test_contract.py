@@ -28,6 +28,7 @@ def test_contract_has_rows_for_every_family():
         "test_cross_entropy",
         "test_bce_with_logits",
         "test_sampling",
+        "test_beam_search",
         "test_distillation",
         "test_linear_cross_entropy",
         "test_distributed",

@@ -65,8 +65,8 @@ template <typename scalar_t, typename acc_t, int kCapacity>
 __global__ void __launch_bounds__(kMaxBlockThreads, 1)
     beam_row_kernel(const BeamRowArgs<scalar_t, acc_t> args) {
   const int64_t n = args.vocab;
-  // per_row <= kCapacity (the launcher's choice); the clamp lets the compiler see it.
-  const int per_row = args.per_row < kCapacity ? args.per_row : kCapacity;
+  // 1 <= per_row <= kCapacity (the launcher's choice); the clamp lets the compiler see it.
+  const int per_row = args.per_row < 1 ? 1 : (args.per_row < kCapacity ? args.per_row : kCapacity);
   for (int64_t row = blockIdx.x; row < args.num_rows; row += gridDim.x) {
     const scalar_t* __restrict__ x = args.logits + row * args.row_stride;
     LseState<acc_t> lse = lse_empty<acc_t>();
