@@ -312,8 +312,9 @@ def test_generation_matches_transformers(kind, batch, num_beams, eos):
         pad_token_id=5, num_return_sequences=num_beams // 2,
     )  # fmt: skip
     assert_same(ours, ref)
-    generated = ours.sequences[:, ids.shape[1] :]
-    assert bool((generated == eos_id).any()) == (eos == "hit")
+    if eos == "not hit":
+        # (A hit EOS need not be in the returned hypotheses: a longer beam may outscore it.)
+        assert not (ours.sequences[:, ids.shape[1] :] == eos_id).any()
 
 
 @pytest.mark.parametrize("length_penalty", [1.0, 0.0, 2.0, -0.5])
