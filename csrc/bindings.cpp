@@ -133,6 +133,12 @@ TORCH_LIBRARY(logitops, m) {
       "Tensor temperature, bool logits, Tensor seed, bool per_row_seeds) -> (Tensor tokens, "
       "Tensor accepted, Tensor emitted)");
 
+  // One beam-search step: log_softmax(logits [B * K, V]) + beam_scores [B * K], and the best
+  // num_candidates (beam, token) pairs of each batch item over its K x V (scores, beams, tokens).
+  m.def(
+      "beam_search_step(Tensor logits, Tensor beam_scores, int num_beams, int num_candidates) "
+      "-> (Tensor scores, Tensor beam_indices, Tensor tokens)");
+
   // Log-probability of target[i] under softmax(logits[i] / temperature), the per-row lse and
   // (when return_entropy, else [0]) the entropy; ignored rows give 0.
   m.def(

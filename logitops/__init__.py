@@ -10,8 +10,10 @@ from ._loader import cuda_emulation_requested, load_extension
 
 _build_info = load_extension()
 
-from . import calibration, functional, nn, ops, processors  # noqa: E402
+from . import calibration, functional, generation, nn, ops, processors  # noqa: E402
 from .functional import (  # noqa: E402
+    BeamSearchStep,
+    beam_search_step,
     binary_cross_entropy_with_logits,
     chain_speculative_sampling,
     chain_speculative_sampling_from_logits,
@@ -53,7 +55,9 @@ except _metadata.PackageNotFoundError:  # a source tree on sys.path that was nev
     __version__ = "0+unknown"
 
 __all__ = [
+    "BeamSearchStep",
     "__version__",
+    "beam_search_step",
     "binary_cross_entropy_with_logits",
     "build_info",
     "calibration",
@@ -67,6 +71,7 @@ __all__ = [
     "linear_token_logprobs",
     "filter_logits",
     "functional",
+    "generation",
     "min_p_filter",
     "nn",
     "ops",

@@ -30,6 +30,7 @@ def test_contract_has_rows_for_every_family():
         "test_sampling",
         "test_penalties",
         "test_speculative",
+        "test_beam_search",
         "test_distillation",
         "test_linear_cross_entropy",
         "test_distributed",

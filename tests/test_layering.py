@@ -24,6 +24,7 @@ ABOVE_FUNCTIONAL = {
     "logitops.distributed",
     "logitops.dtensor",
     "logitops.calibration",
+    "logitops.generation",
     "logitops.integrations.transformers",
 }
 

@@ -984,6 +984,22 @@ def filter_logits_samples(device):
         )
 
 
+def beam_search_step_samples(device):
+    for dtype, beams, vocab, candidates in (
+        (torch.float32, 2, 40, 4),
+        (torch.float64, 3, 7, 6),
+        (torch.bfloat16, 1, 33, 2),
+        (torch.float16, 4, 1, 8),  # fewer candidates than num_candidates
+    ):
+        logits = torch.randn(2 * beams, vocab, device=device, dtype=dtype)
+        acc = torch.float64 if dtype == torch.float64 else torch.float32
+        beam_scores = torch.randn(2 * beams, device=device, dtype=acc)
+        yield (
+            kind(dtype=str(dtype).split(".")[1], beams=beams, vocab=vocab),
+            (logits, beam_scores, beams, candidates),
+        )
+
+
 def sample_samples(device):
     logits = torch.randn(3, 40, device=device)
     parameters = _decoding_parameters(device)
@@ -1247,6 +1263,7 @@ def top_logprobs_samples(device):
 SAMPLE_INPUTS = {
     "bce_with_logits_backward": bce_backward_samples,
     "bce_with_logits_forward": bce_forward_samples,
+    "beam_search_step": beam_search_step_samples,
     "calibration_row_stats": calibration_row_stats_samples,
     "cross_entropy_backward": cross_entropy_backward_samples,
     "cross_entropy_forward": cross_entropy_forward_samples,

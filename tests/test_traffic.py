@@ -256,6 +256,18 @@ def test_filter_and_sample_read_the_row_and_write_once(dtype):
     assert filtered.read <= 11 and sampled.read <= 11
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_beam_search_step_reads_the_logits_once(dtype):
+    x = torch.randn(ROWS, VOCAB).to(dtype)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    launches = by_kernel(
+        traffic(lambda: logitops.beam_search_step(x, torch.zeros(ROWS, dtype=acc), 2), unit(dtype))
+    )
+    # The row kernel streams each row once; the merge reads only the [rows, 2K] candidates.
+    assert launches["beam_row_kernel"] == (1.0, 0.0, 1.0, 0.0)
+    assert launches["beam_merge_kernel"] == (0.0, 0.0, 0.0, 0.0)
+
+
 def test_linear_cross_entropy_chunks_use_the_fused_kernel():
     hidden = torch.randn(ROWS, 16, requires_grad=True)
     head = torch.randn(VOCAB, 16, requires_grad=True)

@@ -3,6 +3,7 @@ extras are keyword-only.
 
 - :mod:`.cross_entropy`: :func:`cross_entropy`
 - :mod:`.bce_with_logits`: :func:`binary_cross_entropy_with_logits`
+- :mod:`.beam_search`: :func:`beam_search_step`
 - :mod:`.distillation`: :func:`kl_div_with_logits`, :func:`distillation_loss`
 - :mod:`.linear_cross_entropy`: :func:`linear_cross_entropy`
 - :mod:`.sampling`: :func:`filter_logits`, :func:`top_k_filter`, :func:`top_p_filter`,
@@ -18,6 +19,7 @@ extras are keyword-only.
 from __future__ import annotations
 
 from .bce_with_logits import binary_cross_entropy_with_logits
+from .beam_search import BeamSearchStep, beam_search_step
 from .cross_entropy import cross_entropy
 from .distillation import distillation_loss, kl_div_with_logits
 from .linear_cross_entropy import linear_cross_entropy
@@ -45,6 +47,8 @@ from .speculative import chain_speculative_sampling, chain_speculative_sampling_
 from .token_logprobs import linear_token_logprobs, token_logprobs
 
 __all__ = [
+    "BeamSearchStep",
+    "beam_search_step",
     "binary_cross_entropy_with_logits",
     "chain_speculative_sampling",
     "chain_speculative_sampling_from_logits",

@@ -2,6 +2,7 @@
 
 from . import (
     bce_with_logits,
+    beam_search,
     calibration,
     cross_entropy,
     distillation,
@@ -16,6 +17,7 @@ from . import (
 
 __all__ = [
     "bce_with_logits",
+    "beam_search",
     "calibration",
     "cross_entropy",
     "distillation",
