@@ -2,7 +2,12 @@
 is not installed, the same warpers from tests/reference.py) and, on a GPU where installed,
 FlashInfer; same run.
 
-Bytes counted (minimal traffic): filter reads and writes B*V*s; sample reads B*V*s.
+`decode` is a whole sampling step of a chat model's decoding loop: repetition penalty over a
+history of HISTORY tokens per row, temperature, top-k, top-p and eta sampling, then the draw;
+logitops does it in one `sample` call, transformers with its processors and `torch.multinomial`
+(as its `generate()` does).
+
+Bytes counted (minimal traffic): filter reads and writes B*V*s; sample and decode read B*V*s.
 
     python benchmarks/bench_sampling.py --quick
 """
@@ -28,6 +33,7 @@ import reference  # noqa: E402  (tests/reference.py, on the path through harness
 import logitops  # noqa: E402
 
 TEMPERATURE, TOP_K, TOP_P = 0.8, 50, 0.9
+REPETITION_PENALTY, ETA, HISTORY = 1.2, 1e-4, 512
 HF = "hf_warpers" if importlib.util.find_spec("transformers") else "hf_restated"
 
 
@@ -73,7 +79,50 @@ def providers(device: str) -> dict[str, dict[str, object]]:
             samplers["flashinfer"] = "needs CUDA"
     except ImportError:
         samplers["flashinfer"] = "not installed"
-    return {"filter": filters, "sample": samplers}
+    return {"filter": filters, "sample": samplers, "decode": decode_providers()}
+
+
+@functools.lru_cache(maxsize=8)
+def history(rows: int, vocab: int, device: str) -> torch.Tensor:
+    """Each row's HISTORY previous tokens (prompt and output), [rows, HISTORY]."""
+    gen = torch.Generator().manual_seed(rows)
+    return torch.randint(0, vocab, (rows, HISTORY), generator=gen).to(device)
+
+
+def decode_providers() -> dict[str, object]:
+    def ours(x):
+        return logitops.sample(
+            x,
+            temperature=TEMPERATURE,
+            top_k=TOP_K,
+            top_p=TOP_P,
+            eta_cutoff=ETA,
+            prompt_ids=history(*x.shape, str(x.device)),
+            repetition_penalty=REPETITION_PENALTY,
+        )
+
+    found: dict[str, object] = {"logitops": ours}
+    if HF == "hf_restated":
+        found["hf_processors+multinomial"] = "transformers not installed"
+        return found
+    tf = importlib.import_module("transformers")
+    chain = [
+        tf.RepetitionPenaltyLogitsProcessor(REPETITION_PENALTY),
+        tf.TemperatureLogitsWarper(TEMPERATURE),
+        tf.TopKLogitsWarper(TOP_K),
+        tf.TopPLogitsWarper(TOP_P),
+        tf.EtaLogitsWarper(ETA, device="cpu"),
+    ]
+
+    def theirs(x):
+        ids = history(*x.shape, str(x.device))
+        scores = x.float()
+        for processor in chain:
+            scores = processor(ids, scores)
+        return torch.multinomial(torch.softmax(scores, -1), 1)
+
+    found["hf_processors+multinomial"] = theirs
+    return found
 
 
 def arguments(parser) -> None:
@@ -109,9 +158,16 @@ FAMILY = harness.Family(
     modes="fwd",
     shapes_help="BxV, e.g. 32x128256 (instead of --batches / --vocab)",
     cpu_reps=7,
-    baseline={"filter": HF, "sample": HF + "+multinomial"},
+    baseline={
+        "filter": HF,
+        "sample": HF + "+multinomial",
+        "decode": "hf_processors+multinomial",
+    },
     arguments=arguments,
-    note=lambda args: f"; T={TEMPERATURE}, top_k={TOP_K}, top_p={TOP_P}",
+    note=lambda args: (
+        f"; T={TEMPERATURE}, top_k={TOP_K}, top_p={TOP_P}; decode adds repetition penalty "
+        f"{REPETITION_PENALTY} over {HISTORY} tokens and eta {ETA}"
+    ),
 )
 
 

@@ -43,6 +43,9 @@ at::Tensor log_probabilities(const at::Tensor& probs) {
   return z;
 }
 
+// filter_logits' and sample's trailing optional arguments (penalties, warpers).
+using OptionalTensor = const std::optional<at::Tensor>&;
+
 at::Tensor filtered_log_probabilities(const at::Tensor& z, const at::Tensor& top_k,
                                       const at::Tensor& top_p, const at::Tensor& min_p,
                                       c10::string_view order) {
@@ -51,10 +54,15 @@ at::Tensor filtered_log_probabilities(const at::Tensor& z, const at::Tensor& top
           .findSchemaOrThrow("logitops::filter_logits", "")
           .typed<at::Tensor(const at::Tensor&, const std::optional<at::Tensor>&, const at::Tensor&,
                             const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                            c10::string_view, double, int64_t)>();
+                            c10::string_view, double, int64_t, OptionalTensor, OptionalTensor,
+                            OptionalTensor, OptionalTensor, OptionalTensor, bool, OptionalTensor,
+                            OptionalTensor, OptionalTensor)>();
   const at::Tensor ones = at::ones({z.size(0)}, z.options().dtype(at::kDouble));
+  // No penalties and no warpers (the schema's trailing optional arguments).
   return filter.call(z, std::nullopt, ones, top_k, top_p, min_p, order,
-                     -std::numeric_limits<double>::infinity(), 1);
+                     -std::numeric_limits<double>::infinity(), 1, std::nullopt, std::nullopt,
+                     std::nullopt, std::nullopt, std::nullopt, false, std::nullopt, std::nullopt,
+                     std::nullopt);
 }
 
 at::Tensor probs_renorm_cpu(const at::Tensor& probs_in, const at::Tensor& top_k,
@@ -115,11 +123,15 @@ at::Tensor probs_sample_cpu(const at::Tensor& probs, const at::Tensor& top_k,
           .typed<std::tuple<at::Tensor, at::Tensor>(
               const at::Tensor&, const std::optional<at::Tensor>&, const at::Tensor&,
               const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::string_view,
-              const at::Tensor&, bool)>();
+              const at::Tensor&, bool, OptionalTensor, OptionalTensor, OptionalTensor,
+              OptionalTensor, OptionalTensor, bool, OptionalTensor, OptionalTensor,
+              OptionalTensor)>();
   const at::Tensor z = log_probabilities(probs);
   const at::Tensor ones = at::ones({z.size(0)}, z.options().dtype(at::kDouble));
-  return std::get<0>(
-      sample.call(z, std::nullopt, ones, top_k, top_p, min_p, order, seeds, per_row_seeds));
+  return std::get<0>(sample.call(z, std::nullopt, ones, top_k, top_p, min_p, order, seeds,
+                                 per_row_seeds, std::nullopt, std::nullopt, std::nullopt,
+                                 std::nullopt, std::nullopt, false, std::nullopt, std::nullopt,
+                                 std::nullopt));
 }
 
 at::Tensor softmax_cpu(const at::Tensor& logits_in, const at::Tensor& temperature_in) {
