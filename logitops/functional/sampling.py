@@ -303,6 +303,8 @@ def _penalties(
         frequency_penalty=freq,
         repetition_output_only=repetition_scope == "output",
     )
+
+
 def _warper_parameters(logits, typical_p, epsilon_cutoff, eta_cutoff):
     """The HF-only warpers' per-row tensors, None when off (transformers' GenerationConfig ranges:
     typical_p in (0, 1] with 1 off; epsilon_cutoff and eta_cutoff in [0, 1) with 0 off)."""
