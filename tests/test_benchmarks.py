@@ -98,7 +98,7 @@ def test_sampling_benchmark_writes_results(tmp_path):
         ]
     )
     timed = [r for r in results if r.median_ms]
-    assert {r.op for r in timed} == {"filter", "sample"}
+    assert {r.op for r in timed} == {"filter", "sample", "decode"}
     assert all(r.ratio_vs_torch for r in timed)
     assert any(r.provider == "flashinfer" and r.skipped for r in results)
 
