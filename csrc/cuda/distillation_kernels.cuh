@@ -24,6 +24,12 @@ namespace logitops {
 namespace cuda {
 
 // Threads per row: about eight elements each.
+// One block per SM at the most threads: the fused row (student and teacher lse at T, the student's
+// at 1, and the pass sums) needs more than the 64 registers two blocks of 512 would leave, and
+// ptxas spilled there (sm_80 / sm_90, fp16 / bf16 / fp64); the grid comes from
+// l2_resident_row_grid, which counts the blocks that fit.
+constexpr int kDistillMinBlocksPerSm = 1;
+
 inline int distill_block_threads(int64_t num_classes) { return threads_for(num_classes, 8); }
 
 // Everything the kernels read that does not change from row to row.
@@ -264,7 +270,7 @@ __device__ __forceinline__ void zero_row(scalar_t* __restrict__ grad_row, int64_
 // rows; blockDim.x from distill_block_threads. A target out of range (with the hard term on)
 // makes its row's loss and gradient NaN.
 template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm)
+__global__ void __launch_bounds__(kMaxBlockThreads, kDistillMinBlocksPerSm)
     distill_forward_kernel(const DistillArgs<scalar_t, acc_t> args,
                            const acc_t* __restrict__ row_count, bool mean, double temperature,
                            double soft_weight, double hard_weight, acc_t* __restrict__ loss_out,
@@ -303,7 +309,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm)
 // Backward: grad[row, :] = d loss_row / d student times upstream[row]; ignored rows are 0, rows
 // with a target out of range (with the hard term on) NaN.
 template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm)
+__global__ void __launch_bounds__(kMaxBlockThreads, kDistillMinBlocksPerSm)
     distill_backward_kernel(const DistillArgs<scalar_t, acc_t> args,
                             const acc_t* __restrict__ upstream, acc_t temperature,
                             acc_t soft_weight, acc_t hard_weight, scalar_t* __restrict__ grad) {
