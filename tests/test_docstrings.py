@@ -13,6 +13,9 @@ import sys
 
 import pytest
 
+# The examples call the ops the op tests cover; the emulated suite runs those, the CPU suite these.
+pytestmark = pytest.mark.emulation_skip("documentation examples, run by the CPU suite")
+
 # The public modules: those a user imports, and the family modules of functional (where the
 # functions are defined, so their doctests are found there).
 MODULES = [
@@ -85,6 +88,7 @@ def test_public_docstring_is_numpy_style_with_examples(name, obj):
 # examples create (and destroy) a one-rank process group, which must not meet another test's.
 RUNNER = """
 import doctest, importlib, sys
+
 name = sys.argv[1]
 module = importlib.import_module(name)
 finder = doctest.DocTestFinder(exclude_empty=True)

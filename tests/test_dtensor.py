@@ -26,7 +26,14 @@ from logitops import _dispatch
 sys.path.insert(0, str(Path(__file__).parents[1] / "examples"))  # the spawned ranks import it too
 import tp_training  # noqa: E402
 
-pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")
+pytestmark = [
+    pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable"),
+    # Each case spawns a process group whose ranks run the single-device kernels, which the
+    # emulated suite covers one process at a time; here the spawning, not the kernels, costs.
+    pytest.mark.emulation_skip(
+        "multi-process DTensor runs: the kernels per rank are the single-device ones"
+    ),
+]
 
 WORLD_SIZES = [2, 3]
 

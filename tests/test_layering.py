@@ -5,7 +5,10 @@ layers imports logitops.functional (which would close an import cycle)."""
 from __future__ import annotations
 
 import ast
+import functools
 import importlib.util
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +16,8 @@ from pathlib import Path
 import pytest
 
 import logitops
+
+pytestmark = pytest.mark.emulation_skip("pure Python: the same in every build")
 
 PACKAGE = Path(logitops.__file__).parent
 
@@ -113,18 +118,80 @@ def test_the_check_passes_unrelated_imports():
     assert not _imports_functional(source, "logitops._chunking", is_package=False)
 
 
-def _import_in_order(order: list[str]) -> subprocess.CompletedProcess:
-    code = "import importlib\n" + "".join(f"importlib.import_module({m!r})\n" for m in order)
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+# One interpreter imports torch (and the optional libraries) once, then forks a child per order;
+# each child starts with no logitops module loaded, so an import cycle or an order dependence
+# inside logitops fails there as in a fresh interpreter, without paying torch's import each time.
+_FORKING_IMPORTER = r"""
+import importlib, json, os, sys, traceback
+for name in sys.argv[2:]:
+    importlib.import_module(name)
+assert not any(m == "logitops" or m.startswith("logitops.") for m in sys.modules)
+results = {}
+for first, order in json.loads(sys.argv[1]).items():
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        code, message = 0, ""
+        try:
+            for module in order:
+                importlib.import_module(module)
+        except BaseException:
+            code, message = 1, traceback.format_exc()
+        os.write(write_end, message.encode())
+        os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        message = pipe.read().decode()
+    _, status = os.waitpid(pid, 0)
+    results[first] = [os.waitstatus_to_exitcode(status), message]
+print(json.dumps(results))
+"""
+
+
+@functools.lru_cache(maxsize=1)
+def _import_orders_results() -> dict[str, list]:
+    """{first: [exit code, traceback]} for each module imported first, then the others in reverse
+    order."""
+    orders = {
+        first: [first, *(m for m in reversed(IMPORTABLE) if m != first)] for first in IMPORTABLE
+    }
+    preload = ["torch", *(OPTIONAL[m] for m in IMPORTABLE if m in OPTIONAL)]
+    result = subprocess.run(
+        [sys.executable, "-c", _FORKING_IMPORTER, json.dumps(orders), *preload],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize("first", IMPORTABLE)
 def test_each_module_imports_first_in_a_fresh_interpreter(first):
     """Each module first, then the others in reverse order: no order depends on another
     module having been imported before."""
-    rest = [m for m in reversed(IMPORTABLE) if m != first]
-    result = _import_in_order([first, *rest])
+    code, message = _import_orders_results()[first]
+    assert code == 0, message
+
+
+def test_the_forked_import_check_can_fail(tmp_path):
+    """A module that imports one not loaded yet fails in the child as in a fresh interpreter."""
+    (tmp_path / "layering_probe.py").write_text("import logitops.no_such_module\n")
+    code = _FORKING_IMPORTER
+    result = subprocess.run(
+        [sys.executable, "-c", code, json.dumps({"probe": ["layering_probe"]}), "torch"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={
+            **os.environ,
+            "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        },
+    )
     assert result.returncode == 0, result.stderr
+    exit_code, message = json.loads(result.stdout.strip().splitlines()[-1])["probe"]
+    assert exit_code == 1 and "no_such_module" in message
 
 
 def test_the_version_has_one_source():
