@@ -88,7 +88,6 @@ def test_public_docstring_is_numpy_style_with_examples(name, obj):
 # examples create (and destroy) a one-rank process group, which must not meet another test's.
 RUNNER = """
 import doctest, importlib, sys
-
 name = sys.argv[1]
 module = importlib.import_module(name)
 finder = doctest.DocTestFinder(exclude_empty=True)

@@ -149,22 +149,28 @@ print(json.dumps(results))
 """
 
 
-@functools.lru_cache(maxsize=1)
-def _import_orders_results() -> dict[str, list]:
-    """{first: [exit code, traceback]} for each module imported first, then the others in reverse
-    order."""
-    orders = {
-        first: [first, *(m for m in reversed(IMPORTABLE) if m != first)] for first in IMPORTABLE
-    }
-    preload = ["torch", *(OPTIONAL[m] for m in IMPORTABLE if m in OPTIONAL)]
+def _run_forking_importer(orders: dict[str, list[str]], preload: list[str], env=None) -> dict:
+    """{first: [exit code, traceback]} of each order, from one _FORKING_IMPORTER run."""
     result = subprocess.run(
         [sys.executable, "-c", _FORKING_IMPORTER, json.dumps(orders), *preload],
         capture_output=True,
         text=True,
         timeout=600,
+        env=env,
     )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@functools.lru_cache(maxsize=1)
+def _import_orders_results() -> dict[str, list]:
+    """Each module imported first, then the others in reverse order."""
+    orders = {
+        first: [first, *(m for m in reversed(IMPORTABLE) if m != first)] for first in IMPORTABLE
+    }
+    return _run_forking_importer(
+        orders, ["torch", *(OPTIONAL[m] for m in IMPORTABLE if m in OPTIONAL)]
+    )
 
 
 @pytest.mark.parametrize("first", IMPORTABLE)
@@ -178,19 +184,10 @@ def test_each_module_imports_first_in_a_fresh_interpreter(first):
 def test_the_forked_import_check_can_fail(tmp_path):
     """A module that imports one not loaded yet fails in the child as in a fresh interpreter."""
     (tmp_path / "layering_probe.py").write_text("import logitops.no_such_module\n")
-    code = _FORKING_IMPORTER
-    result = subprocess.run(
-        [sys.executable, "-c", code, json.dumps({"probe": ["layering_probe"]}), "torch"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={
-            **os.environ,
-            "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-        },
-    )
-    assert result.returncode == 0, result.stderr
-    exit_code, message = json.loads(result.stdout.strip().splitlines()[-1])["probe"]
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    exit_code, message = _run_forking_importer({"probe": ["layering_probe"]}, ["torch"], env)[
+        "probe"
+    ]
     assert exit_code == 1 and "no_such_module" in message
 
 
